@@ -1,0 +1,116 @@
+import Foundation
+
+/// The shape of a Llama-style decoder. The JSON keys are Hugging Face's `config.json` names, so a
+/// config written here loads in `transformers` and one from the Hub loads here.
+public struct LlamaConfig: Codable, Equatable, Sendable {
+    public var hiddenSize: Int
+    public var intermediateSize: Int
+    public var numHiddenLayers: Int
+    public var numAttentionHeads: Int
+    public var numKeyValueHeads: Int
+    public var vocabSize: Int
+    public var maxPositionEmbeddings: Int
+    public var rmsNormEps: Float
+    public var ropeTheta: Float
+    public var tieWordEmbeddings: Bool
+
+    enum CodingKeys: String, CodingKey {
+        case hiddenSize = "hidden_size"
+        case intermediateSize = "intermediate_size"
+        case numHiddenLayers = "num_hidden_layers"
+        case numAttentionHeads = "num_attention_heads"
+        case numKeyValueHeads = "num_key_value_heads"
+        case vocabSize = "vocab_size"
+        case maxPositionEmbeddings = "max_position_embeddings"
+        case rmsNormEps = "rms_norm_eps"
+        case ropeTheta = "rope_theta"
+        case tieWordEmbeddings = "tie_word_embeddings"
+    }
+
+    public init(hiddenSize: Int, intermediateSize: Int, numHiddenLayers: Int, numAttentionHeads: Int,
+                numKeyValueHeads: Int? = nil, vocabSize: Int, maxPositionEmbeddings: Int = 256,
+                rmsNormEps: Float = 1e-5, ropeTheta: Float = 10000, tieWordEmbeddings: Bool = true) {
+        self.hiddenSize = hiddenSize
+        self.intermediateSize = intermediateSize
+        self.numHiddenLayers = numHiddenLayers
+        self.numAttentionHeads = numAttentionHeads
+        self.numKeyValueHeads = numKeyValueHeads ?? numAttentionHeads
+        self.vocabSize = vocabSize
+        self.maxPositionEmbeddings = maxPositionEmbeddings
+        self.rmsNormEps = rmsNormEps
+        self.ropeTheta = ropeTheta
+        self.tieWordEmbeddings = tieWordEmbeddings
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
+        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
+        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
+        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
+        numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
+        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
+        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
+        rmsNormEps = try c.decodeIfPresent(Float.self, forKey: .rmsNormEps) ?? 1e-6
+        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? 10000
+        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+    }
+
+    /// Width of one attention head.
+    public var headDim: Int { hiddenSize / max(numAttentionHeads, 1) }
+
+    /// Named presets of the README and the benchmarks; `vocabSize` comes from the tokenizer.
+    public static func preset(_ name: String, vocabSize: Int, context: Int = 256) throws -> LlamaConfig {
+        let shapes: [String: (Int, Int, Int, Int)] = [
+            "tiny": (128, 4, 4, 344), "tiny-student": (64, 2, 2, 172),
+            "small": (256, 6, 8, 688), "small-student": (128, 4, 4, 344),
+        ]
+        guard let (width, layers, heads, hidden) = shapes[name] else {
+            throw ModelError.unknownPreset(name, known: shapes.keys.sorted())
+        }
+        let config = LlamaConfig(hiddenSize: width, intermediateSize: hidden, numHiddenLayers: layers,
+                                 numAttentionHeads: heads, vocabSize: vocabSize, maxPositionEmbeddings: context)
+        try config.validate()
+        return config
+    }
+
+    /// Rejects shapes the model cannot be built with, naming the field.
+    public func validate() throws {
+        for (name, value) in [("hidden_size", hiddenSize), ("intermediate_size", intermediateSize),
+                              ("num_hidden_layers", numHiddenLayers), ("num_attention_heads", numAttentionHeads),
+                              ("num_key_value_heads", numKeyValueHeads), ("vocab_size", vocabSize),
+                              ("max_position_embeddings", maxPositionEmbeddings)] where value <= 0 {
+            throw ModelError.invalidConfig("\(name) is \(value); it must be positive")
+        }
+        if hiddenSize % numAttentionHeads != 0 {
+            throw ModelError.invalidConfig("hidden_size \(hiddenSize) is not divisible by num_attention_heads \(numAttentionHeads)")
+        }
+        if numAttentionHeads % numKeyValueHeads != 0 {
+            throw ModelError.invalidConfig("num_attention_heads \(numAttentionHeads) is not divisible by num_key_value_heads \(numKeyValueHeads)")
+        }
+        if headDim % 2 != 0 {
+            throw ModelError.invalidConfig("head width \(headDim) is odd; rotary embeddings need an even head width")
+        }
+        if !(rmsNormEps > 0) { throw ModelError.invalidConfig("rms_norm_eps must be positive") }
+        if !(ropeTheta > 0) { throw ModelError.invalidConfig("rope_theta must be positive") }
+    }
+}
+
+/// Errors about models, configs and checkpoints that a user can act on.
+public enum ModelError: Error, CustomStringConvertible, Equatable {
+    case unknownPreset(String, known: [String])
+    case invalidConfig(String)
+    case badCheckpoint(String)
+    case notAModel(String)
+    case mismatch(String)
+
+    public var description: String {
+        switch self {
+        case .unknownPreset(let name, let known): return "unknown preset '\(name)': use one of \(known.joined(separator: ", "))"
+        case .invalidConfig(let why): return "invalid model config: \(why)"
+        case .badCheckpoint(let why): return "bad checkpoint: \(why)"
+        case .notAModel(let why): return "not a model directory: \(why)"
+        case .mismatch(let why): return why
+        }
+    }
+}

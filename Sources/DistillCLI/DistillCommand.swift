@@ -1,0 +1,11 @@
+import ArgumentParser
+import Distill
+
+@main
+struct DistillCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "distill",
+        abstract: "Knowledge distillation of small Llama-style language models.",
+        version: DistillVersion.string
+    )
+}
