@@ -1,6 +1,138 @@
 #include "ckernels.h"
+#include <math.h>
+#include <string.h>
+
+// Each function gets an AVX-512, an AVX2 and a baseline body; the loader picks one for the CPU.
 #define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+
+// exp via 2^n * p(r): n = round(x / ln2), r = x - n ln2 (split in two parts for accuracy), p a degree-6
+// Taylor/minimax polynomial on [-ln2/2, ln2/2]. Branch-free, so loops calling it vectorise.
+static inline float fast_expf(float x) {
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.3f ? 88.3f : x;
+    const float shifter = 12582912.0f; // 1.5 * 2^23: adding it rounds to an integer
+    float n = (x * 1.44269504088896341f + shifter) - shifter;
+    float r = x - n * 0.693145751953125f;
+    r = r - n * 1.428606765330187045e-06f;
+    float p = 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return p * scale;
+}
+
+CLONES void ck_exp_inplace(float *x, size_t n) {
+    for (size_t i = 0; i < n; i++) x[i] = fast_expf(x[i]);
+}
+
+CLONES void ck_softmax_prefix(float *row, size_t valid, size_t n) {
+#pragma clang fp reassociate(on)
+    float maximum = -INFINITY;
+    for (size_t i = 0; i < valid; i++) maximum = row[i] > maximum ? row[i] : maximum;
+    float sum = 0.0f;
+    for (size_t i = 0; i < valid; i++) {
+        float e = fast_expf(row[i] - maximum);
+        row[i] = e;
+        sum += e;
+    }
+    float inverse = 1.0f / sum;
+    for (size_t i = 0; i < valid; i++) row[i] *= inverse;
+    for (size_t i = valid; i < n; i++) row[i] = 0.0f;
+}
+
+CLONES void ck_softmax_backward_row(float *dp, const float *p, size_t n) {
+#pragma clang fp reassociate(on)
+    float dot = 0.0f;
+    for (size_t i = 0; i < n; i++) dot += p[i] * dp[i];
+    for (size_t i = 0; i < n; i++) dp[i] = p[i] * (dp[i] - dot);
+}
+
+CLONES void ck_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight,
+                               size_t rows, size_t width, float eps) {
+#pragma clang fp reassociate(on)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * width;
+        float *outr = out + r * width;
+        float squares = 0.0f;
+        for (size_t i = 0; i < width; i++) squares += xr[i] * xr[i];
+        float s = 1.0f / sqrtf(squares / (float)width + eps);
+        rstd[r] = s;
+        for (size_t i = 0; i < width; i++) outr[i] = xr[i] * s * weight[i];
+    }
+}
+
+CLONES void ck_rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x,
+                                const float *weight, const float *rstd, size_t rows, size_t width) {
+#pragma clang fp reassociate(on)
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * width, *dr = dout + r * width;
+        float *dxr = dx + r * width;
+        float s = rstd[r];
+        // d x_hat = dout * w;  dx = s * (d x_hat - x_hat * mean(d x_hat * x_hat))
+        float dot = 0.0f;
+        for (size_t i = 0; i < width; i++) dot += dr[i] * weight[i] * xr[i];
+        float coefficient = dot * s * s / (float)width;
+        for (size_t i = 0; i < width; i++) {
+            dxr[i] += s * (dr[i] * weight[i] - xr[i] * coefficient);
+            dweight[i] += dr[i] * xr[i] * s;
+        }
+    }
+}
+
+static inline float sigmoid(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
+
+CLONES void ck_swiglu_forward(float *h, const float *gateUp, size_t rows, size_t hidden) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *gate = gateUp + r * 2 * hidden, *up = gate + hidden;
+        float *hr = h + r * hidden;
+        for (size_t i = 0; i < hidden; i++) hr[i] = gate[i] * sigmoid(gate[i]) * up[i];
+    }
+}
+
+CLONES void ck_swiglu_backward(float *dgateUp, const float *dh, const float *gateUp, size_t rows, size_t hidden) {
+    for (size_t r = 0; r < rows; r++) {
+        const float *gate = gateUp + r * 2 * hidden, *up = gate + hidden, *dhr = dh + r * hidden;
+        float *dgate = dgateUp + r * 2 * hidden, *dup = dgate + hidden;
+        for (size_t i = 0; i < hidden; i++) {
+            float s = sigmoid(gate[i]);
+            float silu = gate[i] * s;
+            dup[i] = dhr[i] * silu;
+            dgate[i] = dhr[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
+        }
+    }
+}
 
 CLONES void ck_add_inplace(float *y, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
+}
+
+CLONES void ck_scale_inplace(float *y, float s, size_t n) {
+    for (size_t i = 0; i < n; i++) y[i] *= s;
+}
+
+CLONES double ck_sum_squares(const float *x, size_t n) {
+#pragma clang fp reassociate(on)
+    double total = 0.0;
+    for (size_t i = 0; i < n; i++) total += (double)x[i] * (double)x[i];
+    return total;
+}
+
+CLONES void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
+                     float lr, float beta1, float beta2, float eps, float decay,
+                     float bias_correction1, float bias_correction2) {
+    for (size_t i = 0; i < n; i++) {
+        float g = grad[i];
+        m[i] = beta1 * m[i] + (1.0f - beta1) * g;
+        v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
+        float mhat = m[i] / bias_correction1;
+        float vhat = v[i] / bias_correction2;
+        param[i] -= decay * param[i];
+        param[i] -= lr * mhat / (sqrtf(vhat) + eps);
+    }
 }

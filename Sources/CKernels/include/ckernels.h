@@ -1,9 +1,46 @@
 #ifndef CKERNELS_H
 #define CKERNELS_H
 #include <stddef.h>
-// Element-wise kernels for hot loops. Compiled with target_clones so a baseline x86-64 build still
-// runs AVX2/AVX-512 code where the CPU has it.
+#include <stdint.h>
+// Element-wise kernels for the model's hot loops. Compiled with target_clones, so a baseline x86-64
+// build still runs AVX2/AVX-512 code where the CPU has it. Shapes are in the comments; rows are
+// contiguous.
+
+/// x[n] = exp(x[n]) with a vectorisable polynomial (relative error below 2e-7).
+void ck_exp_inplace(float *x, size_t n);
+
+/// Softmax of each of `rows` rows of length n, in place; returns nothing. Used by attention.
+/// Only the first `valid` entries of a row take part; the rest are set to 0 (causal mask).
+void ck_softmax_prefix(float *row, size_t valid, size_t n);
+
+/// Backward of a softmax row: dx[i] = p[i] * (dp[i] - sum_j p[j] dp[j]), written over dp.
+void ck_softmax_backward_row(float *dp, const float *p, size_t n);
+
+/// RMSNorm forward: out[N,C] = x / rms(x) * weight, rstd[N] kept for backward.
+void ck_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight,
+                        size_t rows, size_t width, float eps);
+
+/// RMSNorm backward; accumulates into dx[N,C] and dweight[C].
+void ck_rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x,
+                         const float *weight, const float *rstd, size_t rows, size_t width);
+
+/// SwiGLU forward: h[N,F] = silu(gateUp[n, 0..F]) * gateUp[n, F..2F] (gate and up side by side).
+void ck_swiglu_forward(float *h, const float *gateUp, size_t rows, size_t hidden);
+
+/// SwiGLU backward: writes dgateUp[N,2F] (overwrites) from dh[N,F].
+void ck_swiglu_backward(float *dgateUp, const float *dh, const float *gateUp, size_t rows, size_t hidden);
 
 /// y[i] += x[i]
 void ck_add_inplace(float *y, const float *x, size_t n);
+
+/// y[i] *= s
+void ck_scale_inplace(float *y, float s, size_t n);
+
+/// Sum of squares, accumulated in double.
+double ck_sum_squares(const float *x, size_t n);
+
+/// AdamW update over n values (decoupled weight decay `decay` = lr * weight_decay, applied first).
+void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
+              float lr, float beta1, float beta2, float eps, float decay,
+              float bias_correction1, float bias_correction2);
 #endif

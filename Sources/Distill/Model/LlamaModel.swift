@@ -1,0 +1,230 @@
+import CBLAS
+import CKernels
+import Foundation
+
+/// A Llama-style decoder implemented over flat buffers: token embedding; per block pre-RMSNorm,
+/// rotary attention (Hugging Face's rotate-half convention) with optional grouped-query heads, and a
+/// SwiGLU MLP; final RMSNorm; an LM head tied to the embedding or separate. No biases.
+public final class LlamaModel {
+    public let config: LlamaConfig
+    public let layout: ParameterLayout
+    /// All weights, in `layout` order.  [P]
+    public let parameters: UnsafeMutableBufferPointer<Float>
+    /// All gradients, same layout; allocated on first backward.  [P]
+    public private(set) var gradients: UnsafeMutableBufferPointer<Float>?
+    let rope: RotaryTable
+    private var activations: Activations?
+
+    /// A model with weights drawn from N(0, 0.02²) (Hugging Face's `initializer_range`) and unit norm gains.
+    public init(config: LlamaConfig, seed: UInt64) throws {
+        try config.validate()
+        self.config = config
+        layout = ParameterLayout(config: config)
+        parameters = .allocate(capacity: layout.count)
+        rope = RotaryTable(config: config)
+        var random = SeededRandom(seed: seed)
+        for tensor in layout.tensors {
+            let base = parameters.baseAddress! + tensor.offset
+            for i in 0..<tensor.count { base[i] = tensor.decays ? 0.02 * random.nextGaussian() : 1 }
+        }
+    }
+
+    /// A model whose weights are copied from `values` (same layout).
+    public init(config: LlamaConfig, parameters values: UnsafeBufferPointer<Float>) throws {
+        try config.validate()
+        self.config = config
+        layout = ParameterLayout(config: config)
+        guard values.count == layout.count else {
+            throw ModelError.badCheckpoint("expected \(layout.count) parameters, found \(values.count)")
+        }
+        parameters = .allocate(capacity: layout.count)
+        _ = parameters.initialize(from: values)
+        rope = RotaryTable(config: config)
+    }
+
+    deinit {
+        parameters.deallocate()
+        gradients?.deallocate()
+    }
+
+    /// Number of weights (a tied head counted once).
+    public var parameterCount: Int { layout.count }
+
+    /// Sets every gradient to zero (allocating them the first time).
+    public func zeroGradients() {
+        if gradients == nil { gradients = .allocate(capacity: layout.count) }
+        gradients!.update(repeating: 0)
+    }
+
+    // MARK: forward
+
+    /// What a forward pass keeps: logits always; hidden states of the residual stream after the
+    /// blocks in `hiddenLayers`; the final normed hidden states (for sentence embeddings).
+    public struct Output {
+        /// [B·T, V]
+        public let logits: UnsafeMutablePointer<Float>
+        /// block index → [B·T, C], the residual stream after that block (before the final norm)
+        public let hidden: [Int: UnsafeMutablePointer<Float>]
+        /// [B·T, C], after the final norm (Hugging Face's `last_hidden_state`)
+        public let finalHidden: UnsafeMutablePointer<Float>
+        public let batch: Int
+        public let length: Int
+    }
+
+    /// Runs the model on `tokens` [B, T]. With `keepForBackward` false (a teacher, evaluation) the
+    /// blocks share their scratch buffers and nothing is kept for a backward pass.
+    @discardableResult
+    public func forward(tokens: UnsafePointer<Int32>, batch: Int, length: Int,
+                        captureLayers: Set<Int> = [], keepForBackward: Bool = true) -> Output {
+        precondition(length <= config.maxPositionEmbeddings, "sequence longer than the context")
+        let acts = activationsFor(batch: batch, length: length, perBlock: keepForBackward)
+        let c = config.hiddenSize, rows = batch * length
+        let weights = UnsafeMutablePointer(parameters.baseAddress!)
+
+        // Embedding lookup: residual[0][n] = E[token[n]]; the tokens are kept for the embedding's backward.
+        acts.tokens.update(from: tokens, count: rows)
+        let residual0 = acts.residual[0]
+        for n in 0..<rows {
+            let token = Int(tokens[n])
+            precondition(token >= 0 && token < config.vocabSize, "token id out of range")
+            (residual0 + n * c).update(from: weights + layout.embedding + token * c, count: c)
+        }
+        for layer in 0..<config.numHiddenLayers {
+            blockForward(layer: layer, acts: acts.block(layer), input: acts.residual[layer],
+                         output: acts.residual[layer + 1], batch: batch, length: length)
+        }
+        ck_rmsnorm_forward(acts.finalNormed, acts.finalRstd, acts.residual[config.numHiddenLayers],
+                           weights + layout.finalNorm, rows, c, config.rmsNormEps)
+        linearForward(acts.logits, acts.finalNormed, weights + layout.lmHead,
+                      rows: rows, inFeatures: c, outFeatures: config.vocabSize)
+        var hidden: [Int: UnsafeMutablePointer<Float>] = [:]
+        for layer in captureLayers where layer >= 0 && layer < config.numHiddenLayers {
+            hidden[layer] = acts.residual[layer + 1]
+        }
+        return Output(logits: acts.logits, hidden: hidden, finalHidden: acts.finalNormed,
+                      batch: batch, length: length)
+    }
+
+    private func blockForward(layer: Int, acts: BlockActivations, input: UnsafeMutablePointer<Float>,
+                              output: UnsafeMutablePointer<Float>, batch: Int, length: Int) {
+        let c = config.hiddenSize, f = config.intermediateSize, rows = batch * length
+        let qkvWidth = c + 2 * config.numKeyValueHeads * config.headDim
+        let block = layout.blocks[layer], weights = UnsafeMutablePointer(parameters.baseAddress!)
+
+        // Attention half: output = input + o_proj(attention(rope(qkv(norm(input)))))
+        ck_rmsnorm_forward(acts.attentionNormed, acts.attentionRstd, input, weights + block.attentionNorm,
+                           rows, c, config.rmsNormEps)
+        linearForward(acts.qkv, acts.attentionNormed, weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth)
+        rope.apply(acts.qkv, rowStride: qkvWidth, batch: batch, length: length, startPosition: 0,
+                   queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: false)
+        attentionForward(out: acts.attentionOut, probabilities: acts.probabilities, qkv: acts.qkv,
+                         config: config, batch: batch, length: length)
+        output.update(from: input, count: rows * c)
+        linearForward(output, acts.attentionOut, weights + block.output, rows: rows, inFeatures: c, outFeatures: c, accumulate: true)
+
+        // MLP half: output += down(silu(gate(norm(x))) * up(norm(x)))
+        ck_rmsnorm_forward(acts.mlpNormed, acts.mlpRstd, output, weights + block.mlpNorm, rows, c, config.rmsNormEps)
+        linearForward(acts.gateUp, acts.mlpNormed, weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f)
+        parallelFor(Compute.threads) { part in
+            let start = rows * part / Compute.threads, end = rows * (part + 1) / Compute.threads
+            ck_swiglu_forward(acts.swiglu + start * f, acts.gateUp + start * 2 * f, end - start, f)
+        }
+        // The residual before the MLP must survive for backward: keep it in `attentionResidual`.
+        acts.attentionResidual.update(from: output, count: rows * c)
+        linearForward(output, acts.swiglu, weights + block.down, rows: rows, inFeatures: f, outFeatures: c, accumulate: true)
+    }
+
+    // MARK: backward
+
+    /// Accumulates parameter gradients for the last forward pass (which must have kept its state).
+    /// Gradient enters at the logits `dLogits` [B·T, V], at any captured hidden state `dHidden[layer]`
+    /// [B·T, C], and at the final normed hidden states `dFinalHidden` [B·T, C]. Any may be absent.
+    public func backward(dLogits: UnsafePointer<Float>?, dHidden: [Int: UnsafePointer<Float>] = [:],
+                         dFinalHidden: UnsafePointer<Float>? = nil) {
+        guard let acts = activations, acts.perBlock else {
+            preconditionFailure("backward needs a forward pass with keepForBackward")
+        }
+        if gradients == nil { zeroGradients() }
+        let grads = gradients!.baseAddress!, weights = UnsafeMutablePointer(parameters.baseAddress!)
+        let c = config.hiddenSize, rows = acts.batch * acts.length, vocab = config.vocabSize
+        let layers = config.numHiddenLayers
+
+        // d finalNormed = dLogits · W_head (+ dFinalHidden)
+        let dNormed = acts.scratchNormed
+        dNormed.update(repeating: 0, count: rows * c)
+        if let dLogits {
+            linearBackward(dx: dNormed, dWeight: grads + layout.lmHead, dy: dLogits, x: acts.finalNormed,
+                           weight: weights + layout.lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
+        }
+        if let dFinalHidden { ck_add_inplace(dNormed, dFinalHidden, rows * c) }
+        let dResidual = acts.dResidual
+        dResidual.update(repeating: 0, count: rows * c)
+        ck_rmsnorm_backward(dResidual, grads + layout.finalNorm, dNormed, acts.residual[layers],
+                            weights + layout.finalNorm, acts.finalRstd, rows, c)
+        for layer in stride(from: layers - 1, through: 0, by: -1) {
+            if let dh = dHidden[layer] { ck_add_inplace(dResidual, dh, rows * c) }
+            blockBackward(layer: layer, acts: acts.block(layer), input: acts.residual[layer], dResidual: dResidual, scratch: acts)
+        }
+        // Embedding rows receive the gradient of the residual stream's start.
+        let tokens = acts.tokens
+        for n in 0..<rows {
+            ck_add_inplace(grads + layout.embedding + Int(tokens[n]) * c, dResidual + n * c, c)
+        }
+    }
+
+    /// Backward through one block. `dResidual` [B·T, C] holds d(block output) on entry and
+    /// d(block input) on return.
+    private func blockBackward(layer: Int, acts: BlockActivations, input: UnsafeMutablePointer<Float>,
+                               dResidual: UnsafeMutablePointer<Float>, scratch: Activations) {
+        let c = config.hiddenSize, f = config.intermediateSize, rows = scratch.batch * scratch.length
+        let qkvWidth = c + 2 * config.numKeyValueHeads * config.headDim
+        let block = layout.blocks[layer]
+        let grads = gradients!.baseAddress!, weights = UnsafeMutablePointer(parameters.baseAddress!)
+
+        // MLP: d swiglu = dOut · W_down; d gateUp; d mlpNormed; through the norm into dResidual.
+        let dSwiglu = scratch.dSwiglu, dGateUp = scratch.dGateUp, dNormed = scratch.scratchNormed
+        dSwiglu.update(repeating: 0, count: rows * f)
+        linearBackward(dx: dSwiglu, dWeight: grads + block.down, dy: dResidual, x: acts.swiglu,
+                       weight: weights + block.down, rows: rows, inFeatures: f, outFeatures: c)
+        parallelFor(Compute.threads) { part in
+            let start = rows * part / Compute.threads, end = rows * (part + 1) / Compute.threads
+            ck_swiglu_backward(dGateUp + start * 2 * f, dSwiglu + start * f, acts.gateUp + start * 2 * f, end - start, f)
+        }
+        dNormed.update(repeating: 0, count: rows * c)
+        linearBackward(dx: dNormed, dWeight: grads + block.gateUp, dy: dGateUp, x: acts.mlpNormed,
+                       weight: weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f)
+        ck_rmsnorm_backward(dResidual, grads + block.mlpNorm, dNormed, acts.attentionResidual,
+                            weights + block.mlpNorm, acts.mlpRstd, rows, c)
+
+        // Attention: d attentionOut = dResidual · W_o; through attention and rope into dqkv.
+        let dAttention = scratch.dAttentionOut, dQKV = scratch.dQKV
+        dAttention.update(repeating: 0, count: rows * c)
+        linearBackward(dx: dAttention, dWeight: grads + block.output, dy: dResidual, x: acts.attentionOut,
+                       weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c)
+        dQKV.update(repeating: 0, count: rows * qkvWidth)
+        attentionBackward(dqkv: dQKV, dOut: dAttention, probabilities: acts.probabilities, qkv: acts.qkv,
+                          scratch: scratch.dScores, config: config, batch: scratch.batch, length: scratch.length)
+        rope.apply(dQKV, rowStride: qkvWidth, batch: scratch.batch, length: scratch.length, startPosition: 0,
+                   queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: true)
+        dNormed.update(repeating: 0, count: rows * c)
+        linearBackward(dx: dNormed, dWeight: grads + block.qkv, dy: dQKV, x: acts.attentionNormed,
+                       weight: weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth)
+        ck_rmsnorm_backward(dResidual, grads + block.attentionNorm, dNormed, input,
+                            weights + block.attentionNorm, acts.attentionRstd, rows, c)
+    }
+
+    // MARK: buffers
+
+    private func activationsFor(batch: Int, length: Int, perBlock: Bool) -> Activations {
+        if let acts = activations, acts.batch == batch, acts.length == length, acts.perBlock == perBlock {
+            return acts
+        }
+        activations = nil  // free the old buffers before allocating new ones
+        let acts = Activations(config: config, batch: batch, length: length, perBlock: perBlock)
+        activations = acts
+        return acts
+    }
+
+    /// Frees the forward/backward buffers (a model kept only for its weights).
+    public func releaseActivations() { activations = nil }
+}
