@@ -1,0 +1,59 @@
+import Foundation
+
+/// Picks the next token from logits: greedy at temperature 0, otherwise a multinomial draw from the
+/// tempered softmax restricted by top-k and top-p (nucleus), from a seeded generator.
+public struct Sampler {
+    public var temperature: Float
+    public var topK: Int?
+    public var topP: Float?
+    public var random: SeededRandom
+
+    public init(temperature: Float = 0.8, topK: Int? = nil, topP: Float? = nil, seed: UInt64 = 0) throws {
+        guard temperature >= 0, temperature.isFinite else {
+            throw GenerationError.invalidSetting("--temperature must be 0 (greedy) or positive, got \(temperature)")
+        }
+        if let topK, topK < 1 { throw GenerationError.invalidSetting("--top-k must be at least 1, got \(topK)") }
+        if let topP, !(topP > 0 && topP <= 1) {
+            throw GenerationError.invalidSetting("--top-p must be in (0, 1], got \(topP)")
+        }
+        self.temperature = temperature
+        self.topK = topK
+        self.topP = topP
+        random = SeededRandom(seed: seed)
+    }
+
+    /// The index of the largest logit (the first one on ties).
+    public static func argmax(_ logits: UnsafePointer<Float>, count: Int) -> Int {
+        var best = 0
+        for i in 1..<count where logits[i] > logits[best] { best = i }
+        return best
+    }
+
+    public mutating func sample(_ logits: UnsafePointer<Float>, count: Int) -> Int {
+        if temperature == 0 { return Self.argmax(logits, count: count) }
+        // Candidates sorted by logit, cut to top-k, then softmax at the temperature.
+        var candidates = (0..<count).sorted { logits[$0] > logits[$1] }
+        if let topK, topK < count { candidates.removeSubrange(topK...) }
+        let maximum = logits[candidates[0]]
+        var weights = candidates.map { Double(exp((logits[$0] - maximum) / temperature)) }
+        var total = weights.reduce(0, +)
+        if let topP, topP < 1 {
+            // Keep the smallest prefix whose probability reaches top-p.
+            var cumulative = 0.0, keep = 0
+            while keep < weights.count {
+                cumulative += weights[keep] / total
+                keep += 1
+                if cumulative >= Double(topP) { break }
+            }
+            candidates.removeSubrange(keep...)
+            weights.removeSubrange(keep...)
+            total = weights.reduce(0, +)
+        }
+        var threshold = Double(random.nextFloat()) * total
+        for (index, weight) in zip(candidates, weights) {
+            threshold -= weight
+            if threshold < 0 { return index }
+        }
+        return candidates[candidates.count - 1]
+    }
+}

@@ -1,0 +1,51 @@
+import XCTest
+import Distill
+
+final class GenerationTests: XCTestCase {
+    /// The KV-cache path gives the same logits as a full forward pass at every position.
+    func testKVCacheMatchesFullForward() throws {
+        let config = ModelGradientTests.tinyConfig()
+        let model = try ModelGradientTests.model(config)
+        let tokens: [Int32] = [3, 1, 4, 1, 5, 9, 2, 6]
+        let full = model.forward(tokens: tokens, batch: 1, length: tokens.count, keepForBackward: false)
+        let session = KVCacheSession(model: model)
+        var largest: Float = 0
+        for (position, token) in tokens.enumerated() {
+            try session.feed(token)
+            for v in 0..<config.vocabSize {
+                largest = max(largest, abs(session.logits[v] - full.logits[position * config.vocabSize + v]))
+            }
+        }
+        print("KV cache vs full forward: largest logit difference \(largest)")
+        XCTAssertLessThan(largest, 1e-4)
+    }
+
+    func testGreedyIsDeterministicAndSamplingRepeatsForASeed() throws {
+        let model = try ModelGradientTests.model(ModelGradientTests.tinyConfig())
+        let session = KVCacheSession(model: model)
+        func run(_ temperature: Float, seed: UInt64) throws -> [Int32] {
+            var sampler = try Sampler(temperature: temperature, topK: 5, topP: 0.9, seed: seed)
+            return try generate(session: session, prompt: [1, 2], maxTokens: 6, sampler: &sampler)
+        }
+        XCTAssertEqual(try run(0, seed: 1), try run(0, seed: 2))
+        XCTAssertEqual(try run(1, seed: 3), try run(1, seed: 3))
+        let draws = try (0..<8).map { try run(1.5, seed: UInt64($0)) }
+        XCTAssertGreaterThan(Set(draws.map { $0.description }).count, 1, "different seeds should differ")
+        // Greedy picks the argmax of the logits at each step.
+        let greedy = try run(0, seed: 0)
+        session.reset()
+        try session.feed(1); try session.feed(2)
+        XCTAssertEqual(Int32(Sampler.argmax(session.logits, count: model.config.vocabSize)), greedy[0])
+    }
+
+    func testPromptLongerThanContextIsRejected() throws {
+        let model = try ModelGradientTests.model(ModelGradientTests.tinyConfig())
+        var sampler = try Sampler(temperature: 0)
+        XCTAssertThrowsError(try generate(session: KVCacheSession(model: model), prompt: Array(repeating: 1, count: 9),
+                                          maxTokens: 2, sampler: &sampler)) { error in
+            XCTAssertEqual(error as? GenerationError, .promptTooLong(tokens: 9, context: 8))
+        }
+        XCTAssertThrowsError(try Sampler(temperature: -1))
+        XCTAssertThrowsError(try Sampler(topP: 1.5))
+    }
+}
