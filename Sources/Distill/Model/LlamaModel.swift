@@ -216,7 +216,8 @@ public final class LlamaModel {
     // MARK: buffers
 
     private func activationsFor(batch: Int, length: Int, perBlock: Bool) -> Activations {
-        if let acts = activations, acts.batch == batch, acts.length == length, acts.perBlock == perBlock {
+        // Buffers kept for backward serve an inference pass as well.
+        if let acts = activations, acts.batch == batch, acts.length == length, acts.perBlock || !perBlock {
             return acts
         }
         activations = nil  // free the old buffers before allocating new ones

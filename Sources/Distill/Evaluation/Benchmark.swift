@@ -1,0 +1,109 @@
+import CBLAS
+import Foundation
+
+/// Speed figures of `distill bench`, each the median over repeated timings in one run.
+public struct BenchmarkReport: Codable, Sendable {
+    public var preset: String
+    public var threads: Int
+    public var sgemmGFLOPS: Double
+    public var trainTokensPerSecond: Double
+    public var trainModelGFLOPS: Double
+    public var trainUtilisation: Double
+    public var distillTokensPerSecond: Double?
+    public var generationTokensPerSecond: Double
+    public var parameters: Int
+    public var studentParameters: Int?
+    public var peakResidentMB: Double
+}
+
+/// The benchmark's workloads, on random tokens (no corpus needed).
+public enum Benchmark {
+    /// Median seconds of `repeats` runs of `body` after `warmup` untimed runs.
+    static func median(repeats: Int, warmup: Int = 2, _ body: () throws -> Void) rethrows -> Double {
+        for _ in 0..<warmup { try body() }
+        var times: [Double] = []
+        for _ in 0..<repeats {
+            let start = DispatchTime.now().uptimeNanoseconds
+            try body()
+            times.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        }
+        return times.sorted()[times.count / 2]
+    }
+
+    /// GFLOP/s of cblas_sgemm on square-ish shapes like the model's (the utilisation reference).
+    public static func sgemmRate(m: Int = 2048, n: Int = 1024, k: Int = 256) -> Double {
+        let a = [Float](repeating: 0.5, count: m * k), b = [Float](repeating: 0.25, count: k * n)
+        var c = [Float](repeating: 0, count: m * n)
+        let seconds = median(repeats: 9) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(m), Int32(n), Int32(k), 1, a, Int32(k), b, Int32(k), 0, &c, Int32(n))
+        }
+        return 2 * Double(m * n * k) / seconds / 1e9
+    }
+
+    /// Model FLOPs per trained token: 6·N for the weights plus the attention products (forward 4·T·C
+    /// per layer for scores and mixing, backward twice that), counting the full T×T products we compute.
+    public static func trainingFLOPsPerToken(_ config: LlamaConfig, context: Int) -> Double {
+        let n = Double(ParameterLayout(config: config).count)
+        let attention = 12 * Double(config.numHiddenLayers * context * config.hiddenSize)
+        return 6 * n + attention
+    }
+
+    static func randomBatch(vocab: Int, batch: Int, length: Int, random: inout SeededRandom) -> Batch {
+        let tokens = (0..<(batch * (length + 1))).map { _ in Int32(random.next() % UInt64(vocab)) }
+        var inputs = [Int32](), targets = [Int32]()
+        for b in 0..<batch {
+            let row = tokens[(b * (length + 1))..<((b + 1) * (length + 1))]
+            inputs += row.dropLast()
+            targets += row.dropFirst()
+        }
+        return Batch(inputs: inputs, targets: targets, batch: batch, length: length)
+    }
+
+    /// Median tokens/s of full training steps (forward, backward, clip, AdamW) on random tokens.
+    public static func trainingSpeed(config: LlamaConfig, batch: Int, context: Int, repeats: Int) throws -> Double {
+        let model = try LlamaModel(config: config, seed: 1)
+        var parameters = TrainingParameters()
+        parameters.batchSize = batch
+        parameters.context = context
+        let trainer = try Trainer(model: model, objective: CrossEntropyObjective(), parameters: parameters, tokenizerHash: 0)
+        var random = SeededRandom(seed: 2)
+        let data = randomBatch(vocab: config.vocabSize, batch: batch, length: context, random: &random)
+        let seconds = try median(repeats: repeats) { try trainer.singleStep(data) }
+        return Double(batch * context) / seconds
+    }
+
+    /// Median tokens/s of greedy decoding with the KV cache: batch 1, an 8-token prompt, 120 new tokens.
+    public static func generationSpeed(config: LlamaConfig, repeats: Int) throws -> Double {
+        let model = try LlamaModel(config: config, seed: 1)
+        let session = KVCacheSession(model: model)
+        var sampler = try Sampler(temperature: 0)
+        let prompt: [Int32] = (0..<8).map { Int32($0 * 37 % config.vocabSize) }
+        var produced = 0
+        let seconds = try median(repeats: repeats) {
+            produced = try generate(session: session, prompt: prompt, maxTokens: 120, sampler: &sampler).count
+        }
+        return Double(produced) / seconds
+    }
+
+    /// Peak resident memory of this process so far, in MB (VmHWM).
+    public static func peakResidentMB() -> Double {
+        guard let status = try? String(contentsOfFile: "/proc/self/status", encoding: .utf8) else { return 0 }
+        for line in status.split(separator: "\n") where line.hasPrefix("VmHWM:") {
+            let fields = line.split(separator: " ")
+            if fields.count >= 2, let kb = Double(fields[1]) { return kb / 1024 }
+        }
+        return 0
+    }
+}
+
+extension Trainer {
+    /// One optimizer step on a given micro-batch (the benchmark's unit of work).
+    public func singleStep(_ batch: Batch) throws {
+        model.zeroGradients()
+        for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
+        _ = try objective.trainStep(model: model, batch: batch, gradientScale: 1)
+        let segments = self.segments
+        clipGradientNorm(segments, maxNorm: parameters.gradientClip)
+        optimizer.update(segments, learningRate: parameters.learningRate)
+    }
+}

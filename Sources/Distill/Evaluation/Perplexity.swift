@@ -1,0 +1,84 @@
+import Foundation
+
+/// Negative log-likelihood of a token sequence under a model, and what follows from it.
+public struct PerplexityReport: Codable, Equatable, Sendable {
+    /// Tokens scored (every token but the first).
+    public var tokens: Int
+    /// Total negative log-likelihood in nats.
+    public var nllSum: Double
+    /// UTF-8 bytes of the evaluated text.
+    public var bytes: Int
+
+    public var meanNLL: Double { nllSum / Double(max(tokens, 1)) }
+    public var perplexity: Double { exp(meanNLL) }
+    /// Nats over ln 2 times bytes: independent of the tokenizer, so models with different vocabularies compare.
+    public var bitsPerByte: Double { nllSum / (log(2) * Double(max(bytes, 1))) }
+
+    enum CodingKeys: String, CodingKey { case tokens, nllSum = "nll_sum", bytes }
+
+    public var json: [String: Any] {
+        ["tokens": tokens, "nll_sum": nllSum, "mean_nll": meanNLL, "perplexity": perplexity,
+         "bytes": bytes, "bits_per_byte": bitsPerByte]
+    }
+}
+
+/// Scores `tokens` with windows of the model's context (or `context`) advanced by `stride`: a window
+/// starting at `begin` reads tokens[begin ..< begin+T] and predicts tokens[begin+1 ... begin+T]; only the
+/// targets no earlier window scored count, so each token after the first is scored exactly once, and a
+/// stride below the context gives every token more left context. Windows of equal length run as one batch.
+public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context: Int? = nil, stride: Int? = nil,
+                        batchSize: Int = 8) throws -> PerplexityReport {
+    let window = min(context ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings)
+    let step = stride ?? window
+    guard step >= 1 && step <= window else {
+        throw EvaluationError.badStride(step, context: window)
+    }
+    guard tokens.count >= 2 else { throw EvaluationError.tooShort(tokens.count) }
+    // Plan the windows: (begin, length, first target index that counts).
+    var plans: [(begin: Int, length: Int, firstNew: Int)] = []
+    var scoredThrough = 0, begin = 0
+    while scoredThrough < tokens.count - 1 {
+        let length = min(window, tokens.count - 1 - begin)
+        plans.append((begin, length, scoredThrough + 1))
+        scoredThrough = begin + length
+        begin += step
+    }
+    var nll = 0.0, counted = 0
+    var index = 0
+    while index < plans.count {
+        // Group consecutive windows of the same length into one batch.
+        var group = [plans[index]]
+        while group.count < batchSize, index + group.count < plans.count,
+              plans[index + group.count].length == group[0].length {
+            group.append(plans[index + group.count])
+        }
+        index += group.count
+        let length = group[0].length
+        var inputs = [Int32](), targets = [Int32]()
+        for plan in group {
+            inputs += tokens[plan.begin ..< plan.begin + length]
+            for position in 0..<length {
+                let target = plan.begin + position + 1
+                targets.append(target >= plan.firstNew ? tokens[target] : -1)
+            }
+        }
+        let batch = Batch(inputs: inputs, targets: targets, batch: group.count, length: length)
+        let scored = targets.filter { $0 >= 0 }.count
+        nll += Double(meanCrossEntropy(model: model, batch: batch)) * Double(scored)
+        counted += scored
+    }
+    return PerplexityReport(tokens: counted, nllSum: nll, bytes: bytes)
+}
+
+/// Errors of evaluation that a user can act on.
+public enum EvaluationError: Error, CustomStringConvertible, Equatable {
+    case badStride(Int, context: Int)
+    case tooShort(Int)
+
+    public var description: String {
+        switch self {
+        case .badStride(let stride, let context): return "--stride must be between 1 and the context (\(context)), got \(stride)"
+        case .tooShort(let count): return "the text has \(count) token(s); at least 2 are needed to score anything"
+        }
+    }
+}

@@ -1,0 +1,82 @@
+import CKernels
+
+/// One trainable tensor group: a weight buffer, its gradient and whether it takes weight decay per
+/// element range (norm gains do not).
+public struct TrainableSegment {
+    public let parameters: UnsafeMutablePointer<Float>
+    public let gradients: UnsafeMutablePointer<Float>
+    public let count: Int
+    public let decays: Bool
+    public init(parameters: UnsafeMutablePointer<Float>, gradients: UnsafeMutablePointer<Float>, count: Int, decays: Bool) {
+        self.parameters = parameters
+        self.gradients = gradients
+        self.count = count
+        self.decays = decays
+    }
+}
+
+/// AdamW (decoupled weight decay, as `torch.optim.AdamW`) over a list of segments whose moments live
+/// in two flat buffers in segment order.
+public final class AdamW {
+    public var beta1: Float, beta2: Float, epsilon: Float, weightDecay: Float
+    /// Steps taken (for bias correction).
+    public var step = 0
+    /// First and second moments, concatenated over the segments.  [total]
+    public var firstMoment: [Float]
+    public var secondMoment: [Float]
+
+    public init(totalCount: Int, beta1: Float = 0.9, beta2: Float = 0.95, epsilon: Float = 1e-8, weightDecay: Float = 0.1) {
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.epsilon = epsilon
+        self.weightDecay = weightDecay
+        firstMoment = Array(repeating: 0, count: totalCount)
+        secondMoment = Array(repeating: 0, count: totalCount)
+    }
+
+    /// One update at `learningRate` over `segments` (in the same order every call).
+    public func update(_ segments: [TrainableSegment], learningRate: Float) {
+        step += 1
+        let correction1 = 1 - Float(Double(beta1).power(step))
+        let correction2 = 1 - Float(Double(beta2).power(step))
+        var offset = 0
+        firstMoment.withUnsafeMutableBufferPointer { m in
+            secondMoment.withUnsafeMutableBufferPointer { v in
+                for segment in segments {
+                    ck_adamw(segment.parameters, m.baseAddress! + offset, v.baseAddress! + offset, segment.gradients,
+                             segment.count, learningRate, beta1, beta2, epsilon,
+                             segment.decays ? learningRate * weightDecay : 0, correction1, correction2)
+                    offset += segment.count
+                }
+            }
+        }
+    }
+}
+
+extension Double {
+    func power(_ exponent: Int) -> Double { Foundation.pow(self, Double(exponent)) }
+}
+
+/// Scales all gradients so that their global L2 norm is at most `maxNorm`; returns the norm before.
+@discardableResult
+public func clipGradientNorm(_ segments: [TrainableSegment], maxNorm: Float) -> Float {
+    var squares = 0.0
+    for segment in segments { squares += ck_sum_squares(segment.gradients, segment.count) }
+    let norm = Float(squares.squareRoot())
+    if maxNorm > 0 && norm > maxNorm {
+        let scale = maxNorm / (norm + 1e-6)
+        for segment in segments { ck_scale_inplace(segment.gradients, scale, segment.count) }
+    }
+    return norm
+}
+
+/// Linear warm-up to the peak rate, then cosine decay to `minimumFraction` of it at the last step.
+public func learningRate(step: Int, totalSteps: Int, peak: Float, warmup: Int, minimumFraction: Float = 0.1) -> Float {
+    if step < warmup { return peak * Float(step + 1) / Float(warmup) }
+    let decaySteps = max(1, totalSteps - warmup)
+    let progress = min(1, Float(step - warmup) / Float(decaySteps))
+    let cosine = 0.5 * (1 + Float(Foundation.cos(Double.pi * Double(progress))))
+    return peak * (minimumFraction + (1 - minimumFraction) * cosine)
+}
+
+import Foundation

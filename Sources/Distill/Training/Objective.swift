@@ -1,0 +1,87 @@
+/// One micro-batch: `inputs` and `targets` [B, T] (targets are inputs shifted by one token).
+public struct Batch: Sendable {
+    public var inputs: [Int32]
+    public var targets: [Int32]
+    public var batch: Int
+    public var length: Int
+    public init(inputs: [Int32], targets: [Int32], batch: Int, length: Int) {
+        self.inputs = inputs
+        self.targets = targets
+        self.batch = batch
+        self.length = length
+    }
+}
+
+/// A trainable tensor that is not part of the model (a feature-distillation projection): kept in the
+/// training state, updated by the same optimizer, left out of the model's weights.
+public final class TrainableTensor {
+    public let name: String
+    public let shape: [Int]
+    public let values: UnsafeMutableBufferPointer<Float>
+    public let gradients: UnsafeMutableBufferPointer<Float>
+
+    public init(name: String, shape: [Int], initial: [Float]) {
+        self.name = name
+        self.shape = shape
+        values = .allocate(capacity: initial.count)
+        _ = values.initialize(from: initial)
+        gradients = .allocate(capacity: initial.count)
+        gradients.initialize(repeating: 0)
+    }
+
+    deinit {
+        values.deallocate()
+        gradients.deallocate()
+    }
+
+    public var segment: TrainableSegment {
+        TrainableSegment(parameters: values.baseAddress!, gradients: gradients.baseAddress!, count: values.count, decays: true)
+    }
+}
+
+/// What a training step optimises. `train` uses cross-entropy; `student` adds distillation terms.
+public protocol TrainingObjective: AnyObject {
+    /// Trainable tensors besides the model's weights.
+    var extraTensors: [TrainableTensor] { get }
+    /// Forward and backward on one micro-batch; accumulates gradientScale × gradients. Returns the
+    /// loss terms by name ("loss" is the total that is optimised).
+    func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double]
+    /// Validation terms on one batch, no gradients ("ce" is the student's cross-entropy in nats).
+    func evaluate(model: LlamaModel, batch: Batch) -> [String: Double]
+}
+
+/// Plain next-token cross-entropy.
+public final class CrossEntropyObjective: TrainingObjective {
+    public var extraTensors: [TrainableTensor] { [] }
+    private var dLogits: [Float] = []
+
+    public init() {}
+
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+        let rows = batch.batch * batch.length, vocab = model.config.vocabSize
+        let output = model.forward(tokens: batch.inputs, batch: batch.batch, length: batch.length)
+        if dLogits.count != rows * vocab { dLogits = Array(repeating: 0, count: rows * vocab) }
+        let loss = dLogits.withUnsafeMutableBufferPointer { d in
+            d.update(repeating: 0)
+            return batch.targets.withUnsafeBufferPointer { targets in
+                crossEntropyForwardBackward(dLogits: d.baseAddress!, logits: output.logits, targets: targets.baseAddress!,
+                                            rows: rows, vocab: vocab, gradientScale: gradientScale)
+            }
+        }
+        dLogits.withUnsafeBufferPointer { model.backward(dLogits: $0.baseAddress!) }
+        return ["loss": Double(loss), "ce": Double(loss)]
+    }
+
+    public func evaluate(model: LlamaModel, batch: Batch) -> [String: Double] {
+        ["ce": Double(meanCrossEntropy(model: model, batch: batch))]
+    }
+}
+
+/// Mean next-token cross-entropy (nats) of `model` on a batch, with no backward state kept.
+public func meanCrossEntropy(model: LlamaModel, batch: Batch) -> Float {
+    let output = model.forward(tokens: batch.inputs, batch: batch.batch, length: batch.length, keepForBackward: false)
+    return batch.targets.withUnsafeBufferPointer { targets in
+        crossEntropyForwardBackward(dLogits: nil, logits: output.logits, targets: targets.baseAddress!,
+                                    rows: batch.batch * batch.length, vocab: model.config.vocabSize, gradientScale: 0)
+    }
+}

@@ -1,0 +1,227 @@
+import Foundation
+
+/// What the training loop reports as it goes.
+public enum TrainingEvent {
+    /// A progress report: step (1-based) of total, loss terms, learning rate, gradient norm, speed.
+    case step(step: Int, total: Int, terms: [String: Double], learningRate: Float, gradientNorm: Float,
+              tokensPerSecond: Double, secondsLeft: Double)
+    /// Validation terms averaged over the validation batches.
+    case validation(step: Int, terms: [String: Double])
+    case checkpoint(step: Int, directory: URL)
+    case interrupted(step: Int)
+}
+
+/// The training loop shared by `train` and `student`: micro-batches with gradient accumulation,
+/// global-norm clipping, AdamW with warm-up and cosine decay, validation and atomic checkpoints,
+/// and an exact resume (the batch sampler's state is part of the checkpoint).
+public final class Trainer {
+    public let model: LlamaModel
+    public let objective: TrainingObjective
+    public let parameters: TrainingParameters
+    public let optimizer: AdamW
+    /// Optimizer steps done.
+    public private(set) var step = 0
+    /// Draws the training windows; saved and restored with the checkpoint.
+    public var random: SeededRandom
+    /// Tokenizer identity of the data, checked on resume.
+    public let tokenizerHash: UInt64
+    private var elapsedBefore: Double = 0
+
+    public init(model: LlamaModel, objective: TrainingObjective, parameters: TrainingParameters, tokenizerHash: UInt64) throws {
+        try parameters.validate()
+        guard parameters.context <= model.config.maxPositionEmbeddings else {
+            throw TrainingError.invalidSetting("--context \(parameters.context) is longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
+        }
+        self.model = model
+        self.objective = objective
+        self.parameters = parameters
+        self.tokenizerHash = tokenizerHash
+        let total = model.parameterCount + objective.extraTensors.reduce(0) { $0 + $1.values.count }
+        optimizer = AdamW(totalCount: total, beta1: parameters.beta1, beta2: parameters.beta2, weightDecay: parameters.weightDecay)
+        random = SeededRandom(seed: parameters.seed &+ 0x5EED)
+        model.zeroGradients()
+    }
+
+    /// The model's weights and the extra tensors, in optimizer order.
+    var segments: [TrainableSegment] {
+        let weights = model.parameters.baseAddress!, grads = model.gradients!.baseAddress!
+        return model.layout.tensors.map {
+            TrainableSegment(parameters: weights + $0.offset, gradients: grads + $0.offset, count: $0.count, decays: $0.decays)
+        } + objective.extraTensors.map(\.segment)
+    }
+
+    /// Runs until `parameters.steps`, or until `shouldStop` says so (then saves and returns).
+    /// `nextBatch` draws a training micro-batch from the trainer's generator.
+    public func run(nextBatch: (inout SeededRandom) throws -> Batch, validation: [Batch], output: URL,
+                    tokenizerModel: String?, shouldStop: () -> Bool = { false },
+                    report: (TrainingEvent) -> Void) throws {
+        let start = Date()
+        let tokensPerStep = parameters.batchSize * parameters.context * parameters.accumulationSteps
+        var windowStart = Date(), windowSteps = 0
+        var recentSpeed = 0.0
+        let segments = self.segments
+        while step < parameters.steps {
+            if shouldStop() {
+                try saveCheckpoint(to: output, tokenizerModel: tokenizerModel, elapsed: Date().timeIntervalSince(start))
+                report(.interrupted(step: step))
+                return
+            }
+            model.zeroGradients()
+            for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
+            var terms: [String: Double] = [:]
+            let scale = 1 / Float(parameters.accumulationSteps)
+            for _ in 0..<parameters.accumulationSteps {
+                let batch = try nextBatch(&random)
+                let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)
+                for (name, value) in micro { terms[name, default: 0] += value / Double(parameters.accumulationSteps) }
+            }
+            guard let loss = terms["loss"], loss.isFinite else { throw TrainingError.diverged(step: step + 1) }
+            let norm = clipGradientNorm(segments, maxNorm: parameters.gradientClip)
+            let rate = learningRate(step: step, totalSteps: parameters.steps, peak: parameters.learningRate,
+                                    warmup: parameters.warmupSteps, minimumFraction: parameters.minimumLearningRateFraction)
+            optimizer.update(segments, learningRate: rate)
+            step += 1
+            windowSteps += 1
+
+            if step % max(1, parameters.logEvery) == 0 || step == parameters.steps {
+                let seconds = Date().timeIntervalSince(windowStart)
+                recentSpeed = Double(windowSteps * tokensPerStep) / max(seconds, 1e-9)
+                windowStart = Date()
+                windowSteps = 0
+                let left = Double((parameters.steps - step) * tokensPerStep) / max(recentSpeed, 1e-9)
+                report(.step(step: step, total: parameters.steps, terms: terms, learningRate: rate, gradientNorm: norm,
+                             tokensPerSecond: recentSpeed, secondsLeft: left))
+                appendMetrics(["kind": "train", "step": step, "lr": Double(rate), "grad_norm": Double(norm),
+                               "tokens_per_second": recentSpeed].merging(terms) { a, _ in a }, to: output)
+            }
+            let last = step == parameters.steps
+            if (parameters.evalEvery > 0 && step % parameters.evalEvery == 0) || last, !validation.isEmpty {
+                let terms = evaluate(validation)
+                report(.validation(step: step, terms: terms))
+                appendMetrics(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
+            }
+            if (parameters.saveEvery > 0 && step % parameters.saveEvery == 0) || last {
+                try saveCheckpoint(to: output, tokenizerModel: tokenizerModel, elapsed: Date().timeIntervalSince(start))
+                report(.checkpoint(step: step, directory: output))
+            }
+        }
+    }
+
+    /// Validation terms averaged over `batches`, plus perplexity from the mean cross-entropy.
+    public func evaluate(_ batches: [Batch]) -> [String: Double] {
+        var totals: [String: Double] = [:]
+        for batch in batches {
+            for (name, value) in objective.evaluate(model: model, batch: batch) { totals[name, default: 0] += value }
+        }
+        var terms = totals.mapValues { $0 / Double(max(batches.count, 1)) }
+        if let ce = terms["ce"] { terms["perplexity"] = exp(ce) }
+        return terms
+    }
+
+    private func appendMetrics(_ record: [String: Any], to directory: URL) {
+        guard let data = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) else { return }
+        let url = directory.appendingPathComponent("metrics.jsonl")
+        if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
+        guard let handle = try? FileHandle(forWritingTo: url) else { return }
+        defer { try? handle.close() }
+        _ = try? handle.seekToEnd()
+        try? handle.write(contentsOf: data + Data("\n".utf8))
+    }
+
+    // MARK: checkpoints
+
+    private struct SavedState: Codable {
+        var step: Int
+        var optimizerStep: Int
+        var random: SeededRandom
+        var parameters: TrainingParameters
+        var tokenizerHash: String
+        var elapsedSeconds: Double
+        var extraTensors: [String]
+    }
+
+    static let stateDirectory = "training"
+
+    /// Writes the model (top level, for `sample`/`eval`) and the resume state (under `training/`).
+    /// The state is written into a fresh folder and swapped in with renames, so an interrupted save
+    /// leaves the previous checkpoint whole.
+    public func saveCheckpoint(to directory: URL, tokenizerModel: String?, elapsed: Double = 0) throws {
+        try AtomicFile.ensureDirectory(directory)
+        let fileManager = FileManager.default
+        let staging = directory.appendingPathComponent(".training.tmp")
+        let current = directory.appendingPathComponent(Self.stateDirectory)
+        let previous = directory.appendingPathComponent(".training.old")
+        try? fileManager.removeItem(at: staging)
+        try fileManager.createDirectory(at: staging, withIntermediateDirectories: true)
+
+        try SafetensorsFile.write(tensors: ModelDirectory.tensors(of: model), to: staging.appendingPathComponent("model.safetensors"))
+        var optimizerTensors = [
+            SafetensorsTensor(name: "adamw.first_moment", shape: [optimizer.firstMoment.count], values: optimizer.firstMoment),
+            SafetensorsTensor(name: "adamw.second_moment", shape: [optimizer.secondMoment.count], values: optimizer.secondMoment),
+        ]
+        for tensor in objective.extraTensors {
+            optimizerTensors.append(SafetensorsTensor(name: "extra." + tensor.name, shape: tensor.shape, values: Array(tensor.values)))
+        }
+        try SafetensorsFile.write(tensors: optimizerTensors, to: staging.appendingPathComponent("optimizer.safetensors"))
+        let state = SavedState(step: step, optimizerStep: optimizer.step, random: random, parameters: parameters,
+                               tokenizerHash: String(tokenizerHash, radix: 16), elapsedSeconds: elapsedBefore + elapsed,
+                               extraTensors: objective.extraTensors.map(\.name))
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(try encoder.encode(state), to: staging.appendingPathComponent("state.json"))
+
+        try? fileManager.removeItem(at: previous)
+        if fileManager.fileExists(atPath: current.path) { try fileManager.moveItem(at: current, to: previous) }
+        try fileManager.moveItem(at: staging, to: current)
+        try? fileManager.removeItem(at: previous)
+        try ModelDirectory.save(model, tokenizerModel: tokenizerModel, to: directory, metadata: ["step": String(step)])
+    }
+
+    /// Restores weights, optimizer moments, extra tensors, step and sampler state from `directory`.
+    /// The run's parameters must match the saved ones except `steps` (a run may be extended).
+    public func resume(from directory: URL) throws {
+        var stateFolder = directory.appendingPathComponent(Self.stateDirectory)
+        if !FileManager.default.fileExists(atPath: stateFolder.path) {
+            // A save interrupted between its two renames leaves the previous state here.
+            stateFolder = directory.appendingPathComponent(".training.old")
+        }
+        guard let data = FileManager.default.contents(atPath: stateFolder.appendingPathComponent("state.json").path) else {
+            throw TrainingError.cannotResume("no checkpoint in \(directory.path): run without --resume to start a new run")
+        }
+        let state: SavedState
+        do { state = try JSONDecoder().decode(SavedState.self, from: data) }
+        catch { throw TrainingError.cannotResume("\(stateFolder.path)/state.json is damaged") }
+        guard state.tokenizerHash == String(tokenizerHash, radix: 16) else {
+            throw TrainingError.tokenizerMismatch("cannot resume: the checkpoint was trained on data from another tokenizer")
+        }
+        // Only what changes the arithmetic must match; the length and the reporting cadence may differ.
+        var expected = state.parameters, given = parameters
+        for settings in [\TrainingParameters.steps, \.evalEvery, \.saveEvery, \.logEvery, \.evalBatches] {
+            expected[keyPath: settings] = 0
+            given[keyPath: settings] = 0
+        }
+        guard expected == given else {
+            throw TrainingError.cannotResume("the training flags differ from the checkpoint's (only --steps and the eval/save/log cadence may change)")
+        }
+        guard state.extraTensors == objective.extraTensors.map(\.name) else {
+            throw TrainingError.cannotResume("the checkpoint's distillation terms differ from this run's")
+        }
+        try ModelDirectory.loadWeights(into: model, from: try SafetensorsFile(url: stateFolder.appendingPathComponent("model.safetensors")))
+        let optimizerFile = try SafetensorsFile(url: stateFolder.appendingPathComponent("optimizer.safetensors"))
+        let first = try optimizerFile.floats("adamw.first_moment"), second = try optimizerFile.floats("adamw.second_moment")
+        guard first.count == optimizer.firstMoment.count, second.count == optimizer.secondMoment.count else {
+            throw TrainingError.cannotResume("the optimizer state does not match the model's size")
+        }
+        optimizer.firstMoment = first
+        optimizer.secondMoment = second
+        optimizer.step = state.optimizerStep
+        for tensor in objective.extraTensors {
+            let values = try optimizerFile.floats("extra." + tensor.name)
+            guard values.count == tensor.values.count else { throw TrainingError.cannotResume("tensor \(tensor.name) has the wrong size") }
+            _ = tensor.values.update(fromContentsOf: values)
+        }
+        step = state.step
+        random = state.random
+        elapsedBefore = state.elapsedSeconds
+    }
+}
