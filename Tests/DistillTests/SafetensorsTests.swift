@@ -221,3 +221,177 @@ final class SafetensorsTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: url.path))
     }
 }
+
+/// A tiny Llama config and weights with distinct values, for directory and export tests.
+func tinyLlama(tied: Bool = true) -> (config: LlamaConfig, tensors: [SafetensorsTensor]) {
+    let config = LlamaConfig(hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: 2,
+                             numKeyValueHeads: 1, vocabSize: 10, maxPositionEmbeddings: 16, rmsNormEps: 1e-5,
+                             ropeTheta: 10000, tieWordEmbeddings: tied)
+    var counter: Float = 0
+    let tensors = HFLlamaTensors.expectedShapes(for: config).map { name, shape -> SafetensorsTensor in
+        let values = (0..<shape.reduce(1, *)).map { index -> Float in
+            counter += 1
+            return (counter * 0.37).truncatingRemainder(dividingBy: 2) - 1 + Float(index) * 1e-7
+        }
+        return SafetensorsTensor(name: name, shape: shape, values: values)
+    }
+    return (config, tensors)
+}
+
+let tinySpecialTokens = HFSpecialTokens(bos: HFSpecialToken(id: 1, piece: "<s>"), eos: HFSpecialToken(id: 2, piece: "</s>"),
+                                        unk: HFSpecialToken(id: 0, piece: "<unk>"), pad: HFSpecialToken(id: 3, piece: "<pad>"))
+
+/// Hugging Face directories: named Safetensors… so that `swift test --filter Safetensors` runs them too.
+final class SafetensorsHFModelTests: XCTestCase {
+    /// Exports the tiny model into a fresh directory and returns it.
+    private func exportTiny(tied: Bool = true) throws -> (directory: URL, config: LlamaConfig, tensors: [SafetensorsTensor]) {
+        let root = try makeTemporaryDirectory(self)
+        let tokenizer = root.appendingPathComponent("source.model")
+        try Data("not really a sentencepiece model".utf8).write(to: tokenizer)
+        let (config, tensors) = tinyLlama(tied: tied)
+        let directory = root.appendingPathComponent("export")
+        try HFExport.write(config: config, tensors: tensors, tokenizerModel: tokenizer, specialTokens: tinySpecialTokens, to: directory)
+        return (directory, config, tensors)
+    }
+
+    private func editConfig(in directory: URL, _ edit: (inout [String: Any]) -> Void) throws {
+        let url = directory.appendingPathComponent("config.json")
+        var fields = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: url)) as? [String: Any])
+        edit(&fields)
+        try JSONSerialization.data(withJSONObject: fields).write(to: url)
+    }
+
+    func testExportReadsBackBitwise() throws {
+        for tied in [true, false] {
+            let (directory, config, tensors) = try exportTiny(tied: tied)
+            let model = try HFModelDirectory(directory)
+            XCTAssertEqual(model.config, config)
+            XCTAssertEqual(model.bosTokenID, 1)
+            XCTAssertEqual(model.eosTokenID, 2)
+            XCTAssertEqual(model.padTokenID, 3)
+            try model.checkTensors()
+            XCTAssertEqual(model.tensorNames, tensors.map(\.name).sorted())
+            for tensor in tensors {
+                XCTAssertEqual(try model.tensor(named: tensor.name, shape: tensor.shape).map(\.bitPattern),
+                               tensor.values.map(\.bitPattern), tensor.name)
+            }
+            XCTAssertEqual(model.outputHeadName, tied ? "model.embed_tokens.weight" : "lm_head.weight")
+            XCTAssertEqual(try model.tokenizerModel().lastPathComponent, "tokenizer.model")
+        }
+    }
+
+    func testExportWritesTransformersFields() throws {
+        let (directory, _, _) = try exportTiny()
+        func json(_ name: String) throws -> [String: Any] {
+            try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: directory.appendingPathComponent(name))) as? [String: Any])
+        }
+        let config = try json("config.json")
+        XCTAssertEqual(config["architectures"] as? [String], ["LlamaForCausalLM"])
+        XCTAssertEqual(config["model_type"] as? String, "llama")
+        XCTAssertEqual(config["hidden_act"] as? String, "silu")
+        XCTAssertEqual(config["head_dim"] as? Int, 4)
+        XCTAssertEqual(config["torch_dtype"] as? String, "float32")
+        XCTAssertTrue(config["rope_scaling"] is NSNull)
+        XCTAssertTrue(try String(contentsOf: directory.appendingPathComponent("config.json"), encoding: .utf8).contains("\"rms_norm_eps\" : 1e-05"))
+        let tokenizer = try json("tokenizer_config.json")
+        XCTAssertEqual(tokenizer["tokenizer_class"] as? String, "LlamaTokenizer")
+        XCTAssertEqual(tokenizer["add_eos_token"] as? Bool, false)
+        XCTAssertEqual(tokenizer["bos_token"] as? String, "<s>")
+        XCTAssertEqual(tokenizer["pad_token"] as? String, "<pad>")
+        XCTAssertEqual(tokenizer["model_max_length"] as? Int, 16)
+        XCTAssertEqual(try json("generation_config.json")["eos_token_id"] as? Int, 2)
+        XCTAssertEqual(try Data(contentsOf: directory.appendingPathComponent("tokenizer.model")), Data("not really a sentencepiece model".utf8))
+    }
+
+    func testExportRejectsWrongTensors() throws {
+        let root = try makeTemporaryDirectory(self)
+        let tokenizer = root.appendingPathComponent("t.model")
+        try Data([1]).write(to: tokenizer)
+        var (config, tensors) = tinyLlama()
+        let export = { (tensors: [SafetensorsTensor]) in
+            try HFExport.write(config: config, tensors: tensors, tokenizerModel: tokenizer, specialTokens: tinySpecialTokens,
+                               to: root.appendingPathComponent("out"))
+        }
+        assertThrows(try export(Array(tensors.dropLast())), mentioning: ["'model.norm.weight'", "missing"])
+        tensors[1].shape = [2, 4]
+        assertThrows(try export(tensors), mentioning: ["'model.layers.0.input_layernorm.weight'", "[2, 4]", "[8]"])
+        tensors[1].shape = [8]
+        assertThrows(try export(tensors + [SafetensorsTensor(name: "extra", shape: [1], values: [0])]), mentioning: ["'extra'"])
+        config.numAttentionHeads = 3
+        assertThrows(try export(tensors), mentioning: ["num_attention_heads"])
+    }
+
+    func testMissingConfig() throws {
+        let directory = try makeTemporaryDirectory(self)
+        assertThrows(try HFModelDirectory(directory), mentioning: ["no config.json in", directory.path])
+        assertThrows(try HFModelDirectory(directory.appendingPathComponent("nothing")), mentioning: ["not a directory"])
+    }
+
+    func testRejectsOtherArchitectures() throws {
+        let (directory, _, _) = try exportTiny()
+        try editConfig(in: directory) { $0["model_type"] = "mistral"; $0["architectures"] = ["MistralForCausalLM"] }
+        assertThrows(try HFModelDirectory(directory), mentioning: ["model_type is 'mistral'", "MistralForCausalLM", "config.json"])
+    }
+
+    func testRejectsUnsupportedFeatures() throws {
+        let (directory, _, _) = try exportTiny()
+        let cases: [(String, Any, String)] = [
+            ("rope_scaling", ["type": "linear", "factor": 2.0], "rope_scaling"),
+            ("attention_bias", true, "attention_bias is true"),
+            ("mlp_bias", true, "mlp_bias is true"),
+            ("hidden_act", "gelu", "hidden_act is gelu"),
+            ("head_dim", 8, "head_dim is 8"),
+            ("num_attention_heads", 3, "num_attention_heads"),
+        ]
+        for (field, value, message) in cases {
+            var original: Any?
+            try editConfig(in: directory) { original = $0[field]; $0[field] = value }
+            assertThrows(try HFModelDirectory(directory), mentioning: [message])
+            try editConfig(in: directory) { $0[field] = original }
+        }
+        XCTAssertNoThrow(try HFModelDirectory(directory), "every edit was undone")
+        try editConfig(in: directory) { $0["hidden_size"] = nil }
+        assertThrows(try HFModelDirectory(directory), mentioning: ["'hidden_size' is missing"])
+    }
+
+    func testShardedIndex() throws {
+        let (directory, config, tensors) = try exportTiny()
+        try FileManager.default.removeItem(at: directory.appendingPathComponent("model.safetensors"))
+        let half = tensors.count / 2
+        try SafetensorsFile.write(tensors: Array(tensors[..<half]), to: directory.appendingPathComponent("model-00001-of-00002.safetensors"))
+        try SafetensorsFile.write(tensors: Array(tensors[half...]), to: directory.appendingPathComponent("model-00002-of-00002.safetensors"))
+        var weightMap: [String: String] = [:]
+        for (position, tensor) in tensors.enumerated() {
+            weightMap[tensor.name] = position < half ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors"
+        }
+        let index = directory.appendingPathComponent("model.safetensors.index.json")
+        try JSONSerialization.data(withJSONObject: ["metadata": ["total_size": 0], "weight_map": weightMap]).write(to: index)
+        let model = try HFModelDirectory(directory)
+        XCTAssertEqual(model.config, config)
+        try model.checkTensors()
+        XCTAssertEqual(try model.tensor(named: tensors[half].name), tensors[half].values)
+
+        weightMap["model.norm.weight"] = "model-00003-of-00003.safetensors"
+        try JSONSerialization.data(withJSONObject: ["weight_map": weightMap]).write(to: index)
+        assertThrows(try HFModelDirectory(directory), mentioning: ["'model-00003-of-00003.safetensors'", "does not exist"])
+        weightMap["model.norm.weight"] = "model-00001-of-00002.safetensors"
+        try JSONSerialization.data(withJSONObject: ["weight_map": weightMap]).write(to: index)
+        assertThrows(try HFModelDirectory(directory), mentioning: ["'model.norm.weight'", "no such tensor"])
+        try FileManager.default.removeItem(at: index)
+        assertThrows(try HFModelDirectory(directory), mentioning: ["no model.safetensors or model.safetensors.index.json"])
+    }
+
+    func testMissingTensorWrongShapeAndTokenizer() throws {
+        let (directory, config, tensors) = try exportTiny()
+        let withoutNorm = tensors.filter { $0.name != "model.norm.weight" }
+        try SafetensorsFile.write(tensors: withoutNorm, to: directory.appendingPathComponent("model.safetensors"))
+        let model = try HFModelDirectory(directory)
+        assertThrows(try model.checkTensors(), mentioning: ["no tensor 'model.norm.weight'"])
+        assertThrows(try model.tensor(named: "lm_head.weight"), mentioning: ["'lm_head.weight'", "ties it to model.embed_tokens.weight"])
+        let query = "model.layers.0.self_attn.q_proj.weight"
+        assertThrows(try model.tensor(named: query, shape: [config.hiddenSize, 4]),
+                     mentioning: ["tensor '\(query)' has shape [8, 8] but the config needs [8, 4]"])
+        try FileManager.default.removeItem(at: directory.appendingPathComponent("tokenizer.model"))
+        assertThrows(try model.tokenizerModel(), mentioning: ["no tokenizer.model in \(directory.path): distill needs a SentencePiece tokenizer"])
+    }
+}
