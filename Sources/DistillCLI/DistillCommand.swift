@@ -6,6 +6,7 @@ struct DistillCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "distill",
         abstract: "Knowledge distillation of small Llama-style language models.",
-        version: DistillVersion.string
+        version: DistillVersion.string,
+        subcommands: [TokenizerCommand.self, PrepareCommand.self]
     )
 }

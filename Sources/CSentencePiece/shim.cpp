@@ -1,2 +1,0 @@
-#include "csentencepiece.h"
-extern "C" int spm_shim_version(void) { return 1; }

@@ -1,0 +1,225 @@
+import Foundation
+
+/// How far `TokenFile.prepare` has got, reported after each block of text.
+public struct PrepareProgress: Sendable {
+    /// Bytes of text encoded so far.
+    public let bytesDone: Int
+    /// Bytes of text in all inputs.
+    public let totalBytes: Int
+    /// Tokens written so far.
+    public let tokensDone: Int
+    /// Seconds since encoding started.
+    public let seconds: Double
+    /// Encoding speed so far, in millions of bytes per second.
+    public var megabytesPerSecond: Double { seconds > 0 ? Double(bytesDone) / 1e6 / seconds : 0 }
+}
+
+/// What `TokenFile.prepare` wrote.
+public struct PrepareSummary: Sendable {
+    public let output: String
+    public let tokenCount: Int
+    public let sourceByteCount: Int
+    public let trainTokenCount: Int
+    public let validationTokenCount: Int
+    public let trainByteCount: Int
+    public let validationByteCount: Int
+    /// Seconds spent encoding and writing (reading and checking the inputs excluded).
+    public let seconds: Double
+    public var megabytesPerSecond: Double { seconds > 0 ? Double(sourceByteCount) / 1e6 / seconds : 0 }
+}
+
+extension TokenFile {
+    /// Encodes text into a token file at `output`. `inputs` are files, folders (their .txt files,
+    /// sorted) or "-" for standard input, read in order as one text; a file that does not end with a
+    /// newline gets one, so that files never run together mid-line. Lines are encoded one at a time,
+    /// newline included, on two threads. The last `valFraction` of the text's bytes, moved to the
+    /// nearest line boundary, becomes the validation split. The file appears atomically when done.
+    @discardableResult
+    public static func prepare(
+        tokenizer: Tokenizer, inputs: [String], output: String, valFraction: Double = 0.1,
+        progress: ((PrepareProgress) -> Void)? = nil
+    ) throws -> PrepareSummary {
+        guard valFraction >= 0, valFraction < 1 else { throw DataError.invalidValidationFraction(valFraction) }
+        let files = try TextInput.expand(inputs, allowStandardInput: true, purpose: "")
+        guard !files.isEmpty else { throw TokenizerError.noInput }
+        let text = ConcatenatedText(sources: try files.map(TextInput.open))
+        let splitOffset = valFraction == 0 ? text.count : try text.lineBoundary(near: text.count - Int((Double(text.count) * valFraction).rounded()))
+
+        let writer = try TokenFileWriter(path: output, bytesPerToken: TokenFileFormat.bytesPerToken(vocabSize: tokenizer.vocabSize))
+        let started = Date()
+        var bytesDone = 0
+        var trainTokenCount = 0
+        for region in [0..<splitOffset, splitOffset..<text.count] {
+            for block in text.blocks(in: region, targetSize: 4 << 20) {
+                try writer.append(encodeInParallel(block, tokenizer: tokenizer))
+                bytesDone += block.count
+                progress?(PrepareProgress(bytesDone: bytesDone, totalBytes: text.count, tokensDone: writer.tokenCount,
+                                          seconds: Date().timeIntervalSince(started)))
+            }
+            if region.lowerBound == 0 { trainTokenCount = writer.tokenCount }
+        }
+        let header = TokenFileFormat.Header(
+            bytesPerToken: writer.bytesPerToken, vocabSize: tokenizer.vocabSize, tokenizerHash: tokenizer.modelHash,
+            tokenCount: writer.tokenCount, sourceByteCount: text.count, splitIndex: trainTokenCount,
+            validationByteCount: text.count - splitOffset)
+        try writer.finish(header: header)
+        return PrepareSummary(
+            output: output, tokenCount: header.tokenCount, sourceByteCount: text.count,
+            trainTokenCount: trainTokenCount, validationTokenCount: header.tokenCount - trainTokenCount,
+            trainByteCount: splitOffset, validationByteCount: header.validationByteCount,
+            seconds: Date().timeIntervalSince(started))
+    }
+
+    /// Encodes a block of whole lines, cut into pieces that two threads share, and returns the ids
+    /// in text order.
+    private static func encodeInParallel(_ block: TextBlock, tokenizer: Tokenizer) -> [Int32] {
+        // More pieces than threads, so that a thread that finishes early takes another.
+        let pieces = block.split(into: 16)
+        var results = [[Int32]](repeating: [], count: pieces.count)
+        results.withUnsafeMutableBufferPointer { slots in
+            DispatchQueue.concurrentPerform(iterations: pieces.count) { index in
+                var ids: [Int32] = []
+                pieces[index].forEachLine { tokenizer.appendIDs(of: $0, to: &ids) }
+                slots[index] = ids
+            }
+        }
+        return Array(results.joined())
+    }
+}
+
+/// A run of whole lines from one source, and whether the newline the source lacks at its end
+/// follows them.
+struct TextBlock: @unchecked Sendable {
+    let bytes: UnsafeRawBufferPointer
+    let addsNewline: Bool
+
+    /// Bytes of text, the added newline included.
+    var count: Int { bytes.count + (addsNewline ? 1 : 0) }
+
+    /// Cuts the block into at most `parts` blocks of about equal size, at line boundaries.
+    func split(into parts: Int) -> [TextBlock] {
+        guard !bytes.isEmpty else { return [self] }
+        var blocks: [TextBlock] = []
+        var start = 0
+        let step = max(1, bytes.count / parts)
+        while start < bytes.count {
+            let end = lineEnd(from: min(start + step, bytes.count) - 1)
+            blocks.append(TextBlock(bytes: UnsafeRawBufferPointer(rebasing: bytes[start..<end]),
+                                    addsNewline: addsNewline && end == bytes.count))
+            start = end
+        }
+        return blocks
+    }
+
+    /// The offset just after the first newline at or after `offset`, or the end of the bytes.
+    private func lineEnd(from offset: Int) -> Int {
+        guard let base = bytes.baseAddress, offset < bytes.count,
+              let newline = memchr(base + offset, 0x0A, bytes.count - offset) else { return bytes.count }
+        return UnsafeRawPointer(newline) - base + 1
+    }
+
+    /// Calls `body` with each line, its newline included (the added one too).
+    func forEachLine(_ body: (UnsafeRawBufferPointer) -> Void) {
+        var start = 0
+        while start < bytes.count {
+            let end = lineEnd(from: start)
+            if end == bytes.count && addsNewline {
+                // The last line needs the newline the source lacks: encode a copy with it.
+                var line = [UInt8](UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+                line.append(0x0A)
+                line.withUnsafeBytes(body)
+            } else {
+                body(UnsafeRawBufferPointer(rebasing: bytes[start..<end]))
+            }
+            start = end
+        }
+    }
+}
+
+/// The inputs seen as one text: each source's bytes, plus a newline after any source that does not
+/// end with one. Offsets count bytes of that text.
+struct ConcatenatedText {
+    let sources: [TextSource]
+    /// Offset of each source's first byte.
+    private let starts: [Int]
+    /// Bytes in the whole text.
+    let count: Int
+
+    init(sources: [TextSource]) {
+        self.sources = sources
+        var starts: [Int] = []
+        var offset = 0
+        for source in sources {
+            starts.append(offset)
+            offset += ConcatenatedText.length(of: source)
+        }
+        self.starts = starts
+        self.count = offset
+    }
+
+    private static func length(of source: TextSource) -> Int {
+        source.bytes.count + (addsNewline(source) ? 1 : 0)
+    }
+
+    private static func addsNewline(_ source: TextSource) -> Bool {
+        source.bytes.last.map { $0 != 0x0A } ?? false
+    }
+
+    /// The start of a line nearest to `target`, strictly inside the text (so both sides hold text).
+    func lineBoundary(near target: Int) throws -> Int {
+        let target = min(max(target, 1), count - 1)
+        let candidates = [lineStart(atOrAfter: target), lineStart(atOrBefore: target)].filter { $0 > 0 && $0 < count }
+        guard let nearest = candidates.min(by: { abs($0 - target) < abs($1 - target) }) else {
+            throw DataError.tooFewLinesToSplit
+        }
+        return nearest
+    }
+
+    private func sourceIndex(containing offset: Int) -> Int {
+        // The last source starting at or before `offset`.
+        var low = 0
+        var high = starts.count - 1
+        while low < high {
+            let middle = (low + high + 1) / 2
+            if starts[middle] <= offset { low = middle } else { high = middle - 1 }
+        }
+        return low
+    }
+
+    private func lineStart(atOrAfter offset: Int) -> Int {
+        let index = sourceIndex(containing: offset)
+        let local = offset - starts[index]
+        let bytes = sources[index].bytes
+        guard local > 0, let base = bytes.baseAddress else { return offset }
+        if local - 1 < bytes.count, let newline = memchr(base + local - 1, 0x0A, bytes.count - local + 1) {
+            return starts[index] + (UnsafeRawPointer(newline) - base) + 1
+        }
+        return starts[index] + ConcatenatedText.length(of: sources[index])
+    }
+
+    private func lineStart(atOrBefore offset: Int) -> Int {
+        let index = sourceIndex(containing: offset)
+        let local = min(offset - starts[index], sources[index].bytes.count)
+        if let newline = sources[index].bytes[0..<local].lastIndex(of: 0x0A) {
+            return starts[index] + newline + 1
+        }
+        return starts[index]
+    }
+
+    /// The text in `region` (whose ends are line starts) as blocks of whole lines of about
+    /// `targetSize` bytes, in order.
+    func blocks(in region: Range<Int>, targetSize: Int) -> [TextBlock] {
+        var blocks: [TextBlock] = []
+        for (index, source) in sources.enumerated() {
+            let start = starts[index]
+            let length = ConcatenatedText.length(of: source)
+            let lower = max(region.lowerBound, start) - start
+            let upper = min(region.upperBound, start + length) - start
+            guard lower < upper else { continue }
+            let whole = TextBlock(bytes: UnsafeRawBufferPointer(rebasing: source.bytes[lower..<min(upper, source.bytes.count)]),
+                                  addsNewline: upper > source.bytes.count)
+            blocks += whole.split(into: max(1, whole.count / targetSize))
+        }
+        return blocks
+    }
+}

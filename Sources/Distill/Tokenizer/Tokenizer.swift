@@ -1,0 +1,161 @@
+import CSentencePiece
+import Foundation
+
+/// The kind of a vocabulary entry.
+public enum PieceType: String, Sendable, CaseIterable {
+    /// An ordinary learned piece.
+    case normal
+    /// The unknown-token piece (`<unk>`).
+    case unknown
+    /// A control symbol such as `<s>` or `</s>`; it decodes to nothing.
+    case control
+    /// A piece the user asked to keep whole.
+    case userDefined
+    /// One of the 256 byte pieces (`<0x41>`) that spell out characters the vocabulary lacks.
+    case byte
+    /// A reserved, unused entry.
+    case unused
+}
+
+/// A SentencePiece tokenizer loaded from a `.model` file. Encoding and decoding are safe to call from
+/// several threads at once (SentencePiece's processor is read-only once loaded).
+public final class Tokenizer: @unchecked Sendable {
+    /// The model file this tokenizer was loaded from.
+    public let modelPath: String
+    /// FNV-1a 64 of the model file's bytes: token files record it so that data and models made with
+    /// different tokenizers are not mixed up.
+    public let modelHash: UInt64
+    /// Number of entries in the vocabulary; every id is in 0..<vocabSize.
+    public let vocabSize: Int
+    /// Beginning-of-sequence id, or -1 when the model has none.
+    public let bosId: Int32
+    /// End-of-sequence id, or -1 when the model has none.
+    public let eosId: Int32
+    /// Padding id, or -1 when the model has none (the default for models trained here).
+    public let padId: Int32
+    /// Unknown-token id.
+    public let unkId: Int32
+
+    private let processor: OpaquePointer
+
+    /// Loads a SentencePiece model file.
+    public init(modelPath: String) throws {
+        guard FileManager.default.fileExists(atPath: modelPath) else { throw TokenizerError.missingModel(modelPath) }
+        let mapped: MappedFile
+        do { mapped = try MappedFile(path: modelPath) } catch {
+            throw TokenizerError.invalidModel(modelPath, reason: "cannot read the file")
+        }
+        var error: UnsafeMutablePointer<CChar>?
+        guard let processor = spm_processor_load(modelPath, &error) else {
+            throw TokenizerError.invalidModel(modelPath, reason: Tokenizer.takeMessage(error) ?? "unknown error")
+        }
+        self.processor = processor
+        self.modelPath = modelPath
+        self.modelHash = fnv1a64(mapped.bytes)
+        self.vocabSize = Int(spm_vocab_size(processor))
+        self.bosId = spm_bos_id(processor)
+        self.eosId = spm_eos_id(processor)
+        self.padId = spm_pad_id(processor)
+        self.unkId = spm_unk_id(processor)
+    }
+
+    deinit { spm_processor_free(processor) }
+
+    /// The ids of `text`. With a model trained by `Tokenizer.train`, `decode(encode(text)) == text`.
+    public func encode(_ text: String) -> [Int32] {
+        var ids: [Int32] = []
+        var text = text
+        text.withUTF8 { appendIDs(of: UnsafeRawBufferPointer($0), to: &ids) }
+        return ids
+    }
+
+    /// Appends the ids of `bytes` (valid UTF-8) to `ids`. SentencePiece only fails here when the
+    /// model is unusable, which loading already ruled out; then nothing is appended.
+    func appendIDs(of bytes: UnsafeRawBufferPointer, to ids: inout [Int32]) {
+        guard !bytes.isEmpty, let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self) else { return }
+        let start = ids.count
+        // A piece covers at least one byte, so `bytes.count` ids always suffice.
+        ids.append(contentsOf: repeatElement(0, count: bytes.count))
+        var error: UnsafeMutablePointer<CChar>?
+        let needed = ids.withUnsafeMutableBufferPointer { buffer in
+            spm_encode(processor, base, bytes.count, buffer.baseAddress.map { $0 + start }, bytes.count, &error)
+        }
+        _ = Tokenizer.takeMessage(error)
+        ids.removeLast(bytes.count - Int(min(max(needed, 0), Int64(bytes.count))))
+    }
+
+    /// The text of `ids`. Ids outside the vocabulary become U+FFFD (use `checkIDs` to reject them
+    /// instead), as do byte pieces that do not form valid UTF-8.
+    public func decode(_ ids: [Int32]) -> String {
+        var text = ""
+        var run: [Int32] = []
+        for id in ids {
+            if id >= 0 && Int(id) < vocabSize {
+                run.append(id)
+            } else {
+                text += decodeValid(run) + "\u{FFFD}"
+                run.removeAll(keepingCapacity: true)
+            }
+        }
+        return text + decodeValid(run)
+    }
+
+    private func decodeValid(_ ids: [Int32]) -> String {
+        guard !ids.isEmpty else { return "" }
+        var length = 0
+        var error: UnsafeMutablePointer<CChar>?
+        let decoded = ids.withUnsafeBufferPointer { spm_decode(processor, $0.baseAddress, $0.count, &length, &error) }
+        _ = Tokenizer.takeMessage(error)
+        guard let decoded else { return "" }
+        defer { spm_free_string(decoded) }
+        return String(decoding: UnsafeRawBufferPointer(start: decoded, count: length), as: UTF8.self)
+    }
+
+    /// Throws `TokenizerError.idOutOfRange` for the first id that is not in the vocabulary.
+    public func checkIDs(_ ids: [Int32]) throws {
+        if let bad = ids.first(where: { $0 < 0 || Int($0) >= vocabSize }) {
+            throw TokenizerError.idOutOfRange(id: bad, vocabSize: vocabSize)
+        }
+    }
+
+    /// The piece text of `id` (spaces appear as "▁"), or nil when `id` is not in the vocabulary.
+    public func piece(for id: Int32) -> String? {
+        var length = 0
+        guard let piece = spm_piece(processor, id, &length) else { return nil }
+        return String(decoding: UnsafeRawBufferPointer(start: piece, count: length), as: UTF8.self)
+    }
+
+    /// The model's score of `id` (a log probability for unigram models), or nil when out of range.
+    public func score(for id: Int32) -> Float? {
+        id >= 0 && Int(id) < vocabSize ? spm_score(processor, id) : nil
+    }
+
+    /// The kind of entry `id` is, or nil when `id` is not in the vocabulary.
+    public func pieceType(for id: Int32) -> PieceType? {
+        switch spm_piece_type_of(processor, id) {
+        case Int32(SPM_PIECE_NORMAL.rawValue): return .normal
+        case Int32(SPM_PIECE_UNKNOWN.rawValue): return .unknown
+        case Int32(SPM_PIECE_CONTROL.rawValue): return .control
+        case Int32(SPM_PIECE_USER_DEFINED.rawValue): return .userDefined
+        case Int32(SPM_PIECE_UNUSED.rawValue): return .unused
+        case Int32(SPM_PIECE_BYTE.rawValue): return .byte
+        default: return nil
+        }
+    }
+
+    /// Copies and frees a message the shim allocated.
+    static func takeMessage(_ message: UnsafeMutablePointer<CChar>?) -> String? {
+        guard let message else { return nil }
+        defer { spm_free_string(message) }
+        return String(cString: message)
+    }
+}
+
+/// FNV-1a, 64-bit: a fast, stable fingerprint (not a cryptographic hash).
+func fnv1a64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
+    for byte in bytes {
+        hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
+    }
+    return hash
+}

@@ -1,0 +1,69 @@
+/// Errors of the text → tokens stage: reading input text, loading and training tokenizers. Each
+/// message is one line that says what went wrong and what to do about it.
+public enum TokenizerError: Error, CustomStringConvertible, Equatable {
+    /// No input path was given.
+    case noInput
+    /// An input path does not exist.
+    case missingInput(String)
+    /// An input file or standard input holds no text (nothing but whitespace, or nothing at all).
+    case emptyInput(String)
+    /// An input file contains NUL bytes, so it is not text.
+    case binaryInput(String)
+    /// An input file is not valid UTF-8; `line` is 1-based, `byteOffset` 0-based.
+    case invalidUTF8(String, line: Int, byteOffset: Int)
+    /// A folder given as input has no .txt files.
+    case noTextFiles(String)
+    /// An input path cannot be opened or read.
+    case unreadableInput(String, reason: String)
+    /// Standard input ("-") was given where it cannot be used.
+    case standardInputNotSupported(String)
+    /// The tokenizer model file does not exist.
+    case missingModel(String)
+    /// SentencePiece could not load the model file.
+    case invalidModel(String, reason: String)
+    /// The corpus cannot support so many pieces.
+    case vocabularyTooLarge(requested: Int, maximum: Int)
+    /// The corpus has more distinct characters (plus the 256 byte pieces) than the vocabulary holds.
+    case vocabularyTooSmall(requested: Int, minimum: Int)
+    /// A vocabulary size outside what training accepts at all.
+    case invalidVocabularySize(Int)
+    /// SentencePiece's trainer failed for another reason.
+    case trainingFailed(String)
+    /// A token id that is not in the vocabulary.
+    case idOutOfRange(id: Int32, vocabSize: Int)
+
+    public var description: String {
+        switch self {
+        case .noInput:
+            return "no input text given: pass --input with a file, a folder of .txt files or -"
+        case .missingInput(let path):
+            return "input \(path) does not exist: check the path"
+        case .emptyInput(let path):
+            return "input \(path) has no text: give a file that contains text"
+        case .binaryInput(let path):
+            return "input \(path) contains NUL bytes and looks binary: give plain UTF-8 text"
+        case .invalidUTF8(let path, let line, let byteOffset):
+            return "input \(path) is not valid UTF-8 (line \(line), byte \(byteOffset)): convert it, e.g. with iconv -t UTF-8"
+        case .noTextFiles(let path):
+            return "folder \(path) has no .txt files: add some or name the files directly"
+        case .unreadableInput(let path, let reason):
+            return "cannot read input \(path) (\(reason)): check its permissions"
+        case .standardInputNotSupported(let what):
+            return "standard input (-) cannot be used to \(what): save the text to a file and pass its path"
+        case .missingModel(let path):
+            return "tokenizer model \(path) does not exist: train one with `distill tokenizer train` or check the path"
+        case .invalidModel(let path, let reason):
+            return "\(path) is not a SentencePiece model (\(reason)): pass the .model file written by `distill tokenizer train`"
+        case .vocabularyTooLarge(let requested, let maximum):
+            return "vocabulary size \(requested) is too large for this corpus (at most \(maximum)): lower --vocab-size or add text"
+        case .vocabularyTooSmall(let requested, let minimum):
+            return "vocabulary size \(requested) is too small for this corpus's characters plus 256 byte pieces (at least \(minimum)): raise --vocab-size"
+        case .invalidVocabularySize(let size):
+            return "vocabulary size \(size) is not usable: choose a --vocab-size of at least 260"
+        case .trainingFailed(let message):
+            return "tokenizer training failed: \(message)"
+        case .idOutOfRange(let id, let vocabSize):
+            return "token id \(id) is outside the vocabulary (0..<\(vocabSize)): use ids printed by `distill tokenizer encode` with the same model"
+        }
+    }
+}
