@@ -8,6 +8,13 @@ public struct Batch: Sendable, Equatable {
     public var inputs: [Int32]
     /// [B*T] the ids that follow `inputs`: each window's ids shifted left by one.
     public var targets: [Int32]
+
+    public init(batchSize: Int, contextLength: Int, inputs: [Int32], targets: [Int32]) {
+        self.batchSize = batchSize
+        self.contextLength = contextLength
+        self.inputs = inputs
+        self.targets = targets
+    }
 }
 
 /// Draws batches of random windows of `contextLength + 1` tokens from one split. Its random state is

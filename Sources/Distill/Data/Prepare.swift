@@ -35,6 +35,9 @@ extension TokenFile {
     /// newline included, on two threads. The last `valFraction` of the text's bytes, moved to the
     /// nearest line boundary, becomes the validation split. The file appears atomically when done.
     @discardableResult
+    /// Where `prepare` leaves a copy of the tokenizer for a token file: `DATA.tokenizer.model`.
+    public static func companionTokenizerPath(for tokenFile: String) -> String { tokenFile + ".tokenizer.model" }
+
     public static func prepare(
         tokenizer: Tokenizer, inputs: [String], output: String, valFraction: Double = 0.1,
         progress: ((PrepareProgress) -> Void)? = nil
@@ -63,6 +66,11 @@ extension TokenFile {
             tokenCount: writer.tokenCount, sourceByteCount: text.count, splitIndex: trainTokenCount,
             validationByteCount: text.count - splitOffset)
         try writer.finish(header: header)
+        // Training needs the tokenizer to put into the model directory: keep a copy beside the data.
+        guard let tokenizerBytes = FileManager.default.contents(atPath: tokenizer.modelPath) else {
+            throw IOError.missing(tokenizer.modelPath)
+        }
+        try AtomicFile.write(tokenizerBytes, to: URL(fileURLWithPath: companionTokenizerPath(for: output)))
         return PrepareSummary(
             output: output, tokenCount: header.tokenCount, sourceByteCount: text.count,
             trainTokenCount: trainTokenCount, validationTokenCount: header.tokenCount - trainTokenCount,

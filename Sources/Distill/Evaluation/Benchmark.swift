@@ -56,7 +56,7 @@ public enum Benchmark {
             inputs += row.dropLast()
             targets += row.dropFirst()
         }
-        return Batch(inputs: inputs, targets: targets, batch: batch, length: length)
+        return Batch(batchSize: batch, contextLength: length, inputs: inputs, targets: targets)
     }
 
     /// Median tokens/s of full training steps (forward, backward, clip, AdamW) on random tokens.
@@ -105,5 +105,27 @@ extension Trainer {
         let segments = self.segments
         clipGradientNorm(segments, maxNorm: parameters.gradientClip)
         optimizer.update(segments, learningRate: parameters.learningRate)
+    }
+}
+
+extension Benchmark {
+    /// All figures of `distill bench`, printing each line through `say` as it is measured.
+    public static func run(preset: String, teacher: LlamaConfig, student: LlamaConfig, batch: Int, context: Int,
+                           repeats: Int, say: (String) -> Void) throws -> BenchmarkReport {
+        say("preset \(preset): vocab \(teacher.vocabSize), context \(context), batch \(batch), threads \(Compute.threads)")
+        let gflops = sgemmRate()
+        say(String(format: "sgemm 2048x1024x256: %.1f GFLOP/s", gflops))
+        let train = try trainingSpeed(config: teacher, batch: batch, context: context, repeats: repeats)
+        let modelRate = train * trainingFLOPsPerToken(teacher, context: context) / 1e9
+        say(String(format: "training (%@, %d params): %.0f tokens/s, %.1f GFLOP/s, utilisation %.0f%%", preset,
+                   ParameterLayout(config: teacher).count, train, modelRate, 100 * modelRate / gflops))
+        let generation = try generationSpeed(config: teacher, repeats: repeats)
+        say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s", generation))
+        let peak = peakResidentMB()
+        say(String(format: "peak resident memory: %.0f MB", peak))
+        return BenchmarkReport(preset: preset, threads: Compute.threads, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
+                               trainModelGFLOPS: modelRate, trainUtilisation: modelRate / gflops, distillTokensPerSecond: nil,
+                               generationTokensPerSecond: generation, parameters: ParameterLayout(config: teacher).count,
+                               studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak)
     }
 }

@@ -62,7 +62,7 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
                 targets.append(target >= plan.firstNew ? tokens[target] : -1)
             }
         }
-        let batch = Batch(inputs: inputs, targets: targets, batch: group.count, length: length)
+        let batch = Batch(batchSize: group.count, contextLength: length, inputs: inputs, targets: targets)
         let scored = targets.filter { $0 >= 0 }.count
         nll += Double(meanCrossEntropy(model: model, batch: batch)) * Double(scored)
         counted += scored
@@ -74,11 +74,13 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
 public enum EvaluationError: Error, CustomStringConvertible, Equatable {
     case badStride(Int, context: Int)
     case tooShort(Int)
+    case notText(String)
 
     public var description: String {
         switch self {
         case .badStride(let stride, let context): return "--stride must be between 1 and the context (\(context)), got \(stride)"
         case .tooShort(let count): return "the text has \(count) token(s); at least 2 are needed to score anything"
+        case .notText(let path): return "\(path) is not UTF-8 text: give a text file"
         }
     }
 }

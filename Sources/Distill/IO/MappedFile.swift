@@ -1,110 +1,59 @@
 import Foundation
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
 
-/// A whole file mapped read-only into memory, so that weight files of any size are read on demand by the
-/// kernel instead of being copied into the process. The mapping lives as long as this object.
-final class MappedFile {
-    let url: URL
-    /// The file's bytes; empty for an empty file.
+/// A whole file mapped read-only into memory, so that files larger than RAM can be read: the
+/// kernel pages bytes in as they are touched and drops them under memory pressure.
+final class MappedFile: @unchecked Sendable {
+    /// Why a file could not be mapped; callers turn this into their own area's error.
+    enum Failure: Error {
+        case missing
+        case isDirectory
+        case unreadable(String)
+
+        /// The failure in words, for an error message.
+        var reason: String {
+            switch self {
+            case .missing: return "the file does not exist"
+            case .isDirectory: return "it is a directory, not a file"
+            case .unreadable(let why): return why
+            }
+        }
+    }
+
+    let path: String
+    /// The file's bytes; empty (with a nil base) for an empty file, which cannot be mapped.
     let bytes: UnsafeRawBufferPointer
 
-    /// Why a file could not be mapped, in words for an error message.
-    struct OpenFailure: Error { let reason: String }
-
-    init(url: URL) throws {
-        self.url = url
-        let descriptor = open(url.path, O_RDONLY)
-        guard descriptor >= 0 else {
-            throw OpenFailure(reason: errno == ENOENT ? "the file does not exist" : String(cString: strerror(errno)))
-        }
-        defer { close(descriptor) }
+    init(path: String) throws(Failure) {
+        self.path = path
         var status = stat()
-        guard fstat(descriptor, &status) == 0 else { throw OpenFailure(reason: String(cString: strerror(errno))) }
-        guard (status.st_mode & S_IFMT) == S_IFREG else { throw OpenFailure(reason: "it is not a regular file") }
+        guard stat(path, &status) == 0 else {
+            throw errno == ENOENT || errno == ENOTDIR ? .missing : .unreadable(String(cString: strerror(errno)))
+        }
+        guard (status.st_mode & S_IFMT) != S_IFDIR else { throw .isDirectory }
+        let descriptor = open(path, O_RDONLY)
+        guard descriptor >= 0 else { throw .unreadable(String(cString: strerror(errno))) }
+        defer { close(descriptor) }
         let size = Int(status.st_size)
-        // mmap refuses a length of zero; an empty file simply has no bytes.
         guard size > 0 else {
             bytes = UnsafeRawBufferPointer(start: nil, count: 0)
             return
         }
-        guard let address = mmap(nil, size, PROT_READ, MAP_PRIVATE, descriptor, 0), address != MAP_FAILED else {
-            throw OpenFailure(reason: "cannot map it into memory: \(String(cString: strerror(errno)))")
+        guard let base = mmap(nil, size, PROT_READ, MAP_PRIVATE, descriptor, 0), base != MAP_FAILED else {
+            throw .unreadable(String(cString: strerror(errno)))
         }
-        bytes = UnsafeRawBufferPointer(start: address, count: size)
+        bytes = UnsafeRawBufferPointer(start: base, count: size)
+    }
+
+    /// Tells the kernel how the bytes will be read (e.g. MADV_SEQUENTIAL for one pass, MADV_RANDOM
+    /// for batch sampling), so read-ahead helps instead of wasting memory.
+    func advise(_ advice: Int32) {
+        guard let base = bytes.baseAddress else { return }
+        _ = madvise(UnsafeMutableRawPointer(mutating: base), bytes.count, advice)
     }
 
     deinit {
-        if let start = bytes.baseAddress { munmap(UnsafeMutableRawPointer(mutating: start), bytes.count) }
-    }
-}
-
-/// How floats are stored in a weight file.
-public enum FloatFormat: String, CaseIterable, Sendable {
-    case f32, f16, bf16
-
-    /// Bytes per value.
-    public var byteWidth: Int { self == .f32 ? 4 : 2 }
-
-    /// Appends `values` to `data`, little-endian, rounding to nearest-even when narrowing.
-    func append(_ values: [Float], to data: inout Data) {
-        // Convert to little-endian words first, then append them in one go: appending value by value is slow.
-        switch self {
-        case .f32: appendWords(values.map { $0.bitPattern.littleEndian }, to: &data)
-        case .f16: appendWords(values.map { ReducedPrecision.f16(from: $0).littleEndian }, to: &data)
-        case .bf16: appendWords(values.map { ReducedPrecision.bf16(from: $0).littleEndian }, to: &data)
+        if let base = bytes.baseAddress {
+            munmap(UnsafeMutableRawPointer(mutating: base), bytes.count)
         }
-    }
-
-    private func appendWords<Word: FixedWidthInteger>(_ words: [Word], to data: inout Data) {
-        words.withUnsafeBytes { data.append(contentsOf: $0) }
-    }
-}
-
-/// The float encodings a reader can widen to `Float` (F64 narrows, rounding to nearest).
-enum StoredFloatEncoding {
-    case f16, bf16, f32, f64
-
-    var byteWidth: Int {
-        switch self {
-        case .f16, .bf16: return 2
-        case .f32: return 4
-        case .f64: return 8
-        }
-    }
-
-    /// Decodes `count` little-endian values starting at `start`, which need not be aligned.
-    func decode(_ start: UnsafeRawPointer, count: Int) -> [Float] {
-        [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
-            switch self {
-            case .f32:
-                for index in 0..<count {
-                    buffer[index] = Float(bitPattern: UInt32(littleEndian: start.loadUnaligned(fromByteOffset: 4 * index, as: UInt32.self)))
-                }
-            case .f16:
-                for index in 0..<count {
-                    buffer[index] = ReducedPrecision.float(fromF16: UInt16(littleEndian: start.loadUnaligned(fromByteOffset: 2 * index, as: UInt16.self)))
-                }
-            case .bf16:
-                for index in 0..<count {
-                    buffer[index] = ReducedPrecision.float(fromBF16: UInt16(littleEndian: start.loadUnaligned(fromByteOffset: 2 * index, as: UInt16.self)))
-                }
-            case .f64:
-                for index in 0..<count {
-                    buffer[index] = Float(Double(bitPattern: UInt64(littleEndian: start.loadUnaligned(fromByteOffset: 8 * index, as: UInt64.self))))
-                }
-            }
-            initialized = count
-        }
-    }
-}
-
-extension Data {
-    /// Appends an integer in little-endian byte order, as every weight format here stores them.
-    mutating func appendLittleEndian<Integer: FixedWidthInteger>(_ value: Integer) {
-        Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
     }
 }

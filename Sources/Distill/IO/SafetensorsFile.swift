@@ -77,8 +77,8 @@ public final class SafetensorsFile {
     public init(url: URL) throws {
         let file = url.path
         self.url = url
-        do { mapping = try MappedFile(url: url) } catch let failure as MappedFile.OpenFailure {
-            throw SafetensorsError.unreadable(file: file, reason: failure.reason)
+        do { mapping = try MappedFile(path: file) } catch {
+            throw SafetensorsError.unreadable(file: file, reason: error.reason)
         }
         let bytes = mapping.bytes
         guard bytes.count >= 8, let base = bytes.baseAddress else {

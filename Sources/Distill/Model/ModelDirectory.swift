@@ -16,50 +16,25 @@ public enum ModelDirectory {
         }
     }
 
-    /// Writes config, weights and (when given) a copy of the tokenizer; each file atomically.
-    public static func save(_ model: LlamaModel, tokenizerModel: String?, to directory: URL,
-                            metadata: [String: String] = [:]) throws {
-        try AtomicFile.ensureDirectory(directory)
-        try writeConfig(model.config, to: directory.appendingPathComponent(configFile))
-        try SafetensorsFile.write(tensors: tensors(of: model), metadata: metadata.merging(["format": "pt"]) { a, _ in a },
-                                  to: directory.appendingPathComponent(weightsFile))
-        if let tokenizerModel {
-            let destination = directory.appendingPathComponent(tokenizerFile)
-            if URL(fileURLWithPath: tokenizerModel).standardizedFileURL != destination.standardizedFileURL {
-                guard let bytes = FileManager.default.contents(atPath: tokenizerModel) else {
-                    throw IOError.missing(tokenizerModel)
-                }
-                try AtomicFile.write(bytes, to: destination)
-            }
-        }
+    /// Writes the model as a Hugging Face Llama directory (config, weights, tokenizer and its
+    /// configs, each file atomically), so `transformers` loads every model directory as it is.
+    public static func save(_ model: LlamaModel, tokenizerModel: String, to directory: URL,
+                            dtype: FloatFormat = .f32) throws {
+        let tokenizer = try Tokenizer(modelPath: tokenizerModel)
+        try HFExport.write(config: model.config, tensors: tensors(of: model),
+                           tokenizerModel: URL(fileURLWithPath: tokenizerModel),
+                           specialTokens: specialTokens(of: tokenizer), to: directory, dtype: dtype)
     }
 
-    /// config.json with the fields `transformers` needs to recognise a Llama model.
-    public static func writeConfig(_ config: LlamaConfig, to url: URL, extra: [String: Any] = [:]) throws {
-        var object = try JSONSerialization.jsonObject(with: JSONEncoder().encode(config)) as? [String: Any] ?? [:]
-        object["architectures"] = ["LlamaForCausalLM"]
-        object["model_type"] = "llama"
-        object["hidden_act"] = "silu"
-        object["head_dim"] = config.headDim
-        for (key, value) in extra { object[key] = value }
-        let data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys])
-        try AtomicFile.write(data, to: url)
-    }
-
-    /// Reads a config.json, with a clear error when it is missing or malformed.
-    public static func readConfig(_ url: URL) throws -> LlamaConfig {
-        guard let data = FileManager.default.contents(atPath: url.path) else {
-            throw ModelError.notAModel("\(url.path) is missing: a model directory has config.json, model.safetensors and tokenizer.model")
+    /// BOS, EOS, UNK and PAD ids with their pieces (a missing BOS or EOS falls back to UNK).
+    public static func specialTokens(of tokenizer: Tokenizer) -> HFSpecialTokens {
+        func token(_ id: Int32) -> HFSpecialToken? {
+            guard id >= 0, let piece = tokenizer.piece(for: id) else { return nil }
+            return HFSpecialToken(id: Int(id), piece: piece)
         }
-        do {
-            let config = try JSONDecoder().decode(LlamaConfig.self, from: data)
-            try config.validate()
-            return config
-        } catch let error as ModelError {
-            throw error
-        } catch {
-            throw ModelError.invalidConfig("\(url.path) is not a valid Llama config.json (\(error.localizedDescription))")
-        }
+        let unk = token(tokenizer.unkId) ?? HFSpecialToken(id: 0, piece: "<unk>")
+        return HFSpecialTokens(bos: token(tokenizer.bosId) ?? unk, eos: token(tokenizer.eosId) ?? unk,
+                               unk: unk, pad: token(tokenizer.padId))
     }
 
     /// Copies the named tensors of `file` into `model`, checking every shape.
@@ -79,19 +54,17 @@ public enum ModelDirectory {
         }
     }
 
-    /// Loads a model directory written by `save`.
+    /// Loads a model directory written by `save`, or any Hugging Face Llama directory (sharded or not;
+    /// float32, float16 or bfloat16 weights are converted on load).
     public static func load(_ directory: URL) throws -> LlamaModel {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
-            throw ModelError.notAModel("\(directory.path) is not a directory: pass a model directory made by `distill train`")
+        let checkpoint = try HFModelDirectory(directory)
+        let model = try LlamaModel(config: checkpoint.config, seed: 0)
+        for tensor in model.layout.tensors {
+            let values = try checkpoint.tensor(named: tensor.name, shape: tensor.shape)
+            values.withUnsafeBufferPointer {
+                (model.parameters.baseAddress! + tensor.offset).update(from: $0.baseAddress!, count: tensor.count)
+            }
         }
-        let config = try readConfig(directory.appendingPathComponent(configFile))
-        let model = try LlamaModel(config: config, seed: 0)
-        let weights = directory.appendingPathComponent(weightsFile)
-        guard FileManager.default.fileExists(atPath: weights.path) else {
-            throw ModelError.notAModel("\(directory.path) has no \(weightsFile)")
-        }
-        try loadWeights(into: model, from: try SafetensorsFile(url: weights))
         return model
     }
 }

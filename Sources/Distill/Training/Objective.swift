@@ -1,17 +1,3 @@
-/// One micro-batch: `inputs` and `targets` [B, T] (targets are inputs shifted by one token).
-public struct Batch: Sendable {
-    public var inputs: [Int32]
-    public var targets: [Int32]
-    public var batch: Int
-    public var length: Int
-    public init(inputs: [Int32], targets: [Int32], batch: Int, length: Int) {
-        self.inputs = inputs
-        self.targets = targets
-        self.batch = batch
-        self.length = length
-    }
-}
-
 /// A trainable tensor that is not part of the model (a feature-distillation projection): kept in the
 /// training state, updated by the same optimizer, left out of the model's weights.
 public final class TrainableTensor {
@@ -58,8 +44,8 @@ public final class CrossEntropyObjective: TrainingObjective {
     public init() {}
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
-        let rows = batch.batch * batch.length, vocab = model.config.vocabSize
-        let output = model.forward(tokens: batch.inputs, batch: batch.batch, length: batch.length)
+        let rows = batch.batchSize * batch.contextLength, vocab = model.config.vocabSize
+        let output = model.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength)
         if dLogits.count != rows * vocab { dLogits = Array(repeating: 0, count: rows * vocab) }
         let loss = dLogits.withUnsafeMutableBufferPointer { d in
             d.update(repeating: 0)
@@ -79,9 +65,9 @@ public final class CrossEntropyObjective: TrainingObjective {
 
 /// Mean next-token cross-entropy (nats) of `model` on a batch, with no backward state kept.
 public func meanCrossEntropy(model: LlamaModel, batch: Batch) -> Float {
-    let output = model.forward(tokens: batch.inputs, batch: batch.batch, length: batch.length, keepForBackward: false)
+    let output = model.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength, keepForBackward: false)
     return batch.targets.withUnsafeBufferPointer { targets in
         crossEntropyForwardBackward(dLogits: nil, logits: output.logits, targets: targets.baseAddress!,
-                                    rows: batch.batch * batch.length, vocab: model.config.vocabSize, gradientScale: 0)
+                                    rows: batch.batchSize * batch.contextLength, vocab: model.config.vocabSize, gradientScale: 0)
     }
 }

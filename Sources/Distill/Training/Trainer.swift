@@ -53,7 +53,7 @@ public final class Trainer {
     /// Runs until `parameters.steps`, or until `shouldStop` says so (then saves and returns).
     /// `nextBatch` draws a training micro-batch from the trainer's generator.
     public func run(nextBatch: (inout SeededRandom) throws -> Batch, validation: [Batch], output: URL,
-                    tokenizerModel: String?, shouldStop: () -> Bool = { false },
+                    tokenizerModel: String, shouldStop: () -> Bool = { false },
                     report: (TrainingEvent) -> Void) throws {
         let start = Date()
         let tokensPerStep = parameters.batchSize * parameters.context * parameters.accumulationSteps
@@ -145,7 +145,7 @@ public final class Trainer {
     /// Writes the model (top level, for `sample`/`eval`) and the resume state (under `training/`).
     /// The state is written into a fresh folder and swapped in with renames, so an interrupted save
     /// leaves the previous checkpoint whole.
-    public func saveCheckpoint(to directory: URL, tokenizerModel: String?, elapsed: Double = 0) throws {
+    public func saveCheckpoint(to directory: URL, tokenizerModel: String, elapsed: Double = 0) throws {
         try AtomicFile.ensureDirectory(directory)
         let fileManager = FileManager.default
         let staging = directory.appendingPathComponent(".training.tmp")
@@ -174,7 +174,7 @@ public final class Trainer {
         if fileManager.fileExists(atPath: current.path) { try fileManager.moveItem(at: current, to: previous) }
         try fileManager.moveItem(at: staging, to: current)
         try? fileManager.removeItem(at: previous)
-        try ModelDirectory.save(model, tokenizerModel: tokenizerModel, to: directory, metadata: ["step": String(step)])
+        try ModelDirectory.save(model, tokenizerModel: tokenizerModel, to: directory)
     }
 
     /// Restores weights, optimizer moments, extra tensors, step and sampler state from `directory`.

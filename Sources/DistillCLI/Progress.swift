@@ -1,0 +1,69 @@
+import Distill
+import Foundation
+
+/// Prints training progress: one live line on a terminal, plain lines otherwise (logs, CI).
+final class ProgressPrinter {
+    private let live = isatty(STDERR_FILENO) != 0
+    private var lineOpen = false
+
+    func handle(_ event: TrainingEvent) {
+        switch event {
+        case let .step(step, total, terms, rate, norm, speed, left):
+            let order = ["loss", "ce", "kd", "feature", "rkd_distance", "rkd_angle"]
+            let shown = order.compactMap { name in terms[name].map { "\(name) \(format($0, 4))" } }
+            let line = "step \(step)/\(total)  " + shown.joined(separator: "  ")
+                + "  lr \(String(format: "%.2e", rate))  |g| \(format(Double(norm), 3))"
+                + "  \(Int(speed)) tok/s  \(duration(left)) left"
+            emit(line, transient: step < total)
+        case let .validation(step, terms):
+            var parts = ["validation @\(step):"]
+            if let ce = terms["ce"] { parts.append("ce \(format(ce, 4))") }
+            if let perplexity = terms["perplexity"] { parts.append("perplexity \(format(perplexity, 2))") }
+            for (name, value) in terms.sorted(by: { $0.key < $1.key }) where name != "ce" && name != "perplexity" {
+                parts.append("\(name) \(format(value, 4))")
+            }
+            emit(parts.joined(separator: " "), transient: false)
+        case let .checkpoint(step, directory):
+            emit("saved step \(step) to \(directory.path)", transient: false)
+        case let .interrupted(step):
+            emit("interrupted: saved step \(step); continue with --resume", transient: false)
+        }
+    }
+
+    /// Ends a live line so that later output starts on a fresh line.
+    func finish() {
+        if lineOpen { FileHandle.standardError.write(Data("\n".utf8)); lineOpen = false }
+    }
+
+    private func emit(_ text: String, transient: Bool) {
+        if live {
+            FileHandle.standardError.write(Data(("\r\u{1B}[2K" + text + (transient ? "" : "\n")).utf8))
+            lineOpen = transient
+        } else {
+            FileHandle.standardError.write(Data((text + "\n").utf8))
+        }
+    }
+}
+
+func format(_ value: Double, _ digits: Int) -> String { String(format: "%.\(digits)f", value) }
+
+func duration(_ seconds: Double) -> String {
+    guard seconds.isFinite else { return "?" }
+    let s = Int(seconds.rounded())
+    return s >= 3600 ? "\(s / 3600)h\(String(format: "%02d", s % 3600 / 60))m" : s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
+}
+
+/// Ctrl-C asks the training loop to save and stop at the end of the current step; a second Ctrl-C
+/// exits at once.
+enum Interrupt {
+    nonisolated(unsafe) private static var requested: sig_atomic_t = 0
+
+    static func install() {
+        signal(SIGINT) { _ in
+            if Interrupt.requested != 0 { _exit(130) }
+            Interrupt.requested = 1
+        }
+    }
+
+    static var isRequested: Bool { requested != 0 }
+}

@@ -1,0 +1,48 @@
+import ArgumentParser
+import Distill
+import Foundation
+
+/// `distill sample`: generate text from a model, printed as it is generated.
+struct SampleCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sample", abstract: "Generate text from a model (KV cache; greedy at temperature 0).")
+
+    @Option(help: "Model directory.") var model: String
+    @Option(help: "Text to continue (default: start from the BOS token).") var prompt: String?
+    @Option(help: "Tokens to generate at most.") var maxTokens: Int = 200
+    @Option(help: "Softmax temperature; 0 is greedy.") var temperature: Float = 0.8
+    @Option(help: "Keep only the K most likely tokens.") var topK: Int?
+    @Option(help: "Keep the smallest set of tokens whose probability reaches P.") var topP: Float?
+    @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
+    @Option(help: "Threads (default: all cores).") var threads: Int?
+
+    func validate() throws {
+        if maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more") }
+    }
+
+    func run() throws {
+        if let threads { Compute.setThreads(threads) }
+        var sampler = try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seed)
+        let loaded = try LoadedModel(path: model)
+        let tokenizer = loaded.tokenizer
+        var promptIDs = tokenizer.encodeLines(prompt ?? "")
+        if promptIDs.isEmpty && tokenizer.bosId >= 0 { promptIDs = [tokenizer.bosId] }
+        let session = KVCacheSession(model: loaded.model)
+        if let prompt { print(prompt, terminator: "") }
+        // Decode the whole continuation each time and print what is new, so that characters spread
+        // over several byte pieces appear once complete.
+        var produced: [Int32] = [], printed = ""
+        try generate(session: session, prompt: promptIDs, maxTokens: maxTokens, sampler: &sampler,
+                     stopToken: tokenizer.eosId >= 0 ? tokenizer.eosId : nil) { token in
+            produced.append(token)
+            let text = tokenizer.decode(produced)
+            guard !text.hasSuffix("\u{FFFD}"), text.hasPrefix(printed) else { return }
+            print(text.dropFirst(printed.count), terminator: "")
+            fflush(stdout)
+            printed = text
+        }
+        let text = tokenizer.decode(produced)
+        if text.hasPrefix(printed) { print(text.dropFirst(printed.count), terminator: "") }
+        print()
+    }
+}
