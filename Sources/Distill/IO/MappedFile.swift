@@ -102,6 +102,18 @@ enum StoredFloatEncoding {
     }
 }
 
+/// The number of elements of a tensor of this shape, or nil when the product overflows `Int` (a damaged
+/// header can claim any sizes).
+func checkedElementCount(_ shape: [Int]) -> Int? {
+    var count = 1
+    for size in shape {
+        let product = count.multipliedReportingOverflow(by: size)
+        if product.overflow { return nil }
+        count = product.partialValue
+    }
+    return count
+}
+
 extension Data {
     /// Appends an integer in little-endian byte order, as every weight format here stores them.
     mutating func appendLittleEndian<Integer: FixedWidthInteger>(_ value: Integer) {

@@ -238,12 +238,8 @@ extension SafetensorsFile {
             guard entry.end <= dataSize else {
                 throw SafetensorsError.outsideData(file: file, tensor: entry.name, begin: entry.begin, end: entry.end, dataSize: dataSize)
             }
-            let (elements, overflowed) = entry.shape.reduce((1, false)) { partial, size in
-                let product = partial.0.multipliedReportingOverflow(by: size)
-                return (product.partialValue, partial.1 || product.overflow)
-            }
-            let needed = elements.multipliedReportingOverflow(by: entry.dtype.byteWidth)
-            guard !overflowed, !needed.overflow else {
+            guard let elements = checkedElementCount(entry.shape),
+                  case let needed = elements.multipliedReportingOverflow(by: entry.dtype.byteWidth), !needed.overflow else {
                 throw SafetensorsError.badEntry(file: file, tensor: entry.name, reason: "its shape \(entry.shape) is too large to exist")
             }
             guard entry.end - entry.begin == needed.partialValue else {
