@@ -106,6 +106,25 @@ final class GGUFTests: XCTestCase {
         assertThrows(try GGUFExport.permuteToInterleavedRotary([1, 2, 3], heads: 1, columns: 1), mentioning: ["even head width"])
     }
 
+    /// The permutation must agree with the numpy formula of llama.cpp's converter:
+    /// `w.reshape(heads, 2, headDim / 2, columns).swapaxes(1, 2).reshape(w.shape)`.
+    func testRotaryPermutationMatchesNumpyFormula() throws {
+        guard (try? runPython("import numpy").status) == 0 else {
+            throw XCTSkip("python3 with numpy is not available: skipping the numpy cross-check of the rotary permutation")
+        }
+        let (heads, headDim, columns) = (3, 8, 5)
+        let script = """
+            import numpy as np
+            w = np.arange(\(heads * headDim * columns), dtype=np.float32).reshape(\(heads * headDim), \(columns))
+            print(" ".join(str(int(x)) for x in w.reshape(\(heads), 2, \(headDim / 2), \(columns)).swapaxes(1, 2).reshape(w.shape).flatten()))
+            """
+        let result = try runPython(script)
+        XCTAssertEqual(result.status, 0, result.output)
+        let expected = result.output.split(whereSeparator: \.isWhitespace).compactMap { Float(String($0)) }
+        let weights = (0..<(heads * headDim * columns)).map(Float.init)
+        XCTAssertEqual(try GGUFExport.permuteToInterleavedRotary(weights, heads: heads, columns: columns), expected)
+    }
+
     func testTensorNameMap() {
         let expected = [
             "model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",

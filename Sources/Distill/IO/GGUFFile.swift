@@ -178,7 +178,8 @@ public struct GGUFWriter {
 
 /// A GGUF file (versions 2 and 3), memory-mapped read-only and parsed completely on opening: metadata,
 /// tensor descriptions and the bounds of every F32/F16/BF16 tensor's data are checked before any use.
-public final class GGUFFile {
+/// Immutable and read-only, so threads may share it.
+public final class GGUFFile: @unchecked Sendable {
     static let magic: [UInt8] = Array("GGUF".utf8)
     static let alignmentKey = "general.alignment"
     /// GGUF's alignment when `general.alignment` is absent.

@@ -7,7 +7,7 @@ import Darwin
 
 /// A whole file mapped read-only into memory, so that weight files of any size are read on demand by the
 /// kernel instead of being copied into the process. The mapping lives as long as this object.
-final class MappedFile {
+final class MappedFile: @unchecked Sendable {
     let url: URL
     /// The file's bytes; empty for an empty file.
     let bytes: UnsafeRawBufferPointer

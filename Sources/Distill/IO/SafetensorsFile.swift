@@ -57,7 +57,8 @@ public struct SafetensorsTensor: Equatable, Sendable {
 /// A safetensors file (8-byte little-endian header length, JSON header, raw little-endian data), memory-mapped
 /// read-only. Opening validates the whole header against the file, so that every later read is in bounds;
 /// tensors are decoded only when asked for, and the file is never copied into memory as a whole.
-public final class SafetensorsFile {
+/// Immutable and read-only, so threads may share it.
+public final class SafetensorsFile: @unchecked Sendable {
     /// The file, as given.
     public let url: URL
     /// The header's `__metadata__` (string to string); empty when there is none.
