@@ -324,7 +324,8 @@ final class SafetensorsHFModelTests: XCTestCase {
         XCTAssertEqual(config["head_dim"] as? Int, 4)
         XCTAssertEqual(config["torch_dtype"] as? String, "float32")
         XCTAssertTrue(config["rope_scaling"] is NSNull)
-        XCTAssertTrue(try String(contentsOf: directory.appendingPathComponent("config.json"), encoding: .utf8).contains("\"rms_norm_eps\" : 1e-05"))
+        // Written from the Float's shortest decimal form: 1e-05, not 9.99999974737875e-06.
+        XCTAssertEqual(config["rms_norm_eps"] as? Double, 1e-5)
         let tokenizer = try json("tokenizer_config.json")
         XCTAssertEqual(tokenizer["tokenizer_class"] as? String, "LlamaTokenizer")
         XCTAssertEqual(tokenizer["add_eos_token"] as? Bool, false)
