@@ -162,6 +162,38 @@ final class SafetensorsTests: XCTestCase {
         assertThrows(try file.floats("nope"), mentioning: ["ids.safetensors", "'nope'"])
     }
 
+    /// The reference implementation (`pip install safetensors numpy`) must read what we write, and we what it writes.
+    func testReferenceImplementationInterop() throws {
+        guard (try? runPython("import safetensors.numpy, numpy").status) == 0 else {
+            throw XCTSkip("python3 with safetensors and numpy is not available (pip install safetensors numpy): skipping the interop check")
+        }
+        let directory = try makeTemporaryDirectory(self)
+        let ours = directory.appendingPathComponent("ours.safetensors")
+        let theirs = directory.appendingPathComponent("theirs.safetensors")
+        try SafetensorsFile.write(tensors: sample.filter { $0.name != "empty" }, metadata: ["format": "pt"], to: ours)
+        let script = """
+            import sys, numpy as np
+            from safetensors import safe_open
+            from safetensors.numpy import save_file
+            with safe_open(sys.argv[1], framework="np") as f:
+                assert f.metadata() == {"format": "pt"}, f.metadata()
+                matrix = f.get_tensor("a.matrix")
+                assert matrix.dtype == np.float32 and matrix.shape == (2, 3), matrix
+                assert matrix.flatten().view(np.uint32).tolist() == [%@], matrix
+            save_file({"h": np.array([[1, -2.5], [65504, 2**-24]], dtype=np.float16),
+                       "ids": np.array([3, 1, 4], dtype=np.int64), "f": np.array([0.5], dtype=np.float32)},
+                      sys.argv[2], metadata={"source": "numpy"})
+            """.replacingOccurrences(of: "%@", with: sample[1].values.map { "\($0.bitPattern)" }.joined(separator: ", "))
+        let result = try runPython(script, arguments: [ours.path, theirs.path])
+        XCTAssertEqual(result.status, 0, result.output)
+        let file = try SafetensorsFile(url: theirs)
+        XCTAssertEqual(file.metadata, ["source": "numpy"])
+        XCTAssertEqual(try file.info("h").shape, [2, 2])
+        XCTAssertEqual(try file.floats("h"), [1, -2.5, 65504, 0x1p-24])
+        XCTAssertEqual(try file.int32s("ids"), [3, 1, 4])
+        XCTAssertEqual(try file.floats("f"), [0.5])
+    }
+
     // MARK: malformed files
 
     private func rejects(header: String, data: [UInt8] = [], claimedHeaderLength: UInt64? = nil, mentioning fragments: [String],
@@ -292,7 +324,8 @@ final class SafetensorsHFModelTests: XCTestCase {
         XCTAssertEqual(config["head_dim"] as? Int, 4)
         XCTAssertEqual(config["torch_dtype"] as? String, "float32")
         XCTAssertTrue(config["rope_scaling"] is NSNull)
-        XCTAssertTrue(try String(contentsOf: directory.appendingPathComponent("config.json"), encoding: .utf8).contains("\"rms_norm_eps\" : 1e-05"))
+        // Written from the Float's shortest decimal form: 1e-05, not 9.99999974737875e-06.
+        XCTAssertEqual(config["rms_norm_eps"] as? Double, 1e-5)
         let tokenizer = try json("tokenizer_config.json")
         XCTAssertEqual(tokenizer["tokenizer_class"] as? String, "LlamaTokenizer")
         XCTAssertEqual(tokenizer["add_eos_token"] as? Bool, false)

@@ -71,3 +71,15 @@ extension Data {
         Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
     }
 }
+/// The number of elements of a tensor of this shape, or nil when the product overflows `Int` (a damaged
+/// header can claim any sizes).
+func checkedElementCount(_ shape: [Int]) -> Int? {
+    var count = 1
+    for size in shape {
+        let product = count.multipliedReportingOverflow(by: size)
+        if product.overflow { return nil }
+        count = product.partialValue
+    }
+    return count
+}
+

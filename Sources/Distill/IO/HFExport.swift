@@ -40,7 +40,7 @@ public enum HFExport {
                              specialTokens: HFSpecialTokens, to directory: URL, dtype: FloatFormat = .f32,
                              addBOSToken: Bool = true, legacy: Bool = true) throws {
         try config.validate()
-        let stored = try checkedTensors(tensors, config: config)
+        let stored = try HFLlamaTensors.checked(tensors, config: config)
         guard FileManager.default.fileExists(atPath: tokenizerModel.path) else {
             throw IOError.missing(tokenizerModel.path)
         }
@@ -99,30 +99,5 @@ public enum HFExport {
         var data = try JSONSerialization.data(withJSONObject: object, options: [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes])
         data.append(0x0A)
         try AtomicFile.write(data, to: url)
-    }
-
-    /// The tensors to store: exactly the config's weights with their shapes, in model order.
-    private static func checkedTensors(_ tensors: [SafetensorsTensor], config: LlamaConfig) throws -> [SafetensorsTensor] {
-        var byName: [String: SafetensorsTensor] = [:]
-        for tensor in tensors {
-            guard byName.updateValue(tensor, forKey: tensor.name) == nil else {
-                throw ModelError.mismatch("cannot export: tensor '\(tensor.name)' is given twice")
-            }
-        }
-        if config.tieWordEmbeddings { byName[HFLlamaTensors.outputHead] = nil }
-        var stored: [SafetensorsTensor] = []
-        for (name, shape) in HFLlamaTensors.expectedShapes(for: config) {
-            guard let tensor = byName.removeValue(forKey: name) else {
-                throw ModelError.mismatch("cannot export: tensor '\(name)' is missing; the config needs it with shape \(shape)")
-            }
-            guard tensor.shape == shape else {
-                throw ModelError.mismatch("cannot export: tensor '\(name)' has shape \(tensor.shape) but the config needs \(shape)")
-            }
-            stored.append(tensor)
-        }
-        if let extra = byName.keys.sorted().first {
-            throw ModelError.mismatch("cannot export: tensor '\(extra)' is not part of a Llama model with this config (\(byName.count) such tensors)")
-        }
-        return stored
     }
 }

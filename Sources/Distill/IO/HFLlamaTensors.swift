@@ -34,4 +34,30 @@ public enum HFLlamaTensors {
         if !config.tieWordEmbeddings { shapes.append((outputHead, [config.vocabSize, width])) }
         return shapes
     }
+
+    /// The tensors to export: exactly the config's weights with their shapes, in model order; with tied
+    /// embeddings a given `lm_head.weight` is dropped.
+    static func checked(_ tensors: [SafetensorsTensor], config: LlamaConfig) throws -> [SafetensorsTensor] {
+        var byName: [String: SafetensorsTensor] = [:]
+        for tensor in tensors {
+            guard byName.updateValue(tensor, forKey: tensor.name) == nil else {
+                throw ModelError.mismatch("cannot export: tensor '\(tensor.name)' is given twice")
+            }
+        }
+        if config.tieWordEmbeddings { byName[HFLlamaTensors.outputHead] = nil }
+        var stored: [SafetensorsTensor] = []
+        for (name, shape) in HFLlamaTensors.expectedShapes(for: config) {
+            guard let tensor = byName.removeValue(forKey: name) else {
+                throw ModelError.mismatch("cannot export: tensor '\(name)' is missing; the config needs it with shape \(shape)")
+            }
+            guard tensor.shape == shape else {
+                throw ModelError.mismatch("cannot export: tensor '\(name)' has shape \(tensor.shape) but the config needs \(shape)")
+            }
+            stored.append(tensor)
+        }
+        if let extra = byName.keys.sorted().first {
+            throw ModelError.mismatch("cannot export: tensor '\(extra)' is not part of a Llama model with this config (\(byName.count) such tensors)")
+        }
+        return stored
+    }
 }

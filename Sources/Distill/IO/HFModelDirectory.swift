@@ -4,7 +4,7 @@ import Foundation
 /// `model.safetensors.index.json`, and usually `tokenizer.model`. Opening checks that the config describes
 /// a plain Llama model distill can run, and that every shard exists and is a valid safetensors file;
 /// tensors are read on demand from the memory-mapped shards.
-public struct HFModelDirectory {
+public struct HFModelDirectory: Sendable {
     public static let configFileName = "config.json"
     public static let weightsFileName = "model.safetensors"
     public static let indexFileName = "model.safetensors.index.json"

@@ -57,7 +57,8 @@ public struct SafetensorsTensor: Equatable, Sendable {
 /// A safetensors file (8-byte little-endian header length, JSON header, raw little-endian data), memory-mapped
 /// read-only. Opening validates the whole header against the file, so that every later read is in bounds;
 /// tensors are decoded only when asked for, and the file is never copied into memory as a whole.
-public final class SafetensorsFile {
+/// Immutable and read-only, so threads may share it.
+public final class SafetensorsFile: @unchecked Sendable {
     /// The file, as given.
     public let url: URL
     /// The header's `__metadata__` (string to string); empty when there is none.
@@ -238,12 +239,8 @@ extension SafetensorsFile {
             guard entry.end <= dataSize else {
                 throw SafetensorsError.outsideData(file: file, tensor: entry.name, begin: entry.begin, end: entry.end, dataSize: dataSize)
             }
-            let (elements, overflowed) = entry.shape.reduce((1, false)) { partial, size in
-                let product = partial.0.multipliedReportingOverflow(by: size)
-                return (product.partialValue, partial.1 || product.overflow)
-            }
-            let needed = elements.multipliedReportingOverflow(by: entry.dtype.byteWidth)
-            guard !overflowed, !needed.overflow else {
+            guard let elements = checkedElementCount(entry.shape),
+                  case let needed = elements.multipliedReportingOverflow(by: entry.dtype.byteWidth), !needed.overflow else {
                 throw SafetensorsError.badEntry(file: file, tensor: entry.name, reason: "its shape \(entry.shape) is too large to exist")
             }
             guard entry.end - entry.begin == needed.partialValue else {
