@@ -18,8 +18,8 @@ struct TrainCommand: ParsableCommand {
         let model = try LlamaModel(config: config, seed: options.seed)
         let trainer = try Trainer(model: model, objective: CrossEntropyObjective(), parameters: options.parameters,
                                   tokenizerHash: data.tokenizerHash)
-        print("model: \(model.parameterCount) parameters (width \(config.hiddenSize), \(config.numHiddenLayers) layers, "
-              + "\(config.numAttentionHeads) heads, vocab \(config.vocabSize), context \(config.maxPositionEmbeddings))")
+        FileHandle.standardError.write(Data(("model: \(model.parameterCount) parameters (width \(config.hiddenSize), \(config.numHiddenLayers) layers, "
+              + "\(config.numAttentionHeads) heads, vocab \(config.vocabSize), context \(config.maxPositionEmbeddings))\n").utf8))
         try runTraining(trainer, data: data, options: options, tokenizerModel: tokenizerModel)
     }
 }
@@ -30,7 +30,7 @@ func runTraining(_ trainer: Trainer, data: TokenFile, options: TrainingOptions, 
     try AtomicFile.ensureDirectory(output)
     if options.resume {
         try trainer.resume(from: output)
-        print("resumed at step \(trainer.step) of \(trainer.parameters.steps)")
+        FileHandle.standardError.write(Data("resumed at step \(trainer.step) of \(trainer.parameters.steps)\n".utf8))
     } else if FileManager.default.fileExists(atPath: output.appendingPathComponent("training/state.json").path) {
         throw TrainingError.invalidSetting("\(output.path) already holds a training run: pass --resume to continue it, or choose another --output")
     }
