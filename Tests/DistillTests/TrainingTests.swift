@@ -1,0 +1,153 @@
+import XCTest
+import Distill
+
+final class TrainingTests: XCTestCase {
+    static let config = LlamaConfig(hiddenSize: 32, intermediateSize: 64, numHiddenLayers: 2, numAttentionHeads: 2,
+                                    vocabSize: 320, maxPositionEmbeddings: 32)
+
+    static func parameters(steps: Int) -> TrainingParameters {
+        var p = TrainingParameters()
+        p.steps = steps
+        p.batchSize = 4
+        p.context = 32
+        p.learningRate = 3e-3
+        p.warmupSteps = 5
+        p.evalEvery = 0
+        p.evalBatches = 2
+        p.saveEvery = 0
+        p.logEvery = 1000
+        return p
+    }
+
+    /// Runs a trainer from its own generator over the corpus' training split.
+    static func run(_ trainer: Trainer, data: TokenFile, output: URL, tokenizer: String,
+                    stopAfter: Int? = nil, validation: [Batch] = []) throws {
+        var sampler = try BatchSampler(tokens: data.trainTokens, batchSize: trainer.parameters.batchSize,
+                                       contextLength: trainer.parameters.context, random: trainer.random)
+        try trainer.run(nextBatch: { random in
+            sampler.random = random
+            let batch = sampler.next()
+            random = sampler.random
+            return batch
+        }, validation: validation, output: output, tokenizerModel: tokenizer,
+           shouldStop: { stopAfter.map { trainer.step >= $0 } ?? false }, report: { _ in })
+    }
+
+    /// An interrupted run resumed from its checkpoint ends with exactly the weights of an
+    /// uninterrupted run (sampler state, optimizer moments and step all restored).
+    func testResumeIsBitwiseEqualToUninterruptedRun() throws {
+        let corpus = try TestCorpus.files()
+        let data = try TokenFile(path: corpus.data)
+        var p = Self.parameters(steps: 12)
+        p.accumulationSteps = 2
+
+        let straight = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
+                                   parameters: p, tokenizerHash: data.tokenizerHash)
+        try Self.run(straight, data: data, output: try TestCorpus.scratch("straight"), tokenizer: corpus.tokenizer)
+
+        let directory = try TestCorpus.scratch("interrupted")
+        let first = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
+                                parameters: p, tokenizerHash: data.tokenizerHash)
+        try Self.run(first, data: data, output: directory, tokenizer: corpus.tokenizer, stopAfter: 5)
+        XCTAssertEqual(first.step, 5)
+
+        let resumed = try Trainer(model: LlamaModel(config: Self.config, seed: 99), objective: CrossEntropyObjective(),
+                                  parameters: p, tokenizerHash: data.tokenizerHash)
+        try resumed.resume(from: directory)
+        XCTAssertEqual(resumed.step, 5)
+        try Self.run(resumed, data: data, output: directory, tokenizer: corpus.tokenizer)
+        XCTAssertEqual(resumed.step, 12)
+        XCTAssertEqual(Array(resumed.model.parameters), Array(straight.model.parameters), "resumed weights differ")
+    }
+
+    /// The saved model directory loads back bit for bit.
+    func testCheckpointRoundTripIsBitwise() throws {
+        let corpus = try TestCorpus.files()
+        let model = try LlamaModel(config: Self.config, seed: 5)
+        let directory = try TestCorpus.scratch("save")
+        try ModelDirectory.save(model, tokenizerModel: corpus.tokenizer, to: directory)
+        let loaded = try ModelDirectory.load(directory)
+        XCTAssertEqual(loaded.config, model.config)
+        XCTAssertEqual(Array(loaded.parameters), Array(model.parameters))
+    }
+
+    /// A tiny model learns the toy grammar: validation loss far below the unigram entropy of the tokens.
+    func testTinyModelLearnsBelowUnigramEntropy() throws {
+        let corpus = try TestCorpus.files()
+        let data = try TokenFile(path: corpus.data)
+        var counts = [Double](repeating: 0, count: data.vocabSize)
+        for token in data.trainTokens { counts[Int(token)] += 1 }
+        let total = counts.reduce(0, +)
+        let entropy = -counts.filter { $0 > 0 }.map { $0 / total * log($0 / total) }.reduce(0, +)
+
+        let p = Self.parameters(steps: 250)
+        let trainer = try Trainer(model: LlamaModel(config: Self.config, seed: 1), objective: CrossEntropyObjective(),
+                                  parameters: p, tokenizerHash: data.tokenizerHash)
+        var validationSampler = try BatchSampler(tokens: data.validationTokens, batchSize: 8, contextLength: 32, seed: 9)
+        let validation = (0..<4).map { _ in validationSampler.next() }
+        let before = trainer.evaluate(validation)["ce"]!
+        try Self.run(trainer, data: data, output: try TestCorpus.scratch("learn"), tokenizer: corpus.tokenizer)
+        let after = trainer.evaluate(validation)["ce"]!
+        print("unigram entropy \(entropy) nats; validation loss \(before) -> \(after)")
+        XCTAssertLessThan(after, entropy - 1.0)
+    }
+
+    func testLearningRateSchedule() {
+        XCTAssertEqual(learningRate(step: 0, totalSteps: 100, peak: 1, warmup: 10), 0.1, accuracy: 1e-6)
+        XCTAssertEqual(learningRate(step: 9, totalSteps: 100, peak: 1, warmup: 10), 1, accuracy: 1e-6)
+        XCTAssertEqual(learningRate(step: 100, totalSteps: 100, peak: 1, warmup: 10), 0.1, accuracy: 1e-6)
+        XCTAssertEqual(learningRate(step: 55, totalSteps: 100, peak: 1, warmup: 10), 0.55, accuracy: 1e-6)
+    }
+
+    func testGradientClipping() {
+        var values: [Float] = [3, 4]
+        var grads: [Float] = [3, 4]
+        let norm = values.withUnsafeMutableBufferPointer { v in
+            grads.withUnsafeMutableBufferPointer { g in
+                clipGradientNorm([TrainableSegment(parameters: v.baseAddress!, gradients: g.baseAddress!, count: 2, decays: true)], maxNorm: 1)
+            }
+        }
+        XCTAssertEqual(norm, 5, accuracy: 1e-6)
+        XCTAssertEqual(grads[0], 0.6, accuracy: 1e-5)
+        XCTAssertEqual(grads[1], 0.8, accuracy: 1e-5)
+    }
+
+    func testBadSettingsAreRejected() throws {
+        var p = Self.parameters(steps: 0)
+        XCTAssertThrowsError(try p.validate())
+        p = Self.parameters(steps: 10)
+        p.context = 64
+        XCTAssertThrowsError(try Trainer(model: LlamaModel(config: Self.config, seed: 1), objective: CrossEntropyObjective(),
+                                         parameters: p, tokenizerHash: 0)) { error in
+            XCTAssertTrue("\(error)".contains("--context"))
+        }
+        var bad = Self.config
+        bad.numAttentionHeads = 3
+        XCTAssertThrowsError(try LlamaModel(config: bad, seed: 1)) { error in
+            XCTAssertTrue("\(error)".contains("divisible"))
+        }
+        bad = Self.config
+        bad.hiddenSize = 0
+        XCTAssertThrowsError(try bad.validate())
+    }
+
+    /// A resume with another tokenizer's data, or with changed flags, is refused.
+    func testResumeRefusesAnotherTokenizer() throws {
+        let corpus = try TestCorpus.files()
+        let data = try TokenFile(path: corpus.data)
+        let directory = try TestCorpus.scratch("refuse")
+        let trainer = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
+                                  parameters: Self.parameters(steps: 2), tokenizerHash: data.tokenizerHash)
+        try Self.run(trainer, data: data, output: directory, tokenizer: corpus.tokenizer)
+        let other = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
+                                parameters: Self.parameters(steps: 2), tokenizerHash: data.tokenizerHash ^ 1)
+        XCTAssertThrowsError(try other.resume(from: directory)) { error in
+            XCTAssertTrue("\(error)".contains("tokenizer"), "\(error)")
+        }
+        var changed = Self.parameters(steps: 2)
+        changed.learningRate = 1
+        let flags = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
+                                parameters: changed, tokenizerHash: data.tokenizerHash)
+        XCTAssertThrowsError(try flags.resume(from: directory))
+    }
+}
