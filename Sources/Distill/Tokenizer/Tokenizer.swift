@@ -74,14 +74,24 @@ public final class Tokenizer: @unchecked Sendable {
     func appendIDs(of bytes: UnsafeRawBufferPointer, to ids: inout [Int32]) {
         guard !bytes.isEmpty, let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self) else { return }
         let start = ids.count
-        // A piece covers at least one byte, so `bytes.count` ids always suffice.
-        ids.append(contentsOf: repeatElement(0, count: bytes.count))
-        var error: UnsafeMutablePointer<CChar>?
-        let needed = ids.withUnsafeMutableBufferPointer { buffer in
-            spm_encode(processor, base, bytes.count, buffer.baseAddress.map { $0 + start }, bytes.count, &error)
+        // A piece covers at least one byte of the text, so this is enough, except for models trained
+        // elsewhere with a dummy prefix, which adds a piece: those take a second call.
+        var capacity = bytes.count + 1
+        while true {
+            ids.append(contentsOf: repeatElement(0, count: capacity))
+            var error: UnsafeMutablePointer<CChar>?
+            let needed = ids.withUnsafeMutableBufferPointer { buffer in
+                spm_encode(processor, base, bytes.count, buffer.baseAddress.map { $0 + start }, capacity, &error)
+            }
+            _ = Tokenizer.takeMessage(error)
+            let count = Int(max(needed, 0))
+            if count <= capacity {
+                ids.removeLast(capacity - count)
+                return
+            }
+            ids.removeLast(capacity)
+            capacity = count
         }
-        _ = Tokenizer.takeMessage(error)
-        ids.removeLast(bytes.count - Int(min(max(needed, 0), Int64(bytes.count))))
     }
 
     /// The text of `ids`. Ids outside the vocabulary become U+FFFD (use `checkIDs` to reject them
