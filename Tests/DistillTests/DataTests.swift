@@ -29,6 +29,7 @@ final class DataTests: XCTestCase {
         let trainText = tokenizer.decode(Array(file.trainTokens))
         let validationText = tokenizer.decode(Array(file.validationTokens))
         XCTAssertEqual(trainText + validationText, text)
+        XCTAssertEqual(Array(file.trainTokens) + Array(file.validationTokens), tokenizer.encode(text))
         XCTAssertTrue(trainText.hasSuffix("\n"), "the split is not at a line boundary")
         XCTAssertEqual(validationText.utf8.count, file.validationByteCount)
         XCTAssertEqual(trainText.utf8.count, file.trainByteCount)
