@@ -163,8 +163,10 @@ final class DataTests: XCTestCase {
         XCTAssertThrowsError(try TokenFile(path: badSplit)) { error in
             guard case DataError.corruptHeader = error else { return XCTFail("got \(error)") }
         }
-        let outOfVocabulary = try TokenFile(path: handWrittenTokenFile(vocabSize: 60_000 + 10_000, tokens: [70_000], split: 1))
-        XCTAssertThrowsError(try outOfVocabulary.checkTokenRange())
+        let outOfVocabulary = try TokenFile(path: handWrittenTokenFile(tokens: [3, 70_000], split: 1))
+        assertThrows(DataError.tokenOutOfRange(outOfVocabulary.path, index: 1, id: 70_000, vocabSize: 70_000)) {
+            try outOfVocabulary.checkTokenRange()
+        }
         let missing = try TestText.makeFolder().appendingPathComponent("none.tok").path
         assertThrows(DataError.missingTokenFile(missing)) { _ = try TokenFile(path: missing) }
     }
