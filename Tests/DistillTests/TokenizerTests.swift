@@ -213,6 +213,17 @@ final class TokenizerTests: XCTestCase {
         }
     }
 
+    func testCheckTextGivesTheSameErrorsForInMemoryText() throws {
+        assertThrows(TokenizerError.invalidUTF8("stdin", line: 1, byteOffset: 3)) {
+            try Tokenizer.checkText(Data([0x61, 0x62, 0x63, 0xC3, 0x28]), name: "stdin")
+        }
+        // An overlong encoding of "/" and a UTF-16 surrogate are not UTF-8 either.
+        assertThrows(TokenizerError.invalidUTF8("x", line: 1, byteOffset: 0)) { try Tokenizer.checkText(Data([0xC0, 0xAF]), name: "x") }
+        assertThrows(TokenizerError.invalidUTF8("x", line: 1, byteOffset: 1)) { try Tokenizer.checkText(Data([0x41, 0xED, 0xA0, 0x80]), name: "x") }
+        assertThrows(TokenizerError.emptyInput("x")) { try Tokenizer.checkText(Data("\n \t".utf8), name: "x") }
+        XCTAssertNoThrow(try Tokenizer.checkText(Data("ascii, 한국어, 😀 and a long ASCII run to pass eight at a time".utf8), name: "x"))
+    }
+
     func testFolderWithoutTextFilesIsReported() throws {
         let folder = try TestText.makeFolder()
         assertThrows(TokenizerError.noTextFiles(folder.path)) {
