@@ -61,9 +61,12 @@ struct TokenizerCommand: ParsableCommand {
                 input = text
             } else {
                 let data = FileHandle.standardInput.readDataToEndOfFile()
-                guard !data.isEmpty else { throw TokenizerError.emptyInput("(standard input)") }
+                let name = "(standard input)"
+                guard !data.isEmpty else { throw TokenizerError.emptyInput(name) }
                 guard let decoded = String(data: data, encoding: .utf8) else {
-                    throw TokenizerError.invalidUTF8("(standard input)", line: 1, byteOffset: 0)
+                    // Names the line and byte that are not UTF-8.
+                    try Tokenizer.checkText(data, name: name)
+                    throw TokenizerError.invalidUTF8(name, line: 1, byteOffset: 0)
                 }
                 input = decoded
             }

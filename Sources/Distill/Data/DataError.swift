@@ -12,6 +12,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     case truncatedTokenFile(String, expectedBytes: Int, actualBytes: Int)
     /// The header's fields contradict each other.
     case corruptHeader(String, reason: String)
+    /// A stored id is not below the file's vocabulary size.
+    case tokenOutOfRange(String, index: Int, id: Int32, vocabSize: Int)
     /// The token file was made with another tokenizer than the one given.
     case tokenizerMismatch(tokenFile: String, tokenizer: String)
     /// The validation fraction is not in [0, 1).
@@ -39,6 +41,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
             return "token file \(path) is \(actual) bytes but its header needs \(expected) (truncated or damaged): run `distill prepare` again"
         case .corruptHeader(let path, let reason):
             return "token file \(path) has a damaged header (\(reason)): run `distill prepare` again"
+        case .tokenOutOfRange(let path, let index, let id, let vocabSize):
+            return "token file \(path) holds id \(id) at token \(index), outside its vocabulary of \(vocabSize) (damaged file): run `distill prepare` again"
         case .tokenizerMismatch(let tokenFile, let tokenizer):
             return "token file \(tokenFile) was not made with tokenizer \(tokenizer): prepare the data again with this tokenizer, or pass the one it was made with"
         case .invalidValidationFraction(let fraction):

@@ -46,21 +46,24 @@ extension TokenFile {
         let files = try TextInput.expand(inputs, allowStandardInput: true, purpose: "")
         guard !files.isEmpty else { throw TokenizerError.noInput }
         let text = ConcatenatedText(sources: try files.map(TextInput.open))
-        let splitOffset = valFraction == 0 ? text.count : try text.lineBoundary(near: text.count - Int((Double(text.count) * valFraction).rounded()))
+        let validationTarget = Int((Double(text.count) * valFraction).rounded())
+        let splitOffset = valFraction == 0 ? text.count : try text.lineBoundary(near: text.count - validationTarget)
 
         let writer = try TokenFileWriter(path: output, bytesPerToken: TokenFileFormat.bytesPerToken(vocabSize: tokenizer.vocabSize))
         let started = Date()
         var bytesDone = 0
-        var trainTokenCount = 0
-        for region in [0..<splitOffset, splitOffset..<text.count] {
+        // Each split is encoded on its own, so that the split point is a token index.
+        func encode(_ region: Range<Int>) throws {
             for block in text.blocks(in: region, targetSize: 4 << 20) {
                 try writer.append(encodeInParallel(block, tokenizer: tokenizer))
                 bytesDone += block.count
                 progress?(PrepareProgress(bytesDone: bytesDone, totalBytes: text.count, tokensDone: writer.tokenCount,
                                           seconds: Date().timeIntervalSince(started)))
             }
-            if region.lowerBound == 0 { trainTokenCount = writer.tokenCount }
         }
+        try encode(0..<splitOffset)
+        let trainTokenCount = writer.tokenCount
+        try encode(splitOffset..<text.count)
         let header = TokenFileFormat.Header(
             bytesPerToken: writer.bytesPerToken, vocabSize: tokenizer.vocabSize, tokenizerHash: tokenizer.modelHash,
             tokenCount: writer.tokenCount, sourceByteCount: text.count, splitIndex: trainTokenCount,

@@ -200,11 +200,14 @@ public final class TokenFile: Sendable {
         }
     }
 
-    /// Reads every id and throws `DataError.corruptHeader` for the first one outside the vocabulary.
-    /// Opening does not do this, since it touches the whole file.
+    /// Reads every id and throws `DataError.tokenOutOfRange` for the first one outside the
+    /// vocabulary. Opening does not do this, since it touches the whole file.
     public func checkTokenRange() throws {
-        for index in 0..<tokenCount where Int(unsafeToken(at: index)) >= vocabSize {
-            throw DataError.corruptHeader(path, reason: "token \(index) is \(unsafeToken(at: index)), not below the vocabulary size \(vocabSize)")
+        for index in 0..<tokenCount {
+            let id = unsafeToken(at: index)
+            if id < 0 || Int(id) >= vocabSize {
+                throw DataError.tokenOutOfRange(path, index: index, id: id, vocabSize: vocabSize)
+            }
         }
     }
 }

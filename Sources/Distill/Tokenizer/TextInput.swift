@@ -30,6 +30,14 @@ private final class RawBufferOwner {
     deinit { buffer.deallocate() }
 }
 
+extension Tokenizer {
+    /// Throws the error `TokenFile.prepare` would give for `text` as an input named `name`: empty or
+    /// whitespace only, NUL bytes, or invalid UTF-8 (with its line and byte offset).
+    public static func checkText(_ text: Data, name: String) throws {
+        try text.withUnsafeBytes { try TextInput.check($0, name: name) }
+    }
+}
+
 /// Turns the --input arguments into a checked list of text files.
 enum TextInput {
     /// Expands each path: a file as itself, a folder as its .txt files (sorted by name, not

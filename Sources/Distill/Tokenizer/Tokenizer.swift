@@ -43,11 +43,16 @@ public final class Tokenizer: @unchecked Sendable {
         guard FileManager.default.fileExists(atPath: modelPath) else { throw TokenizerError.missingModel(modelPath) }
         let mapped: MappedFile
         do { mapped = try MappedFile(path: modelPath) } catch {
-            throw TokenizerError.invalidModel(modelPath, reason: "cannot read the file")
+            switch error {
+            case .missing: throw TokenizerError.missingModel(modelPath)
+            case .isDirectory: throw TokenizerError.invalidModel(modelPath, reason: "it is a folder")
+            case .unreadable(let reason): throw TokenizerError.invalidModel(modelPath, reason: reason)
+            }
         }
         var error: UnsafeMutablePointer<CChar>?
         guard let processor = spm_processor_load(modelPath, &error) else {
-            throw TokenizerError.invalidModel(modelPath, reason: Tokenizer.takeMessage(error) ?? "unknown error")
+            let reason = Tokenizer.readableReason(Tokenizer.takeMessage(error), fallback: "it does not parse")
+            throw TokenizerError.invalidModel(modelPath, reason: reason)
         }
         self.processor = processor
         self.modelPath = modelPath
@@ -61,11 +66,15 @@ public final class Tokenizer: @unchecked Sendable {
 
     deinit { spm_processor_free(processor) }
 
-    /// The ids of `text`. With a model trained by `Tokenizer.train`, `decode(encode(text)) == text`.
+    /// The ids of `text`, encoded line by line (each line with its newline) exactly as
+    /// `TokenFile.prepare` does. With a model trained by `Tokenizer.train`,
+    /// `decode(encode(text)) == text`.
     public func encode(_ text: String) -> [Int32] {
         var ids: [Int32] = []
         var text = text
-        text.withUTF8 { appendIDs(of: UnsafeRawBufferPointer($0), to: &ids) }
+        text.withUTF8 { utf8 in
+            TextBlock(bytes: UnsafeRawBufferPointer(utf8), addsNewline: false).forEachLine { appendIDs(of: $0, to: &ids) }
+        }
         return ids
     }
 
@@ -74,14 +83,24 @@ public final class Tokenizer: @unchecked Sendable {
     func appendIDs(of bytes: UnsafeRawBufferPointer, to ids: inout [Int32]) {
         guard !bytes.isEmpty, let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self) else { return }
         let start = ids.count
-        // A piece covers at least one byte, so `bytes.count` ids always suffice.
-        ids.append(contentsOf: repeatElement(0, count: bytes.count))
-        var error: UnsafeMutablePointer<CChar>?
-        let needed = ids.withUnsafeMutableBufferPointer { buffer in
-            spm_encode(processor, base, bytes.count, buffer.baseAddress.map { $0 + start }, bytes.count, &error)
+        // A piece covers at least one byte of the text, so this is enough, except for models trained
+        // elsewhere with a dummy prefix, which adds a piece: those take a second call.
+        var capacity = bytes.count + 1
+        while true {
+            ids.append(contentsOf: repeatElement(0, count: capacity))
+            var error: UnsafeMutablePointer<CChar>?
+            let needed = ids.withUnsafeMutableBufferPointer { buffer in
+                spm_encode(processor, base, bytes.count, buffer.baseAddress.map { $0 + start }, capacity, &error)
+            }
+            _ = Tokenizer.takeMessage(error)
+            let count = Int(max(needed, 0))
+            if count <= capacity {
+                ids.removeLast(capacity - count)
+                return
+            }
+            ids.removeLast(capacity)
+            capacity = count
         }
-        _ = Tokenizer.takeMessage(error)
-        ids.removeLast(bytes.count - Int(min(max(needed, 0), Int64(bytes.count))))
     }
 
     /// The text of `ids`. Ids outside the vocabulary become U+FFFD (use `checkIDs` to reject them
@@ -141,6 +160,29 @@ public final class Tokenizer: @unchecked Sendable {
         case Int32(SPM_PIECE_BYTE.rawValue): return .byte
         default: return nil
         }
+    }
+
+    /// SentencePiece's status text without the source location and failed condition it starts with
+    /// ("Internal: ./src/x.cc(42) [condition] message"): just the first line of the message, or
+    /// `fallback` when nothing is left.
+    static func readableReason(_ status: String?, fallback: String) -> String {
+        guard let status else { return fallback }
+        var message = Substring(status.split(separator: "\n").first ?? "")
+        if let location = message.range(of: #"^\w+: \S+\(\d+\) "#, options: .regularExpression) {
+            message = message[location.upperBound...]
+            // Skip the bracketed condition, whose brackets may nest.
+            if message.first == "[" {
+                var depth = 0
+                var end = message.startIndex
+                for index in message.indices {
+                    if message[index] == "[" { depth += 1 } else if message[index] == "]" { depth -= 1 }
+                    if depth == 0 { end = message.index(after: index); break }
+                }
+                message = message[end...]
+            }
+        }
+        let trimmed = message.trimmingCharacters(in: .whitespaces)
+        return trimmed.isEmpty ? fallback : trimmed
     }
 
     /// Copies and frees a message the shim allocated.

@@ -59,7 +59,7 @@ extension Tokenizer {
         }
         let trainerLog = takeMessage(log) ?? ""
         guard status == 0, let model else {
-            throw trainingError(takeMessage(error) ?? "unknown error", requested: vocabSize)
+            throw trainingError(readableReason(takeMessage(error), fallback: "no reason given"), requested: vocabSize)
         }
         defer { spm_free_string(model) }
         try AtomicFile.write(Data(bytes: model, count: modelLength), to: outputURL)
@@ -76,8 +76,7 @@ extension Tokenizer {
         if message.contains("smaller than required_chars"), let minimum = lastInteger(after: " vs ", in: message) {
             return .vocabularyTooSmall(requested: requested, minimum: minimum)
         }
-        let firstLine = message.split(separator: "\n").first.map(String.init) ?? message
-        return .trainingFailed(firstLine)
+        return .trainingFailed(message)
     }
 
     private static func lastInteger(after marker: String, in text: String) -> Int? {
