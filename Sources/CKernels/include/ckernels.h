@@ -6,4 +6,6 @@
 
 /// y[i] += x[i]
 void ck_add_inplace(float *y, const float *x, size_t n);
+
+#include "ck_losses.h"
 #endif
