@@ -102,6 +102,17 @@ CLONES float ck_exp_sum(float *restrict out, const float *restrict x, float scal
     return sum;
 }
 
+CLONES float ck_square_sum(float *restrict out, const float *restrict x, size_t n) {
+    float sum = 0.0f;
+    VECTORIZE
+    for (size_t i = 0; i < n; i++) {
+        float e = x[i] * x[i];
+        out[i] = e;
+        sum += e;
+    }
+    return sum;
+}
+
 CLONES void ck_scale(float *restrict x, float scale, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] *= scale;
 }

@@ -12,6 +12,9 @@ float ck_max(const float *x, size_t n);
 /// out[i] = exp(scale·x[i] − shift); returns Σ out[i]. `out` may alias nothing else.
 float ck_exp_sum(float *out, const float *x, float scale, float shift, size_t n);
 
+/// out[i] = x[i]²; returns Σ out[i]. With x = exp((s − m)/2) this is exp(s − m) for one multiply.
+float ck_square_sum(float *out, const float *x, size_t n);
+
 /// x[i] *= scale
 void ck_scale(float *x, float scale, size_t n);
 

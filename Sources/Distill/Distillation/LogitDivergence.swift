@@ -223,11 +223,16 @@ public func logitLossesForwardBackward(
             let target = targets.map { Int($0[row]) } ?? -1
             let studentMax = ck_max(s, vocab)
 
+            let studentShift = studentMax * invTau
+            let studentSum = teacherLogits == nil ? 0 : ck_exp_sum(studentExp, s, invTau, studentShift, vocab)
+
             // Cross-entropy: log Σ exp(s) − s[target]; P is kept only for the gradient.
             var plain: UnsafePointer<Float>? = nil
             var plainScale: Float = 0
             if target >= 0 {
-                let plainSum = ck_exp_sum(plainExp, s, 1, studentMax, vocab)
+                // At the default τ = 2, exp(s − max) = exp((s − max)/2)²: a multiply instead of an exp.
+                let plainSum = teacherLogits != nil && tau == 2
+                    ? ck_square_sum(plainExp, studentExp, vocab) : ck_exp_sum(plainExp, s, 1, studentMax, vocab)
                 ceSum += Double(studentMax) + log(Double(plainSum)) - Double(s[target])
                 if ceGradient {
                     plain = UnsafePointer(plainExp)
@@ -238,8 +243,6 @@ public func logitLossesForwardBackward(
 
             if let teacherBase = teacherLogits {
                 let t = teacherBase + row * vocab
-                let studentShift = studentMax * invTau
-                let studentSum = ck_exp_sum(studentExp, s, invTau, studentShift, vocab)
                 let teacherMax = ck_max(t, vocab)
                 let teacherShift = teacherMax * invTau
                 var teacherSum = ck_exp_sum(teacherExp, t, invTau, teacherShift, vocab)
