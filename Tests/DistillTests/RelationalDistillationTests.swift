@@ -79,34 +79,30 @@ final class RelationalDistillationTests: XCTestCase {
         return (value, gradient)
     }
 
-    func testDistanceGradientMatchesFiniteDifferences() throws {
-        let (student, teacher) = sample(seed: 61)
-        let result = try run(distanceLoss, student: student.map(Float.init), teacher: teacher.map(Float.init),
+    private typealias ReferenceLoss = ([Double], [Double], Int, Int, Int) -> Double
+
+    private func checkGradient(_ loss: RelationalLoss, reference: @escaping ReferenceLoss, seed: UInt64) throws {
+        let (student, teacher) = sample(seed: seed)
+        let result = try run(loss, student: student.map(Float.init), teacher: teacher.map(Float.init),
                              gradientScale: 0.5)
-        let reference = { (s: [Double]) in
-            referenceDistanceLoss(student: s, teacher: teacher, batch: self.batch, studentWidth: self.studentWidth,
-                                  teacherWidth: self.teacherWidth)
-        }
-        XCTAssertEqual(Double(result.loss), reference(student), accuracy: 1e-6)
+        let value = { (s: [Double]) in reference(s, teacher, self.batch, self.studentWidth, self.teacherWidth) }
+        XCTAssertEqual(Double(result.loss), value(student), accuracy: 1e-6)
         XCTAssertGreaterThan(result.loss, 0)
-        let numeric = lossTestNumericGradient(at: student, reference).map { $0 * 0.5 }
+        let numeric = lossTestNumericGradient(at: student, value).map { $0 * 0.5 }
         XCTAssertLessThan(lossTestMismatch(result.gradient, numeric), lossTestTolerance)
         XCTAssertGreaterThan(lossTestMismatch(result.gradient.map { $0 * 1.01 }, numeric), lossTestTolerance)
     }
 
+    func testDistanceGradientMatchesFiniteDifferences() throws {
+        try checkGradient(distanceLoss, reference: {
+            referenceDistanceLoss(student: $0, teacher: $1, batch: $2, studentWidth: $3, teacherWidth: $4)
+        }, seed: 61)
+    }
+
     func testAngleGradientMatchesFiniteDifferences() throws {
-        let (student, teacher) = sample(seed: 67)
-        let result = try run(angleLoss, student: student.map(Float.init), teacher: teacher.map(Float.init),
-                             gradientScale: 0.5)
-        let reference = { (s: [Double]) in
-            referenceAngleLoss(student: s, teacher: teacher, batch: self.batch, studentWidth: self.studentWidth,
-                               teacherWidth: self.teacherWidth)
-        }
-        XCTAssertEqual(Double(result.loss), reference(student), accuracy: 1e-6)
-        XCTAssertGreaterThan(result.loss, 0)
-        let numeric = lossTestNumericGradient(at: student, reference).map { $0 * 0.5 }
-        XCTAssertLessThan(lossTestMismatch(result.gradient, numeric), lossTestTolerance)
-        XCTAssertGreaterThan(lossTestMismatch(result.gradient.map { $0 * 1.01 }, numeric), lossTestTolerance)
+        try checkGradient(angleLoss, reference: {
+            referenceAngleLoss(student: $0, teacher: $1, batch: $2, studentWidth: $3, teacherWidth: $4)
+        }, seed: 67)
     }
 
     func testIdenticalUpToScaleGivesZero() throws {
