@@ -27,7 +27,7 @@ struct EvalCommand: ParsableCommand {
             guard let string = String(data: raw, encoding: .utf8) else {
                 throw EvaluationError.notText(text)
             }
-            tokens = loaded.tokenizer.encodeLines(string)
+            tokens = loaded.tokenizer.encode(string)
             bytes = raw.count
         } else {
             let file = try TokenFile(path: data!)

@@ -25,7 +25,7 @@ struct SampleCommand: ParsableCommand {
         var sampler = try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seed)
         let loaded = try LoadedModel(path: model)
         let tokenizer = loaded.tokenizer
-        var promptIDs = tokenizer.encodeLines(prompt ?? "")
+        var promptIDs = tokenizer.encode(prompt ?? "")
         if promptIDs.isEmpty && tokenizer.bosId >= 0 { promptIDs = [tokenizer.bosId] }
         let session = KVCacheSession(model: loaded.model)
         if let prompt { print(prompt, terminator: "") }

@@ -85,9 +85,9 @@ final class TrainingTests: XCTestCase {
                                   parameters: p, tokenizerHash: data.tokenizerHash)
         var validationSampler = try BatchSampler(tokens: data.validationTokens, batchSize: 8, contextLength: 32, seed: 9)
         let validation = (0..<4).map { _ in validationSampler.next() }
-        let before = trainer.evaluate(validation)["ce"]!
+        let before = try trainer.evaluate(validation)["ce"]!
         try Self.run(trainer, data: data, output: try TestCorpus.scratch("learn"), tokenizer: corpus.tokenizer)
-        let after = trainer.evaluate(validation)["ce"]!
+        let after = try trainer.evaluate(validation)["ce"]!
         print("unigram entropy \(entropy) nats; validation loss \(before) -> \(after)")
         XCTAssertLessThan(after, entropy - 1.0)
     }

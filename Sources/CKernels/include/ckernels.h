@@ -43,4 +43,6 @@ double ck_sum_squares(const float *x, size_t n);
 void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
               float lr, float beta1, float beta2, float eps, float decay,
               float bias_correction1, float bias_correction2);
+
+#include "ck_losses.h"
 #endif

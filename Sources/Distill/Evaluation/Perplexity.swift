@@ -64,7 +64,7 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
         }
         let batch = Batch(batchSize: group.count, contextLength: length, inputs: inputs, targets: targets)
         let scored = targets.filter { $0 >= 0 }.count
-        nll += Double(meanCrossEntropy(model: model, batch: batch)) * Double(scored)
+        nll += Double(try meanCrossEntropy(model: model, batch: batch)) * Double(scored)
         counted += scored
     }
     return PerplexityReport(tokens: counted, nllSum: nll, bytes: bytes)

@@ -201,24 +201,3 @@ func fnv1a64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
     }
     return hash
 }
-
-extension Tokenizer {
-    /// The ids of `text` encoded line by line, each line with its newline, exactly as `prepare` encodes
-    /// a corpus (SentencePiece treats a whole text as one sentence otherwise, which changes the ids).
-    public func encodeLines(_ text: String) -> [Int32] {
-        var ids: [Int32] = []
-        var text = text
-        text.withUTF8 { utf8 in
-            let bytes = UnsafeRawBufferPointer(utf8)
-            var start = 0
-            while start < bytes.count {
-                var end = start
-                while end < bytes.count && bytes[end] != 0x0A { end += 1 }
-                end = min(end + 1, bytes.count)
-                appendIDs(of: UnsafeRawBufferPointer(rebasing: bytes[start..<end]), to: &ids)
-                start = end
-            }
-        }
-        return ids
-    }
-}

@@ -33,7 +33,7 @@ public protocol TrainingObjective: AnyObject {
     /// loss terms by name ("loss" is the total that is optimised).
     func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double]
     /// Validation terms on one batch, no gradients ("ce" is the student's cross-entropy in nats).
-    func evaluate(model: LlamaModel, batch: Batch) -> [String: Double]
+    func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double]
 }
 
 /// Plain next-token cross-entropy.
@@ -47,10 +47,10 @@ public final class CrossEntropyObjective: TrainingObjective {
         let rows = batch.batchSize * batch.contextLength, vocab = model.config.vocabSize
         let output = model.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength)
         if dLogits.count != rows * vocab { dLogits = Array(repeating: 0, count: rows * vocab) }
-        let loss = dLogits.withUnsafeMutableBufferPointer { d in
+        let loss = try dLogits.withUnsafeMutableBufferPointer { d in
             d.update(repeating: 0)
-            return batch.targets.withUnsafeBufferPointer { targets in
-                crossEntropyForwardBackward(dLogits: d.baseAddress!, logits: output.logits, targets: targets.baseAddress!,
+            return try batch.targets.withUnsafeBufferPointer { targets in
+                try crossEntropyForwardBackward(dLogits: d.baseAddress!, logits: output.logits, targets: targets.baseAddress!,
                                             rows: rows, vocab: vocab, gradientScale: gradientScale)
             }
         }
@@ -58,16 +58,16 @@ public final class CrossEntropyObjective: TrainingObjective {
         return ["loss": Double(loss), "ce": Double(loss)]
     }
 
-    public func evaluate(model: LlamaModel, batch: Batch) -> [String: Double] {
-        ["ce": Double(meanCrossEntropy(model: model, batch: batch))]
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+        ["ce": Double(try meanCrossEntropy(model: model, batch: batch))]
     }
 }
 
 /// Mean next-token cross-entropy (nats) of `model` on a batch, with no backward state kept.
-public func meanCrossEntropy(model: LlamaModel, batch: Batch) -> Float {
+public func meanCrossEntropy(model: LlamaModel, batch: Batch) throws -> Float {
     let output = model.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength, keepForBackward: false)
-    return batch.targets.withUnsafeBufferPointer { targets in
-        crossEntropyForwardBackward(dLogits: nil, logits: output.logits, targets: targets.baseAddress!,
+    return try batch.targets.withUnsafeBufferPointer { targets in
+        try crossEntropyForwardBackward(dLogits: nil, logits: output.logits, targets: targets.baseAddress!,
                                     rows: batch.batchSize * batch.contextLength, vocab: model.config.vocabSize, gradientScale: 0)
     }
 }

@@ -96,7 +96,7 @@ public final class Trainer {
             }
             let last = step == parameters.steps
             if (parameters.evalEvery > 0 && step % parameters.evalEvery == 0) || last, !validation.isEmpty {
-                let terms = evaluate(validation)
+                let terms = try evaluate(validation)
                 report(.validation(step: step, terms: terms))
                 appendMetrics(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
             }
@@ -108,10 +108,10 @@ public final class Trainer {
     }
 
     /// Validation terms averaged over `batches`, plus perplexity from the mean cross-entropy.
-    public func evaluate(_ batches: [Batch]) -> [String: Double] {
+    public func evaluate(_ batches: [Batch]) throws -> [String: Double] {
         var totals: [String: Double] = [:]
         for batch in batches {
-            for (name, value) in objective.evaluate(model: model, batch: batch) { totals[name, default: 0] += value }
+            for (name, value) in try objective.evaluate(model: model, batch: batch) { totals[name, default: 0] += value }
         }
         var terms = totals.mapValues { $0 / Double(max(batches.count, 1)) }
         if let ce = terms["ce"] { terms["perplexity"] = exp(ce) }
