@@ -39,22 +39,19 @@ public protocol TrainingObjective: AnyObject {
 /// Plain next-token cross-entropy.
 public final class CrossEntropyObjective: TrainingObjective {
     public var extraTensors: [TrainableTensor] { [] }
-    private var dLogits: [Float] = []
+    private let dLogits = ScratchBuffer()  // [B·T, V]
 
     public init() {}
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
         let rows = batch.batchSize * batch.contextLength, vocab = model.config.vocabSize
         let output = model.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength)
-        if dLogits.count != rows * vocab { dLogits = Array(repeating: 0, count: rows * vocab) }
-        let loss = try dLogits.withUnsafeMutableBufferPointer { d in
-            d.update(repeating: 0)
-            return try batch.targets.withUnsafeBufferPointer { targets in
-                try crossEntropyForwardBackward(dLogits: d.baseAddress!, logits: output.logits, targets: targets.baseAddress!,
+        let d = dLogits.zeroed(rows * vocab)
+        let loss = try batch.targets.withUnsafeBufferPointer { targets in
+            try crossEntropyForwardBackward(dLogits: d, logits: output.logits, targets: targets.baseAddress!,
                                             rows: rows, vocab: vocab, gradientScale: gradientScale)
-            }
         }
-        dLogits.withUnsafeBufferPointer { model.backward(dLogits: $0.baseAddress!) }
+        model.backward(dLogits: d)
         return ["loss": Double(loss), "ce": Double(loss)]
     }
 

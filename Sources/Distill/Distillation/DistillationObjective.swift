@@ -1,0 +1,167 @@
+import Foundation
+
+/// What `distill student` optimises besides plain cross-entropy, and how.
+public struct DistillationSettings: Sendable {
+    public var weights = DistillationWeights()
+    public var logits = LogitDistillation()
+    /// Student block ↔ teacher block pairs for feature distillation (used when weights.feature > 0).
+    public var layerMap: LayerMap?
+    public var featureDistance: FeatureDistance = .l1
+
+    public init() {}
+
+    public func validate() throws {
+        try weights.validate()
+        try logits.validate()
+    }
+}
+
+/// Training objective of a student: `w_ce·CE + w_kd·KD(teacher, student) + w_feat·L_feat + w_rd·RKD-D + w_ra·RKD-A`.
+/// The teacher is frozen and runs forward only, keeping nothing for backward. Feature distillation owns
+/// one learned projection per layer pair (student width → teacher width), trained with the student and
+/// saved in its training state, not in its weights.
+public final class DistillationObjective: TrainingObjective {
+    public let teacher: LlamaModel
+    public let settings: DistillationSettings
+    public let extraTensors: [TrainableTensor]
+    private let dLogits = ScratchBuffer()                // [B·T, V]
+    private var dHidden: [Int: ScratchBuffer] = [:]      // student block → [B·T, Cs]
+    private let dFinal = ScratchBuffer()                 // [B·T, Cs]
+    private let dEmbedding = ScratchBuffer()             // [B, Cs]
+
+    public init(teacher: LlamaModel, studentConfig: LlamaConfig, settings: DistillationSettings, seed: UInt64) throws {
+        try settings.validate()
+        guard teacher.config.vocabSize == studentConfig.vocabSize || (settings.weights.kd == 0) else {
+            throw DistillationError.invalidShape("the teacher's vocabulary (\(teacher.config.vocabSize)) differs from the student's (\(studentConfig.vocabSize)): logit distillation needs a shared vocabulary")
+        }
+        self.teacher = teacher
+        self.settings = settings
+        var projections: [TrainableTensor] = []
+        if settings.weights.feature > 0, let map = settings.layerMap {
+            // nn.Linear's default initialisation: U(−1/√in, 1/√in).
+            var random = SeededRandom(seed: seed &+ 0xFEA7)
+            let bound = 1 / Float(studentConfig.hiddenSize).squareRoot()
+            for pair in map.pairs {
+                let count = teacher.config.hiddenSize * studentConfig.hiddenSize
+                let initial = (0..<count).map { _ in (2 * random.nextFloat() - 1) * bound }
+                projections.append(TrainableTensor(name: "projection.\(pair.student)_\(pair.teacher)",
+                                                   shape: [teacher.config.hiddenSize, studentConfig.hiddenSize], initial: initial))
+            }
+        }
+        extraTensors = projections
+        teacher.releaseActivations()
+    }
+
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+        try terms(student: model, batch: batch, gradientScale: gradientScale, backward: true)
+    }
+
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+        var result = try terms(student: model, batch: batch, gradientScale: 0, backward: false)
+        result["loss"] = nil
+        return result
+    }
+
+    /// Every active term on one batch; with `backward`, gradients go into the student and projections.
+    private func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+        let weights = settings.weights, rows = batch.batchSize * batch.contextLength
+        let vocab = student.config.vocabSize, cs = student.config.hiddenSize, ct = teacher.config.hiddenSize
+        let pairs = weights.feature > 0 ? settings.layerMap?.pairs ?? [] : []
+        let rkd = weights.rkdDistance > 0 || weights.rkdAngle > 0
+        if weights.rkdDistance > 0 && batch.batchSize < 2 || weights.rkdAngle > 0 && batch.batchSize < 3 {
+            throw DistillationError.batchTooSmall(loss: weights.rkdAngle > 0 ? "angle" : "distance", batch: batch.batchSize,
+                                                  minimum: weights.rkdAngle > 0 ? 3 : 2)
+        }
+
+        let teacherOut = teacher.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
+                                         captureLayers: Set(pairs.map(\.teacher)), keepForBackward: false)
+        let studentOut = student.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
+                                         captureLayers: Set(pairs.map(\.student)), keepForBackward: backward)
+        var result: [String: Double] = [:]
+        var total = 0.0
+
+        // Logits: CE and the divergence in one pass per row.
+        let logitGradient = backward && (weights.ce > 0 || weights.kd > 0)
+        let dLogitsPointer = logitGradient ? dLogits.zeroed(rows * vocab) : nil
+        let losses = try batch.targets.withUnsafeBufferPointer { targets in
+            try logitLossesForwardBackward(
+                dStudentLogits: dLogitsPointer, studentLogits: studentOut.logits,
+                teacherLogits: weights.kd > 0 ? UnsafePointer(teacherOut.logits) : nil, targets: targets.baseAddress,
+                rows: rows, vocab: vocab, distillation: settings.logits, crossEntropyWeight: weights.ce,
+                distillationWeight: weights.kd, gradientScale: scale)
+        }
+        result["ce"] = Double(losses.crossEntropy)
+        total += Double(weights.ce) * Double(losses.crossEntropy)
+        if weights.kd > 0 {
+            result["kd"] = Double(losses.distillation)
+            total += Double(weights.kd) * Double(losses.distillation)
+        }
+
+        // Hidden states: one projection per pair, averaged over pairs.
+        var hiddenGradients: [Int: UnsafePointer<Float>] = [:]
+        if !pairs.isEmpty {
+            if backward {
+                for pair in pairs {
+                    let buffer = dHidden[pair.student] ?? ScratchBuffer()
+                    dHidden[pair.student] = buffer
+                    hiddenGradients[pair.student] = UnsafePointer(buffer.zeroed(rows * cs))
+                }
+            }
+            var feature = 0.0
+            let pairScale = scale * weights.feature / Float(pairs.count)
+            for (pair, projection) in zip(pairs, extraTensors) {
+                let value: Float
+                if backward {
+                    value = featureDistillationForwardBackward(
+                        dStudentHidden: dHidden[pair.student]!.pointer, dProjection: projection.gradients.baseAddress,
+                        studentHidden: studentOut.hidden[pair.student]!, teacherHidden: teacherOut.hidden[pair.teacher]!,
+                        projection: projection.values.baseAddress!, tokens: rows, studentWidth: cs, teacherWidth: ct,
+                        distance: settings.featureDistance, gradientScale: pairScale)
+                } else {
+                    value = featureDistillationForwardBackward(
+                        dStudentHidden: nil, dProjection: nil, studentHidden: studentOut.hidden[pair.student]!,
+                        teacherHidden: teacherOut.hidden[pair.teacher]!, projection: projection.values.baseAddress!,
+                        tokens: rows, studentWidth: cs, teacherWidth: ct, distance: settings.featureDistance, gradientScale: 0)
+                }
+                feature += Double(value) / Double(pairs.count)
+            }
+            result["feature"] = feature
+            total += Double(weights.feature) * feature
+        }
+
+        // Sentence embeddings: mean of the final hidden states; distance and angle relations.
+        if rkd {
+            let b = batch.batchSize, t = batch.contextLength
+            var studentEmbedding = [Float](repeating: 0, count: b * cs), teacherEmbedding = [Float](repeating: 0, count: b * ct)
+            meanPoolForward(out: &studentEmbedding, hidden: studentOut.finalHidden, batch: b, tokens: t, width: cs)
+            meanPoolForward(out: &teacherEmbedding, hidden: teacherOut.finalHidden, batch: b, tokens: t, width: ct)
+            let dEmbeddingPointer = backward ? dEmbedding.zeroed(b * cs) : nil
+            if weights.rkdDistance > 0 {
+                let value = try rkdDistanceForwardBackward(
+                    dStudentEmbeddings: dEmbeddingPointer, studentEmbeddings: studentEmbedding,
+                    teacherEmbeddings: teacherEmbedding, batch: b, studentWidth: cs, teacherWidth: ct,
+                    gradientScale: scale * weights.rkdDistance)
+                result["rkd_distance"] = Double(value)
+                total += Double(weights.rkdDistance) * Double(value)
+            }
+            if weights.rkdAngle > 0 {
+                let value = try rkdAngleForwardBackward(
+                    dStudentEmbeddings: dEmbeddingPointer, studentEmbeddings: studentEmbedding,
+                    teacherEmbeddings: teacherEmbedding, batch: b, studentWidth: cs, teacherWidth: ct,
+                    gradientScale: scale * weights.rkdAngle)
+                result["rkd_angle"] = Double(value)
+                total += Double(weights.rkdAngle) * Double(value)
+            }
+            if let dEmbeddingPointer {
+                meanPoolBackward(dHidden: dFinal.zeroed(rows * cs), dOut: dEmbeddingPointer, batch: b, tokens: t, width: cs)
+            }
+        }
+        result["loss"] = total
+
+        if backward {
+            student.backward(dLogits: dLogitsPointer, dHidden: hiddenGradients,
+                             dFinalHidden: rkd ? UnsafePointer(dFinal.pointer) : nil)
+        }
+        return result
+    }
+}
