@@ -1,0 +1,140 @@
+import XCTest
+import Distill
+
+/// The student objective wired end to end: every term's gradient reaches the student's weights and the
+/// projections correctly (checked against finite differences of the reported total loss).
+final class DistillationObjectiveTests: XCTestCase {
+    static let teacherConfig = LlamaConfig(hiddenSize: 12, intermediateSize: 16, numHiddenLayers: 3, numAttentionHeads: 2,
+                                           vocabSize: 11, maxPositionEmbeddings: 8)
+    static let studentConfig = LlamaConfig(hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: 2,
+                                           numKeyValueHeads: 1, vocabSize: 11, maxPositionEmbeddings: 8)
+
+    func testAllTermsGradientAgainstFiniteDifferences() throws {
+        let teacher = try ModelGradientTests.model(Self.teacherConfig, seed: 11)
+        let student = try ModelGradientTests.model(Self.studentConfig, seed: 12)
+        var settings = DistillationSettings()
+        settings.weights = DistillationWeights(ce: 0.7, kd: 1.3, feature: 0.9, rkdDistance: 1.1, rkdAngle: 2)
+        settings.logits = LogitDistillation(divergence: .jsd(beta: 0.3), temperature: 1.7)
+        settings.layerMap = try LayerMap(parsing: "0:1,1:2", studentLayers: 2, teacherLayers: 3)
+        settings.featureDistance = .l2
+        let objective = try DistillationObjective(teacher: teacher, studentConfig: Self.studentConfig, settings: settings, seed: 5)
+        var random = SeededRandom(seed: 21)
+        let batch = Batch(batchSize: 4, contextLength: 5,
+                          inputs: (0..<20).map { _ in Int32(random.next() % 11) },
+                          targets: (0..<20).map { _ in Int32(random.next() % 11) })
+
+        student.zeroGradients()
+        for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
+        let terms = try objective.trainStep(model: student, batch: batch, gradientScale: 1)
+        XCTAssertEqual(Set(terms.keys), ["loss", "ce", "kd", "feature", "rkd_distance", "rkd_angle"])
+        func loss() throws -> Double { try objective.evaluate(model: student, batch: batch).reduce(0) { total, term in
+            let weight: [String: Double] = ["ce": 0.7, "kd": 1.3, "feature": 0.9, "rkd_distance": 1.1, "rkd_angle": 2]
+            return total + (weight[term.key] ?? 0) * term.value
+        } }
+        XCTAssertEqual(try loss(), terms["loss"]!, accuracy: 1e-5)
+
+        // Sample entries of every student tensor and of the projections.
+        var checks: [(String, UnsafeMutablePointer<Float>, Float)] = []
+        let studentGradients = Array(student.gradients!)
+        for tensor in student.layout.tensors {
+            for j in stride(from: 0, to: tensor.count, by: max(1, tensor.count / 5)) {
+                checks.append((tensor.name, student.parameters.baseAddress! + tensor.offset + j, studentGradients[tensor.offset + j]))
+            }
+        }
+        for tensor in objective.extraTensors {
+            for j in stride(from: 0, to: tensor.values.count, by: 17) {
+                checks.append((tensor.name, tensor.values.baseAddress! + j, tensor.gradients[j]))
+            }
+        }
+        var numeric: [Double] = [], exact: [Double] = []
+        for (_, pointer, gradient) in checks {
+            let saved = pointer.pointee
+            func difference(_ h: Float) throws -> Double {
+                pointer.pointee = saved + h
+                let up = try loss()
+                pointer.pointee = saved - h
+                let down = try loss()
+                pointer.pointee = saved
+                return (up - down) / Double(2 * h)
+            }
+            numeric.append((4 * (try difference(2.5e-3)) - (try difference(5e-3))) / 3)
+            exact.append(Double(gradient))
+        }
+        let error = zip(numeric, exact).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
+        let size = numeric.map { $0 * $0 }.reduce(0, +).squareRoot()
+        print("distillation objective: relative gradient error \(error / size) over \(checks.count) entries")
+        XCTAssertLessThan(error / size, 2e-3)
+    }
+
+    func testInitFromTeacherCopiesEveryKthBlock() throws {
+        let teacher = try ModelGradientTests.model(LlamaConfig(hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 4,
+                                                               numAttentionHeads: 2, vocabSize: 11, maxPositionEmbeddings: 8), seed: 3)
+        let student = try studentFromTeacher(teacher, layers: 2)
+        XCTAssertEqual(student.config.numHiddenLayers, 2)
+        func values(_ model: LlamaModel, _ name: String) -> [Float] {
+            let tensor = model.layout.tensor(named: name)!
+            return Array(UnsafeBufferPointer(start: model.parameters.baseAddress! + tensor.offset, count: tensor.count))
+        }
+        XCTAssertEqual(values(student, "model.layers.1.mlp.down_proj.weight"), values(teacher, "model.layers.2.mlp.down_proj.weight"))
+        XCTAssertEqual(values(student, "model.layers.0.self_attn.q_proj.weight"), values(teacher, "model.layers.0.self_attn.q_proj.weight"))
+        XCTAssertEqual(values(student, "model.embed_tokens.weight"), values(teacher, "model.embed_tokens.weight"))
+        XCTAssertEqual(values(student, "model.norm.weight"), values(teacher, "model.norm.weight"))
+        XCTAssertThrowsError(try studentFromTeacher(teacher, layers: 5))
+    }
+
+    func testBadSettingsAreRejected() throws {
+        let teacher = try ModelGradientTests.model(Self.teacherConfig, seed: 1)
+        func objective(_ change: (inout DistillationSettings) -> Void) throws -> DistillationObjective {
+            var settings = DistillationSettings()
+            change(&settings)
+            return try DistillationObjective(teacher: teacher, studentConfig: Self.studentConfig, settings: settings, seed: 1)
+        }
+        XCTAssertThrowsError(try objective { $0.logits.temperature = 0 })
+        XCTAssertThrowsError(try objective { $0.weights.kd = -1 })
+        XCTAssertThrowsError(try objective { $0.weights = DistillationWeights(ce: 0, kd: 0) })
+        var otherVocabulary = Self.studentConfig
+        otherVocabulary.vocabSize = 12
+        XCTAssertThrowsError(try DistillationObjective(teacher: teacher, studentConfig: otherVocabulary,
+                                                       settings: DistillationSettings(), seed: 1)) { error in
+            XCTAssertTrue("\(error)".contains("shared vocabulary"), "\(error)")
+        }
+        XCTAssertThrowsError(try LayerMap(parsing: "0:3", studentLayers: 2, teacherLayers: 3))
+        // A batch of two sequences cannot give angles.
+        let student = try ModelGradientTests.model(Self.studentConfig, seed: 2)
+        let angle = try objective { $0.weights.rkdAngle = 1 }
+        XCTAssertThrowsError(try angle.trainStep(model: student, batch: Batch(batchSize: 2, contextLength: 2, inputs: [1, 2, 3, 4],
+                                                                             targets: [2, 3, 4, 5]), gradientScale: 1)) { error in
+            XCTAssertTrue("\(error)".contains("batch"), "\(error)")
+        }
+    }
+
+    /// A tiny end-to-end student run on the test corpus: the student directory is an ordinary model.
+    func testTinyStudentRunProducesAModel() throws {
+        let corpus = try TestCorpus.files()
+        let data = try TokenFile(path: corpus.data)
+        let teacherDirectory = try TestCorpus.scratch("teacher")
+        let teacherTrainer = try Trainer(model: LlamaModel(config: TrainingTests.config, seed: 1), objective: CrossEntropyObjective(),
+                                         parameters: TrainingTests.parameters(steps: 30), tokenizerHash: data.tokenizerHash)
+        try TrainingTests.run(teacherTrainer, data: data, output: teacherDirectory, tokenizer: corpus.tokenizer)
+
+        let teacher = try ModelDirectory.load(teacherDirectory)
+        var studentConfig = TrainingTests.config
+        studentConfig.hiddenSize = 16
+        studentConfig.numHiddenLayers = 1
+        var settings = DistillationSettings()
+        settings.weights.feature = 1
+        settings.weights.rkdDistance = 1
+        settings.layerMap = try LayerMap.uniform(studentLayers: 1, teacherLayers: 2)
+        let objective = try DistillationObjective(teacher: teacher, studentConfig: studentConfig, settings: settings, seed: 1)
+        let studentDirectory = try TestCorpus.scratch("student")
+        let trainer = try Trainer(model: LlamaModel(config: studentConfig, seed: 2), objective: objective,
+                                  parameters: TrainingTests.parameters(steps: 20), tokenizerHash: data.tokenizerHash)
+        try TrainingTests.run(trainer, data: data, output: studentDirectory, tokenizer: corpus.tokenizer)
+        let reloaded = try ModelDirectory.load(studentDirectory)
+        XCTAssertEqual(reloaded.config, studentConfig)
+        XCTAssertEqual(Array(reloaded.parameters), Array(trainer.model.parameters))
+        // The projection lives in the training state only.
+        XCTAssertFalse(try SafetensorsFile(url: studentDirectory.appendingPathComponent("model.safetensors")).tensorNames.contains { $0.contains("projection") })
+        XCTAssertTrue(try SafetensorsFile(url: studentDirectory.appendingPathComponent("training/optimizer.safetensors")).tensorNames.contains("extra.projection.0_1"))
+    }
+}
