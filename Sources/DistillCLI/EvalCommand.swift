@@ -2,12 +2,15 @@ import ArgumentParser
 import Distill
 import Foundation
 
-/// `distill eval`: perplexity and bits per byte of a model on a text or a token file's validation split.
+/// `distill eval`: perplexity and bits per byte of one or more models on a text or a token file's
+/// validation split; several models give a comparison table.
 struct EvalCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "eval", abstract: "Score a text file or a token file's validation split: NLL, perplexity, bits per byte.")
+        commandName: "eval",
+        abstract: "Score a text file or a token file's validation split: NLL, perplexity, bits per byte.",
+        discussion: "Give --model several times to compare models (e.g. teacher, baseline and student) in one table.")
 
-    @Option(help: "Model directory.") var model: String
+    @Option(help: "Model directory (repeat to compare several).") var model: [String] = []
     @Option(help: "A UTF-8 text file to score.") var text: String?
     @Option(help: "A token file; its validation split is scored.") var data: String?
     @Option(help: "Advance of the scoring window (default: the context; smaller gives more left context).") var stride: Int?
@@ -15,33 +18,50 @@ struct EvalCommand: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
+        if model.isEmpty { throw ValidationError("give a --model directory") }
         if (text == nil) == (data == nil) { throw ValidationError("give exactly one of --text FILE or --data DATA") }
     }
 
     func run() throws {
         if let threads { Compute.setThreads(threads) }
-        let loaded = try LoadedModel(path: model)
-        let tokens: [Int32], bytes: Int
-        if let text {
-            guard let raw = FileManager.default.contents(atPath: text) else { throw IOError.missing(text) }
-            guard let string = String(data: raw, encoding: .utf8) else {
-                throw EvaluationError.notText(text)
+        var results: [(name: String, parameters: Int, report: PerplexityReport)] = []
+        for path in model {
+            let loaded = try LoadedModel(path: path)
+            let tokens: [Int32], bytes: Int
+            if let text {
+                guard let raw = FileManager.default.contents(atPath: text) else { throw IOError.missing(text) }
+                guard let string = String(data: raw, encoding: .utf8) else { throw EvaluationError.notText(text) }
+                tokens = loaded.tokenizer.encode(string)
+                bytes = raw.count
+            } else {
+                let file = try TokenFile(path: data!)
+                try file.checkTokenizer(loaded.tokenizer)
+                tokens = Array(file.validationTokens)
+                bytes = file.validationByteCount
             }
-            tokens = loaded.tokenizer.encode(string)
-            bytes = raw.count
-        } else {
-            let file = try TokenFile(path: data!)
-            try file.checkTokenizer(loaded.tokenizer)
-            tokens = Array(file.validationTokens)
-            bytes = file.validationByteCount
+            let report = try scoreTokens(model: loaded.model, tokens: tokens, bytes: bytes, stride: stride)
+            results.append((path, loaded.model.parameterCount, report))
         }
-        let report = try scoreTokens(model: loaded.model, tokens: tokens, bytes: bytes, stride: stride)
         if json {
-            let data = try JSONSerialization.data(withJSONObject: report.json, options: [.sortedKeys])
-            print(String(decoding: data, as: UTF8.self))
+            let objects = results.map { result -> [String: Any] in
+                var object = result.report.json
+                object["parameters"] = result.parameters
+                object["model"] = result.name
+                return object
+            }
+            let payload: [String: Any] = objects.count == 1 ? objects[0] : ["models": objects as [Any]]
+            print(String(decoding: try JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys]), as: UTF8.self))
+        } else if results.count == 1, let result = results.first {
+            print(String(format: "parameters %d  tokens %d  mean NLL %.4f nats  perplexity %.3f  bits/byte %.4f",
+                         result.parameters, result.report.tokens, result.report.meanNLL, result.report.perplexity,
+                         result.report.bitsPerByte))
         } else {
-            print(String(format: "tokens %d  mean NLL %.4f nats  perplexity %.3f  bits/byte %.4f",
-                         report.tokens, report.meanNLL, report.perplexity, report.bitsPerByte))
+            let width = max(5, results.map(\.name.count).max() ?? 5)
+            print("model".padding(toLength: width, withPad: " ", startingAt: 0) + "   parameters   perplexity   bits/byte")
+            for result in results {
+                print(result.name.padding(toLength: width, withPad: " ", startingAt: 0)
+                      + String(format: " %12d %12.2f %11.4f", result.parameters, result.report.perplexity, result.report.bitsPerByte))
+            }
         }
     }
 }
