@@ -152,3 +152,40 @@ final class CommandLineTests: XCTestCase {
         return url.path
     }
 }
+
+extension CommandLineTests {
+    /// Ctrl-C during training saves a checkpoint and exits cleanly; --resume continues from it.
+    func testInterruptSavesAndResumeContinues() throws {
+        let corpus = try TestCorpus.files()
+        let output = try TestCorpus.scratch("cli-interrupt").appendingPathComponent("model").path
+        let arguments = ["train", "--data", corpus.data, "--output", output, "--preset", "tiny-student", "--context", "32",
+                         "--batch-size", "2", "--log-every", "1", "--eval-every", "0", "--save-every", "0"]
+        let process = Process()
+        process.executableURL = Self.executable
+        process.arguments = arguments + ["--steps", "1000000"]
+        let error = Pipe()
+        process.standardError = error
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        // Wait for the first progress line, then interrupt.
+        var seen = Data()
+        while !String(decoding: seen, as: UTF8.self).contains("step ") {
+            let chunk = error.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            seen += chunk
+        }
+        process.interrupt()
+        seen += error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let log = String(decoding: seen, as: UTF8.self)
+        XCTAssertEqual(process.terminationStatus, 0, log)
+        XCTAssertTrue(log.contains("interrupted: saved step"), log)
+        let state = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: output + "/training/state.json"))) as? [String: Any]
+        let step = state?["step"] as? Int ?? 0
+        XCTAssertGreaterThan(step, 0)
+        let resumed = try run(arguments + ["--steps", String(step + 3), "--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.error)
+        XCTAssertTrue(resumed.error.contains("resumed at step \(step)"), resumed.error)
+        XCTAssertTrue(resumed.error.contains("step \(step + 3)/\(step + 3)"), resumed.error)
+    }
+}
