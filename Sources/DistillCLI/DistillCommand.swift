@@ -7,6 +7,6 @@ struct DistillCommand: ParsableCommand {
         commandName: "distill",
         abstract: "Knowledge distillation of small Llama-style language models.",
         version: DistillVersion.string,
-        subcommands: [TokenizerCommand.self, PrepareCommand.self, TrainCommand.self, SampleCommand.self, EvalCommand.self, BenchCommand.self]
+        subcommands: [TokenizerCommand.self, PrepareCommand.self, TrainCommand.self, SampleCommand.self, EvalCommand.self, BenchCommand.self, ExportCommand.self]
     )
 }
