@@ -17,6 +17,15 @@ final class TransformersCheckTests: XCTestCase {
         try runProcess(URL(fileURLWithPath: "/usr/bin/env"), [Self.python] + arguments)
     }
 
+    /// Runs the chosen Python, which must succeed, and parses the last line it prints as JSON.
+    func runPythonJSON(_ arguments: [String]) throws -> Any {
+        let result = try runPython(arguments)
+        guard result.status == 0, let last = result.output.split(separator: "\n").last else {
+            throw PythonFailure(python: Self.python, result: result)
+        }
+        return try JSONSerialization.jsonObject(with: Data(last.utf8))
+    }
+
     /// Skips the test, saying why, unless the interpreter has the packages the reference scripts need.
     func requireReferencePackages() throws {
         let probe = try runPython(["-c", "import torch, transformers, sentencepiece"])
@@ -41,11 +50,8 @@ final class TransformersCheckTests: XCTestCase {
         try Data(generatedText(lines: 40, seed: 99).utf8).write(to: text)
         let (context, stride) = (64, 24)
 
-        let result = try runPython([script("score_hf.py"), "--model", source.directory.path, "--text", text.path,
-                                    "--context", "\(context)", "--stride", "\(stride)"])
-        XCTAssertEqual(result.status, 0, result.transcript)
-        let line = try XCTUnwrap(result.output.split(separator: "\n").last, result.transcript)
-        let reference = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], String(line))
+        let reference = try XCTUnwrap(runPythonJSON([script("score_hf.py"), "--model", source.directory.path, "--text", text.path,
+                                                     "--context", "\(context)", "--stride", "\(stride)"]) as? [String: Any])
 
         let raw = try Data(contentsOf: text)
         let tokens = source.tokenizer.encodeLines(String(decoding: raw, as: UTF8.self))
@@ -59,6 +65,75 @@ final class TransformersCheckTests: XCTestCase {
                      theirs, ours.perplexity, ours.tokens, relative))
         XCTAssertLessThan(relative, 1e-4)
         XCTAssertGreaterThan(abs(theirs - Double(source.model.config.vocabSize)), 10, "a near-uniform model would prove little")
+    }
+
+    /// `transformers` reads our GGUF export (its loader undoes llama.cpp's rotary row order) and computes
+    /// the logits our model does. Needs the `gguf` and `accelerate` packages besides torch.
+    func testGGUFExportLoadsInTransformers() throws {
+        try requireReferencePackages()
+        let probe = try runPython(["-c", "import gguf, accelerate"])
+        guard probe.status == 0 else {
+            throw XCTSkip("\(Self.python) cannot import gguf and accelerate, which transformers needs to read GGUF files: pip install gguf accelerate to run this check")
+        }
+        let root = try makeTemporaryDirectory(self)
+        let source = try makeTinyModelDirectory(in: root, tied: false, weightScale: 10, seed: 13)
+        let url = root.appendingPathComponent("out/model.gguf")
+        try ModelExport.export(modelAt: source.directory, format: .gguf, to: url)
+
+        let (batch, length) = (2, 12), vocab = source.model.config.vocabSize
+        var random = SeededRandom(seed: 21)
+        let tokens = (0..<(batch * length)).map { _ in Int32(random.next() % UInt64(vocab)) }
+        let program = """
+            import json, sys, torch
+            from transformers import LlamaForCausalLM
+            model = LlamaForCausalLM.from_pretrained(sys.argv[1], gguf_file=sys.argv[2], dtype=torch.float32).eval()
+            ids = torch.tensor(json.loads(sys.argv[3]), dtype=torch.int64).view(\(batch), \(length))
+            with torch.no_grad():
+                print(json.dumps(model(input_ids=ids, use_cache=False).logits.flatten().tolist()))
+            """
+        let reference = try XCTUnwrap(runPythonJSON(["-c", program, url.deletingLastPathComponent().path, url.lastPathComponent,
+                                                     "[" + tokens.map(String.init).joined(separator: ",") + "]"]) as? [Double]).map(Float.init)
+        let output = tokens.withUnsafeBufferPointer {
+            source.model.forward(tokens: $0.baseAddress!, batch: batch, length: length, keepForBackward: false)
+        }
+        ReferenceFixtureTests.compare("GGUF export in transformers: logits", Array(UnsafeBufferPointer(start: output.logits, count: batch * length * vocab)),
+                                      reference, tolerance: 1e-5)
+    }
+
+    /// A directory written by this `transformers`' `save_pretrained` (version 5 writes the rotary base only
+    /// inside `rope_parameters`) loads here and gives its logits. A rope_theta of 500000 and norm eps of
+    /// 1e-6 make both settings matter.
+    func testTransformersSavedModelLoadsHere() throws {
+        try requireReferencePackages()
+        let directory = try makeTemporaryDirectory(self).appendingPathComponent("saved")
+        let (batch, length, vocab) = (2, 10, 97)
+        let program = """
+            import json, sys, torch
+            from transformers import LlamaConfig, LlamaForCausalLM
+            torch.manual_seed(0)
+            config = LlamaConfig(vocab_size=\(vocab), hidden_size=32, intermediate_size=40, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                 rms_norm_eps=1e-6, rope_theta=500000.0, tie_word_embeddings=False)
+            model = LlamaForCausalLM(config).eval()
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.copy_(p * 10 if p.dim() > 1 else 1 + 0.2 * torch.randn_like(p))
+            model.save_pretrained(sys.argv[1])
+            ids = torch.arange(\(batch * length)).mul(37).remainder(\(vocab)).view(\(batch), \(length))
+            with torch.no_grad():
+                print(json.dumps(model(input_ids=ids, use_cache=False).logits.flatten().tolist()))
+            """
+        let reference = try XCTUnwrap(runPythonJSON(["-c", program, directory.path]) as? [Double]).map(Float.init)
+
+        let model = try ModelDirectory.load(directory)
+        XCTAssertEqual(model.config.ropeTheta, 500000)
+        XCTAssertEqual(model.config.rmsNormEps, 1e-6)
+        let tokens = (0..<(batch * length)).map { Int32($0 * 37 % vocab) }
+        let output = tokens.withUnsafeBufferPointer {
+            model.forward(tokens: $0.baseAddress!, batch: batch, length: length, keepForBackward: false)
+        }
+        ReferenceFixtureTests.compare("transformers save_pretrained: logits", Array(UnsafeBufferPointer(start: output.logits, count: batch * length * vocab)),
+                                      reference, tolerance: 1e-4)
     }
 
     /// SentencePiece's Python package encodes a text, line by line, to the ids `encodeLines` gives.
@@ -81,4 +156,11 @@ final class TransformersCheckTests: XCTestCase {
         XCTAssertEqual(ours, reference)
         XCTAssertEqual(source.tokenizer.decode(ours), tricky, "the tokenizer is lossless")
     }
+}
+
+/// A reference script that exited with an error, or printed nothing.
+struct PythonFailure: Error, CustomStringConvertible {
+    let python: String
+    let result: ProcessResult
+    var description: String { "\(python) failed with status \(result.status):\n\(result.transcript)" }
 }
