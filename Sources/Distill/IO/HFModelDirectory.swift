@@ -129,6 +129,7 @@ extension HFModelDirectory {
         if let scaling = fields["rope_scaling"], !(scaling is NSNull) {
             throw unsupported("rope_scaling is \(scaling): distill supports only plain rotary embeddings (rope_scaling null)")
         }
+        let fields = try flattenRopeParameters(fields, unsupported: unsupported)
         for flag in ["attention_bias", "mlp_bias"] where (fields[flag] as? Bool) == true {
             throw unsupported("\(flag) is true: distill's Llama has no bias terms")
         }
@@ -148,6 +149,35 @@ extension HFModelDirectory {
             throw unsupported("head_dim is \(headDim) but hidden_size / num_attention_heads is \(config.headDim): distill needs head_dim = hidden_size / num_attention_heads")
         }
         return config
+    }
+
+    /// transformers 5 writes the rotary settings as `rope_parameters: {rope_theta, rope_type}`, with or
+    /// without the flat `rope_theta` of 4.x. Returns the fields with a flat `rope_theta`, after checking
+    /// that `rope_parameters` (when present) describes plain rotary embeddings and agrees with it.
+    private static func flattenRopeParameters(_ fields: [String: Any],
+                                              unsupported: (String) -> ModelError) throws -> [String: Any] {
+        guard let value = fields["rope_parameters"], !(value is NSNull) else { return fields }
+        guard let parameters = value as? [String: Any] else {
+            throw unsupported("rope_parameters is \(value): expected an object such as {\"rope_type\": \"default\", \"rope_theta\": 10000.0}")
+        }
+        // Older configs name the kind "type"; a missing kind is transformers' default.
+        let kind = parameters["rope_type"] ?? parameters["type"] ?? "default"
+        guard (kind as? String) == "default" else {
+            throw unsupported("rope_parameters has rope_type \(kind): distill supports only plain rotary embeddings (rope_type \"default\", no scaling)")
+        }
+        guard let theta = parameters["rope_theta"], !(theta is NSNull) else { return fields }
+        guard let number = theta as? NSNumber, String(cString: number.objCType) != "c" else {
+            throw unsupported("rope_parameters.rope_theta is \(theta): it must be a number")
+        }
+        let nestedTheta = number.doubleValue
+        var flattened = fields
+        if let flat = fields["rope_theta"], !(flat is NSNull) {
+            guard let flatTheta = (flat as? NSNumber)?.doubleValue, Float(flatTheta) == Float(nestedTheta) else {
+                throw unsupported("rope_theta is \(flat) but rope_parameters.rope_theta is \(theta): make them equal (or remove the flat rope_theta)")
+            }
+        }
+        flattened["rope_theta"] = nestedTheta
+        return flattened
     }
 
     private static func describe(_ error: DecodingError) -> String {

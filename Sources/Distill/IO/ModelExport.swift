@@ -1,0 +1,112 @@
+import Foundation
+
+/// What a model directory can be exported as.
+public enum ExportFormat: String, CaseIterable, Sendable {
+    /// A Hugging Face directory (`transformers` loads it with `LlamaForCausalLM.from_pretrained`).
+    case hf
+    /// One llama.cpp file with the SentencePiece vocabulary.
+    case gguf
+}
+
+/// Why an export cannot be written, in words a user can act on.
+public enum ExportError: Error, CustomStringConvertible, Equatable {
+    /// The output is the model directory that is being read.
+    case outputIsSource(String)
+    /// A GGUF file was asked for at a path that is a directory.
+    case outputIsDirectory(String)
+    /// The tokenizer has more pieces than the model has embedding rows.
+    case vocabularyTooLarge(tokenizer: Int, model: Int, path: String)
+
+    public var description: String {
+        switch self {
+        case .outputIsSource(let path):
+            return "the output \(path) is the model directory itself: choose another output path"
+        case .outputIsDirectory(let path):
+            return "\(path) is a directory: a GGUF export is one file, give a file path such as \(path)/model.gguf"
+        case .vocabularyTooLarge(let tokenizer, let model, let path):
+            return "\(path): the tokenizer has \(tokenizer) pieces but the model only \(model) embedding rows: the tokenizer does not belong to this model"
+        }
+    }
+}
+
+/// Exports a model directory (ours, or any Hugging Face Llama one with a `tokenizer.model`).
+public enum ModelExport {
+    /// Reads the model at `source` and writes it as `format` to `output` (a directory for `.hf`, a file
+    /// for `.gguf`), with weight matrices stored as `dtype` (GGUF keeps the norm gains in F32).
+    public static func export(modelAt source: URL, format: ExportFormat, to output: URL, dtype: FloatFormat = .f32) throws {
+        let checkpoint = try HFModelDirectory(source)
+        let tokenizerModel = try checkpoint.tokenizerModel()
+        let tokenizer = try Tokenizer(modelPath: tokenizerModel.path)
+        guard tokenizer.vocabSize <= checkpoint.config.vocabSize else {
+            throw ExportError.vocabularyTooLarge(tokenizer: tokenizer.vocabSize, model: checkpoint.config.vocabSize, path: source.path)
+        }
+        // Writing into the directory being read would replace files while they are still needed.
+        guard output.standardizedFileURL.resolvingSymlinksInPath() != source.standardizedFileURL.resolvingSymlinksInPath() else {
+            throw ExportError.outputIsSource(output.path)
+        }
+        let model = try ModelDirectory.load(source)
+        switch format {
+        case .hf:
+            try ModelDirectory.save(model, tokenizerModel: tokenizerModel.path, to: output, dtype: dtype)
+        case .gguf:
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory), isDirectory.boolValue {
+                throw ExportError.outputIsDirectory(output.path)
+            }
+            try AtomicFile.ensureDirectory(output.deletingLastPathComponent())
+            try GGUFExport.write(config: model.config, name: source.standardizedFileURL.lastPathComponent,
+                                 hfTensors: ModelDirectory.tensors(of: model),
+                                 vocabulary: ggufVocabulary(of: tokenizer, vocabSize: model.config.vocabSize),
+                                 to: output, type: GGMLType(dtype))
+        }
+    }
+
+    /// The tokenizer's pieces, scores and kinds as llama.cpp stores them. Embedding rows beyond the
+    /// tokenizer's pieces get placeholder pieces `[PAD<id>]` of the unused kind, as llama.cpp's
+    /// converter writes them, so that the vocabulary has one entry per row.
+    public static func ggufVocabulary(of tokenizer: Tokenizer, vocabSize: Int) throws -> GGUFVocabulary {
+        guard tokenizer.vocabSize <= vocabSize else {
+            throw ExportError.vocabularyTooLarge(tokenizer: tokenizer.vocabSize, model: vocabSize, path: tokenizer.modelPath)
+        }
+        var tokens = [String](), scores = [Float](), types = [Int32]()
+        for id in 0..<Int32(vocabSize) {
+            if let piece = tokenizer.piece(for: id), let score = tokenizer.score(for: id), let kind = tokenizer.pieceType(for: id) {
+                tokens.append(piece)
+                scores.append(score)
+                types.append(ggufTokenType(kind))
+            } else {
+                tokens.append("[PAD\(id)]")
+                scores.append(-10_000)
+                types.append(ggufTokenType(.unused))
+            }
+        }
+        // llama.cpp needs BOS, EOS and UNK ids: a tokenizer without BOS or EOS falls back to its
+        // unknown piece, as in the Hugging Face export.
+        let special = ModelDirectory.specialTokens(of: tokenizer)
+        return GGUFVocabulary(tokens: tokens, scores: scores, tokenTypes: types, bos: special.bos.id, eos: special.eos.id,
+                              unk: special.unk.id, pad: special.pad?.id ?? -1)
+    }
+
+    /// llama.cpp's token type numbers (`LLAMA_TOKEN_TYPE_*`).
+    public static func ggufTokenType(_ kind: PieceType) -> Int32 {
+        switch kind {
+        case .normal: return 1
+        case .unknown: return 2
+        case .control: return 3
+        case .userDefined: return 4
+        case .unused: return 5
+        case .byte: return 6
+        }
+    }
+}
+
+extension GGMLType {
+    /// The ggml tensor type that stores values as `format`.
+    public init(_ format: FloatFormat) {
+        switch format {
+        case .f32: self = .f32
+        case .f16: self = .f16
+        case .bf16: self = .bf16
+        }
+    }
+}
