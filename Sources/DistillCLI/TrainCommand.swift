@@ -34,20 +34,12 @@ func runTraining(_ trainer: Trainer, data: TokenFile, options: TrainingOptions, 
     } else if FileManager.default.fileExists(atPath: output.appendingPathComponent("training/state.json").path) {
         throw TrainingError.invalidSetting("\(output.path) already holds a training run: pass --resume to continue it, or choose another --output")
     }
-    let parameters = trainer.parameters
-    var sampler = try BatchSampler(tokens: data.trainTokens, batchSize: parameters.batchSize,
-                                   contextLength: parameters.context, random: trainer.random)
-    let validation = try validationBatches(data: data, parameters: parameters)
+    let validation = try validationBatches(data: data, parameters: trainer.parameters)
     Interrupt.install()
     let printer = ProgressPrinter()
     defer { printer.finish() }
-    try trainer.run(nextBatch: { random in
-        sampler.random = random
-        let batch = sampler.next()
-        random = sampler.random
-        return batch
-    }, validation: validation, output: output, tokenizerModel: tokenizerModel,
-       shouldStop: { Interrupt.isRequested }, report: printer.handle)
+    try trainer.run(trainingTokens: data.trainTokens, validation: validation, output: output, tokenizerModel: tokenizerModel,
+                    shouldStop: { Interrupt.isRequested }, report: printer.handle)
 }
 
 /// Fixed validation batches: windows spread evenly over the validation split (the same every time).

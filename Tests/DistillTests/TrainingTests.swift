@@ -22,15 +22,8 @@ final class TrainingTests: XCTestCase {
     /// Runs a trainer from its own generator over the corpus' training split.
     static func run(_ trainer: Trainer, data: TokenFile, output: URL, tokenizer: String,
                     stopAfter: Int? = nil, validation: [Batch] = []) throws {
-        var sampler = try BatchSampler(tokens: data.trainTokens, batchSize: trainer.parameters.batchSize,
-                                       contextLength: trainer.parameters.context, random: trainer.random)
-        try trainer.run(nextBatch: { random in
-            sampler.random = random
-            let batch = sampler.next()
-            random = sampler.random
-            return batch
-        }, validation: validation, output: output, tokenizerModel: tokenizer,
-           shouldStop: { stopAfter.map { trainer.step >= $0 } ?? false }, report: { _ in })
+        try trainer.run(trainingTokens: data.trainTokens, validation: validation, output: output, tokenizerModel: tokenizer,
+                        shouldStop: { stopAfter.map { trainer.step >= $0 } ?? false }, report: { _ in })
     }
 
     /// An interrupted run resumed from its checkpoint ends with exactly the weights of an

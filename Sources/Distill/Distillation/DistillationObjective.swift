@@ -136,21 +136,12 @@ public final class DistillationObjective: TrainingObjective {
             meanPoolForward(out: &studentEmbedding, hidden: studentOut.finalHidden, batch: b, tokens: t, width: cs)
             meanPoolForward(out: &teacherEmbedding, hidden: teacherOut.finalHidden, batch: b, tokens: t, width: ct)
             let dEmbeddingPointer = backward ? dEmbedding.zeroed(b * cs) : nil
-            if weights.rkdDistance > 0 {
-                let value = try rkdDistanceForwardBackward(
-                    dStudentEmbeddings: dEmbeddingPointer, studentEmbeddings: studentEmbedding,
-                    teacherEmbeddings: teacherEmbedding, batch: b, studentWidth: cs, teacherWidth: ct,
-                    gradientScale: scale * weights.rkdDistance)
-                result["rkd_distance"] = Double(value)
-                total += Double(weights.rkdDistance) * Double(value)
-            }
-            if weights.rkdAngle > 0 {
-                let value = try rkdAngleForwardBackward(
-                    dStudentEmbeddings: dEmbeddingPointer, studentEmbeddings: studentEmbedding,
-                    teacherEmbeddings: teacherEmbedding, batch: b, studentWidth: cs, teacherWidth: ct,
-                    gradientScale: scale * weights.rkdAngle)
-                result["rkd_angle"] = Double(value)
-                total += Double(weights.rkdAngle) * Double(value)
+            let relations = [("rkd_distance", weights.rkdDistance, rkdDistanceForwardBackward),
+                             ("rkd_angle", weights.rkdAngle, rkdAngleForwardBackward)]
+            for (name, weight, relation) in relations where weight > 0 {
+                let value = try relation(dEmbeddingPointer, studentEmbedding, teacherEmbedding, b, cs, ct, scale * weight)
+                result[name] = Double(value)
+                total += Double(weight) * Double(value)
             }
             if let dEmbeddingPointer {
                 meanPoolBackward(dHidden: dFinal.zeroed(rows * cs), dOut: dEmbeddingPointer, batch: b, tokens: t, width: cs)

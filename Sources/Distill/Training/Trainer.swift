@@ -107,6 +107,20 @@ public final class Trainer {
         }
     }
 
+    /// Runs over random windows of `tokens` (a token file's training split), drawn from the trainer's
+    /// own generator so that the checkpoint's sampler state resumes the same sequence of batches.
+    public func run(trainingTokens tokens: TokenView, validation: [Batch], output: URL, tokenizerModel: String,
+                    shouldStop: () -> Bool = { false }, report: (TrainingEvent) -> Void) throws {
+        var sampler = try BatchSampler(tokens: tokens, batchSize: parameters.batchSize,
+                                       contextLength: parameters.context, random: random)
+        try run(nextBatch: { random in
+            sampler.random = random
+            let batch = sampler.next()
+            random = sampler.random
+            return batch
+        }, validation: validation, output: output, tokenizerModel: tokenizerModel, shouldStop: shouldStop, report: report)
+    }
+
     /// Validation terms averaged over `batches`, plus perplexity from the mean cross-entropy.
     public func evaluate(_ batches: [Batch]) throws -> [String: Double] {
         var totals: [String: Double] = [:]
