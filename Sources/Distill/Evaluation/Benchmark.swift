@@ -5,6 +5,7 @@ import Foundation
 public struct BenchmarkReport: Codable, Sendable {
     public var preset: String
     public var threads: Int
+    public var blasCore: String
     public var sgemmGFLOPS: Double
     public var trainTokensPerSecond: Double
     public var trainModelGFLOPS: Double
@@ -133,7 +134,9 @@ extension Benchmark {
     /// All figures of `distill bench`, printing each line through `say` as it is measured.
     public static func run(preset: String, teacher: LlamaConfig, student: LlamaConfig, batch: Int, context: Int,
                            repeats: Int, say: (String) -> Void) throws -> BenchmarkReport {
-        say("preset \(preset): vocab \(teacher.vocabSize), context \(context), batch \(batch), threads \(Compute.threads)")
+        let chosen = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
+        say("preset \(preset): vocab \(teacher.vocabSize), context \(context), batch \(batch), threads \(Compute.threads), "
+            + "OpenBLAS kernels \(BLASKernels.coreName)\(chosen)")
         let gflops = sgemmRate()
         say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512): %.1f GFLOP/s", gflops))
         let train = try trainingSpeed(config: teacher, batch: batch, context: context, repeats: repeats)
@@ -147,7 +150,7 @@ extension Benchmark {
         say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s", generation))
         let peak = peakResidentMB()
         say(String(format: "peak resident memory: %.0f MB", peak))
-        return BenchmarkReport(preset: preset, threads: Compute.threads, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
+        return BenchmarkReport(preset: preset, threads: Compute.threads, blasCore: BLASKernels.coreName, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
                                trainModelGFLOPS: modelRate, trainUtilisation: modelRate / gflops, distillTokensPerSecond: distill,
                                generationTokensPerSecond: generation, parameters: ParameterLayout(config: teacher).count,
                                studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak)
