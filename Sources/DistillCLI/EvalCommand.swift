@@ -36,6 +36,7 @@ struct EvalCommand: ParsableCommand {
             } else {
                 let file = try TokenFile(path: data!)
                 try file.checkTokenizer(loaded.tokenizer)
+                try file.checkTokenRange()
                 tokens = Array(file.validationTokens)
                 bytes = file.validationByteCount
             }

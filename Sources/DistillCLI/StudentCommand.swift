@@ -28,7 +28,7 @@ struct StudentCommand: ParsableCommand {
 
     func run() throws {
         if let threads = options.threads { Compute.setThreads(threads) }
-        let data = try TokenFile(path: options.data)
+        let data = try options.openData()
         let tokenizerModel = try options.tokenizerModel(for: data)
         let teacherDirectory = URL(fileURLWithPath: teacher)
         let teacherModel = try ModelDirectory.load(teacherDirectory)

@@ -12,7 +12,7 @@ struct TrainCommand: ParsableCommand {
 
     func run() throws {
         if let threads = options.threads { Compute.setThreads(threads) }
-        let data = try TokenFile(path: options.data)
+        let data = try options.openData()
         let tokenizerModel = try options.tokenizerModel(for: data)
         let config = try options.modelConfig(vocabSize: data.vocabSize, defaultPreset: "tiny")
         let model = try LlamaModel(config: config, seed: options.seed)

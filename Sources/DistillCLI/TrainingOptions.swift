@@ -66,6 +66,14 @@ struct TrainingOptions: ParsableArguments {
         return try LlamaConfig.preset(preset ?? defaultPreset, vocabSize: vocabSize, context: context ?? 256)
     }
 
+    /// The token file, with every id checked against its vocabulary (a damaged file is refused here,
+    /// not in the middle of a run).
+    func openData() throws -> TokenFile {
+        let file = try TokenFile(path: data)
+        try file.checkTokenRange()
+        return file
+    }
+
     /// The tokenizer to copy into the model directory, checked against the data's tokenizer hash.
     func tokenizerModel(for data: TokenFile) throws -> String {
         let path = tokenizer ?? TokenFile.companionTokenizerPath(for: data.path)
