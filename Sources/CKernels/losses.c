@@ -240,3 +240,28 @@ CLONES void ck_softmax_backward(float *restrict d, const float *restrict S, cons
                                 float scale, size_t n) {
     for (size_t i = 0; i < n; i++) d[i] += scale * S[i] * (g[i] - sum_sg);
 }
+
+static void sift_down(float *heap, size_t size, size_t index) {
+    for (;;) {
+        size_t smallest = index, left = 2 * index + 1, right = left + 1;
+        if (left < size && heap[left] < heap[smallest]) smallest = left;
+        if (right < size && heap[right] < heap[smallest]) smallest = right;
+        if (smallest == index) return;
+        float swap = heap[index];
+        heap[index] = heap[smallest];
+        heap[smallest] = swap;
+        index = smallest;
+    }
+}
+
+float ck_kth_largest(const float *x, size_t n, size_t k, float *heap) {
+    for (size_t i = 0; i < k; i++) heap[i] = x[i] != x[i] ? -INFINITY : x[i];
+    for (size_t i = k / 2; i-- > 0;) sift_down(heap, k, i);
+    for (size_t i = k; i < n; i++) {
+        if (x[i] > heap[0]) {  // NaN compares false and is skipped
+            heap[0] = x[i];
+            sift_down(heap, k, 0);
+        }
+    }
+    return heap[0];
+}

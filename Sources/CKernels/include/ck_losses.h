@@ -65,4 +65,9 @@ void ck_softmax_backward(float *d, const float *S, const float *g, float sum_sg,
 /// Accurate vectorisable exp and log on single values (relative error about 2e-7), exposed for tests.
 float ck_expf(float x);
 float ck_logf(float x);
+/// The k-th largest of x[0..<n] (1 <= k <= n; NaN counts as -inf), by one pass that keeps the k
+/// largest seen so far in a min-heap of `heap[k]`: almost every value is rejected by one comparison
+/// with the heap's root, so a row of a few thousand logits costs about one comparison per value.
+float ck_kth_largest(const float *x, size_t n, size_t k, float *heap);
+
 #endif

@@ -349,9 +349,7 @@ private func keepTeacherTopK(
     vocab: Int, k: Int,
     workspace: UnsafeMutablePointer<Float>  // [vocab]
 ) -> Float {
-    // NaN would break the selection's ordering; such a row is NaN anyway through its softmax.
-    for i in 0 ..< vocab { workspace[i] = logits[i].isNaN ? -.infinity : logits[i] }
-    let threshold = kthLargest(workspace, count: vocab, k: k)
+    let threshold = ck_kth_largest(logits, vocab, k, workspace)
     var above = 0
     for i in 0 ..< vocab where logits[i] > threshold { above += 1 }
     var tiesLeft = k - above
@@ -368,43 +366,6 @@ private func keepTeacherTopK(
         }
     }
     return Float(kept)
-}
-
-/// The k-th largest of `values[0..<count]` (1-based k), by quickselect with a three-way partition;
-/// reorders `values`, which must hold no NaN.
-private func kthLargest(_ values: UnsafeMutablePointer<Float>, count: Int, k: Int) -> Float {
-    var low = 0, high = count, rank = k
-    while high - low > 1 {
-        let a = values[low], b = values[low + (high - low) / 2], c = values[high - 1]
-        let pivot = max(min(a, b), min(max(a, b), c))
-        // [low, greaterEnd) > pivot, [greaterEnd, lessStart) == pivot, [lessStart, high) < pivot.
-        var greaterEnd = low, index = low, lessStart = high
-        while index < lessStart {
-            let value = values[index]
-            if value > pivot {
-                values[index] = values[greaterEnd]
-                values[greaterEnd] = value
-                greaterEnd += 1
-                index += 1
-            } else if value < pivot {
-                lessStart -= 1
-                values[index] = values[lessStart]
-                values[lessStart] = value
-            } else {
-                index += 1
-            }
-        }
-        let greater = greaterEnd - low, equal = lessStart - greaterEnd
-        if rank <= greater {
-            high = greaterEnd
-        } else if rank <= greater + equal {
-            return pivot
-        } else {
-            rank -= greater + equal
-            low = lessStart
-        }
-    }
-    return values[low]
 }
 
 /// T' = (T̃ + ε) / (1 + V·ε): a truncated teacher with no zero, for the divergences that take log T̃.
