@@ -5,9 +5,9 @@ import Distill
 final class ModelGradientTests: XCTestCase {
     /// Tiny shapes with grouped-query heads, an untied head, and weights large enough that every
     /// nonlinearity (softmax, SiLU, RMSNorm) is far from linear.
-    static func tinyConfig(tied: Bool = false) -> LlamaConfig {
+    static func tinyConfig(tied: Bool = false, context: Int = 8) -> LlamaConfig {
         LlamaConfig(hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: 2,
-                    numKeyValueHeads: 1, vocabSize: 11, maxPositionEmbeddings: 8, tieWordEmbeddings: tied)
+                    numKeyValueHeads: 1, vocabSize: 11, maxPositionEmbeddings: context, tieWordEmbeddings: tied)
     }
 
     static func model(_ config: LlamaConfig, seed: UInt64 = 1) throws -> LlamaModel {
@@ -21,10 +21,10 @@ final class ModelGradientTests: XCTestCase {
 
     /// loss = Σ logits·R + Σ hidden(block 0)·S + Σ finalHidden·U: a linear read-out, so d loss/d output
     /// is R, S, U, and the check isolates the model's own backward.
-    func checkGradients(tied: Bool) throws {
-        let config = Self.tinyConfig(tied: tied)
+    func checkGradients(tied: Bool, batch: Int = 2, length: Int = 5) throws {
+        let config = Self.tinyConfig(tied: tied, context: max(8, length))
         let model = try Self.model(config)
-        let batch = 2, length = 5, rows = batch * length, c = config.hiddenSize
+        let rows = batch * length, c = config.hiddenSize
         var random = SeededRandom(seed: 7)
         let tokens: [Int32] = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
         let readLogits = (0..<rows * config.vocabSize).map { _ in random.nextGaussian() }
@@ -79,6 +79,8 @@ final class ModelGradientTests: XCTestCase {
 
     func testGradientsUntied() throws { try checkGradients(tied: false) }
     func testGradientsTied() throws { try checkGradients(tied: true) }
+    /// Long enough for attention's causal blocks of 64 query rows to come in three pieces.
+    func testGradientsLongSequence() throws { try checkGradients(tied: false, batch: 1, length: 130) }
 
     /// Changing a later token never changes an earlier position's logits.
     func testCausalMask() throws {

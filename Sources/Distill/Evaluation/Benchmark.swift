@@ -45,8 +45,8 @@ public enum Benchmark {
         }.max() ?? 0
     }
 
-    /// Model FLOPs per trained token: 6·N for the weights plus the attention products (forward 4·T·C
-    /// per layer for scores and mixing, backward twice that), counting the full T×T products we compute.
+    /// Model FLOPs per trained token, the usual convention for utilisation (PaLM's): 6·N for the weights
+    /// plus 12·L·T·C for the attention products, counted in full although causal attention needs half.
     public static func trainingFLOPsPerToken(_ config: LlamaConfig, context: Int) -> Double {
         let n = Double(ParameterLayout(config: config).count)
         let attention = 12 * Double(config.numHiddenLayers * context * config.hiddenSize)
