@@ -53,6 +53,34 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(Array(resumed.model.parameters), Array(straight.model.parameters), "resumed weights differ")
     }
 
+    /// A save that died between its two renames (the old state moved aside, the new one not yet in
+    /// place) or while writing its staging folder still resumes from the last complete checkpoint.
+    func testInterruptedSaveKeepsThePreviousCheckpoint() throws {
+        let corpus = try TestCorpus.files()
+        let data = try TokenFile(path: corpus.data)
+        let directory = try TestCorpus.scratch("crash")
+        let trainer = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
+                                  parameters: Self.parameters(steps: 4), tokenizerHash: data.tokenizerHash)
+        try Self.run(trainer, data: data, output: directory, tokenizer: corpus.tokenizer)
+        let saved = Array(trainer.model.parameters)
+        let fileManager = FileManager.default
+        // The crash: a half-written staging folder, and the complete state moved aside.
+        try fileManager.createDirectory(at: directory.appendingPathComponent(".training.tmp"), withIntermediateDirectories: true)
+        try Data("{\"step\": 9".utf8).write(to: directory.appendingPathComponent(".training.tmp/state.json"))
+        try fileManager.moveItem(at: directory.appendingPathComponent("training"), to: directory.appendingPathComponent(".training.old"))
+
+        let resumed = try Trainer(model: LlamaModel(config: Self.config, seed: 8), objective: CrossEntropyObjective(),
+                                  parameters: Self.parameters(steps: 4), tokenizerHash: data.tokenizerHash)
+        try resumed.resume(from: directory)
+        XCTAssertEqual(resumed.step, 4)
+        XCTAssertEqual(Array(resumed.model.parameters), saved)
+        // The next save completes normally and tidies up.
+        try resumed.saveCheckpoint(to: directory, tokenizerModel: corpus.tokenizer)
+        XCTAssertTrue(fileManager.fileExists(atPath: directory.appendingPathComponent("training/state.json").path))
+        XCTAssertFalse(fileManager.fileExists(atPath: directory.appendingPathComponent(".training.tmp").path))
+        XCTAssertFalse(fileManager.fileExists(atPath: directory.appendingPathComponent(".training.old").path))
+    }
+
     /// The saved model directory loads back bit for bit.
     func testCheckpointRoundTripIsBitwise() throws {
         let corpus = try TestCorpus.files()

@@ -184,8 +184,13 @@ public final class Trainer {
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         try AtomicFile.write(try encoder.encode(state), to: staging.appendingPathComponent("state.json"))
 
-        try? fileManager.removeItem(at: previous)
-        if fileManager.fileExists(atPath: current.path) { try fileManager.moveItem(at: current, to: previous) }
+        // Keep one complete state on disk at every moment: the current one is moved aside (replacing a
+        // stale leftover) before the new one takes its name, and dropped only after. When there is no
+        // current state, a save that died between the renames left the last complete one aside: keep it.
+        if fileManager.fileExists(atPath: current.path) {
+            try? fileManager.removeItem(at: previous)
+            try fileManager.moveItem(at: current, to: previous)
+        }
         try fileManager.moveItem(at: staging, to: current)
         try? fileManager.removeItem(at: previous)
         try ModelDirectory.save(model, tokenizerModel: tokenizerModel, to: directory)
