@@ -8,7 +8,8 @@ struct StudentCommand: ParsableCommand {
         commandName: "student",
         abstract: "Distill a student from a teacher: CE + KD on tempered logits, optional hidden-state and relational terms.")
 
-    @Option(help: "Teacher model directory (ours or a Hugging Face Llama).") var teacher: String
+    @Option(help: "Teacher model directory (ours or a Hugging Face Llama); repeat it for an ensemble, whose KD target is the mean of the teachers' tempered distributions (feature and relational terms use the first).")
+    var teacher: [String] = []
     @OptionGroup var options: TrainingOptions
     @Option(help: "Weight of the cross-entropy with the true next tokens.") var ceWeight: Float = 1
     @Option(help: "Weight of the logit distillation term.") var kdWeight: Float = 1
@@ -26,16 +27,24 @@ struct StudentCommand: ParsableCommand {
     @Flag(help: "Start from every k-th teacher block (student of the teacher's width; depth from --preset/--config, default half).")
     var initFromTeacher = false
 
+    func validate() throws {
+        if teacher.isEmpty { throw ValidationError("give a --teacher model directory") }
+    }
+
     func run() throws {
         if let threads = options.threads { Compute.setThreads(threads) }
         let data = try options.openData()
         let tokenizerModel = try options.tokenizerModel(for: data)
-        let teacherDirectory = URL(fileURLWithPath: teacher)
-        let teacherModel = try ModelDirectory.load(teacherDirectory)
-        let teacherTokenizer = try Tokenizer(modelPath: try HFModelDirectory(teacherDirectory).tokenizerModel().path)
-        guard teacherTokenizer.modelHash == data.tokenizerHash else {
-            throw TrainingError.tokenizerMismatch("\(teacher) uses another tokenizer than \(options.data): logit distillation needs a shared vocabulary, so prepare the data with the teacher's tokenizer.model")
+        let teacherModels = try teacher.map { path -> LlamaModel in
+            let directory = URL(fileURLWithPath: path)
+            let model = try ModelDirectory.load(directory)
+            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
+            guard tokenizer.modelHash == data.tokenizerHash else {
+                throw TrainingError.tokenizerMismatch("\(path) uses another tokenizer than \(options.data): logit distillation needs a shared vocabulary, so prepare the data with the teacher's tokenizer.model")
+            }
+            return model
         }
+        let teacherModel = teacherModels[0]
 
         var settings = DistillationSettings()
         settings.weights = DistillationWeights(ce: ceWeight, kd: kdWeight, feature: featureWeight,
@@ -67,21 +76,25 @@ struct StudentCommand: ParsableCommand {
         }
         var parameters = options.parameters
         parameters.context = context
-        let objective = try DistillationObjective(teacher: teacherModel, studentConfig: student.config, settings: settings, seed: options.seed)
+        let objective = try DistillationObjective(teachers: teacherModels, studentConfig: student.config, settings: settings, seed: options.seed)
         let trainer = try Trainer(model: student, objective: objective, parameters: parameters, tokenizerHash: data.tokenizerHash)
         var terms = ["ce \(ceWeight)", "kd \(kdWeight) (\(settings.logits.divergence), τ \(temperature))"]
         if featureWeight > 0 { terms.append("feature \(featureWeight) (\(featureDistance), \(settings.layerMap!))") }
         if rkdDistanceWeight > 0 { terms.append("rkd distance \(rkdDistanceWeight)") }
         if rkdAngleWeight > 0 { terms.append("rkd angle \(rkdAngleWeight)") }
-        FileHandle.standardError.write(Data(("teacher: \(teacherModel.parameterCount) parameters; student: \(student.parameterCount) parameters "
+        let teacherSizes = teacherModels.map { String($0.parameterCount) }.joined(separator: " + ")
+        FileHandle.standardError.write(Data(("teacher\(teacherModels.count > 1 ? "s" : ""): \(teacherSizes) parameters; student: \(student.parameterCount) parameters "
             + "(width \(student.config.hiddenSize), \(student.config.numHiddenLayers) layers); objective: \(terms.joined(separator: ", "))\n").utf8))
         try runTraining(trainer, data: data, options: options, tokenizerModel: tokenizerModel)
 
         // Side by side on the same validation batches.
         let validation = try validationBatches(data: data, parameters: parameters)
         guard !validation.isEmpty, trainer.step == parameters.steps else { return }
-        let teacherCE = try validation.map { Double(try meanCrossEntropy(model: teacherModel, batch: $0)) }.reduce(0, +) / Double(validation.count)
-        let studentCE = try validation.map { Double(try meanCrossEntropy(model: student, batch: $0)) }.reduce(0, +) / Double(validation.count)
-        print(String(format: "validation perplexity: teacher %.3f  student %.3f", exp(teacherCE), exp(studentCE)))
+        func perplexity(_ model: LlamaModel) throws -> Double {
+            exp(try validation.map { Double(try meanCrossEntropy(model: model, batch: $0)) }.reduce(0, +) / Double(validation.count))
+        }
+        let teachers = try teacherModels.map { String(format: "%.3f", try perplexity($0)) }.joined(separator: ", ")
+        print("validation perplexity: teacher\(teacherModels.count > 1 ? "s" : "") \(teachers)  student "
+              + String(format: "%.3f", try perplexity(student)))
     }
 }

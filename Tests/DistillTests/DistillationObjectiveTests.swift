@@ -17,7 +17,10 @@ final class DistillationObjectiveTests: XCTestCase {
         settings.logits = LogitDistillation(divergence: .jsd(beta: 0.3), temperature: 1.7)
         settings.layerMap = try LayerMap(parsing: "0:1,1:2", studentLayers: 2, teacherLayers: 3)
         settings.featureDistance = .l2
-        let objective = try DistillationObjective(teacher: teacher, studentConfig: Self.studentConfig, settings: settings, seed: 5)
+        // Two teachers: the KD target is their mixture (the hidden-state terms use the first).
+        let secondTeacher = try ModelGradientTests.model(Self.teacherConfig, seed: 13)
+        let objective = try DistillationObjective(teachers: [teacher, secondTeacher], studentConfig: Self.studentConfig,
+                                                  settings: settings, seed: 5)
         var random = SeededRandom(seed: 21)
         let batch = Batch(batchSize: 4, contextLength: 5,
                           inputs: (0..<20).map { _ in Int32(random.next() % 11) },
@@ -64,6 +67,44 @@ final class DistillationObjectiveTests: XCTestCase {
         let size = numeric.map { $0 * $0 }.reduce(0, +).squareRoot()
         print("distillation objective: relative gradient error \(error / size) over \(checks.count) entries")
         XCTAssertLessThan(error / size, 2e-3)
+    }
+
+    /// An ensemble's KD target is the mean of the teachers' tempered distributions; a teacher listed
+    /// twice is the teacher itself.
+    func testEnsembleTargetIsTheMeanOfTheTeachersDistributions() throws {
+        let first = try ModelGradientTests.model(Self.teacherConfig, seed: 31)
+        let second = try ModelGradientTests.model(Self.teacherConfig, seed: 32)
+        let student = try ModelGradientTests.model(Self.studentConfig, seed: 33)
+        var settings = DistillationSettings()
+        settings.weights = DistillationWeights(ce: 0, kd: 1)
+        settings.logits = LogitDistillation(divergence: .forwardKL, temperature: 1.5)
+        let batch = Batch(batchSize: 2, contextLength: 4, inputs: [1, 2, 3, 4, 5, 6, 7, 8], targets: [2, 3, 4, 5, 6, 7, 8, 9])
+        func kd(_ teachers: [LlamaModel]) throws -> Double {
+            try DistillationObjective(teachers: teachers, studentConfig: Self.studentConfig, settings: settings, seed: 1)
+                .evaluate(model: student, batch: batch)["kd"]!
+        }
+        XCTAssertEqual(try kd([first, first]), try kd([first]), accuracy: 1e-6)
+
+        // The mixture by hand, in Double: target logits τ·log(½ p₁ + ½ p₂).
+        let rows = 8, vocab = Self.studentConfig.vocabSize, tau = 1.5
+        func tempered(_ model: LlamaModel) -> [Double] {
+            let logits = model.forward(tokens: batch.inputs, batch: 2, length: 4, keepForBackward: false).logits
+            var probabilities = [Double](repeating: 0, count: rows * vocab)
+            for r in 0..<rows {
+                let row = (0..<vocab).map { Double(logits[r * vocab + $0]) / tau }
+                let top = row.max()!, total = row.map { exp($0 - top) }.reduce(0, +)
+                for v in 0..<vocab { probabilities[r * vocab + v] = exp(row[v] - top) / total }
+            }
+            return probabilities
+        }
+        let mixture = zip(tempered(first), tempered(second)).map { Float(tau * log(($0 + $1) / 2)) }
+        let studentLogits = Array(UnsafeBufferPointer(start: student.forward(tokens: batch.inputs, batch: 2, length: 4,
+                                                                             keepForBackward: false).logits, count: rows * vocab))
+        let expected = try logitDistillationForwardBackward(
+            dStudentLogits: nil, studentLogits: studentLogits, teacherLogits: mixture, rows: rows, vocab: vocab,
+            temperature: Float(tau), divergence: .forwardKL, tauSquared: true, teacherTopK: nil, gradientScale: 0)
+        XCTAssertEqual(try kd([first, second]), Double(expected), accuracy: 1e-5)
+        XCTAssertNotEqual(try kd([first, second]), try kd([first]), accuracy: 1e-4)
     }
 
     func testInitFromTeacherCopiesEveryKthBlock() throws {

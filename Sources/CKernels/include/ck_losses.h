@@ -70,4 +70,9 @@ float ck_logf(float x);
 /// with the heap's root, so a row of a few thousand logits costs about one comparison per value.
 float ck_kth_largest(const float *x, size_t n, size_t k, float *heap);
 
+/// The logits of an ensemble: out[v] = τ·log((1/count)·Σ_i softmax(teachers[i]/τ)[v]), so that
+/// softmax(out/τ) is the mean of the teachers' tempered distributions. `scratch` holds `vocab` floats.
+void ck_tempered_mixture_row(float *out, const float *const *teachers, size_t count, size_t vocab,
+                             float tau, float *scratch);
+
 #endif

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// What `distill student` optimises besides plain cross-entropy, and how.
@@ -17,24 +18,35 @@ public struct DistillationSettings: Sendable {
 }
 
 /// Training objective of a student: `w_ce·CE + w_kd·KD(teacher, student) + w_feat·L_feat + w_rd·RKD-D + w_ra·RKD-A`.
-/// The teacher is frozen and runs forward only, keeping nothing for backward. Feature distillation owns
+/// The teacher is frozen and runs forward only, keeping nothing for backward. Several teachers form an
+/// ensemble whose KD target is the mean of their tempered distributions; the hidden-state and
+/// relational terms use the first teacher. Feature distillation owns
 /// one learned projection per layer pair (student width → teacher width), trained with the student and
 /// saved in its training state, not in its weights.
 public final class DistillationObjective: TrainingObjective {
-    public let teacher: LlamaModel
+    public let teachers: [LlamaModel]
+    /// The teacher whose hidden states the feature and relational terms match.
+    public var teacher: LlamaModel { teachers[0] }
     public let settings: DistillationSettings
     public let extraTensors: [TrainableTensor]
     private let dLogits = ScratchBuffer()                // [B·T, V]
     private var dHidden: [Int: ScratchBuffer] = [:]      // student block → [B·T, Cs]
     private let dFinal = ScratchBuffer()                 // [B·T, Cs]
     private let dEmbedding = ScratchBuffer()             // [B, Cs]
+    private let ensembleLogits = ScratchBuffer()         // [B·T, V], with several teachers
+    private let ensembleScratch = ScratchBuffer()        // [threads, V]
 
-    public init(teacher: LlamaModel, studentConfig: LlamaConfig, settings: DistillationSettings, seed: UInt64) throws {
+    public convenience init(teacher: LlamaModel, studentConfig: LlamaConfig, settings: DistillationSettings, seed: UInt64) throws {
+        try self.init(teachers: [teacher], studentConfig: studentConfig, settings: settings, seed: seed)
+    }
+
+    public init(teachers: [LlamaModel], studentConfig: LlamaConfig, settings: DistillationSettings, seed: UInt64) throws {
         try settings.validate()
-        guard teacher.config.vocabSize == studentConfig.vocabSize || (settings.weights.kd == 0) else {
-            throw DistillationError.invalidShape("the teacher's vocabulary (\(teacher.config.vocabSize)) differs from the student's (\(studentConfig.vocabSize)): logit distillation needs a shared vocabulary")
+        guard let teacher = teachers.first else { throw DistillationError.missingInput("at least one teacher") }
+        for member in teachers where member.config.vocabSize != studentConfig.vocabSize && settings.weights.kd > 0 {
+            throw DistillationError.invalidShape("the teacher's vocabulary (\(member.config.vocabSize)) differs from the student's (\(studentConfig.vocabSize)): logit distillation needs a shared vocabulary")
         }
-        self.teacher = teacher
+        self.teachers = teachers
         self.settings = settings
         var projections: [TrainableTensor] = []
         if settings.weights.feature > 0, let map = settings.layerMap {
@@ -49,7 +61,7 @@ public final class DistillationObjective: TrainingObjective {
             }
         }
         extraTensors = projections
-        teacher.releaseActivations()
+        for member in teachers { member.releaseActivations() }
     }
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
@@ -75,6 +87,7 @@ public final class DistillationObjective: TrainingObjective {
 
         let teacherOut = teacher.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
                                          captureLayers: Set(pairs.map(\.teacher)), keepForBackward: false)
+        let teacherLogits = weights.kd > 0 ? try ensembleTarget(first: teacherOut.logits, batch: batch) : nil
         let studentOut = student.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
                                          captureLayers: Set(pairs.map(\.student)), keepForBackward: backward)
         var result: [String: Double] = [:]
@@ -86,7 +99,7 @@ public final class DistillationObjective: TrainingObjective {
         let losses = try batch.targets.withUnsafeBufferPointer { targets in
             try logitLossesForwardBackward(
                 dStudentLogits: dLogitsPointer, studentLogits: studentOut.logits,
-                teacherLogits: weights.kd > 0 ? UnsafePointer(teacherOut.logits) : nil, targets: targets.baseAddress,
+                teacherLogits: teacherLogits, targets: targets.baseAddress,
                 rows: rows, vocab: vocab, distillation: settings.logits, crossEntropyWeight: weights.ce,
                 distillationWeight: weights.kd, gradientScale: scale)
         }
@@ -154,5 +167,29 @@ public final class DistillationObjective: TrainingObjective {
                              dFinalHidden: rkd ? UnsafePointer(dFinal.pointer) : nil)
         }
         return result
+    }
+
+    /// The KD target's logits: the teacher's own, or for an ensemble τ·log of the mean of the members'
+    /// tempered distributions (softmax of it at τ is that mean).
+    private func ensembleTarget(first: UnsafeMutablePointer<Float>, batch: Batch) throws -> UnsafePointer<Float> {
+        guard teachers.count > 1 else { return UnsafePointer(first) }
+        let rows = batch.batchSize * batch.contextLength, vocab = teacher.config.vocabSize
+        var members = [UnsafePointer<Float>(first)]
+        for member in teachers.dropFirst() {
+            members.append(UnsafePointer(member.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
+                                                        keepForBackward: false).logits))
+        }
+        let out = ensembleLogits.zeroed(rows * vocab), scratch = ensembleScratch.zeroed(Compute.threads * vocab)
+        let tau = settings.logits.temperature, workers = Compute.threads
+        members.withUnsafeBufferPointer { pointers in
+            // Each worker takes a contiguous range of rows and its own scratch row.
+            parallelFor(workers) { worker in
+                for row in (rows * worker / workers)..<(rows * (worker + 1) / workers) {
+                    var rowPointers = pointers.map { Optional($0 + row * vocab) }
+                    ck_tempered_mixture_row(out + row * vocab, &rowPointers, pointers.count, vocab, tau, scratch + worker * vocab)
+                }
+            }
+        }
+        return UnsafePointer(out)
     }
 }
