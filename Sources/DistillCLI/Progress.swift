@@ -3,8 +3,16 @@ import Foundation
 
 /// Prints training progress: one live line on a terminal, plain lines otherwise (logs, CI).
 final class ProgressPrinter {
-    private let live = isatty(STDERR_FILENO) != 0
+    private let live: Bool
     private var lineOpen = false
+    /// Put before every line (tells two models apart in `mutual`).
+    private let label: String
+
+    /// `live` false prints plain lines even on a terminal (two models' progress would overwrite each other).
+    init(label: String = "", live: Bool = true) {
+        self.label = label
+        self.live = live && isatty(STDERR_FILENO) != 0
+    }
 
     func handle(_ event: TrainingEvent) {
         switch event {
@@ -35,7 +43,8 @@ final class ProgressPrinter {
         if lineOpen { FileHandle.standardError.write(Data("\n".utf8)); lineOpen = false }
     }
 
-    private func emit(_ text: String, transient: Bool) {
+    private func emit(_ unlabelled: String, transient: Bool) {
+        let text = label + unlabelled
         if live {
             FileHandle.standardError.write(Data(("\r\u{1B}[2K" + text + (transient ? "" : "\n")).utf8))
             lineOpen = transient

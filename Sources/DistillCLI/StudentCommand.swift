@@ -11,14 +11,7 @@ struct StudentCommand: ParsableCommand {
     @Option(help: "Teacher model directory (ours or a Hugging Face Llama); repeat it for an ensemble, whose KD target is the mean of the teachers' tempered distributions (feature and relational terms use the first).")
     var teacher: [String] = []
     @OptionGroup var options: TrainingOptions
-    @Option(help: "Weight of the cross-entropy with the true next tokens.") var ceWeight: Float = 1
-    @Option(help: "Weight of the logit distillation term.") var kdWeight: Float = 1
-    @Option(help: "Softmax temperature of both models for KD.") var temperature: Float = 2
-    @Option(help: "forward-kl, reverse-kl, jsd, tvd, skew-kl or skew-reverse-kl.") var divergence: String = "forward-kl"
-    @Option(help: "β of the generalised JSD (0: forward KL, 1: reverse KL).") var beta: Float = Divergence.defaultBeta
-    @Option(help: "α of skew KL and skew reverse KL.") var skewAlpha: Float = Divergence.defaultAlpha
-    @Flag(help: "Do not multiply the KD term by τ².") var noTauSquared = false
-    @Option(help: "Keep the teacher's K most likely tokens per position (renormalised).") var teacherTopK: Int?
+    @OptionGroup var logits: LogitOptions
     @Option(help: "Weight of hidden-state (feature) distillation.") var featureWeight: Float = 0
     @Option(help: "Student:teacher block pairs, 0-based, e.g. 0:1,1:3 (default: uniform).") var layerMap: String?
     @Option(help: "l1, l2 or cosine between normalised states.") var featureDistance: String = "l1"
@@ -46,11 +39,10 @@ struct StudentCommand: ParsableCommand {
         }
         let teacherModel = teacherModels[0]
 
-        var settings = DistillationSettings()
-        settings.weights = DistillationWeights(ce: ceWeight, kd: kdWeight, feature: featureWeight,
-                                               rkdDistance: rkdDistanceWeight, rkdAngle: rkdAngleWeight)
-        settings.logits = LogitDistillation(divergence: try Divergence(name: divergence, beta: beta, alpha: skewAlpha),
-                                            temperature: temperature, tauSquared: !noTauSquared, teacherTopK: teacherTopK)
+        var settings = try logits.settings()
+        settings.weights.feature = featureWeight
+        settings.weights.rkdDistance = rkdDistanceWeight
+        settings.weights.rkdAngle = rkdAngleWeight
         settings.featureDistance = try FeatureDistance(name: featureDistance)
         try settings.validate()
 
@@ -78,7 +70,7 @@ struct StudentCommand: ParsableCommand {
         parameters.context = context
         let objective = try DistillationObjective(teachers: teacherModels, studentConfig: student.config, settings: settings, seed: options.seed)
         let trainer = try Trainer(model: student, objective: objective, parameters: parameters, tokenizerHash: data.tokenizerHash)
-        var terms = ["ce \(ceWeight)", "kd \(kdWeight) (\(settings.logits.divergence), τ \(temperature))"]
+        var terms = logits.summary(settings)
         if featureWeight > 0 { terms.append("feature \(featureWeight) (\(featureDistance), \(settings.layerMap!))") }
         if rkdDistanceWeight > 0 { terms.append("rkd distance \(rkdDistanceWeight)") }
         if rkdAngleWeight > 0 { terms.append("rkd angle \(rkdAngleWeight)") }
@@ -96,5 +88,30 @@ struct StudentCommand: ParsableCommand {
         let teachers = try teacherModels.map { String(format: "%.3f", try perplexity($0)) }.joined(separator: ", ")
         print("validation perplexity: teacher\(teacherModels.count > 1 ? "s" : "") \(teachers)  student "
               + String(format: "%.3f", try perplexity(student)))
+    }
+}
+
+/// The logit terms' flags, shared by `student` and `mutual`.
+struct LogitOptions: ParsableArguments {
+    @Option(help: "Weight of the cross-entropy with the true next tokens.") var ceWeight: Float = 1
+    @Option(help: "Weight of the logit distillation term.") var kdWeight: Float = 1
+    @Option(help: "Softmax temperature of both models for KD.") var temperature: Float = 2
+    @Option(help: "forward-kl, reverse-kl, jsd, tvd, skew-kl or skew-reverse-kl.") var divergence: String = "forward-kl"
+    @Option(help: "β of the generalised JSD (0: forward KL, 1: reverse KL).") var beta: Float = Divergence.defaultBeta
+    @Option(help: "α of skew KL and skew reverse KL.") var skewAlpha: Float = Divergence.defaultAlpha
+    @Flag(help: "Do not multiply the KD term by τ².") var noTauSquared = false
+    @Option(help: "Keep the teacher's K most likely tokens per position (renormalised).") var teacherTopK: Int?
+
+    /// CE and KD weights and the divergence; the other terms off.
+    func settings() throws -> DistillationSettings {
+        var settings = DistillationSettings()
+        settings.weights = DistillationWeights(ce: ceWeight, kd: kdWeight)
+        settings.logits = LogitDistillation(divergence: try Divergence(name: divergence, beta: beta, alpha: skewAlpha),
+                                            temperature: temperature, tauSquared: !noTauSquared, teacherTopK: teacherTopK)
+        return settings
+    }
+
+    func summary(_ settings: DistillationSettings) -> [String] {
+        ["ce \(ceWeight)", "kd \(kdWeight) (\(settings.logits.divergence), τ \(temperature))"]
     }
 }

@@ -27,19 +27,24 @@ struct TrainCommand: ParsableCommand {
 /// The part of `train` and `student` after the objective is built: resume, sample batches, report.
 func runTraining(_ trainer: Trainer, data: TokenFile, options: TrainingOptions, tokenizerModel: String) throws {
     let output = URL(fileURLWithPath: options.output)
-    try AtomicFile.ensureDirectory(output)
-    if options.resume {
-        try trainer.resume(from: output)
-        FileHandle.standardError.write(Data("resumed at step \(trainer.step) of \(trainer.parameters.steps)\n".utf8))
-    } else if FileManager.default.fileExists(atPath: output.appendingPathComponent("training/state.json").path) {
-        throw TrainingError.invalidSetting("\(output.path) already holds a training run: pass --resume to continue it, or choose another --output")
-    }
+    try prepareOutput(output, for: trainer, resume: options.resume)
     let validation = try validationBatches(data: data, parameters: trainer.parameters)
     Interrupt.install()
     let printer = ProgressPrinter()
     defer { printer.finish() }
     try trainer.run(trainingTokens: data.trainTokens, validation: validation, output: output, tokenizerModel: tokenizerModel,
                     shouldStop: { Interrupt.isRequested }, report: printer.handle)
+}
+
+/// Creates the output directory, or resumes the trainer from it; refuses to overwrite a run silently.
+func prepareOutput(_ output: URL, for trainer: Trainer, resume: Bool) throws {
+    try AtomicFile.ensureDirectory(output)
+    if resume {
+        try trainer.resume(from: output)
+        FileHandle.standardError.write(Data("resumed \(output.path) at step \(trainer.step) of \(trainer.parameters.steps)\n".utf8))
+    } else if FileManager.default.fileExists(atPath: output.appendingPathComponent("training/state.json").path) {
+        throw TrainingError.invalidSetting("\(output.path) already holds a training run: pass --resume to continue it, or choose another --output")
+    }
 }
 
 /// Fixed validation batches: windows spread evenly over the validation split (the same every time).

@@ -186,7 +186,7 @@ extension CommandLineTests {
         XCTAssertGreaterThan(step, 0)
         let resumed = try run(arguments + ["--steps", String(step + 3), "--resume"])
         XCTAssertEqual(resumed.status, 0, resumed.error)
-        XCTAssertTrue(resumed.error.contains("resumed at step \(step)"), resumed.error)
+        XCTAssertTrue(resumed.error.contains("at step \(step) of"), resumed.error)
         XCTAssertTrue(resumed.error.contains("step \(step + 3)/\(step + 3)"), resumed.error)
     }
 }

@@ -172,3 +172,43 @@ final class TrainingTests: XCTestCase {
         XCTAssertThrowsError(try flags.resume(from: directory))
     }
 }
+
+extension TrainingTests {
+    /// Two models trained in lockstep, each distilling from the other's current predictions; an
+    /// interrupted pair resumes to exactly the weights of an uninterrupted pair.
+    func testMutualTrainingResumesBitwise() throws {
+        let corpus = try TestCorpus.files()
+        let data = try TokenFile(path: corpus.data)
+        func pair(_ seed: UInt64) throws -> [Trainer] {
+            let first = try LlamaModel(config: Self.config, seed: seed), second = try LlamaModel(config: Self.config, seed: seed + 1)
+            return [
+                try Trainer(model: first, objective: DistillationObjective(teacher: second, studentConfig: Self.config,
+                                                                           settings: DistillationSettings(), seed: 1),
+                            parameters: Self.parameters(steps: 6), tokenizerHash: data.tokenizerHash),
+                try Trainer(model: second, objective: DistillationObjective(teacher: first, studentConfig: Self.config,
+                                                                            settings: DistillationSettings(), seed: 1),
+                            parameters: Self.parameters(steps: 6), tokenizerHash: data.tokenizerHash),
+            ]
+        }
+        let straight = try pair(10)
+        let straightOutputs = [try TestCorpus.scratch("mutual-a"), try TestCorpus.scratch("mutual-b")]
+        var kd: [Double] = []
+        try Trainer.runTogether(straight, trainingTokens: data.trainTokens, validation: [], outputs: straightOutputs,
+                                tokenizerModel: corpus.tokenizer) { _, event in
+            if case let .step(_, _, terms, _, _, _, _) = event { kd.append(terms["kd"] ?? -1) }
+        }
+        XCTAssertEqual(straight.map(\.step), [6, 6])
+        XCTAssertTrue(kd.allSatisfy { $0 > 0 }, "each model learns from the other: \(kd)")
+
+        let outputs = [try TestCorpus.scratch("mutual-c"), try TestCorpus.scratch("mutual-d")]
+        let interrupted = try pair(10)
+        try Trainer.runTogether(interrupted, trainingTokens: data.trainTokens, validation: [], outputs: outputs,
+                                tokenizerModel: corpus.tokenizer, shouldStop: { interrupted[1].step >= 2 }) { _, _ in }
+        XCTAssertEqual(interrupted.map(\.step), [2, 2])
+        let resumed = try pair(50)
+        for (trainer, output) in zip(resumed, outputs) { try trainer.resume(from: output) }
+        try Trainer.runTogether(resumed, trainingTokens: data.trainTokens, validation: [], outputs: outputs,
+                                tokenizerModel: corpus.tokenizer) { _, _ in }
+        for (a, b) in zip(resumed, straight) { XCTAssertEqual(Array(a.model.parameters), Array(b.model.parameters)) }
+    }
+}

@@ -121,12 +121,7 @@ public enum Benchmark {
 extension Trainer {
     /// One optimizer step on a given micro-batch (the benchmark's unit of work).
     public func singleStep(_ batch: Batch) throws {
-        model.zeroGradients()
-        for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
-        _ = try objective.trainStep(model: model, batch: batch, gradientScale: 1)
-        let segments = self.segments
-        clipGradientNorm(segments, maxNorm: parameters.gradientClip)
-        optimizer.update(segments, learningRate: parameters.learningRate)
+        _ = try optimizerStep { _ in batch }
     }
 }
 

@@ -52,73 +52,124 @@ public final class Trainer {
 
     /// Runs until `parameters.steps`, or until `shouldStop` says so (then saves and returns).
     /// `nextBatch` draws a training micro-batch from the trainer's generator.
-    public func run(nextBatch: (inout SeededRandom) throws -> Batch, validation: [Batch], output: URL,
+    public func run(nextBatch: @escaping (inout SeededRandom) throws -> Batch, validation: [Batch], output: URL,
                     tokenizerModel: String, shouldStop: () -> Bool = { false },
                     report: (TrainingEvent) -> Void) throws {
-        let start = Date()
-        let tokensPerStep = parameters.batchSize * parameters.context * parameters.accumulationSteps
-        var windowStart = Date(), windowSteps = 0
-        var recentSpeed = 0.0
-        let segments = self.segments
-        while step < parameters.steps {
-            if shouldStop() {
-                try saveCheckpoint(to: output, tokenizerModel: tokenizerModel, elapsed: Date().timeIntervalSince(start))
-                report(.interrupted(step: step))
-                return
-            }
-            model.zeroGradients()
-            for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
-            var terms: [String: Double] = [:]
-            let scale = 1 / Float(parameters.accumulationSteps)
-            for _ in 0..<parameters.accumulationSteps {
-                let batch = try nextBatch(&random)
-                let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)
-                for (name, value) in micro { terms[name, default: 0] += value / Double(parameters.accumulationSteps) }
-            }
-            guard let loss = terms["loss"], loss.isFinite else { throw TrainingError.diverged(step: step + 1) }
-            let norm = clipGradientNorm(segments, maxNorm: parameters.gradientClip)
-            let rate = learningRate(step: step, totalSteps: parameters.steps, peak: parameters.learningRate,
-                                    warmup: parameters.warmupSteps, minimumFraction: parameters.minimumLearningRateFraction)
-            optimizer.update(segments, learningRate: rate)
-            step += 1
-            windowSteps += 1
-
-            if step % max(1, parameters.logEvery) == 0 || step == parameters.steps {
-                let seconds = Date().timeIntervalSince(windowStart)
-                recentSpeed = Double(windowSteps * tokensPerStep) / max(seconds, 1e-9)
-                windowStart = Date()
-                windowSteps = 0
-                let left = Double((parameters.steps - step) * tokensPerStep) / max(recentSpeed, 1e-9)
-                report(.step(step: step, total: parameters.steps, terms: terms, learningRate: rate, gradientNorm: norm,
-                             tokensPerSecond: recentSpeed, secondsLeft: left))
-                appendMetrics(["kind": "train", "step": step, "lr": Double(rate), "grad_norm": Double(norm),
-                               "tokens_per_second": recentSpeed].merging(terms) { a, _ in a }, to: output)
-            }
-            let last = step == parameters.steps
-            if (parameters.evalEvery > 0 && step % parameters.evalEvery == 0) || last, !validation.isEmpty {
-                let terms = try evaluate(validation)
-                report(.validation(step: step, terms: terms))
-                appendMetrics(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
-            }
-            if (parameters.saveEvery > 0 && step % parameters.saveEvery == 0) || last {
-                try saveCheckpoint(to: output, tokenizerModel: tokenizerModel, elapsed: Date().timeIntervalSince(start))
-                report(.checkpoint(step: step, directory: output))
-            }
-        }
+        try Trainer.runTogether([self], nextBatches: [nextBatch], validation: validation, outputs: [output],
+                                tokenizerModel: tokenizerModel, shouldStop: shouldStop) { _, event in report(event) }
     }
 
     /// Runs over random windows of `tokens` (a token file's training split), drawn from the trainer's
     /// own generator so that the checkpoint's sampler state resumes the same sequence of batches.
     public func run(trainingTokens tokens: TokenView, validation: [Batch], output: URL, tokenizerModel: String,
                     shouldStop: () -> Bool = { false }, report: (TrainingEvent) -> Void) throws {
-        var sampler = try BatchSampler(tokens: tokens, batchSize: parameters.batchSize,
-                                       contextLength: parameters.context, random: random)
-        try run(nextBatch: { random in
-            sampler.random = random
-            let batch = sampler.next()
-            random = sampler.random
-            return batch
-        }, validation: validation, output: output, tokenizerModel: tokenizerModel, shouldStop: shouldStop, report: report)
+        try Trainer.runTogether([self], trainingTokens: tokens, validation: validation, outputs: [output],
+                                tokenizerModel: tokenizerModel, shouldStop: shouldStop) { _, event in report(event) }
+    }
+
+    /// Trains several models in lockstep (online distillation: each objective may read the others'
+    /// current weights), one optimizer step of each in turn, every one drawing windows of `tokens` from
+    /// its own generator. `report` receives the trainer's index with each event.
+    public static func runTogether(_ trainers: [Trainer], trainingTokens tokens: TokenView, validation: [Batch],
+                                   outputs: [URL], tokenizerModel: String, shouldStop: () -> Bool = { false },
+                                   report: (Int, TrainingEvent) -> Void) throws {
+        let nextBatches = try trainers.map { trainer -> (inout SeededRandom) throws -> Batch in
+            var sampler = try BatchSampler(tokens: tokens, batchSize: trainer.parameters.batchSize,
+                                           contextLength: trainer.parameters.context, random: trainer.random)
+            return { random in
+                sampler.random = random
+                let batch = sampler.next()
+                random = sampler.random
+                return batch
+            }
+        }
+        try runTogether(trainers, nextBatches: nextBatches, validation: validation, outputs: outputs,
+                        tokenizerModel: tokenizerModel, shouldStop: shouldStop, report: report)
+    }
+
+    static func runTogether(_ trainers: [Trainer], nextBatches: [(inout SeededRandom) throws -> Batch],
+                            validation: [Batch], outputs: [URL], tokenizerModel: String, shouldStop: () -> Bool,
+                            report: (Int, TrainingEvent) -> Void) throws {
+        var clocks = trainers.map { _ in ReportClock() }
+        while trainers.contains(where: { $0.step < $0.parameters.steps }) {
+            if shouldStop() {
+                for (index, trainer) in trainers.enumerated() {
+                    try trainer.saveCheckpoint(to: outputs[index], tokenizerModel: tokenizerModel,
+                                               elapsed: Date().timeIntervalSince(clocks[index].start))
+                    report(index, .interrupted(step: trainer.step))
+                }
+                return
+            }
+            for (index, trainer) in trainers.enumerated() where trainer.step < trainer.parameters.steps {
+                let result = try trainer.optimizerStep(nextBatch: nextBatches[index])
+                try trainer.afterStep(result, clock: &clocks[index], validation: validation, output: outputs[index],
+                                      tokenizerModel: tokenizerModel) { report(index, $0) }
+            }
+        }
+    }
+
+    /// When a run started and how many steps the current speed window holds.
+    struct ReportClock {
+        let start = Date()
+        var windowStart = Date()
+        var windowSteps = 0
+    }
+
+    /// What one optimizer step measured.
+    struct StepResult {
+        let terms: [String: Double]
+        let learningRate: Float
+        let gradientNorm: Float
+    }
+
+    /// One optimizer step: the micro-batches' gradients added up, clipped, and applied by AdamW.
+    func optimizerStep(nextBatch: (inout SeededRandom) throws -> Batch) throws -> StepResult {
+        let segments = self.segments
+        model.zeroGradients()
+        for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
+        var terms: [String: Double] = [:]
+        let scale = 1 / Float(parameters.accumulationSteps)
+        for _ in 0..<parameters.accumulationSteps {
+            let batch = try nextBatch(&random)
+            let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)
+            for (name, value) in micro { terms[name, default: 0] += value / Double(parameters.accumulationSteps) }
+        }
+        guard let loss = terms["loss"], loss.isFinite else { throw TrainingError.diverged(step: step + 1) }
+        let norm = clipGradientNorm(segments, maxNorm: parameters.gradientClip)
+        let rate = learningRate(step: step, totalSteps: parameters.steps, peak: parameters.learningRate,
+                                warmup: parameters.warmupSteps, minimumFraction: parameters.minimumLearningRateFraction)
+        optimizer.update(segments, learningRate: rate)
+        step += 1
+        return StepResult(terms: terms, learningRate: rate, gradientNorm: norm)
+    }
+
+    /// Reports progress, validates and saves after a step, as the run's cadence says.
+    func afterStep(_ result: StepResult, clock: inout ReportClock, validation: [Batch], output: URL,
+                   tokenizerModel: String, report: (TrainingEvent) -> Void) throws {
+        let tokensPerStep = parameters.batchSize * parameters.context * parameters.accumulationSteps
+        clock.windowSteps += 1
+        let last = step == parameters.steps
+        if step % max(1, parameters.logEvery) == 0 || last {
+            let seconds = Date().timeIntervalSince(clock.windowStart)
+            let speed = Double(clock.windowSteps * tokensPerStep) / max(seconds, 1e-9)
+            clock.windowStart = Date()
+            clock.windowSteps = 0
+            let left = Double((parameters.steps - step) * tokensPerStep) / max(speed, 1e-9)
+            report(.step(step: step, total: parameters.steps, terms: result.terms, learningRate: result.learningRate,
+                         gradientNorm: result.gradientNorm, tokensPerSecond: speed, secondsLeft: left))
+            appendMetrics(["kind": "train", "step": step, "lr": Double(result.learningRate),
+                           "grad_norm": Double(result.gradientNorm), "tokens_per_second": speed]
+                .merging(result.terms) { a, _ in a }, to: output)
+        }
+        if (parameters.evalEvery > 0 && step % parameters.evalEvery == 0) || last, !validation.isEmpty {
+            let terms = try evaluate(validation)
+            report(.validation(step: step, terms: terms))
+            appendMetrics(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
+        }
+        if (parameters.saveEvery > 0 && step % parameters.saveEvery == 0) || last {
+            try saveCheckpoint(to: output, tokenizerModel: tokenizerModel, elapsed: Date().timeIntervalSince(clock.start))
+            report(.checkpoint(step: step, directory: output))
+        }
     }
 
     /// Validation terms averaged over `batches`, plus perplexity from the mean cross-entropy.
