@@ -183,10 +183,12 @@ public final class Trainer {
         return terms
     }
 
+    /// One JSON object per line in `metrics.jsonl`. A failure here loses a log line, never the run, so
+    /// it is not an error.
     private func appendMetrics(_ record: [String: Any], to directory: URL) {
         guard let data = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) else { return }
         let url = directory.appendingPathComponent("metrics.jsonl")
-        if !FileManager.default.fileExists(atPath: url.path) { FileManager.default.createFile(atPath: url.path, contents: nil) }
+        if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
         guard let handle = try? FileHandle(forWritingTo: url) else { return }
         defer { try? handle.close() }
         _ = try? handle.seekToEnd()
