@@ -34,6 +34,9 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
         throw EvaluationError.badStride(step, context: window)
     }
     guard tokens.count >= 2 else { throw EvaluationError.tooShort(tokens.count) }
+    // Several windows share a forward pass, within about 1 GB of activations (attention is T² per window).
+    let perWindow = model.activationBytes(batch: 1, length: window, keepForBackward: false)
+    let batchSize = max(1, min(batchSize, Int(1e9 / max(perWindow, 1))))
     // Plan the windows: (begin, length, first target index that counts).
     var plans: [(begin: Int, length: Int, firstNew: Int)] = []
     var scoredThrough = 0, begin = 0

@@ -59,6 +59,18 @@ final class Activations {
 
     func block(_ layer: Int) -> BlockActivations { blocks[perBlock ? layer : 0] }
 
+    /// Bytes `init` would allocate for these shapes (to refuse impossible runs before allocating).
+    static func bytes(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int) -> Double {
+        let rows = Double(batch * length), c = Double(config.hiddenSize), f = Double(config.intermediateSize)
+        let qkv = c + 2 * Double(config.numKeyValueHeads * config.headDim)
+        let attention = Double(batch * config.numAttentionHeads) * Double(length) * Double(length)
+        let perBlockFloats = rows * (6 * c + qkv + 3 * f + 2) + attention
+        let blocks = perBlock ? Double(config.numHiddenLayers) : 1
+        let shared = rows * c * Double(config.numHiddenLayers + 2) + rows * (1 + Double(config.vocabSize))
+        let backward = perBlock ? rows * (3 * c + qkv + 3 * f) + Double(threads * length * length) : 0
+        return 4 * (blocks * perBlockFloats + shared + backward)
+    }
+
     deinit {
         for pointer in allocations { pointer.deallocate() }
         tokens.deallocate()

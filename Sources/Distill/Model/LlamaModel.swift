@@ -50,6 +50,11 @@ public final class LlamaModel {
     /// Number of weights (a tied head counted once).
     public var parameterCount: Int { layout.count }
 
+    /// Bytes of the buffers a forward pass on [batch, length] allocates (with or without what backward needs).
+    public func activationBytes(batch: Int, length: Int, keepForBackward: Bool = true) -> Double {
+        Activations.bytes(config: config, batch: batch, length: length, perBlock: keepForBackward, threads: Compute.threads)
+    }
+
     /// Sets every gradient to zero (allocating them the first time).
     public func zeroGradients() {
         if gradients == nil { gradients = .allocate(capacity: layout.count) }

@@ -32,6 +32,13 @@ public final class Trainer {
         guard parameters.context <= model.config.maxPositionEmbeddings else {
             throw TrainingError.invalidSetting("--context \(parameters.context) is longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
         }
+        // A context or batch far beyond the machine fails here with a sentence, not in the allocator.
+        let needed = model.activationBytes(batch: parameters.batchSize, length: parameters.context)
+        let available = Double(ProcessInfo.processInfo.physicalMemory)
+        guard needed < 0.8 * available else {
+            throw TrainingError.invalidSetting(String(format: "a batch of %d × %d tokens needs about %.1f GB of activations but this machine has %.1f GB: lower --context or --batch-size",
+                                                      parameters.batchSize, parameters.context, needed / 1e9, available / 1e9))
+        }
         self.model = model
         self.objective = objective
         self.parameters = parameters
