@@ -154,8 +154,7 @@ final class DistillationObjectiveTests: XCTestCase {
         let corpus = try TestCorpus.files()
         let data = try TokenFile(path: corpus.data)
         let teacherDirectory = try TestCorpus.scratch("teacher")
-        let teacherTrainer = try Trainer(model: LlamaModel(config: TrainingTests.config, seed: 1), objective: CrossEntropyObjective(),
-                                         parameters: TrainingTests.parameters(steps: 30), tokenizerHash: data.tokenizerHash)
+        let teacherTrainer = try TrainingTests.trainer(seed: 1, TrainingTests.parameters(steps: 30), tokenizerHash: data.tokenizerHash)
         try TrainingTests.run(teacherTrainer, data: data, output: teacherDirectory, tokenizer: corpus.tokenizer)
 
         let teacher = try ModelDirectory.load(teacherDirectory)

@@ -19,6 +19,12 @@ final class TrainingTests: XCTestCase {
         return p
     }
 
+    /// A cross-entropy trainer of the test config with weights from `seed`.
+    static func trainer(seed: UInt64, _ parameters: TrainingParameters, tokenizerHash: UInt64) throws -> Trainer {
+        try Trainer(model: LlamaModel(config: config, seed: seed), objective: CrossEntropyObjective(),
+                    parameters: parameters, tokenizerHash: tokenizerHash)
+    }
+
     /// Runs a trainer from its own generator over the corpus' training split.
     static func run(_ trainer: Trainer, data: TokenFile, output: URL, tokenizer: String,
                     stopAfter: Int? = nil, validation: [Batch] = []) throws {
@@ -34,18 +40,15 @@ final class TrainingTests: XCTestCase {
         var p = Self.parameters(steps: 12)
         p.accumulationSteps = 2
 
-        let straight = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
-                                   parameters: p, tokenizerHash: data.tokenizerHash)
+        let straight = try Self.trainer(seed: 3, p, tokenizerHash: data.tokenizerHash)
         try Self.run(straight, data: data, output: try TestCorpus.scratch("straight"), tokenizer: corpus.tokenizer)
 
         let directory = try TestCorpus.scratch("interrupted")
-        let first = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
-                                parameters: p, tokenizerHash: data.tokenizerHash)
+        let first = try Self.trainer(seed: 3, p, tokenizerHash: data.tokenizerHash)
         try Self.run(first, data: data, output: directory, tokenizer: corpus.tokenizer, stopAfter: 5)
         XCTAssertEqual(first.step, 5)
 
-        let resumed = try Trainer(model: LlamaModel(config: Self.config, seed: 99), objective: CrossEntropyObjective(),
-                                  parameters: p, tokenizerHash: data.tokenizerHash)
+        let resumed = try Self.trainer(seed: 99, p, tokenizerHash: data.tokenizerHash)
         try resumed.resume(from: directory)
         XCTAssertEqual(resumed.step, 5)
         try Self.run(resumed, data: data, output: directory, tokenizer: corpus.tokenizer)
@@ -59,8 +62,7 @@ final class TrainingTests: XCTestCase {
         let corpus = try TestCorpus.files()
         let data = try TokenFile(path: corpus.data)
         let directory = try TestCorpus.scratch("crash")
-        let trainer = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
-                                  parameters: Self.parameters(steps: 4), tokenizerHash: data.tokenizerHash)
+        let trainer = try Self.trainer(seed: 3, Self.parameters(steps: 4), tokenizerHash: data.tokenizerHash)
         try Self.run(trainer, data: data, output: directory, tokenizer: corpus.tokenizer)
         let saved = Array(trainer.model.parameters)
         let fileManager = FileManager.default
@@ -69,8 +71,7 @@ final class TrainingTests: XCTestCase {
         try Data("{\"step\": 9".utf8).write(to: directory.appendingPathComponent(".training.tmp/state.json"))
         try fileManager.moveItem(at: directory.appendingPathComponent("training"), to: directory.appendingPathComponent(".training.old"))
 
-        let resumed = try Trainer(model: LlamaModel(config: Self.config, seed: 8), objective: CrossEntropyObjective(),
-                                  parameters: Self.parameters(steps: 4), tokenizerHash: data.tokenizerHash)
+        let resumed = try Self.trainer(seed: 8, Self.parameters(steps: 4), tokenizerHash: data.tokenizerHash)
         try resumed.resume(from: directory)
         XCTAssertEqual(resumed.step, 4)
         XCTAssertEqual(Array(resumed.model.parameters), saved)
@@ -102,8 +103,7 @@ final class TrainingTests: XCTestCase {
         let entropy = -counts.filter { $0 > 0 }.map { $0 / total * log($0 / total) }.reduce(0, +)
 
         let p = Self.parameters(steps: 250)
-        let trainer = try Trainer(model: LlamaModel(config: Self.config, seed: 1), objective: CrossEntropyObjective(),
-                                  parameters: p, tokenizerHash: data.tokenizerHash)
+        let trainer = try Self.trainer(seed: 1, p, tokenizerHash: data.tokenizerHash)
         var validationSampler = try BatchSampler(tokens: data.validationTokens, batchSize: 8, contextLength: 32, seed: 9)
         let validation = (0..<4).map { _ in validationSampler.next() }
         let before = try trainer.evaluate(validation)["ce"]!
@@ -138,8 +138,7 @@ final class TrainingTests: XCTestCase {
         XCTAssertThrowsError(try p.validate())
         p = Self.parameters(steps: 10)
         p.context = 64
-        XCTAssertThrowsError(try Trainer(model: LlamaModel(config: Self.config, seed: 1), objective: CrossEntropyObjective(),
-                                         parameters: p, tokenizerHash: 0)) { error in
+        XCTAssertThrowsError(try Self.trainer(seed: 1, p, tokenizerHash: 0)) { error in
             XCTAssertTrue("\(error)".contains("--context"))
         }
         var bad = Self.config
@@ -157,18 +156,15 @@ final class TrainingTests: XCTestCase {
         let corpus = try TestCorpus.files()
         let data = try TokenFile(path: corpus.data)
         let directory = try TestCorpus.scratch("refuse")
-        let trainer = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
-                                  parameters: Self.parameters(steps: 2), tokenizerHash: data.tokenizerHash)
+        let trainer = try Self.trainer(seed: 3, Self.parameters(steps: 2), tokenizerHash: data.tokenizerHash)
         try Self.run(trainer, data: data, output: directory, tokenizer: corpus.tokenizer)
-        let other = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
-                                parameters: Self.parameters(steps: 2), tokenizerHash: data.tokenizerHash ^ 1)
+        let other = try Self.trainer(seed: 3, Self.parameters(steps: 2), tokenizerHash: data.tokenizerHash ^ 1)
         XCTAssertThrowsError(try other.resume(from: directory)) { error in
             XCTAssertTrue("\(error)".contains("tokenizer"), "\(error)")
         }
         var changed = Self.parameters(steps: 2)
         changed.learningRate = 1
-        let flags = try Trainer(model: LlamaModel(config: Self.config, seed: 3), objective: CrossEntropyObjective(),
-                                parameters: changed, tokenizerHash: data.tokenizerHash)
+        let flags = try Self.trainer(seed: 3, changed, tokenizerHash: data.tokenizerHash)
         XCTAssertThrowsError(try flags.resume(from: directory))
     }
 }
