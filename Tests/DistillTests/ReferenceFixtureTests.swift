@@ -118,4 +118,21 @@ final class ReferenceFixtureTests: XCTestCase {
         Self.compare("adamw exp_avg.step3", optimizer.firstMoment, try reference.floats("exp_avg.step3"), tolerance: 1e-6)
         Self.compare("adamw exp_avg_sq.step3", optimizer.secondMoment, try reference.floats("exp_avg_sq.step3"), tolerance: 1e-6)
     }
+
+    /// Greedy decoding with our KV cache gives exactly the tokens of transformers' `generate` (the
+    /// untied model with its weights, not its norm gains, multiplied by 10, as in the fixture script).
+    func testGreedyGenerationMatchesTransformers() throws {
+        let root = try Self.fixtures()
+        let model = try ModelDirectory.load(root.appendingPathComponent("llama-untied"))
+        for tensor in model.layout.tensors where !tensor.name.contains("norm") {
+            for i in tensor.offset..<(tensor.offset + tensor.count) { model.parameters[i] *= 10 }
+        }
+        let reference = try SafetensorsFile(url: root.appendingPathComponent("generation.safetensors"))
+        let prompt = try reference.int64s("prompt").map(Int32.init)
+        let expected = try reference.int64s("generated").map(Int32.init)
+        var sampler = try Sampler(temperature: 0)
+        let generated = try generate(session: KVCacheSession(model: model), prompt: prompt, maxTokens: expected.count,
+                                     sampler: &sampler)
+        XCTAssertEqual(generated, expected)
+    }
 }

@@ -267,6 +267,23 @@ def adamw(seed):
     return out
 
 
+def greedy_generation(directory):
+    """Greedy decoding with transformers' KV cache on the untied model with its weights (not the norm
+    gains) multiplied by 10, so that the logits are far from uniform and every step's choice is clear."""
+    model = LlamaForCausalLM.from_pretrained(str(directory), torch_dtype=torch.float32, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.mul_(10)
+    prompt = torch.tensor([[5, 17, 42, 99, 7]])
+    out = model.generate(prompt, max_new_tokens=24, do_sample=False, use_cache=True, output_scores=True,
+                         return_dict_in_generate=True, pad_token_id=0, eos_token_id=None)
+    margins = [float(torch.topk(scores[0], 2).values.diff().abs()) for scores in out.scores]
+    assert min(margins) > 1e-3, f"a near-tie in greedy decoding: {min(margins)}"
+    return {"prompt": prompt[0].to(torch.int64), "generated": out.sequences[0, prompt.shape[1]:].to(torch.int64),
+            "smallest_margin": torch.tensor([min(margins)], dtype=torch.float32)}
+
+
 # ---------------------------------------------------------------- main
 
 def main():
@@ -291,6 +308,7 @@ def main():
     save(out_dir / "features.safetensors", features(4000))
     save(out_dir / "rkd.safetensors", rkd(5000))
     save(out_dir / "adamw.safetensors", adamw(6000))
+    save(out_dir / "generation.safetensors", greedy_generation(out_dir / "llama-untied"))
     print(json.dumps(VERSIONS))
 
 
