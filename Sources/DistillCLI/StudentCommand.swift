@@ -45,6 +45,11 @@ struct StudentCommand: ParsableCommand {
         settings.weights.rkdAngle = rkdAngleWeight
         settings.featureDistance = try FeatureDistance(name: featureDistance)
         try settings.validate()
+        // Relations need several sequences per batch: say so before loading and training anything more.
+        if rkdAngleWeight > 0 && options.batchSize < 3 || rkdDistanceWeight > 0 && options.batchSize < 2 {
+            throw DistillationError.batchTooSmall(loss: rkdAngleWeight > 0 ? "angle" : "distance", batch: options.batchSize,
+                                                  minimum: rkdAngleWeight > 0 ? 3 : 2)
+        }
 
         let student: LlamaModel
         if initFromTeacher {
