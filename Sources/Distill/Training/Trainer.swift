@@ -11,7 +11,7 @@ public enum TrainingEvent {
     case interrupted(step: Int)
 }
 
-/// The training loop shared by `train` and `student`: micro-batches with gradient accumulation,
+/// The training loop shared by `train`, `student` and `mutual`: micro-batches with gradient accumulation,
 /// global-norm clipping, AdamW with warm-up and cosine decay, validation and atomic checkpoints,
 /// and an exact resume (the batch sampler's state is part of the checkpoint).
 public final class Trainer {
