@@ -39,6 +39,22 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(Int32(Sampler.argmax(session.logits, count: model.config.vocabSize)), greedy[0])
     }
 
+    /// Past the context, generation goes on from the last half-context of tokens.
+    func testGenerationRunsPastTheContext() throws {
+        let model = try ModelGradientTests.model(ModelGradientTests.tinyConfig())  // context 8
+        var sampler = try Sampler(temperature: 0)
+        let long = try generate(session: KVCacheSession(model: model), prompt: [1, 2], maxTokens: 20, sampler: &sampler)
+        XCTAssertEqual(long.count, 20)
+        var again = try Sampler(temperature: 0)
+        let short = try generate(session: KVCacheSession(model: model), prompt: [1, 2], maxTokens: 6, sampler: &again)
+        XCTAssertEqual(Array(long.prefix(6)), short, "within the context nothing changes")
+        // The 7th new token fills the context; the 8th is predicted from the last four tokens, restarted
+        // at position 0.
+        let session = KVCacheSession(model: model)
+        for token in ([1, 2] + long.prefix(7)).suffix(4) { try session.feed(token) }
+        XCTAssertEqual(Int32(Sampler.argmax(session.logits, count: model.config.vocabSize)), long[7])
+    }
+
     func testPromptLongerThanContextIsRejected() throws {
         let model = try ModelGradientTests.model(ModelGradientTests.tinyConfig())
         var sampler = try Sampler(temperature: 0)

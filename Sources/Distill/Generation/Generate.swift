@@ -1,5 +1,7 @@
 /// Generates up to `maxTokens` tokens after `prompt`, calling `onToken` with each new id as soon as it
-/// is chosen. Stops at `stopToken` (EOS) or when the context is full. Returns the new ids.
+/// is chosen. Stops at `stopToken` (EOS). When the context fills up, the cache restarts from the
+/// last half-context of tokens (positions from 0, as every training window starts), so generation can
+/// run past the context. Returns the new ids.
 @discardableResult
 public func generate(session: KVCacheSession, prompt: [Int32], maxTokens: Int, sampler: inout Sampler,
                      stopToken: Int32? = nil, onToken: (Int32) -> Void = { _ in }) throws -> [Int32] {
@@ -9,15 +11,22 @@ public func generate(session: KVCacheSession, prompt: [Int32], maxTokens: Int, s
     }
     session.reset()
     for token in prompt { try session.feed(token) }
-    var produced: [Int32] = []
+    var history = prompt, produced: [Int32] = []
     let vocab = session.model.config.vocabSize
     while produced.count < maxTokens {
         let next = Int32(sampler.sample(session.logits, count: vocab))
         if next == stopToken { break }
         produced.append(next)
+        history.append(next)
         onToken(next)
-        if session.position >= session.capacity || produced.count == maxTokens { break }
-        try session.feed(next)
+        if produced.count == maxTokens { break }
+        if session.position >= session.capacity {
+            // Keep the most recent half of the context (at least one token) and refill the cache.
+            session.reset()
+            for token in history.suffix(max(1, session.capacity / 2)) { try session.feed(token) }
+        } else {
+            try session.feed(next)
+        }
     }
     return produced
 }
