@@ -9,7 +9,7 @@ struct SampleCommand: ParsableCommand {
 
     @Option(help: "Model directory.") var model: String
     @Option(help: "Text to continue (default: start from the BOS token).") var prompt: String?
-    @Option(help: "Tokens to generate at most.") var maxTokens: Int = 200
+    @Option(help: "Tokens to generate at most (past the context, generation goes on from the last half-context).") var maxTokens: Int = 200
     @Option(help: "Softmax temperature; 0 is greedy.") var temperature: Float = 0.8
     @Option(help: "Keep only the K most likely tokens.") var topK: Int?
     @Option(help: "Keep the smallest set of tokens whose probability reaches P.") var topP: Float?

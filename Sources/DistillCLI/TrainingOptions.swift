@@ -77,10 +77,7 @@ struct TrainingOptions: ParsableArguments {
     /// The tokenizer to copy into the model directory, checked against the data's tokenizer hash.
     func tokenizerModel(for data: TokenFile) throws -> String {
         let path = tokenizer ?? TokenFile.companionTokenizerPath(for: data.path)
-        let tokenizer = try Tokenizer(modelPath: path)
-        guard tokenizer.modelHash == data.tokenizerHash else {
-            throw TrainingError.tokenizerMismatch("\(path) is not the tokenizer \(data.path) was prepared with: pass the right --tokenizer")
-        }
+        try data.checkTokenizer(Tokenizer(modelPath: path))
         return path
     }
 }

@@ -31,10 +31,12 @@ public struct Sampler {
 
     public mutating func sample(_ logits: UnsafePointer<Float>, count: Int) -> Int {
         if temperature == 0 { return Self.argmax(logits, count: count) }
-        // Candidates sorted by logit, cut to top-k, then softmax at the temperature.
-        var candidates = (0..<count).sorted { logits[$0] > logits[$1] }
+        // Candidates cut to top-k, then softmax at the temperature. Only the cuts need them sorted; a
+        // plain draw over the whole vocabulary does not pay for a sort per token.
+        var candidates = Array(0..<count)
+        if topK != nil || topP != nil { candidates.sort { logits[$0] > logits[$1] } }
         if let topK, topK < count { candidates.removeSubrange(topK...) }
-        let maximum = logits[candidates[0]]
+        let maximum = candidates.reduce(-Float.infinity) { max($0, logits[$1]) }
         var weights = candidates.map { Double(exp((logits[$0] - maximum) / temperature)) }
         var total = weights.reduce(0, +)
         if let topP, topP < 1 {
