@@ -42,12 +42,19 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
     case missing(String)
     case unwritable(String)
     case notADirectory(String)
+    /// An output (setting, path) that is, holds or lies inside an input (setting, path).
+    case wouldOverwrite(output: String, path: String, input: String, inputPath: String)
+    case sharedOutput(String, String, String, String)
 
     public var description: String {
         switch self {
         case .missing(let path): return "\(path) does not exist: check the path"
         case .unwritable(let path): return "cannot write to \(path): choose a directory you can write to"
         case .notADirectory(let path): return "\(path) is a file, not a directory: choose another output path"
+        case let .wouldOverwrite(output, path, input, inputPath):
+            return "\(output) \(path) would overwrite \(input) \(inputPath): choose another \(output)"
+        case let .sharedOutput(first, firstPath, second, secondPath):
+            return "\(first) \(firstPath) and \(second) \(secondPath) are the same place: give each its own directory"
         }
     }
 }
