@@ -21,48 +21,22 @@ struct MutualCommand: ParsableCommand {
     @OptionGroup var logits: LogitOptions
 
     func validate() throws {
-        if peerPreset != nil && peerConfig != nil { throw ValidationError("give --peer-preset or --peer-config, not both") }
-        if URL(fileURLWithPath: peerOutput).standardizedFileURL == URL(fileURLWithPath: options.output).standardizedFileURL {
-            throw ValidationError("--output and --peer-output must be different directories")
-        }
+        if peerPreset != nil && peerConfig != nil { throw CommandError("give --peer-preset or --peer-config, not both") }
     }
 
     func run() throws {
-        if let threads = options.threads { Compute.setThreads(threads) }
-        let data = try options.openData()
-        let tokenizerModel = try options.tokenizerModel(for: data)
-        let settings = try logits.settings()
-        try settings.validate()
-        let firstConfig = try options.modelConfig(vocabSize: data.vocabSize, defaultPreset: "tiny-student")
-        var peerOptions = options
-        peerOptions.preset = peerPreset ?? (peerConfig == nil ? options.preset : nil)
-        peerOptions.config = peerConfig ?? (peerPreset == nil ? options.config : nil)
-        let secondConfig = try peerOptions.modelConfig(vocabSize: data.vocabSize, defaultPreset: "tiny-student")
-        // Different initial weights, the same batches (the sampler's seed is the run's).
-        let first = try LlamaModel(config: firstConfig, seed: options.seed)
-        let second = try LlamaModel(config: secondConfig, seed: options.seed &+ 1)
-        let parameters = options.parameters
-        let trainers = [
-            try Trainer(model: first, objective: DistillationObjective(teacher: second, studentConfig: firstConfig, settings: settings,
-                                                                       seed: options.seed),
-                        parameters: parameters, tokenizerHash: data.tokenizerHash),
-            try Trainer(model: second, objective: DistillationObjective(teacher: first, studentConfig: secondConfig, settings: settings,
-                                                                        seed: options.seed),
-                        parameters: parameters, tokenizerHash: data.tokenizerHash),
-        ]
-        let outputs = [URL(fileURLWithPath: options.output), URL(fileURLWithPath: peerOutput)]
-        for (trainer, output) in zip(trainers, outputs) {
-            try prepareOutput(output, for: trainer, resume: options.resume)
-        }
-        FileHandle.standardError.write(Data(("models: \(first.parameterCount) and \(second.parameterCount) parameters; objective of each: "
-            + logits.summary(settings).joined(separator: ", ") + " towards the other\n").utf8))
-        let validation = try validationBatches(data: data, parameters: parameters)
-        Interrupt.install()
+        options.start()
+        let first = options.request(defaultPreset: "tiny-student")
+        var second = first
+        second.output = peerOutput
+        second.preset = peerPreset ?? (peerConfig == nil ? options.preset : nil)
+        second.config = peerConfig ?? (peerPreset == nil ? options.config : nil)
+        // Two models' progress would overwrite each other on one live line.
         let printers = [ProgressPrinter(label: "[1] ", live: false), ProgressPrinter(label: "[2] ", live: false)]
         defer { printers.forEach { $0.finish() } }
-        try Trainer.runTogether(trainers, trainingTokens: data.trainTokens, validation: validation, outputs: outputs,
-                                tokenizerModel: tokenizerModel, shouldStop: { Interrupt.isRequested }) { index, event in
-            printers[index].handle(event)
+        let outcomes = try Flags.translatingSettings {
+            try TrainingRun.mutual([first, second], settings: try logits.settings(), callbacks: printers.map(trainingCallbacks))
         }
+        try Interrupt.exitIfInterrupted(outcomes)
     }
 }

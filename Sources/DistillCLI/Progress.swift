@@ -1,3 +1,4 @@
+import ArgumentParser
 import Distill
 import Foundation
 
@@ -24,7 +25,8 @@ final class ProgressPrinter {
                 + "  \(Int(speed)) tok/s  \(duration(left)) left"
             emit(line, transient: step < total)
         case let .validation(step, terms):
-            var parts = ["validation @\(step):"]
+            // A sample of the validation split (the run's fixed batches); `eval` scores all of it.
+            var parts = ["validation sample @\(step):"]
             if let ce = terms["ce"] { parts.append("ce \(format(ce, 4))") }
             if let perplexity = terms["perplexity"] { parts.append("perplexity \(format(perplexity, 2))") }
             for (name, value) in terms.sorted(by: { $0.key < $1.key }) where name != "ce" && name != "perplexity" {
@@ -62,17 +64,27 @@ func duration(_ seconds: Double) -> String {
     return s >= 3600 ? "\(s / 3600)h\(String(format: "%02d", s % 3600 / 60))m" : s >= 60 ? "\(s / 60)m\(String(format: "%02d", s % 60))s" : "\(s)s"
 }
 
-/// Ctrl-C asks the training loop to save and stop at the end of the current step; a second Ctrl-C
-/// exits at once.
+/// Ctrl-C or SIGTERM asks the training loop to save and stop at its next safe point (the end of the
+/// current step); a second signal exits at once. Installed before any work, so a signal during setup or
+/// validation is never lost to the default handler. A save on a full disk (or over `ulimit -f`) fails with
+/// an error instead of killing the process with SIGXFSZ.
 enum Interrupt {
     nonisolated(unsafe) private static var requested: sig_atomic_t = 0
 
     static func install() {
-        signal(SIGINT) { _ in
-            if Interrupt.requested != 0 { _exit(130) }
-            Interrupt.requested = 1
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber) { _ in
+                if Interrupt.requested != 0 { _exit(130) }
+                Interrupt.requested = 1
+            }
         }
+        signal(SIGXFSZ, SIG_IGN)
     }
 
     static var isRequested: Bool { requested != 0 }
+
+    /// Exit status 130 after an interrupted run has saved, as shells expect after Ctrl-C.
+    static func exitIfInterrupted(_ outcomes: [TrainingOutcome]) throws {
+        if outcomes.contains(where: \.interrupted) || isRequested { throw ExitCode(130) }
+    }
 }

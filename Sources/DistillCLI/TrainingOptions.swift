@@ -2,7 +2,7 @@ import ArgumentParser
 import Distill
 import Foundation
 
-/// The flags every training command shares (`train`, `student`).
+/// The flags every training command shares (`train`, `student`, `mutual`).
 struct TrainingOptions: ParsableArguments {
     @Option(help: "Token file made by `distill prepare`.") var data: String
     @Option(help: "Model directory to write (config.json, model.safetensors, tokenizer.model, checkpoints).") var output: String
@@ -11,7 +11,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "SentencePiece model of the data (default: the copy `prepare` left beside the token file).") var tokenizer: String?
     @Option(help: "Optimizer steps.") var steps: Int = 1000
     @Option(help: "Sequences per micro-batch.") var batchSize: Int = 8
-    @Option(help: "Tokens per sequence (default: the model's context, 256 for presets).") var context: Int?
+    @Option(help: "Tokens per sequence (default: the model's context: a config's max_position_embeddings, 256 for presets, at most the teacher's).") var context: Int?
     @Option(help: "Micro-batches per optimizer step (gradient accumulation).") var accumulation: Int = 1
     @Option(help: "Peak learning rate.") var lr: Float = 1e-3
     @Option(help: "Warm-up steps.") var warmup: Int = 100
@@ -26,15 +26,25 @@ struct TrainingOptions: ParsableArguments {
     @Flag(help: "Continue from the checkpoint in --output.") var resume = false
 
     func validate() throws {
-        if preset != nil && config != nil { throw ValidationError("give --preset or --config, not both") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        if preset != nil && config != nil { throw CommandError("give --preset or --config, not both") }
+        try Flags.requireFinite([(lr, .learningRate), (weightDecay, .weightDecay), (gradClip, .gradientClip)])
+        if let threads, threads < 1 || threads > 1024 { throw CommandError("--threads must be between 1 and 1024 (got \(threads))") }
+        if let context, context < 1 { throw CommandError("--context must be positive (got \(context))") }
+        try Flags.translatingSettings { try request(defaultPreset: "tiny").parameters.validateIgnoringContext() }
     }
 
-    var parameters: TrainingParameters {
+    /// The library's description of the run these flags ask for.
+    func request(defaultPreset: String) -> TrainingRequest {
+        var request = TrainingRequest(data: data, output: output)
+        request.tokenizer = tokenizer
+        request.preset = preset
+        request.config = config
+        request.defaultPreset = defaultPreset
+        request.context = context
+        request.resume = resume
         var p = TrainingParameters()
         p.steps = steps
         p.batchSize = batchSize
-        p.context = context ?? 256
         p.accumulationSteps = accumulation
         p.learningRate = lr
         p.warmupSteps = warmup
@@ -45,39 +55,21 @@ struct TrainingOptions: ParsableArguments {
         p.evalBatches = evalBatches
         p.saveEvery = saveEvery
         p.logEvery = logEvery
-        return p
+        request.parameters = p
+        return request
     }
 
-    /// The model shape: from --config, else the preset (default `tiny`), with the data's vocabulary.
-    func modelConfig(vocabSize: Int, defaultPreset: String) throws -> LlamaConfig {
-        if let config {
-            let url = URL(fileURLWithPath: config)
-            guard let bytes = FileManager.default.contents(atPath: url.path) else { throw IOError.missing(config) }
-            var decoded: LlamaConfig
-            do { decoded = try JSONDecoder().decode(LlamaConfig.self, from: bytes) }
-            catch { throw ModelError.invalidConfig("\(config) is not a valid config.json: \(error)") }
-            try decoded.validate()
-            guard decoded.vocabSize == vocabSize else {
-                throw ModelError.mismatch("\(config) has vocab_size \(decoded.vocabSize) but the data's tokenizer has \(vocabSize)")
-            }
-            if let context, context > decoded.maxPositionEmbeddings { decoded.maxPositionEmbeddings = context }
-            return decoded
-        }
-        return try LlamaConfig.preset(preset ?? defaultPreset, vocabSize: vocabSize, context: context ?? 256)
+    /// Threads, signal handling: what every training command does first.
+    func start() {
+        Interrupt.install()
+        if let threads { Compute.setThreads(threads) }
     }
+}
 
-    /// The token file, with every id checked against its vocabulary (a damaged file is refused here,
-    /// not in the middle of a run).
-    func openData() throws -> TokenFile {
-        let file = try TokenFile(path: data)
-        try file.checkTokenRange()
-        return file
-    }
-
-    /// The tokenizer to copy into the model directory, checked against the data's tokenizer hash.
-    func tokenizerModel(for data: TokenFile) throws -> String {
-        let path = tokenizer ?? TokenFile.companionTokenizerPath(for: data.path)
-        try data.checkTokenizer(Tokenizer(modelPath: path))
-        return path
-    }
+/// Prints a run's progress and one-off lines on standard error.
+func trainingCallbacks(_ printer: ProgressPrinter) -> TrainingCallbacks {
+    TrainingCallbacks(event: printer.handle, log: { line in
+        printer.finish()
+        FileHandle.standardError.write(Data((line + "\n").utf8))
+    }, shouldStop: { Interrupt.isRequested })
 }

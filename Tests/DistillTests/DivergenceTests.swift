@@ -420,7 +420,7 @@ final class DivergenceTests: XCTestCase {
         XCTAssertEqual(try Divergence(name: "skew-reverse-kl", alpha: 0.3), .skewReverseKL(alpha: 0.3))
         for name in Divergence.names { XCTAssertEqual(try Divergence(name: name).name, name) }
         XCTAssertThrowsError(try Divergence(name: "kl")) { error in
-            XCTAssertEqual(error as? DistillationError, .unknownDivergence("kl"))
+            XCTAssertEqual((error as? SettingError)?.setting, .divergence)
             XCTAssertTrue("\(error)".contains("forward-kl"))
         }
         XCTAssertThrowsError(try Divergence(name: "jsd", beta: 1.5))
@@ -428,9 +428,14 @@ final class DivergenceTests: XCTestCase {
         XCTAssertThrowsError(try Divergence.skewReverseKL(alpha: .nan).validate())
 
         XCTAssertThrowsError(try LogitDistillation(temperature: 0).validate()) { error in
-            XCTAssertEqual(error as? DistillationError, .invalidTemperature(0))
+            XCTAssertEqual((error as? SettingError)?.setting, .temperature)
         }
         XCTAssertThrowsError(try LogitDistillation(temperature: -1).validate())
+        XCTAssertThrowsError(try LogitDistillation(temperature: 1e-30).validate())
+        XCTAssertThrowsError(try Divergence(name: "skew-kl", alpha: 2)) { error in
+            // The library names the setting; the CLI turns it into --skew-alpha.
+            XCTAssertEqual((error as? SettingError)?.setting, .skewAlpha)
+        }
         XCTAssertThrowsError(try LogitDistillation(teacherTopK: 0).validate())
         XCTAssertNoThrow(try LogitDistillation().validate())
         XCTAssertThrowsError(try logitDistillationForwardBackward(
@@ -443,7 +448,7 @@ final class DivergenceTests: XCTestCase {
             XCTAssertEqual(error as? DistillationError, .allWeightsZero)
         }
         XCTAssertThrowsError(try DistillationWeights(kd: -1).validate()) { error in
-            XCTAssertEqual(error as? DistillationError, .negativeWeight(name: "KD", value: -1))
+            XCTAssertEqual(error as? DistillationError, .negativeWeight(.kdWeight, value: -1))
         }
         XCTAssertThrowsError(try DistillationWeights(feature: .infinity).validate())
     }

@@ -124,7 +124,7 @@ final class FeatureDistillationTests: XCTestCase {
         XCTAssertEqual(try FeatureDistance(name: "cosine"), .cosine)
         XCTAssertEqual(FeatureDistance.names, ["l1", "l2", "cosine"])
         XCTAssertThrowsError(try FeatureDistance(name: "l3")) { error in
-            XCTAssertEqual(error as? DistillationError, .unknownDistance("l3"))
+            XCTAssertEqual((error as? SettingError)?.setting, .featureDistance)
             XCTAssertTrue("\(error)".contains("cosine"))
         }
     }

@@ -130,7 +130,7 @@ final class RelationalDistillationTests: XCTestCase {
         XCTAssertThrowsError(try run(distanceLoss, student: student, teacher: teacher, batch: 1)) { error in
             XCTAssertEqual(error as? DistillationError, .batchTooSmall(loss: "distance", batch: 1, minimum: 2))
             XCTAssertTrue("\(error)".contains("relational distance distillation needs a batch of at least 2 sequences"))
-            XCTAssertTrue("\(error)".contains("raise --batch-size"))
+            XCTAssertTrue("\(error)".contains("raise the batch size"))
         }
         XCTAssertNoThrow(try run(distanceLoss, student: student, teacher: teacher, batch: 2))
         XCTAssertThrowsError(try run(angleLoss, student: student, teacher: teacher, batch: 2)) { error in

@@ -2,20 +2,10 @@ import Foundation
 
 /// What can be wrong with a distillation setting or its inputs; every message names the option to change.
 public enum DistillationError: Error, CustomStringConvertible, Equatable, Sendable {
-    /// The softmax temperature must be a finite number above zero.
-    case invalidTemperature(Float)
     /// A loss weight is negative or not finite.
-    case negativeWeight(name: String, value: Float)
+    case negativeWeight(Setting, value: Float)
     /// Every loss weight is zero, so training would learn nothing.
     case allWeightsZero
-    /// JSD's β or a skew divergence's α lies outside [0, 1].
-    case parameterOutOfRange(name: String, value: Float)
-    /// `--teacher-top-k` must be at least 1.
-    case invalidTopK(Int)
-    /// The divergence name is not one of `Divergence.names`.
-    case unknownDivergence(String)
-    /// The feature distance name is not one of `FeatureDistance.names`.
-    case unknownDistance(String)
     /// A relational loss needs more sequences in the batch than it got.
     case batchTooSmall(loss: String, batch: Int, minimum: Int)
     /// A layer map could not be parsed.
@@ -31,24 +21,14 @@ public enum DistillationError: Error, CustomStringConvertible, Equatable, Sendab
 
     public var description: String {
         switch self {
-        case .invalidTemperature(let tau):
-            return "the distillation temperature must be a finite number above 0 (got \(tau)); try --temperature 2"
-        case .negativeWeight(let name, let value):
-            return "the \(name) weight must be a finite number ≥ 0 (got \(value))"
+        case .negativeWeight(let setting, let value):
+            return "\(setting.rawValue) must be a finite number ≥ 0 (got \(value))"
         case .allWeightsZero:
             return "every loss weight is 0, so nothing would be learned; give at least one of the CE, KD, "
                 + "feature or relational weights a positive value"
-        case .parameterOutOfRange(let name, let value):
-            return "\(name) must lie in [0, 1] (got \(value))"
-        case .invalidTopK(let k):
-            return "--teacher-top-k must be at least 1 (got \(k)); leave it out to use the whole vocabulary"
-        case .unknownDivergence(let name):
-            return "unknown divergence '\(name)'; choose one of \(Divergence.names.joined(separator: ", "))"
-        case .unknownDistance(let name):
-            return "unknown feature distance '\(name)'; choose one of \(FeatureDistance.names.joined(separator: ", "))"
         case .batchTooSmall(let loss, let batch, let minimum):
             return "relational \(loss) distillation needs a batch of at least \(minimum) sequences (got \(batch)); "
-                + "raise --batch-size"
+                + "raise the batch size"
         case .invalidLayerMap(let text, let reason):
             return "cannot read the layer map '\(text)': \(reason); write student:teacher pairs of 0-based "
                 + "block numbers separated by commas, e.g. 0:1,1:3"
@@ -90,11 +70,11 @@ public struct DistillationWeights: Sendable, Equatable, Codable {
 
     /// Throws when a weight is negative or not finite, or when all are zero.
     public func validate() throws {
-        let named: [(String, Float)] = [
-            ("CE", ce), ("KD", kd), ("feature", feature), ("RKD distance", rkdDistance), ("RKD angle", rkdAngle),
+        let named: [(Setting, Float)] = [
+            (.ceWeight, ce), (.kdWeight, kd), (.featureWeight, feature), (.rkdDistanceWeight, rkdDistance), (.rkdAngleWeight, rkdAngle),
         ]
         for (name, value) in named where !(value.isFinite && value >= 0) {
-            throw DistillationError.negativeWeight(name: name, value: value)
+            throw DistillationError.negativeWeight(name, value: value)
         }
         if named.allSatisfy({ $0.1 == 0 }) { throw DistillationError.allWeightsZero }
     }

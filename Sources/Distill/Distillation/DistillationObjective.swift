@@ -48,6 +48,7 @@ public final class DistillationObjective: TrainingObjective {
         }
         self.teachers = teachers
         self.settings = settings
+        teacherHashes = teachers.map { String(weightsHash(UnsafeBufferPointer($0.parameters)), radix: 16) }
         var projections: [TrainableTensor] = []
         if settings.weights.feature > 0, let map = settings.layerMap {
             // nn.Linear's default initialisation: U(−1/√in, 1/√in).
@@ -62,6 +63,52 @@ public final class DistillationObjective: TrainingObjective {
         }
         extraTensors = projections
         for member in teachers { member.releaseActivations() }
+    }
+
+    /// The weights, the logit settings, the feature and relational settings, and the teachers' identity.
+    /// A teacher whose weights change during training (a mutual peer) is named by `peerIdentity` instead.
+    public var identity: [String: String] {
+        let w = settings.weights, logits = settings.logits
+        var result: [String: String] = [
+            "objective": "distillation",
+            Setting.ceWeight.rawValue: "\(w.ce)", Setting.kdWeight.rawValue: "\(w.kd)",
+            Setting.featureWeight.rawValue: "\(w.feature)", Setting.rkdDistanceWeight.rawValue: "\(w.rkdDistance)",
+            Setting.rkdAngleWeight.rawValue: "\(w.rkdAngle)",
+        ]
+        if w.kd > 0 {
+            result[Setting.temperature.rawValue] = "\(logits.temperature)"
+            result[Setting.divergence.rawValue] = logits.divergence.name
+            result[Setting.tauSquared.rawValue] = "\(logits.tauSquared)"
+            if let k = logits.teacherTopK { result[Setting.teacherTopK.rawValue] = "\(k)" }
+            switch logits.divergence {
+            case .jsd(let beta): result[Setting.beta.rawValue] = "\(beta)"
+            case .skewKL(let alpha), .skewReverseKL(let alpha): result[Setting.skewAlpha.rawValue] = "\(alpha)"
+            default: break
+            }
+        }
+        if w.feature > 0 {
+            result[Setting.layerMap.rawValue] = settings.layerMap.map { "\($0)" } ?? "uniform"
+            result[Setting.featureDistance.rawValue] = settings.featureDistance.rawValue
+        }
+        result[Setting.teacher.rawValue] = peerIdentity ?? teacherHashes.joined(separator: ",")
+        return result
+    }
+
+    /// Names the teachers in `identity` when their weights are not fixed (mutual learning's peers).
+    public var peerIdentity: String?
+    /// The hash of each teacher's weights, taken once: frozen teachers do not change.
+    private let teacherHashes: [String]
+
+    /// Deep Mutual Learning's two objectives: each model learns from the other's current distribution.
+    /// The peers' weights change as they train, so they are named by their role, not a hash.
+    public static func mutual(_ models: [LlamaModel], settings: DistillationSettings, seed: UInt64) throws -> [DistillationObjective] {
+        guard models.count == 2 else { throw DistillationError.missingInput("two models for mutual learning, got \(models.count)") }
+        return try models.indices.map { index in
+            let objective = try DistillationObjective(teacher: models[1 - index], studentConfig: models[index].config,
+                                                      settings: settings, seed: seed)
+            objective.peerIdentity = "mutual peer \(2 - index) of 2"
+            return objective
+        }
     }
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {

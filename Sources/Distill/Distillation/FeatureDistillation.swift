@@ -21,7 +21,7 @@ public enum FeatureDistance: String, Sendable, Equatable, CaseIterable, CustomSt
     /// Parses `l1`, `l2` or `cosine`.
     public init(name: String) throws {
         guard let distance = FeatureDistance(rawValue: name.lowercased()) else {
-            throw DistillationError.unknownDistance(name)
+            throw SettingError(.featureDistance, "is '\(name)'; use one of \(FeatureDistance.names.joined(separator: ", "))")
         }
         self = distance
     }

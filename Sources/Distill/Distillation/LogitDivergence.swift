@@ -8,6 +8,11 @@ import Foundation
 //
 // Notation per row: s, t student/teacher logits; S = softmax(s/τ), T = softmax(t/τ); P = softmax(s).
 
+/// The divergences by name (what the command line and recipes spell).
+public enum DivergenceName: String, Sendable, CaseIterable, Codable {
+    case forwardKL = "forward-kl", reverseKL = "reverse-kl", jsd, tvd, skewKL = "skew-kl", skewReverseKL = "skew-reverse-kl"
+}
+
 /// A divergence between the teacher's distribution T and the student's S (both at temperature τ).
 public enum Divergence: Sendable, Equatable, CustomStringConvertible {
     /// KL(T‖S) = Σ T log(T/S), the classic (Hinton) distillation loss; mass-covering.
@@ -26,38 +31,48 @@ public enum Divergence: Sendable, Equatable, CustomStringConvertible {
     /// Skew reverse KL(α) = KL(S ‖ αS + (1−α)T) (DistiLLM); α = 0 is reverse KL.
     case skewReverseKL(alpha: Float)
 
-    /// The names the command line accepts, in the order of the cases.
-    public static let names = ["forward-kl", "reverse-kl", "jsd", "tvd", "skew-kl", "skew-reverse-kl"]
+    /// The names the command line and recipes accept, in the order of the cases.
+    public static let names = DivergenceName.allCases.map(\.rawValue)
     /// JSD's β when none is given (the symmetric JSD).
     public static let defaultBeta: Float = 0.5
     /// The skew divergences' α when none is given (DistiLLM's value).
     public static let defaultAlpha: Float = 0.1
 
-    /// Parses a command-line name; `beta` is used by `jsd` and `alpha` by the skew divergences.
+    /// Parses a name; `beta` is used by `jsd` and `alpha` by the skew divergences.
     public init(name: String, beta: Float = Divergence.defaultBeta, alpha: Float = Divergence.defaultAlpha) throws {
-        switch name.lowercased() {
-        case "forward-kl": self = .forwardKL
-        case "reverse-kl": self = .reverseKL
-        case "jsd": self = .jsd(beta: beta)
-        case "tvd": self = .tvd
-        case "skew-kl": self = .skewKL(alpha: alpha)
-        case "skew-reverse-kl": self = .skewReverseKL(alpha: alpha)
-        default: throw DistillationError.unknownDivergence(name)
+        guard let kind = DivergenceName(rawValue: name.lowercased()) else {
+            throw SettingError(.divergence, "is '\(name)'; use one of \(Divergence.names.joined(separator: ", "))")
+        }
+        try self.init(kind, beta: beta, alpha: alpha)
+    }
+
+    /// The divergence `kind`, with `beta` for `jsd` and `alpha` for the skew divergences.
+    public init(_ kind: DivergenceName, beta: Float = Divergence.defaultBeta, alpha: Float = Divergence.defaultAlpha) throws {
+        switch kind {
+        case .forwardKL: self = .forwardKL
+        case .reverseKL: self = .reverseKL
+        case .jsd: self = .jsd(beta: beta)
+        case .tvd: self = .tvd
+        case .skewKL: self = .skewKL(alpha: alpha)
+        case .skewReverseKL: self = .skewReverseKL(alpha: alpha)
         }
         try validate()
     }
 
-    /// The command-line name.
-    public var name: String {
+    /// The divergence's name, without its parameter.
+    public var kind: DivergenceName {
         switch self {
-        case .forwardKL: return "forward-kl"
-        case .reverseKL: return "reverse-kl"
-        case .jsd: return "jsd"
-        case .tvd: return "tvd"
-        case .skewKL: return "skew-kl"
-        case .skewReverseKL: return "skew-reverse-kl"
+        case .forwardKL: return .forwardKL
+        case .reverseKL: return .reverseKL
+        case .jsd: return .jsd
+        case .tvd: return .tvd
+        case .skewKL: return .skewKL
+        case .skewReverseKL: return .skewReverseKL
         }
     }
+
+    /// The command-line and recipe name.
+    public var name: String { kind.rawValue }
 
     public var description: String {
         switch self {
@@ -71,10 +86,10 @@ public enum Divergence: Sendable, Equatable, CustomStringConvertible {
     public func validate() throws {
         switch self {
         case .jsd(let beta) where !(beta >= 0 && beta <= 1):
-            throw DistillationError.parameterOutOfRange(name: "the JSD beta (--beta)", value: beta)
+            throw SettingError(.beta, "must lie in [0, 1] (got \(beta))")
         case .skewKL(let alpha) where !(alpha >= 0 && alpha <= 1),
              .skewReverseKL(let alpha) where !(alpha >= 0 && alpha <= 1):
-            throw DistillationError.parameterOutOfRange(name: "the skew alpha (--alpha)", value: alpha)
+            throw SettingError(.skewAlpha, "must lie in [0, 1] (got \(alpha))")
         default:
             return
         }
@@ -113,6 +128,9 @@ public struct LogitDistillation: Sendable, Equatable {
     /// A K of at least the vocabulary size is exactly the full distribution.
     public var teacherTopK: Int?
 
+    /// The temperatures a run accepts.
+    public static let temperatureRange: ClosedRange<Float> = 0.01...1000
+
     /// The floor added to a truncated teacher for the reverse divergences (see `teacherTopK`).
     public static let topKTeacherFloor: Float = 1e-8
 
@@ -126,11 +144,13 @@ public struct LogitDistillation: Sendable, Equatable {
 
     /// Throws on τ ≤ 0 (or not finite), β/α outside [0, 1] and K < 1.
     public func validate() throws {
-        guard temperature.isFinite && temperature > 0 else {
-            throw DistillationError.invalidTemperature(temperature)
+        // Outside this range the tempered softmax under- or overflows in Float and the loss turns NaN.
+        guard temperature.isFinite && temperature >= Self.temperatureRange.lowerBound
+                && temperature <= Self.temperatureRange.upperBound else {
+            throw SettingError(.temperature, "must lie in [\(Self.temperatureRange.lowerBound), \(Self.temperatureRange.upperBound)] (got \(temperature)); try 2")
         }
         try divergence.validate()
-        if let k = teacherTopK, k < 1 { throw DistillationError.invalidTopK(k) }
+        if let k = teacherTopK, k < 1 { throw SettingError(.teacherTopK, "must be at least 1 (got \(k)); leave it out to use the whole vocabulary") }
     }
 }
 
@@ -172,9 +192,9 @@ public func logitLossesForwardBackward(
     guard rows >= 0, vocab >= 1 else {
         throw DistillationError.invalidShape("logits of \(rows) rows × \(vocab) tokens")
     }
-    for (name, weight) in [("CE", crossEntropyWeight), ("KD", distillationWeight)]
+    for (setting, weight) in [(Setting.ceWeight, crossEntropyWeight), (.kdWeight, distillationWeight)]
     where !(weight.isFinite && weight >= 0) {
-        throw DistillationError.negativeWeight(name: name, value: weight)
+        throw DistillationError.negativeWeight(setting, value: weight)
     }
     if teacherLogits == nil && distillationWeight != 0 {
         throw DistillationError.missingInput("teacher logits for a KD weight of \(distillationWeight)")

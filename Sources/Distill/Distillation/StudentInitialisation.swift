@@ -2,7 +2,7 @@
 /// teacher block (k = teacher depth / student depth), with the embedding, final norm and head copied.
 public func studentFromTeacher(_ teacher: LlamaModel, layers: Int) throws -> LlamaModel {
     guard layers >= 1 && layers <= teacher.config.numHiddenLayers else {
-        throw DistillationError.invalidShape("--init-from-teacher needs 1 to \(teacher.config.numHiddenLayers) student blocks, got \(layers)")
+        throw SettingError(.initFromTeacher, "needs a student of 1 to \(teacher.config.numHiddenLayers) blocks (the teacher's depth), got \(layers)")
     }
     var config = teacher.config
     config.numHiddenLayers = layers

@@ -29,6 +29,9 @@ public final class TrainableTensor {
 public protocol TrainingObjective: AnyObject {
     /// Trainable tensors besides the model's weights.
     var extraTensors: [TrainableTensor] { get }
+    /// Every setting that changes what is optimised, by `Setting` raw value (teachers by the hash of
+    /// their weights). Saved with a checkpoint; a resume with any difference is refused.
+    var identity: [String: String] { get }
     /// Forward and backward on one micro-batch; accumulates gradientScale × gradients. Returns the
     /// loss terms by name ("loss" is the total that is optimised).
     func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double]
@@ -39,6 +42,7 @@ public protocol TrainingObjective: AnyObject {
 /// Plain next-token cross-entropy.
 public final class CrossEntropyObjective: TrainingObjective {
     public var extraTensors: [TrainableTensor] { [] }
+    public var identity: [String: String] { ["objective": "cross-entropy"] }
     private let dLogits = ScratchBuffer()  // [B·T, V]
 
     public init() {}

@@ -30,13 +30,13 @@ public final class Trainer {
     public init(model: LlamaModel, objective: TrainingObjective, parameters: TrainingParameters, tokenizerHash: UInt64) throws {
         try parameters.validate()
         guard parameters.context <= model.config.maxPositionEmbeddings else {
-            throw TrainingError.invalidSetting("--context \(parameters.context) is longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
+            throw SettingError(.context, "is \(parameters.context), longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
         }
         // A context or batch far beyond the machine fails here with a sentence, not in the allocator.
         let needed = model.activationBytes(batch: parameters.batchSize, length: parameters.context)
         let available = Double(ProcessInfo.processInfo.physicalMemory)
         guard needed < 0.8 * available else {
-            throw TrainingError.invalidSetting(String(format: "a batch of %d × %d tokens needs about %.1f GB of activations but this machine has %.1f GB: lower --context or --batch-size",
+            throw SettingError(.batchSize, String(format: "is %d; a batch of %d × %d tokens needs about %.1f GB of activations but this machine has %.1f GB: lower the batch size or the context", parameters.batchSize,
                                                       parameters.batchSize, parameters.context, needed / 1e9, available / 1e9))
         }
         self.model = model
@@ -141,8 +141,10 @@ public final class Trainer {
             let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)
             for (name, value) in micro { terms[name, default: 0] += value / Double(parameters.accumulationSteps) }
         }
-        guard let loss = terms["loss"], loss.isFinite else { throw TrainingError.diverged(step: step + 1) }
+        // Stop before a non-finite step reaches the weights; the last checkpoint stays as it was.
+        guard let loss = terms["loss"], loss.isFinite else { throw TrainingError.diverged(step: step + 1, what: "loss") }
         let norm = clipGradientNorm(segments, maxNorm: parameters.gradientClip)
+        guard norm.isFinite else { throw TrainingError.diverged(step: step + 1, what: "gradient norm") }
         let rate = learningRate(step: step, totalSteps: parameters.steps, peak: parameters.learningRate,
                                 warmup: parameters.warmupSteps, minimumFraction: parameters.minimumLearningRateFraction)
         optimizer.update(segments, learningRate: rate)
@@ -164,14 +166,14 @@ public final class Trainer {
             let left = Double((parameters.steps - step) * tokensPerStep) / max(speed, 1e-9)
             report(.step(step: step, total: parameters.steps, terms: result.terms, learningRate: result.learningRate,
                          gradientNorm: result.gradientNorm, tokensPerSecond: speed, secondsLeft: left))
-            appendMetrics(["kind": "train", "step": step, "lr": Double(result.learningRate),
+            MetricsLog.append(["kind": "train", "step": step, "lr": Double(result.learningRate),
                            "grad_norm": Double(result.gradientNorm), "tokens_per_second": speed]
                 .merging(result.terms) { a, _ in a }, to: output)
         }
         if (parameters.evalEvery > 0 && step % parameters.evalEvery == 0) || last, !validation.isEmpty {
             let terms = try evaluate(validation)
             report(.validation(step: step, terms: terms))
-            appendMetrics(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
+            MetricsLog.append(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
         }
         if (parameters.saveEvery > 0 && step % parameters.saveEvery == 0) || last {
             try saveCheckpoint(to: output, tokenizerModel: tokenizerModel, elapsed: Date().timeIntervalSince(clock.start))
@@ -190,45 +192,12 @@ public final class Trainer {
         return terms
     }
 
-    /// One JSON object per line in `metrics.jsonl`. A failure here loses a log line, never the run, so
-    /// it is not an error.
-    private func appendMetrics(_ record: [String: Any], to directory: URL) {
-        guard let data = try? JSONSerialization.data(withJSONObject: record, options: [.sortedKeys]) else { return }
-        let url = directory.appendingPathComponent("metrics.jsonl")
-        if !FileManager.default.fileExists(atPath: url.path) { _ = FileManager.default.createFile(atPath: url.path, contents: nil) }
-        guard let handle = try? FileHandle(forWritingTo: url) else { return }
-        defer { try? handle.close() }
-        _ = try? handle.seekToEnd()
-        try? handle.write(contentsOf: data + Data("\n".utf8))
-    }
-
     // MARK: checkpoints
 
-    private struct SavedState: Codable {
-        var step: Int
-        var optimizerStep: Int
-        var random: SeededRandom
-        var parameters: TrainingParameters
-        var tokenizerHash: String
-        var elapsedSeconds: Double
-        var extraTensors: [String]
-    }
-
-    static let stateDirectory = "training"
-
-    /// Writes the model (top level, for `sample`/`eval`) and the resume state (under `training/`).
-    /// The state is written into a fresh folder and swapped in with renames, so an interrupted save
-    /// leaves the previous checkpoint whole.
+    /// Writes the resume state (under `training/`, swapped in atomically) and then the model (top level,
+    /// for `sample`/`eval`).
     public func saveCheckpoint(to directory: URL, tokenizerModel: String, elapsed: Double = 0) throws {
-        try AtomicFile.ensureDirectory(directory)
-        let fileManager = FileManager.default
-        let staging = directory.appendingPathComponent(".training.tmp")
-        let current = directory.appendingPathComponent(Self.stateDirectory)
-        let previous = directory.appendingPathComponent(".training.old")
-        try? fileManager.removeItem(at: staging)
-        try fileManager.createDirectory(at: staging, withIntermediateDirectories: true)
-
-        try SafetensorsFile.write(tensors: ModelDirectory.tensors(of: model), to: staging.appendingPathComponent("model.safetensors"))
+        let weights = model.parameters
         var optimizerTensors = [
             SafetensorsTensor(name: "adamw.first_moment", shape: [optimizer.firstMoment.count], values: optimizer.firstMoment),
             SafetensorsTensor(name: "adamw.second_moment", shape: [optimizer.secondMoment.count], values: optimizer.secondMoment),
@@ -236,56 +205,28 @@ public final class Trainer {
         for tensor in objective.extraTensors {
             optimizerTensors.append(SafetensorsTensor(name: "extra." + tensor.name, shape: tensor.shape, values: Array(tensor.values)))
         }
-        try SafetensorsFile.write(tensors: optimizerTensors, to: staging.appendingPathComponent("optimizer.safetensors"))
-        let state = SavedState(step: step, optimizerStep: optimizer.step, random: random, parameters: parameters,
-                               tokenizerHash: String(tokenizerHash, radix: 16), elapsedSeconds: elapsedBefore + elapsed,
-                               extraTensors: objective.extraTensors.map(\.name))
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
-        try AtomicFile.write(try encoder.encode(state), to: staging.appendingPathComponent("state.json"))
-
-        // Keep one complete state on disk at every moment: the current one is moved aside (replacing a
-        // stale leftover) before the new one takes its name, and dropped only after. When there is no
-        // current state, a save that died between the renames left the last complete one aside: keep it.
-        if fileManager.fileExists(atPath: current.path) {
-            try? fileManager.removeItem(at: previous)
-            try fileManager.moveItem(at: current, to: previous)
-        }
-        try fileManager.moveItem(at: staging, to: current)
-        try? fileManager.removeItem(at: previous)
+        let state = Checkpoint.State(step: step, optimizerStep: optimizer.step, random: random, parameters: parameters,
+                                     tokenizerHash: String(tokenizerHash, radix: 16), elapsedSeconds: elapsedBefore + elapsed,
+                                     extraTensors: objective.extraTensors.map(\.name), objective: objective.identity,
+                                     weightsHash: String(weightsHash(UnsafeBufferPointer(weights)), radix: 16))
+        try Checkpoint.write(state: state, weights: ModelDirectory.tensors(of: model), optimizer: optimizerTensors, to: directory)
         try ModelDirectory.save(model, tokenizerModel: tokenizerModel, to: directory)
     }
 
-    /// Restores weights, optimizer moments, extra tensors, step and sampler state from `directory`.
-    /// The run's parameters must match the saved ones except `steps` (a run may be extended).
+    /// Restores weights, optimizer moments, extra tensors, step and sampler state from `directory`,
+    /// after checking that the run's settings and objective are the checkpoint's (only the length and
+    /// the reporting cadence may change) and that the state belongs to the weights beside it.
     public func resume(from directory: URL) throws {
-        var stateFolder = directory.appendingPathComponent(Self.stateDirectory)
-        if !FileManager.default.fileExists(atPath: stateFolder.path) {
-            // A save interrupted between its two renames leaves the previous state here.
-            stateFolder = directory.appendingPathComponent(".training.old")
-        }
-        guard let data = FileManager.default.contents(atPath: stateFolder.appendingPathComponent("state.json").path) else {
-            throw TrainingError.cannotResume("no checkpoint in \(directory.path): run without --resume to start a new run")
-        }
-        let state: SavedState
-        do { state = try JSONDecoder().decode(SavedState.self, from: data) }
-        catch { throw TrainingError.cannotResume("\(stateFolder.path)/state.json is damaged") }
-        guard state.tokenizerHash == String(tokenizerHash, radix: 16) else {
-            throw TrainingError.tokenizerMismatch("cannot resume: the checkpoint was trained on data from another tokenizer")
-        }
-        // Only what changes the arithmetic must match; the length and the reporting cadence may differ.
-        var expected = state.parameters, given = parameters
-        for settings in [\TrainingParameters.steps, \.evalEvery, \.saveEvery, \.logEvery, \.evalBatches] {
-            expected[keyPath: settings] = 0
-            given[keyPath: settings] = 0
-        }
-        guard expected == given else {
-            throw TrainingError.cannotResume("the training flags differ from the checkpoint's (only --steps and the eval/save/log cadence may change)")
-        }
+        let (state, stateFolder) = try Checkpoint.read(from: directory)
+        try Checkpoint.checkCompatible(saved: state, parameters: parameters, objective: objective.identity,
+                                       tokenizerHash: tokenizerHash)
         guard state.extraTensors == objective.extraTensors.map(\.name) else {
             throw TrainingError.cannotResume("the checkpoint's distillation terms differ from this run's")
         }
         try ModelDirectory.loadWeights(into: model, from: try SafetensorsFile(url: stateFolder.appendingPathComponent("model.safetensors")))
+        guard String(weightsHash(UnsafeBufferPointer(model.parameters)), radix: 16) == state.weightsHash else {
+            throw TrainingError.cannotResume("\(stateFolder.path)/state.json does not belong to the weights beside it (copied from another run?): start a new run")
+        }
         let optimizerFile = try SafetensorsFile(url: stateFolder.appendingPathComponent("optimizer.safetensors"))
         let first = try optimizerFile.floats("adamw.first_moment"), second = try optimizerFile.floats("adamw.second_moment")
         guard first.count == optimizer.firstMoment.count, second.count == optimizer.secondMoment.count else {
@@ -302,5 +243,9 @@ public final class Trainer {
         step = state.step
         random = state.random
         elapsedBefore = state.elapsedSeconds
+        MetricsLog.truncate(after: step, in: directory)
     }
+
+    /// Training time before this process, from the checkpoint (resumed runs).
+    public var secondsBeforeResume: Double { elapsedBefore }
 }

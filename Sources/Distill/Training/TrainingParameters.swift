@@ -31,21 +31,41 @@ public struct TrainingParameters: Codable, Equatable, Sendable {
 
     public init() {}
 
-    /// Rejects values a run cannot use, naming the flag.
+    /// `validate` before the context is known (it is decided from the model's shape later).
+    public func validateIgnoringContext() throws {
+        var copy = self
+        copy.context = 1
+        try copy.validate()
+    }
+
+    /// Rejects values a run cannot use, naming the setting.
     public func validate() throws {
-        func positive(_ value: Int, _ flag: String) throws {
-            if value <= 0 { throw TrainingError.invalidSetting("\(flag) must be positive, got \(value)") }
+        func positive(_ value: Int, _ setting: Setting) throws {
+            if value <= 0 { throw SettingError(setting, "must be positive (got \(value))") }
         }
-        try positive(steps, "--steps")
-        try positive(batchSize, "--batch-size")
-        try positive(context, "--context")
-        try positive(accumulationSteps, "--accumulation")
-        try positive(evalBatches, "--eval-batches")
-        if !(learningRate > 0) || !learningRate.isFinite { throw TrainingError.invalidSetting("--lr must be positive, got \(learningRate)") }
-        if warmupSteps < 0 { throw TrainingError.invalidSetting("--warmup must be 0 or more, got \(warmupSteps)") }
-        if evalEvery < 0 || saveEvery < 0 { throw TrainingError.invalidSetting("--eval-every and --save-every must be 0 or more") }
-        if weightDecay < 0 { throw TrainingError.invalidSetting("--weight-decay must be 0 or more") }
-        if gradientClip < 0 { throw TrainingError.invalidSetting("--grad-clip must be 0 or more") }
+        func notNegative(_ value: Int, _ setting: Setting) throws {
+            if value < 0 { throw SettingError(setting, "must be 0 or more (got \(value))") }
+        }
+        try positive(steps, .steps)
+        try positive(batchSize, .batchSize)
+        try positive(context, .context)
+        try positive(accumulationSteps, .accumulation)
+        try positive(evalBatches, .evalBatches)
+        try positive(logEvery, .logEvery)
+        try notNegative(warmupSteps, .warmup)
+        try notNegative(evalEvery, .evalEvery)
+        try notNegative(saveEvery, .saveEvery)
+        for (value, setting) in [(learningRate, Setting.learningRate), (weightDecay, .weightDecay), (gradientClip, .gradientClip)] {
+            try SettingError.requireFinite(value, setting)
+        }
+        if !(learningRate > 0) { throw SettingError(.learningRate, "must be positive (got \(learningRate))") }
+        // A rate this large diverges at the first step; say so before any work.
+        if learningRate > 10 { throw SettingError(.learningRate, "is \(learningRate); learning rates above 10 diverge at once (try 1e-3)") }
+        if weightDecay < 0 { throw SettingError(.weightDecay, "must be 0 or more (got \(weightDecay))") }
+        if gradientClip < 0 { throw SettingError(.gradientClip, "must be 0 or more (got \(gradientClip))") }
+        // Beyond these a run never ends in practice; they are typing mistakes, not plans.
+        if accumulationSteps > 65_536 { throw SettingError(.accumulation, "is \(accumulationSteps); at most 65536 micro-batches per step") }
+        if steps > 1_000_000_000 { throw SettingError(.steps, "is \(steps); at most 10^9") }
     }
 }
 
@@ -54,14 +74,21 @@ public enum TrainingError: Error, CustomStringConvertible, Equatable {
     case invalidSetting(String)
     case cannotResume(String)
     case tokenizerMismatch(String)
-    case diverged(step: Int)
+    /// The loss or the gradient norm (`what`) stopped being finite at `step`; nothing of that step was saved.
+    case diverged(step: Int, what: String)
+    /// Another live process is training into the same directory.
+    case locked(String)
 
     public var description: String {
         switch self {
         case .invalidSetting(let why): return why
         case .cannotResume(let why): return "cannot resume: \(why)"
         case .tokenizerMismatch(let why): return why
-        case .diverged(let step): return "the loss became NaN or infinite at step \(step): lower --lr or raise --warmup"
+        case let .diverged(step, what):
+            return "the \(what) became NaN or infinite at step \(step); stopped without saving it (the last checkpoint is kept): "
+                + "lower the learning rate or raise the warm-up"
+        case .locked(let path):
+            return "\(path) is in use by another distill run (see its .lock): wait for it to finish, or choose another output"
         }
     }
 }

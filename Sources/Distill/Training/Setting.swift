@@ -1,0 +1,41 @@
+/// A setting a user chooses for a run. Library errors name the setting, never a command-line flag: the
+/// CLI maps each setting to its flag in one place (and a recipe to its JSON field), so a message always
+/// names what the user actually typed. The raw value is the recipe/JSON name.
+public enum Setting: String, Sendable, CaseIterable, Codable {
+    // Data, model and outputs.
+    case data, output, tokenizer, preset, config, context, threads, resume
+    // The optimisation (TrainingParameters).
+    case steps, batchSize = "batch_size", accumulation, learningRate = "lr", warmup, weightDecay = "weight_decay"
+    case gradientClip = "grad_clip", seed, evalEvery = "eval_every", evalBatches = "eval_batches"
+    case saveEvery = "save_every", logEvery = "log_every"
+    // The distillation objective.
+    case teacher, teacherWeights = "teacher_weights", ceWeight = "ce_weight", kdWeight = "kd_weight", temperature
+    case divergence, beta, skewAlpha = "skew_alpha", tauSquared = "tau_squared", teacherTopK = "teacher_top_k"
+    case featureWeight = "feature_weight", layerMap = "layer_map", featureDistance = "feature_distance"
+    case rkdDistanceWeight = "rkd_distance_weight", rkdAngleWeight = "rkd_angle_weight"
+    case initFromTeacher = "init_from_teacher"
+    // Mutual learning.
+    case peerOutput = "peer_output", peerPreset = "peer_preset", peerConfig = "peer_config"
+}
+
+/// A value of one setting that a run cannot use. `problem` reads after the setting's name, e.g.
+/// "must be positive (got 0)"; the CLI prints it after the flag (`--steps must be positive (got 0)`).
+public struct SettingError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let setting: Setting
+    public let problem: String
+
+    public init(_ setting: Setting, _ problem: String) {
+        self.setting = setting
+        self.problem = problem
+    }
+
+    /// The message with the setting called `name` (a flag, a recipe field).
+    public func message(naming name: String) -> String { "\(name) \(problem)" }
+
+    public var description: String { message(naming: setting.rawValue) }
+
+    /// Refuses a value that is not a finite number (NaN or ±infinity).
+    public static func requireFinite(_ value: Float, _ setting: Setting) throws {
+        guard value.isFinite else { throw SettingError(setting, "must be a finite number (got \(value))") }
+    }
+}

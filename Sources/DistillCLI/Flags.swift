@@ -1,0 +1,48 @@
+import ArgumentParser
+import Distill
+import Foundation
+
+extension DivergenceName: ExpressibleByArgument {}
+extension FeatureDistance: ExpressibleByArgument {}
+
+/// The one place where library settings meet command-line flags: library errors name a `Setting`, and
+/// the message a user reads names the flag they typed.
+enum Flags {
+    static func name(_ setting: Setting) -> String {
+        switch setting {
+        case .tauSquared: return "--no-tau-squared"
+        default: return "--" + setting.rawValue.replacingOccurrences(of: "_", with: "-")
+        }
+    }
+
+    /// A role in an `OutputGuard` error: a setting's raw value becomes its flag.
+    static func name(role: String) -> String { Setting(rawValue: role).map(name) ?? role }
+
+    /// Runs a command's work, turning library errors that name a setting into one line that names the flag.
+    static func translatingSettings<T>(_ body: () throws -> T) throws -> T {
+        do { return try body() } catch let error as SettingError {
+            throw CommandError(error.message(naming: name(error.setting)))
+        } catch let error as IOError {
+            switch error {
+            case let .wouldOverwrite(output, path, input, inputPath):
+                throw IOError.wouldOverwrite(output: name(role: output), path: path, input: name(role: input), inputPath: inputPath)
+            case let .sharedOutput(first, firstPath, second, secondPath):
+                throw IOError.sharedOutput(name(role: first), firstPath, name(role: second), secondPath)
+            default: throw error
+            }
+        }
+    }
+
+    /// Refuses NaN and infinities for float flags, before any work.
+    static func requireFinite(_ values: [(Float?, Setting)]) throws {
+        for case let (value?, setting) in values where !value.isFinite {
+            throw CommandError("\(name(setting)) must be a finite number (got \(value))")
+        }
+    }
+}
+
+/// A one-line error for the user (ArgumentParser prints "Error: " and the description).
+struct CommandError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
