@@ -6,21 +6,28 @@ public enum AtomicFile {
     public static func write(_ data: Data, to url: URL) throws {
         let directory = url.deletingLastPathComponent()
         let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
-        guard FileManager.default.createFile(atPath: temporary.path, contents: nil) else {
-            throw IOError.unwritable(directory.path)
-        }
-        do {
-            let handle = try FileHandle(forWritingTo: temporary)
-            try handle.write(contentsOf: data)
-            try handle.synchronize()
-            try handle.close()
-            if rename(temporary.path, url.path) != 0 {
-                throw IOError.unwritable(url.path)
+        let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw IOError.unwritable(directory.path) }
+        // Plain write(2), so that a full disk or a file-size limit reports its own cause (errno).
+        var failure: Int32 = 0
+        data.withUnsafeBytes { bytes in
+            var offset = 0
+            while offset < bytes.count {
+                let written = Foundation.write(descriptor, bytes.baseAddress! + offset, bytes.count - offset)
+                if written < 0 {
+                    if errno == EINTR { continue }
+                    failure = errno
+                    return
+                }
+                offset += written
             }
-        } catch {
-            try? FileManager.default.removeItem(at: temporary)
-            if error is IOError { throw error }
-            throw IOError.unwritable(url.path)
+        }
+        if failure == 0 && fsync(descriptor) != 0 { failure = errno }
+        if close(descriptor) != 0 && failure == 0 { failure = errno }
+        if failure == 0 && rename(temporary.path, url.path) != 0 { failure = errno }
+        if failure != 0 {
+            unlink(temporary.path)
+            throw IOError.writeFailed(url.path, reason: String(cString: strerror(failure)))
         }
     }
 
@@ -42,6 +49,8 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
     case missing(String)
     case unwritable(String)
     case notADirectory(String)
+    /// A write that failed part way (a full disk, a file-size limit), with the system's reason.
+    case writeFailed(String, reason: String)
     /// An output (setting, path) that is, holds or lies inside an input (setting, path).
     case wouldOverwrite(output: String, path: String, input: String, inputPath: String)
     case sharedOutput(String, String, String, String)
@@ -51,6 +60,8 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
         case .missing(let path): return "\(path) does not exist: check the path"
         case .unwritable(let path): return "cannot write to \(path): choose a directory you can write to"
         case .notADirectory(let path): return "\(path) is a file, not a directory: choose another output path"
+        case let .writeFailed(path, reason):
+            return "could not write \(path): \(reason.lowercased()); free some space (or raise the limit) and resume"
         case let .wouldOverwrite(output, path, input, inputPath):
             return "\(output) \(path) would overwrite \(input) \(inputPath): choose another \(output)"
         case let .sharedOutput(first, firstPath, second, secondPath):

@@ -134,7 +134,9 @@ enum Checkpoint {
         guard given.steps >= saved.step else {
             throw SettingError(.steps, "is \(given.steps) but the checkpoint is already at step \(saved.step): give at least \(saved.step)")
         }
-        for key in Set(saved.objective.keys).union(objective.keys).sorted() where saved.objective[key] != objective[key] {
+        // Weights first: a term switched on or off is named by its weight, not by one of its details.
+        let keys = Set(saved.objective.keys).union(objective.keys).sorted { ($0.hasSuffix("_weight") ? 0 : 1, $0) < ($1.hasSuffix("_weight") ? 0 : 1, $1) }
+        for key in keys where saved.objective[key] != objective[key] {
             let before = saved.objective[key] ?? "off", now = objective[key] ?? "off"
             let problem = "is \(now) but the checkpoint was trained with \(before): resume with the same value, or start a new run"
             if let setting = Setting(rawValue: key) { throw SettingError(setting, problem) }
