@@ -75,9 +75,9 @@ public struct HFModelDirectory: Sendable {
     /// `ModelDirectory.load` checks that its values equal the embedding.
     public func checkTensors() throws {
         var unused = Set(shardByTensor.keys)
-        for (name, shape) in HFLlamaTensors.expectedShapes(for: config) {
-            try checkShape(ofTensor: name, expected: shape)
-            unused.remove(name)
+        try LlamaTensors.forEach(in: config) { tensor in
+            try checkShape(ofTensor: tensor.name, expected: tensor.shape)
+            unused.remove(tensor.name)
         }
         if config.tieWordEmbeddings, unused.remove(HFLlamaTensors.outputHead) != nil {
             try checkShape(ofTensor: HFLlamaTensors.outputHead, expected: [config.vocabSize, config.hiddenSize])

@@ -71,7 +71,8 @@ extension LlamaConfig {
             return Float(number)
         }
 
-        let heads = try required("num_attention_heads")
+        let width = try required("hidden_size"), hidden = try required("intermediate_size")
+        let layers = try required("num_hidden_layers"), heads = try required("num_attention_heads")
         var theta = try float("rope_theta")
         // transformers 5 writes the rotary settings as rope_parameters: {rope_theta, rope_type}, with or
         // without the flat rope_theta of 4.x; both must describe plain rotary embeddings and agree.
@@ -99,8 +100,7 @@ extension LlamaConfig {
             guard case .bool(let flag) = value else { throw unsupported("tie_word_embeddings is \(value): it must be true or false") }
             tied = flag
         }
-        self.init(hiddenSize: try required("hidden_size"), intermediateSize: try required("intermediate_size"),
-                  numHiddenLayers: try required("num_hidden_layers"), numAttentionHeads: heads,
+        self.init(hiddenSize: width, intermediateSize: hidden, numHiddenLayers: layers, numAttentionHeads: heads,
                   numKeyValueHeads: try integer("num_key_value_heads") ?? heads, vocabSize: try required("vocab_size"),
                   maxPositionEmbeddings: try integer("max_position_embeddings") ?? 2048,
                   rmsNormEps: try float("rms_norm_eps") ?? 1e-6, ropeTheta: theta ?? 10000, tieWordEmbeddings: tied)

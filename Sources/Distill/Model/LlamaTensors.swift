@@ -33,6 +33,15 @@ public enum LlamaTensors {
     /// does not tie it to the token embedding. The caller checks first (`LlamaConfig.checkMemory`) that the
     /// config's sizes are sane: shapes are multiplied out without overflow checks.
     public static func table(for config: LlamaConfig) -> [LlamaTensor] {
+        var table: [LlamaTensor] = []
+        table.reserveCapacity(3 + 9 * config.numHiddenLayers)
+        forEach(in: config) { table.append($0) }
+        return table
+    }
+
+    /// Visits the table's entries in order without building it, so that a check can stop at the first
+    /// bad tensor of a config with very many layers.
+    public static func forEach(in config: LlamaConfig, _ body: (LlamaTensor) throws -> Void) rethrows {
         let width = config.hiddenSize, hidden = config.intermediateSize, vocab = config.vocabSize
         let queryWidth = config.numAttentionHeads * config.headDim
         let keyValueWidth = config.numKeyValueHeads * config.headDim
@@ -40,11 +49,10 @@ public enum LlamaTensors {
             // Norm gains (the only 1-D weights) are not decayed.
             LlamaTensor(name: name, shape: shape, decays: shape.count > 1, role: role, layer: layer)
         }
-        var table = [tensor(tokenEmbedding, [vocab, width], .tokenEmbedding)]
-        table.reserveCapacity(2 + 9 * config.numHiddenLayers)
+        try body(tensor(tokenEmbedding, [vocab, width], .tokenEmbedding))
         for layer in 0..<config.numHiddenLayers {
             let prefix = layerPrefix(layer)
-            table += [
+            for entry in [
                 tensor(prefix + "input_layernorm.weight", [width], .attentionNorm, layer: layer),
                 tensor(prefix + "self_attn.q_proj.weight", [queryWidth, width], .query, layer: layer),
                 tensor(prefix + "self_attn.k_proj.weight", [keyValueWidth, width], .key, layer: layer),
@@ -54,10 +62,11 @@ public enum LlamaTensors {
                 tensor(prefix + "mlp.gate_proj.weight", [hidden, width], .gate, layer: layer),
                 tensor(prefix + "mlp.up_proj.weight", [hidden, width], .up, layer: layer),
                 tensor(prefix + "mlp.down_proj.weight", [width, hidden], .down, layer: layer),
-            ]
+            ] {
+                try body(entry)
+            }
         }
-        table.append(tensor(finalNorm, [width], .finalNorm))
-        if !config.tieWordEmbeddings { table.append(tensor(outputHead, [vocab, width], .outputHead)) }
-        return table
+        try body(tensor(finalNorm, [width], .finalNorm))
+        if !config.tieWordEmbeddings { try body(tensor(outputHead, [vocab, width], .outputHead)) }
     }
 }
