@@ -25,8 +25,9 @@ public struct HFModelDirectory: Sendable {
     /// Opens `directory`, reading its config and opening its weight files.
     public init(_ directory: URL) throws {
         self.directory = directory
-        let fields = try Self.readConfigFields(in: directory)
-        config = try Self.llamaConfig(from: fields, directory: directory)
+        let (url, contents) = try Self.readConfigFile(in: directory)
+        config = try LlamaConfig.decode(contents, source: url.path)
+        let fields = (try? JSONSerialization.jsonObject(with: contents)) as? [String: Any] ?? [:]
         bosTokenID = Self.tokenID(fields["bos_token_id"])
         eosTokenID = Self.tokenID(fields["eos_token_id"])
         padTokenID = Self.tokenID(fields["pad_token_id"])
@@ -35,7 +36,8 @@ public struct HFModelDirectory: Sendable {
 
     /// Reads and checks only `config.json` of `directory`, without touching the weights.
     public static func readConfig(in directory: URL) throws -> LlamaConfig {
-        try llamaConfig(from: readConfigFields(in: directory), directory: directory)
+        let (url, contents) = try readConfigFile(in: directory)
+        return try LlamaConfig.decode(contents, source: url.path)
     }
 
     /// Every tensor name of the checkpoint, sorted.
@@ -66,10 +68,27 @@ public struct HFModelDirectory: Sendable {
         return try tensor(named: name)
     }
 
-    /// Checks that every weight the config needs is present with the right shape (without reading values).
+    /// Checks, from the headers alone, that the checkpoint holds exactly the weights the config needs,
+    /// each with its shape: a missing, misshapen or extra tensor is an error naming it (a config of one
+    /// layer over a checkpoint of two is refused, not half-loaded). With tied embeddings the checkpoint
+    /// may still store `lm_head.weight` (transformers sometimes saves it) with the embedding's shape;
+    /// `ModelDirectory.load` checks that its values equal the embedding.
     public func checkTensors() throws {
-        for (name, shape) in HFLlamaTensors.expectedShapes(for: config) {
-            try checkShape(ofTensor: name, expected: shape)
+        var unused = Set(shardByTensor.keys)
+        try LlamaTensors.forEach(in: config) { tensor in
+            try checkShape(ofTensor: tensor.name, expected: tensor.shape)
+            unused.remove(tensor.name)
+        }
+        if config.tieWordEmbeddings, unused.remove(HFLlamaTensors.outputHead) != nil {
+            try checkShape(ofTensor: HFLlamaTensors.outputHead, expected: [config.vocabSize, config.hiddenSize])
+        }
+        if let extra = unused.min() {
+            let layers = Set(unused.compactMap { name -> Int? in
+                let parts = name.split(separator: ".")
+                return parts.count > 2 && parts[0] == "model" && parts[1] == "layers" ? Int(parts[2]) : nil
+            })
+            let hint = layers.isEmpty ? "" : " (it holds layers the config's num_hidden_layers \(config.numHiddenLayers) does not have)"
+            throw ModelError.mismatch("\(directory.path): tensor '\(extra)' is not part of a Llama model of this config.json (\(unused.count) such tensor\(unused.count == 1 ? "" : "s"))\(hint): the weights do not belong to this config")
         }
     }
 
@@ -102,7 +121,8 @@ public struct HFModelDirectory: Sendable {
 // MARK: - config.json
 
 extension HFModelDirectory {
-    private static func readConfigFields(in directory: URL) throws -> [String: Any] {
+    /// The path and bytes of `config.json` in `directory`; its fields are checked by `LlamaConfig.decode`.
+    private static func readConfigFile(in directory: URL) throws -> (URL, Data) {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: directory.path, isDirectory: &isDirectory), isDirectory.boolValue else {
             throw ModelError.notAModel("\(directory.path) is not a directory: give the folder that holds config.json")
@@ -111,84 +131,7 @@ extension HFModelDirectory {
         guard let contents = FileManager.default.contents(atPath: url.path) else {
             throw ModelError.notAModel("no \(configFileName) in \(directory.path): give a Hugging Face model folder")
         }
-        guard let fields = (try? JSONSerialization.jsonObject(with: contents)) as? [String: Any] else {
-            throw ModelError.invalidConfig("\(url.path) is not a JSON object")
-        }
-        return fields
-    }
-
-    private static func llamaConfig(from fields: [String: Any], directory: URL) throws -> LlamaConfig {
-        let file = directory.appendingPathComponent(configFileName).path
-        func unsupported(_ why: String) -> ModelError { .invalidConfig("\(file): \(why)") }
-
-        let modelType = fields["model_type"] as? String
-        let architectures = fields["architectures"] as? [String] ?? []
-        guard modelType == "llama" || architectures.contains("LlamaForCausalLM") else {
-            throw unsupported("model_type is \(modelType.map { "'\($0)'" } ?? "missing") and architectures is \(architectures): distill reads only Llama models (model_type \"llama\" or LlamaForCausalLM)")
-        }
-        if let scaling = fields["rope_scaling"], !(scaling is NSNull) {
-            throw unsupported("rope_scaling is \(scaling): distill supports only plain rotary embeddings (rope_scaling null)")
-        }
-        let fields = try flattenRopeParameters(fields, unsupported: unsupported)
-        for flag in ["attention_bias", "mlp_bias"] where (fields[flag] as? Bool) == true {
-            throw unsupported("\(flag) is true: distill's Llama has no bias terms")
-        }
-        if let activation = fields["hidden_act"], (activation as? String) != "silu" {
-            throw unsupported("hidden_act is \(activation): distill's Llama uses \"silu\" (SwiGLU)")
-        }
-
-        let config: LlamaConfig
-        do {
-            config = try JSONDecoder().decode(LlamaConfig.self, from: JSONSerialization.data(withJSONObject: fields))
-        } catch let error as DecodingError {
-            throw unsupported(describe(error))
-        }
-        try config.validate()
-
-        if let headDim = fields["head_dim"], !(headDim is NSNull), (headDim as? Int) != config.headDim {
-            throw unsupported("head_dim is \(headDim) but hidden_size / num_attention_heads is \(config.headDim): distill needs head_dim = hidden_size / num_attention_heads")
-        }
-        return config
-    }
-
-    /// transformers 5 writes the rotary settings as `rope_parameters: {rope_theta, rope_type}`, with or
-    /// without the flat `rope_theta` of 4.x. Returns the fields with a flat `rope_theta`, after checking
-    /// that `rope_parameters` (when present) describes plain rotary embeddings and agrees with it.
-    private static func flattenRopeParameters(_ fields: [String: Any],
-                                              unsupported: (String) -> ModelError) throws -> [String: Any] {
-        guard let value = fields["rope_parameters"], !(value is NSNull) else { return fields }
-        guard let parameters = value as? [String: Any] else {
-            throw unsupported("rope_parameters is \(value): expected an object such as {\"rope_type\": \"default\", \"rope_theta\": 10000.0}")
-        }
-        // Older configs name the kind "type"; a missing kind is transformers' default.
-        let kind = parameters["rope_type"] ?? parameters["type"] ?? "default"
-        guard (kind as? String) == "default" else {
-            throw unsupported("rope_parameters has rope_type \(kind): distill supports only plain rotary embeddings (rope_type \"default\", no scaling)")
-        }
-        guard let theta = parameters["rope_theta"], !(theta is NSNull) else { return fields }
-        guard let number = theta as? NSNumber, String(cString: number.objCType) != "c" else {
-            throw unsupported("rope_parameters.rope_theta is \(theta): it must be a number")
-        }
-        let nestedTheta = number.doubleValue
-        var flattened = fields
-        if let flat = fields["rope_theta"], !(flat is NSNull) {
-            guard let flatTheta = (flat as? NSNumber)?.doubleValue, Float(flatTheta) == Float(nestedTheta) else {
-                throw unsupported("rope_theta is \(flat) but rope_parameters.rope_theta is \(theta): make them equal (or remove the flat rope_theta)")
-            }
-        }
-        flattened["rope_theta"] = nestedTheta
-        return flattened
-    }
-
-    private static func describe(_ error: DecodingError) -> String {
-        func field(_ path: [CodingKey]) -> String { path.map(\.stringValue).joined(separator: ".") }
-        switch error {
-        case .keyNotFound(let key, _): return "the field '\(key.stringValue)' is missing"
-        case .valueNotFound(_, let context): return "the field '\(field(context.codingPath))' is null"
-        case .typeMismatch(let type, let context): return "the field '\(field(context.codingPath))' is not a \(type)"
-        case .dataCorrupted(let context): return "the field '\(field(context.codingPath))' is invalid: \(context.debugDescription)"
-        @unknown default: return "\(error)"
-        }
+        return (url, contents)
     }
 
     /// A token id field: an integer, or a list whose first element is used (some configs list several eos ids).
@@ -234,6 +177,12 @@ extension HFModelDirectory {
                 throw ModelError.badCheckpoint("\(index.path) puts '\(tensor)' in shard '\(shardName)', but that shard has no such tensor: the index and shards do not match")
             }
             shardByTensor[tensor] = shard
+        }
+        // Every tensor of every shard is the index's: a tensor it does not list would be silently dropped.
+        for (shardName, shard) in shards.sorted(by: { $0.key < $1.key }) {
+            if let unlisted = shard.tensorNames.first(where: { shardByTensor[$0] == nil }) {
+                throw ModelError.badCheckpoint("shard '\(shardName)' holds '\(unlisted)', which \(index.path) does not list: the index and shards do not match")
+            }
         }
         return shardByTensor
     }

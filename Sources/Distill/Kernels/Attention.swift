@@ -1,18 +1,18 @@
 import CBLAS
 import CKernels
 
-// Causal multi-head attention over the fused qkv buffer [B·T, C + 2·KVd]: query heads at column
-// h·d, key heads at C + g·d, value heads at C + KVd + g·d. Query head h reads key/value head
-// h / (H / KV) (grouped-query attention). Scores and probabilities are [T, T] per (b, h).
+// Causal multi-head attention over the fused qkv buffer [B·T, C + 2·KVd], with H query heads and KV
+// key/value heads of width d (C = H·d, KVd = KV·d): query heads at column h·d, key heads at C + g·d,
+// value heads at C + KVd + g·d. Query head h reads key/value head h / (H / KV) (grouped-query
+// attention). Scores and probabilities are [T, T] per (b, h).
 
 /// Query rows per block of the causal products.
 let attentionBlock = 64
 
 /// out[B·T, C] = softmax(mask(Q Kᵀ / √d)) V per head; keeps probabilities [B, H, T, T] for backward.
 func attentionForward(out: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
-                      qkv: UnsafePointer<Float>, config: LlamaConfig, batch: Int, length: Int) {
-    let c = config.hiddenSize, d = config.headDim, heads = config.numAttentionHeads
-    let kvHeads = config.numKeyValueHeads, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
+                      qkv: UnsafePointer<Float>, batch: Int, length: Int, heads: Int, kvHeads: Int, headDim d: Int) {
+    let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let scale = 1 / Float(d).squareRoot(), t = length
     parallelFor(batch * heads) { job in
         let b = job / heads, h = job % heads, g = h / (heads / kvHeads)
@@ -38,9 +38,9 @@ func attentionForward(out: UnsafeMutablePointer<Float>, probabilities: UnsafeMut
 /// Work is split by (batch, key/value head) so that heads sharing keys never write the same rows at once.
 func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
                        probabilities: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
-                       scratch: UnsafeMutablePointer<Float>, config: LlamaConfig, batch: Int, length: Int) {
-    let c = config.hiddenSize, d = config.headDim, heads = config.numAttentionHeads
-    let kvHeads = config.numKeyValueHeads, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
+                       scratch: UnsafeMutablePointer<Float>, batch: Int, length: Int, heads: Int, kvHeads: Int,
+                       headDim d: Int) {
+    let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let group = heads / kvHeads, scale = 1 / Float(d).squareRoot(), t = length
     let workers = min(Compute.threads, batch * kvHeads)
     Compute.withSingleThreadedBLAS {
@@ -82,3 +82,31 @@ func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Fl
 }
 
 import Dispatch
+
+/// Attention of `length` new rows of one sequence, at positions start..<start+length, against a key/value
+/// cache: the rows' keys and values (from qkv [length, C + 2·KVd]) are written to `keys` and `values`
+/// [positions, KVd] first, then query row r sees the cached positions [0, start + r]. out: [length, C].
+/// Nothing is kept for backward. `scores` holds at least start + length floats.
+func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer<Float>,
+                            keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>,
+                            scores: UnsafeMutablePointer<Float>, start: Int, length: Int,
+                            heads: Int, kvHeads: Int, headDim d: Int) {
+    let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
+    let group = heads / kvHeads, scale = 1 / Float(d).squareRoot()
+    for r in 0..<length {
+        (keys + (start + r) * kvWidth).update(from: qkv + r * stride + c, count: kvWidth)
+        (values + (start + r) * kvWidth).update(from: qkv + r * stride + c + kvWidth, count: kvWidth)
+    }
+    for r in 0..<length {
+        let seen = start + r + 1
+        for h in 0..<heads {
+            let g = h / group
+            // scores[0..<seen] = K[0..<seen, g] · q_h / √d, then softmax, then Σ p·V.
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(seen), Int32(d), scale, keys + g * d, Int32(kvWidth),
+                        qkv + r * stride + h * d, 1, 0, scores, 1)
+            ck_softmax_prefix(scores, seen, seen)
+            cblas_sgemv(CblasRowMajor, CblasTrans, Int32(seen), Int32(d), 1, values + g * d, Int32(kvWidth),
+                        scores, 1, 0, out + r * c + h * d, 1)
+        }
+    }
+}

@@ -8,6 +8,12 @@ import Dispatch
 @inline(__always)
 func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
                    rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
+    if rows == 1 {
+        // One row (a decoding step) is a matrix–vector product; OpenBLAS's sgemm does not switch to gemv.
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outFeatures), Int32(inFeatures), 1, weight, Int32(inFeatures),
+                    x, 1, accumulate ? 1 : 0, y, 1)
+        return
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outFeatures), Int32(inFeatures),
                 1, x, Int32(inFeatures), weight, Int32(inFeatures), accumulate ? 1 : 0, y, Int32(outFeatures))
 }

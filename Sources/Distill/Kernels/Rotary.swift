@@ -2,33 +2,48 @@ import Foundation
 
 /// Rotary position embedding in Hugging Face's "rotate half" convention: within a head of width d,
 /// element i pairs with element i + d/2 and the pair is rotated by position · θ^(−2i/d). The table is
-/// computed in Float the way `transformers` does, so logits agree closely.
+/// computed in Float the way `transformers` does, so logits agree closely. It holds only the positions
+/// asked for so far (`reserve`): a model with a long context that runs short sequences does not pay for
+/// the whole context.
 struct RotaryTable {
     let headDim: Int
-    let cos: [Float]  // [maxPositions, d/2]
-    let sin: [Float]  // [maxPositions, d/2]
+    let theta: Float
+    /// Positions the table covers.
+    private(set) var positions = 0
+    private(set) var cos: [Float] = []  // [positions, d/2]
+    private(set) var sin: [Float] = []  // [positions, d/2]
 
-    init(config: LlamaConfig) {
-        headDim = config.headDim
-        let half = headDim / 2, positions = config.maxPositionEmbeddings
-        var cosTable = [Float](repeating: 0, count: positions * half)
-        var sinTable = cosTable
-        for i in 0..<half {
-            let inverseFrequency = 1 / Float(pow(Double(config.ropeTheta), Double(Float(2 * i) / Float(headDim))))
-            for position in 0..<positions {
+    init(headDim: Int, theta: Float) {
+        self.headDim = headDim
+        self.theta = theta
+    }
+
+    /// Extends the table to cover positions 0..<count (a row depends only on its position, so a grown
+    /// table holds exactly the values of one computed at that size).
+    mutating func reserve(_ count: Int) {
+        guard count > positions else { return }
+        let half = headDim / 2
+        cos.reserveCapacity(count * half)
+        sin.reserveCapacity(count * half)
+        let inverseFrequencies = (0..<half).map { i in
+            1 / Float(pow(Double(theta), Double(Float(2 * i) / Float(headDim))))
+        }
+        for position in positions..<count {
+            for inverseFrequency in inverseFrequencies {
                 let angle = Float(position) * inverseFrequency
-                cosTable[position * half + i] = Float(Foundation.cos(Double(angle)))
-                sinTable[position * half + i] = Float(Foundation.sin(Double(angle)))
+                cos.append(Float(Foundation.cos(Double(angle))))
+                sin.append(Float(Foundation.sin(Double(angle))))
             }
         }
-        cos = cosTable
-        sin = sinTable
+        positions = count
     }
 
     /// Rotates the query and key heads of `qkv` [B·T, rowStride] in place (q heads first, then k heads;
-    /// v is untouched). `inverse` applies the transposed rotation, which is the backward pass.
+    /// v is untouched); row b·T + t is at position startPosition + t, which the table must cover.
+    /// `inverse` applies the transposed rotation, which is the backward pass.
     func apply(_ qkv: UnsafeMutablePointer<Float>, rowStride: Int, batch: Int, length: Int, startPosition: Int,
                queryHeads: Int, keyHeads: Int, inverse: Bool) {
+        precondition(startPosition + length <= positions, "rotary table too short: reserve the positions first")
         let half = headDim / 2, heads = queryHeads + keyHeads
         let direction: Float = inverse ? -1 : 1
         cos.withUnsafeBufferPointer { cosTable in

@@ -1,12 +1,93 @@
-/// The buffers of one forward/backward pass for a batch shape. Per-block buffers exist once per block
-/// when a backward pass will follow, and once in all otherwise (a teacher keeps nothing).
+/// The element count of every activation buffer for one batch shape: the one table that `Activations`
+/// carves its buffers from (a single allocation, as llm.c's `fill_in_activation_sizes` and
+/// `malloc_and_point_activations`) and that the memory estimate sums, so the two cannot drift apart.
+/// Counts saturate at Int.max instead of overflowing.
+struct ActivationSizes {
+    /// One block's buffers, in `BlockActivations` order.
+    struct Block {
+        let attentionNormed: Int    // [B·T, C]
+        let attentionRstd: Int      // [B·T]
+        let qkv: Int                // [B·T, C + 2·KVd]
+        let probabilities: Int      // [B, H, T, T]
+        let attentionOut: Int       // [B·T, C]
+        let attentionResidual: Int  // [B·T, C]
+        let mlpNormed: Int          // [B·T, C]
+        let mlpRstd: Int            // [B·T]
+        let gateUp: Int             // [B·T, 2F]
+        let swiglu: Int             // [B·T, F]
+
+        var total: Int {
+            saturatingSum([attentionNormed, attentionRstd, qkv, probabilities, attentionOut, attentionResidual,
+                           mlpNormed, mlpRstd, gateUp, swiglu].map(ActivationSizes.padded))
+        }
+    }
+
+    let tokens: Int          // [B·T] Int32, allocated apart
+    let residual: Int        // [B·T, C], one per block boundary
+    let residualCount: Int   // L + 1
+    let block: Block
+    let blockCount: Int      // L when kept for backward, else 1 (shared)
+    let finalNormed: Int     // [B·T, C]
+    let finalRstd: Int       // [B·T]
+    let logits: Int          // [B·T, V]
+    // Backward scratch shared by all blocks; none for inference.
+    let dResidual: Int       // [B·T, C]
+    let scratchNormed: Int   // [B·T, C]
+    let dAttentionOut: Int   // [B·T, C]
+    let dQKV: Int            // [B·T, C + 2·KVd]
+    let dGateUp: Int         // [B·T, 2F]
+    let dSwiglu: Int         // [B·T, F]
+    let dScores: Int         // [threads, T, T]
+
+    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int) {
+        let rows = saturatingProduct(batch, length), c = config.hiddenSize, f = config.intermediateSize
+        let qkvWidth = saturatingSum([c, saturatingProduct(2, config.numKeyValueHeads, config.headDim)])
+        tokens = rows
+        residual = saturatingProduct(rows, c)
+        residualCount = config.numHiddenLayers + 1
+        block = Block(attentionNormed: residual, attentionRstd: rows, qkv: saturatingProduct(rows, qkvWidth),
+                      probabilities: saturatingProduct(batch, config.numAttentionHeads, length, length),
+                      attentionOut: residual, attentionResidual: residual, mlpNormed: residual, mlpRstd: rows,
+                      gateUp: saturatingProduct(rows, 2, f), swiglu: saturatingProduct(rows, f))
+        blockCount = perBlock ? config.numHiddenLayers : 1
+        finalNormed = residual
+        finalRstd = rows
+        logits = saturatingProduct(rows, config.vocabSize)
+        let scratch = perBlock ? 1 : 0
+        dResidual = scratch * residual
+        scratchNormed = scratch * residual
+        dAttentionOut = scratch * residual
+        dQKV = scratch * block.qkv
+        dGateUp = scratch * block.gateUp
+        dSwiglu = scratch * block.swiglu
+        dScores = saturatingProduct(scratch, threads, length, length)
+    }
+
+    /// Each buffer starts on a 64-byte boundary of the allocation, as separate allocations would.
+    static func padded(_ count: Int) -> Int { count >= Int.max - 15 ? Int.max : (count + 15) / 16 * 16 }
+
+    /// Floats of all the buffers `Activations` carves, padding included.
+    var floatCount: Int {
+        saturatingSum([saturatingProduct(Self.padded(residual), residualCount), saturatingProduct(block.total, blockCount)]
+                      + [finalNormed, finalRstd, logits, dResidual, scratchNormed, dAttentionOut, dQKV, dGateUp, dSwiglu,
+                         dScores].map(Self.padded))
+    }
+
+    /// Bytes of every buffer, the tokens included.
+    var bytes: Int { saturatingProduct(saturatingSum([floatCount, tokens]), 4) }
+}
+
+/// The buffers of one forward/backward pass for a batch shape, carved in one allocation from the sizes
+/// of `ActivationSizes`. Per-block buffers exist once per block when a backward pass will follow, and
+/// once in all otherwise (a teacher keeps nothing).
 final class Activations {
-    let batch: Int, length: Int, perBlock: Bool
-    private var allocations: [UnsafeMutablePointer<Float>] = []
+    let batch: Int, length: Int, perBlock: Bool, threads: Int
+    let sizes: ActivationSizes
+    private let storage: UnsafeMutablePointer<Float>
 
     let tokens: UnsafeMutablePointer<Int32>          // [B·T]
-    var residual: [UnsafeMutablePointer<Float>] = []  // L+1 × [B·T, C]: the stream before block l; the last is the output
-    private var blocks: [BlockActivations] = []
+    let residual: [UnsafeMutablePointer<Float>]       // L+1 × [B·T, C]: the stream before block l; the last is the output
+    private let blocks: [BlockActivations]
     let finalNormed: UnsafeMutablePointer<Float>      // [B·T, C]
     let finalRstd: UnsafeMutablePointer<Float>        // [B·T]
     let logits: UnsafeMutablePointer<Float>           // [B·T, V]
@@ -20,59 +101,53 @@ final class Activations {
     let dSwiglu: UnsafeMutablePointer<Float>          // [B·T, F]
     let dScores: UnsafeMutablePointer<Float>          // [threads, T, T]
 
-    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool) {
+    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads) {
         self.batch = batch
         self.length = length
         self.perBlock = perBlock
-        let rows = batch * length, c = config.hiddenSize, f = config.intermediateSize
-        let qkvWidth = c + 2 * config.numKeyValueHeads * config.headDim
-        var allocations: [UnsafeMutablePointer<Float>] = []
-        func buffer(_ count: Int) -> UnsafeMutablePointer<Float> {
-            let pointer = UnsafeMutablePointer<Float>.allocate(capacity: max(count, 1))
-            pointer.initialize(repeating: 0, count: max(count, 1))
-            allocations.append(pointer)
-            return pointer
+        self.threads = threads
+        let sizes = ActivationSizes(config: config, batch: batch, length: length, perBlock: perBlock, threads: threads)
+        self.sizes = sizes
+        let total = sizes.floatCount
+        let base = UnsafeMutablePointer<Float>.allocate(capacity: max(total, 1))
+        base.initialize(repeating: 0, count: max(total, 1))
+        storage = base
+        var cursor = 0
+        func take(_ count: Int) -> UnsafeMutablePointer<Float> {
+            defer { cursor += ActivationSizes.padded(count) }
+            return base + cursor
         }
-        tokens = .allocate(capacity: rows)
-        residual = (0...config.numHiddenLayers).map { _ in buffer(rows * c) }
-        let distinctBlocks = perBlock ? config.numHiddenLayers : 1
-        blocks = (0..<distinctBlocks).map { _ in
+        tokens = .allocate(capacity: max(sizes.tokens, 1))
+        residual = (0..<sizes.residualCount).map { _ in take(sizes.residual) }
+        let block = sizes.block
+        blocks = (0..<sizes.blockCount).map { _ in
             BlockActivations(
-                attentionNormed: buffer(rows * c), attentionRstd: buffer(rows), qkv: buffer(rows * qkvWidth),
-                probabilities: buffer(batch * config.numAttentionHeads * length * length),
-                attentionOut: buffer(rows * c), attentionResidual: buffer(rows * c),
-                mlpNormed: buffer(rows * c), mlpRstd: buffer(rows), gateUp: buffer(rows * 2 * f), swiglu: buffer(rows * f))
+                attentionNormed: take(block.attentionNormed), attentionRstd: take(block.attentionRstd), qkv: take(block.qkv),
+                probabilities: take(block.probabilities), attentionOut: take(block.attentionOut),
+                attentionResidual: take(block.attentionResidual), mlpNormed: take(block.mlpNormed),
+                mlpRstd: take(block.mlpRstd), gateUp: take(block.gateUp), swiglu: take(block.swiglu))
         }
-        finalNormed = buffer(rows * c)
-        finalRstd = buffer(rows)
-        logits = buffer(rows * config.vocabSize)
-        let scratch = perBlock ? 1 : 0  // inference needs no backward scratch
-        dResidual = buffer(scratch * rows * c)
-        scratchNormed = buffer(scratch * rows * c)
-        dAttentionOut = buffer(scratch * rows * c)
-        dQKV = buffer(scratch * rows * qkvWidth)
-        dGateUp = buffer(scratch * rows * 2 * f)
-        dSwiglu = buffer(scratch * rows * f)
-        dScores = buffer(scratch * Compute.threads * length * length)
-        self.allocations = allocations
+        finalNormed = take(sizes.finalNormed)
+        finalRstd = take(sizes.finalRstd)
+        logits = take(sizes.logits)
+        dResidual = take(sizes.dResidual)
+        scratchNormed = take(sizes.scratchNormed)
+        dAttentionOut = take(sizes.dAttentionOut)
+        dQKV = take(sizes.dQKV)
+        dGateUp = take(sizes.dGateUp)
+        dSwiglu = take(sizes.dSwiglu)
+        dScores = take(sizes.dScores)
+        // Every buffer is carved from the table, and the table's sum is what was carved.
+        precondition(cursor == total, "activation buffers and ActivationSizes disagree")
     }
 
     func block(_ layer: Int) -> BlockActivations { blocks[perBlock ? layer : 0] }
 
-    /// Bytes `init` would allocate for these shapes (to refuse impossible runs before allocating).
-    static func bytes(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int) -> Double {
-        let rows = Double(batch * length), c = Double(config.hiddenSize), f = Double(config.intermediateSize)
-        let qkv = c + 2 * Double(config.numKeyValueHeads * config.headDim)
-        let attention = Double(batch * config.numAttentionHeads) * Double(length) * Double(length)
-        let perBlockFloats = rows * (6 * c + qkv + 3 * f + 2) + attention
-        let blocks = perBlock ? Double(config.numHiddenLayers) : 1
-        let shared = rows * c * Double(config.numHiddenLayers + 2) + rows * (1 + Double(config.vocabSize))
-        let backward = perBlock ? rows * (3 * c + qkv + 3 * f) + Double(threads * length * length) : 0
-        return 4 * (blocks * perBlockFloats + shared + backward)
-    }
+    /// Bytes held (equal to `sizes.bytes`).
+    var bytes: Int { sizes.bytes }
 
     deinit {
-        for pointer in allocations { pointer.deallocate() }
+        storage.deallocate()
         tokens.deallocate()
     }
 }

@@ -42,18 +42,11 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         self.tieWordEmbeddings = tieWordEmbeddings
     }
 
+    /// Decodes a `config.json` strictly (see `LlamaConfig.decode(_:source:)`): whatever route a config
+    /// takes into distill, it goes through the same checks.
     public init(from decoder: Decoder) throws {
-        let c = try decoder.container(keyedBy: CodingKeys.self)
-        hiddenSize = try c.decode(Int.self, forKey: .hiddenSize)
-        intermediateSize = try c.decode(Int.self, forKey: .intermediateSize)
-        numHiddenLayers = try c.decode(Int.self, forKey: .numHiddenLayers)
-        numAttentionHeads = try c.decode(Int.self, forKey: .numAttentionHeads)
-        numKeyValueHeads = try c.decodeIfPresent(Int.self, forKey: .numKeyValueHeads) ?? numAttentionHeads
-        vocabSize = try c.decode(Int.self, forKey: .vocabSize)
-        maxPositionEmbeddings = try c.decodeIfPresent(Int.self, forKey: .maxPositionEmbeddings) ?? 2048
-        rmsNormEps = try c.decodeIfPresent(Float.self, forKey: .rmsNormEps) ?? 1e-6
-        ropeTheta = try c.decodeIfPresent(Float.self, forKey: .ropeTheta) ?? 10000
-        tieWordEmbeddings = try c.decodeIfPresent(Bool.self, forKey: .tieWordEmbeddings) ?? false
+        let fields = try decoder.singleValueContainer().decode([String: JSONValue].self)
+        self = try LlamaConfig(checking: fields)
     }
 
     /// Width of one attention head.
@@ -91,8 +84,8 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
         if headDim % 2 != 0 {
             throw ModelError.invalidConfig("head width \(headDim) is odd; rotary embeddings need an even head width")
         }
-        if !(rmsNormEps > 0) { throw ModelError.invalidConfig("rms_norm_eps must be positive") }
-        if !(ropeTheta > 0) { throw ModelError.invalidConfig("rope_theta must be positive") }
+        if !(rmsNormEps > 0 && rmsNormEps.isFinite) { throw ModelError.invalidConfig("rms_norm_eps is \(rmsNormEps); it must be a positive number") }
+        if !(ropeTheta > 0 && ropeTheta.isFinite) { throw ModelError.invalidConfig("rope_theta is \(ropeTheta); it must be a positive number") }
     }
 }
 
@@ -103,6 +96,10 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
     case badCheckpoint(String)
     case notAModel(String)
     case mismatch(String)
+    /// A tensor of a checkpoint holds NaN or infinite values.
+    case nonFinite(tensor: String, nan: Int, infinite: Int, source: String)
+    /// Something cannot fit in this machine's memory.
+    case insufficientMemory(String)
 
     public var description: String {
         switch self {
@@ -111,6 +108,10 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         case .badCheckpoint(let why): return "bad checkpoint: \(why)"
         case .notAModel(let why): return "not a model directory: \(why)"
         case .mismatch(let why): return why
+        case .nonFinite(let tensor, let nan, let infinite, let source):
+            let counts = [nan > 0 ? "\(nan) NaN" : nil, infinite > 0 ? "\(infinite) infinite" : nil].compactMap { $0 }
+            return "\(source): \(tensor) has \(counts.joined(separator: " and ")) values: the model is damaged; retrain or resume from an earlier checkpoint"
+        case .insufficientMemory(let why): return why
         }
     }
 }

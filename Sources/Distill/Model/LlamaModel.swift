@@ -12,16 +12,15 @@ public final class LlamaModel {
     public let parameters: UnsafeMutableBufferPointer<Float>
     /// All gradients, same layout; allocated on first backward.  [P]
     public private(set) var gradients: UnsafeMutableBufferPointer<Float>?
-    let rope: RotaryTable
+    /// cos/sin of the positions used so far; grows with them, up to the context.
+    private(set) var rope: RotaryTable
     private var activations: Activations?
 
-    /// A model with weights drawn from N(0, 0.02²) (Hugging Face's `initializer_range`) and unit norm gains.
-    public init(config: LlamaConfig, seed: UInt64) throws {
-        try config.validate()
-        self.config = config
-        layout = ParameterLayout(config: config)
-        parameters = .allocate(capacity: layout.count)
-        rope = RotaryTable(config: config)
+    /// A new model for training, with weights drawn from N(0, 0.02²) (Hugging Face's `initializer_range`)
+    /// and unit norm gains. Refuses a config whose weights, gradients and optimizer state cannot fit in
+    /// this machine's memory (a random model is only good for training).
+    public convenience init(config: LlamaConfig, seed: UInt64) throws {
+        try self.init(zeroedFor: config, use: .training)
         var random = SeededRandom(seed: seed)
         for tensor in layout.tensors {
             let base = parameters.baseAddress! + tensor.offset
@@ -29,17 +28,26 @@ public final class LlamaModel {
         }
     }
 
-    /// A model whose weights are copied from `values` (same layout).
-    public init(config: LlamaConfig, parameters values: UnsafeBufferPointer<Float>) throws {
-        try config.validate()
-        self.config = config
-        layout = ParameterLayout(config: config)
+    /// A model whose weights are copied from `values` (same layout); refuses NaN or infinite weights.
+    public convenience init(config: LlamaConfig, parameters values: UnsafeBufferPointer<Float>) throws {
+        try self.init(zeroedFor: config, use: .inference)
         guard values.count == layout.count else {
             throw ModelError.badCheckpoint("expected \(layout.count) parameters, found \(values.count)")
         }
+        _ = parameters.update(fromContentsOf: values)
+        try checkFiniteWeights(source: "the given weights")
+    }
+
+    /// A model with all weights zero, for a loader to fill; the config is validated and its memory
+    /// checked before anything is allocated.
+    init(zeroedFor config: LlamaConfig, use: ModelUse) throws {
+        try config.validate()
+        try config.checkMemory(for: use)
+        self.config = config
+        layout = ParameterLayout(config: config)
         parameters = .allocate(capacity: layout.count)
-        _ = parameters.initialize(from: values)
-        rope = RotaryTable(config: config)
+        parameters.initialize(repeating: 0)
+        rope = RotaryTable(headDim: config.headDim, theta: config.ropeTheta)
     }
 
     deinit {
@@ -47,13 +55,32 @@ public final class LlamaModel {
         gradients?.deallocate()
     }
 
+    /// Refuses weights that hold NaN or infinite values, naming the first such tensor.
+    public func checkFiniteWeights(source: String) throws {
+        for tensor in layout.tensors {
+            var nan = 0, infinite = 0
+            for value in UnsafeBufferPointer(rebasing: parameters[tensor.offset..<(tensor.offset + tensor.count)])
+            where !value.isFinite {
+                if value.isNaN { nan += 1 } else { infinite += 1 }
+            }
+            if nan + infinite > 0 {
+                throw ModelError.nonFinite(tensor: tensor.name, nan: nan, infinite: infinite, source: source)
+            }
+        }
+    }
+
     /// Number of weights (a tied head counted once).
     public var parameterCount: Int { layout.count }
 
-    /// Bytes of the buffers a forward pass on [batch, length] allocates (with or without what backward needs).
+    /// Bytes of the buffers a forward pass on [batch, length] allocates (with or without what backward
+    /// needs): the sum of the same size table the buffers are allocated from.
     public func activationBytes(batch: Int, length: Int, keepForBackward: Bool = true) -> Double {
-        Activations.bytes(config: config, batch: batch, length: length, perBlock: keepForBackward, threads: Compute.threads)
+        Double(ActivationSizes(config: config, batch: batch, length: length, perBlock: keepForBackward,
+                               threads: Compute.threads).bytes)
     }
+
+    /// Bytes of the forward/backward buffers the model holds now (0 before the first forward pass).
+    public var activationBytesHeld: Int { activations?.bytes ?? 0 }
 
     /// Sets every gradient to zero (allocating them the first time).
     public func zeroGradients() {
@@ -83,6 +110,25 @@ public final class LlamaModel {
                         captureLayers: Set<Int> = [], keepForBackward: Bool = true) -> Output {
         precondition(length <= config.maxPositionEmbeddings, "sequence longer than the context")
         let acts = activationsFor(batch: batch, length: length, perBlock: keepForBackward)
+        forward(tokens: tokens, batch: batch, length: length, startPosition: 0, cache: nil, into: acts)
+        var hidden: [Int: UnsafeMutablePointer<Float>] = [:]
+        for layer in captureLayers where layer >= 0 && layer < config.numHiddenLayers {
+            hidden[layer] = acts.residual[layer + 1]
+        }
+        return Output(logits: acts.logits, hidden: hidden, finalHidden: acts.finalNormed,
+                      batch: batch, length: length)
+    }
+
+    /// The forward pass, written once for training, evaluation and generation: embedding lookup, the
+    /// blocks, the final norm and the head, into `acts`. Without a cache the rows are `batch` sequences
+    /// starting at position 0; with one, they are positions startPosition..<startPosition+length of one
+    /// sequence whose earlier keys and values the cache holds (and to which it adds these).
+    func forward(tokens: UnsafePointer<Int32>, batch: Int, length: Int, startPosition: Int, cache: KeyValueCache?,
+                 into acts: Activations) {
+        precondition(cache == nil || batch == 1, "a key/value cache holds one sequence")
+        let end = startPosition + length
+        precondition(end <= config.maxPositionEmbeddings, "sequence longer than the context")
+        if end > rope.positions { rope.reserve(min(config.maxPositionEmbeddings, max(end, 2 * rope.positions))) }
         let c = config.hiddenSize, rows = batch * length
         let weights = UnsafeMutablePointer(parameters.baseAddress!)
 
@@ -95,47 +141,52 @@ public final class LlamaModel {
             (residual0 + n * c).update(from: weights + layout.embedding + token * c, count: c)
         }
         for layer in 0..<config.numHiddenLayers {
-            blockForward(layer: layer, acts: acts.block(layer), input: acts.residual[layer],
-                         output: acts.residual[layer + 1], batch: batch, length: length)
+            blockForward(layer: layer, acts: acts.block(layer), input: acts.residual[layer], output: acts.residual[layer + 1],
+                         batch: batch, length: length, startPosition: startPosition, cache: cache, keepForBackward: acts.perBlock)
         }
         ck_rmsnorm_forward(acts.finalNormed, acts.finalRstd, acts.residual[config.numHiddenLayers],
                            weights + layout.finalNorm, rows, c, config.rmsNormEps)
         linearForward(acts.logits, acts.finalNormed, weights + layout.lmHead,
                       rows: rows, inFeatures: c, outFeatures: config.vocabSize)
-        var hidden: [Int: UnsafeMutablePointer<Float>] = [:]
-        for layer in captureLayers where layer >= 0 && layer < config.numHiddenLayers {
-            hidden[layer] = acts.residual[layer + 1]
-        }
-        return Output(logits: acts.logits, hidden: hidden, finalHidden: acts.finalNormed,
-                      batch: batch, length: length)
     }
 
+    /// One decoder block: output [B·T, C] = block(input [B·T, C]). With a cache, attention reads the
+    /// earlier positions' keys and values from it and nothing is kept for backward.
     private func blockForward(layer: Int, acts: BlockActivations, input: UnsafeMutablePointer<Float>,
-                              output: UnsafeMutablePointer<Float>, batch: Int, length: Int) {
+                              output: UnsafeMutablePointer<Float>, batch: Int, length: Int, startPosition: Int,
+                              cache: KeyValueCache?, keepForBackward: Bool) {
         let c = config.hiddenSize, f = config.intermediateSize, rows = batch * length
-        let qkvWidth = c + 2 * config.numKeyValueHeads * config.headDim
+        let heads = config.numAttentionHeads, kvHeads = config.numKeyValueHeads, d = config.headDim
+        let qkvWidth = c + 2 * kvHeads * d
         let block = layout.blocks[layer], weights = UnsafeMutablePointer(parameters.baseAddress!)
 
         // Attention half: output = input + o_proj(attention(rope(qkv(norm(input)))))
         ck_rmsnorm_forward(acts.attentionNormed, acts.attentionRstd, input, weights + block.attentionNorm,
                            rows, c, config.rmsNormEps)
         linearForward(acts.qkv, acts.attentionNormed, weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth)
-        rope.apply(acts.qkv, rowStride: qkvWidth, batch: batch, length: length, startPosition: 0,
-                   queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: false)
-        attentionForward(out: acts.attentionOut, probabilities: acts.probabilities, qkv: acts.qkv,
-                         config: config, batch: batch, length: length)
+        rope.apply(acts.qkv, rowStride: qkvWidth, batch: batch, length: length, startPosition: startPosition,
+                   queryHeads: heads, keyHeads: kvHeads, inverse: false)
+        if let cache {
+            cachedAttentionForward(out: acts.attentionOut, qkv: acts.qkv, keys: cache.keys(layer: layer),
+                                   values: cache.values(layer: layer), scores: cache.scores, start: startPosition,
+                                   length: length, heads: heads, kvHeads: kvHeads, headDim: d)
+        } else {
+            attentionForward(out: acts.attentionOut, probabilities: acts.probabilities, qkv: acts.qkv,
+                             batch: batch, length: length, heads: heads, kvHeads: kvHeads, headDim: d)
+        }
         output.update(from: input, count: rows * c)
         linearForward(output, acts.attentionOut, weights + block.output, rows: rows, inFeatures: c, outFeatures: c, accumulate: true)
 
         // MLP half: output += down(silu(gate(norm(x))) * up(norm(x)))
         ck_rmsnorm_forward(acts.mlpNormed, acts.mlpRstd, output, weights + block.mlpNorm, rows, c, config.rmsNormEps)
         linearForward(acts.gateUp, acts.mlpNormed, weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f)
-        parallelFor(Compute.threads) { part in
-            let start = rows * part / Compute.threads, end = rows * (part + 1) / Compute.threads
+        let parts = min(Compute.threads, rows)
+        parallelFor(parts) { part in
+            let start = rows * part / parts, end = rows * (part + 1) / parts
             ck_swiglu_forward(acts.swiglu + start * f, acts.gateUp + start * 2 * f, end - start, f)
         }
         // The residual before the MLP must survive for backward: keep it in `attentionResidual`.
-        acts.attentionResidual.update(from: output, count: rows * c)
+        if keepForBackward { acts.attentionResidual.update(from: output, count: rows * c) }
         linearForward(output, acts.swiglu, weights + block.down, rows: rows, inFeatures: f, outFeatures: c, accumulate: true)
     }
 
@@ -208,7 +259,8 @@ public final class LlamaModel {
                        weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c)
         dQKV.update(repeating: 0, count: rows * qkvWidth)
         attentionBackward(dqkv: dQKV, dOut: dAttention, probabilities: acts.probabilities, qkv: acts.qkv,
-                          scratch: scratch.dScores, config: config, batch: scratch.batch, length: scratch.length)
+                          scratch: scratch.dScores, batch: scratch.batch, length: scratch.length,
+                          heads: config.numAttentionHeads, kvHeads: config.numKeyValueHeads, headDim: config.headDim)
         rope.apply(dQKV, rowStride: qkvWidth, batch: scratch.batch, length: scratch.length, startPosition: 0,
                    queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: true)
         dNormed.update(repeating: 0, count: rows * c)
@@ -222,7 +274,8 @@ public final class LlamaModel {
 
     private func activationsFor(batch: Int, length: Int, perBlock: Bool) -> Activations {
         // Buffers kept for backward serve an inference pass as well.
-        if let acts = activations, acts.batch == batch, acts.length == length, acts.perBlock || !perBlock {
+        if let acts = activations, acts.batch == batch, acts.length == length, acts.perBlock || !perBlock,
+           acts.threads >= Compute.threads {
             return acts
         }
         activations = nil  // free the old buffers before allocating new ones

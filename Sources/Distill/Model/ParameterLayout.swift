@@ -1,16 +1,16 @@
 /// Where each weight lives in the model's single parameter buffer. All parameters share one allocation
 /// and all gradients another of the same layout (as in llm.c), so the optimiser, zeroing, clipping and
-/// checkpointing are single loops. q/k/v are stored back to back, and so are gate/up, so that each
-/// group is one matrix product.
+/// checkpointing are single loops. The weights come from the one table of tensors (`LlamaTensors`), in
+/// its order: q/k/v are back to back there, and so are gate/up, so that each group is one matrix product.
 public struct ParameterLayout: Sendable {
     /// One named tensor (Hugging Face name) inside the flat buffer.
     public struct Tensor: Sendable {
         public let name: String
         public let shape: [Int]
         public let offset: Int
+        /// Whether weight decay applies (not to norm gains).
+        public let decays: Bool
         public var count: Int { shape.reduce(1, *) }
-        /// Norm gains get no weight decay.
-        public var decays: Bool { shape.count > 1 }
     }
 
     /// Offsets of one decoder block's weights.
@@ -31,33 +31,28 @@ public struct ParameterLayout: Sendable {
     public private(set) var count = 0
 
     public init(config: LlamaConfig) {
-        let width = config.hiddenSize, vocab = config.vocabSize, hidden = config.intermediateSize
-        let kvWidth = config.numKeyValueHeads * config.headDim
-        embedding = add("model.embed_tokens.weight", [vocab, width])
-        for layer in 0..<config.numHiddenLayers {
-            let prefix = "model.layers.\(layer)."
-            let attentionNorm = add(prefix + "input_layernorm.weight", [width])
-            let qkv = add(prefix + "self_attn.q_proj.weight", [width, width])
-            add(prefix + "self_attn.k_proj.weight", [kvWidth, width])
-            add(prefix + "self_attn.v_proj.weight", [kvWidth, width])
-            let output = add(prefix + "self_attn.o_proj.weight", [width, width])
-            let mlpNorm = add(prefix + "post_attention_layernorm.weight", [width])
-            let gateUp = add(prefix + "mlp.gate_proj.weight", [hidden, width])
-            add(prefix + "mlp.up_proj.weight", [hidden, width])
-            let down = add(prefix + "mlp.down_proj.weight", [width, hidden])
-            blocks.append(Block(attentionNorm: attentionNorm, qkv: qkv, output: output,
-                                mlpNorm: mlpNorm, gateUp: gateUp, down: down))
+        var layerOffsets = [[LlamaTensor.Role: Int]](repeating: [:], count: config.numHiddenLayers)
+        for spec in LlamaTensors.table(for: config) {
+            tensors.append(Tensor(name: spec.name, shape: spec.shape, offset: count, decays: spec.decays))
+            switch spec.role {
+            case .tokenEmbedding: embedding = count
+            case .finalNorm: finalNorm = count
+            case .outputHead: lmHead = count
+            default: layerOffsets[spec.layer ?? 0][spec.role] = count
+            }
+            count += spec.count
         }
-        finalNorm = add("model.norm.weight", [width])
-        lmHead = config.tieWordEmbeddings ? embedding : add("lm_head.weight", [vocab, width])
-    }
-
-    @discardableResult
-    private mutating func add(_ name: String, _ shape: [Int]) -> Int {
-        let offset = count
-        tensors.append(Tensor(name: name, shape: shape, offset: offset))
-        count += shape.reduce(1, *)
-        return offset
+        if config.tieWordEmbeddings { lmHead = embedding }
+        blocks = layerOffsets.map { offsets in
+            func offset(_ role: LlamaTensor.Role) -> Int {
+                guard let offset = offsets[role] else { preconditionFailure("the tensor table has no \(role) weight") }
+                return offset
+            }
+            // The fused products read q, k, v (and gate, up) as one matrix: the table keeps them adjacent.
+            precondition(offset(.key) > offset(.query) && offset(.value) > offset(.key) && offset(.up) > offset(.gate))
+            return Block(attentionNorm: offset(.attentionNorm), qkv: offset(.query), output: offset(.attentionOutput),
+                         mlpNorm: offset(.mlpNorm), gateUp: offset(.gate), down: offset(.down))
+        }
     }
 
     /// The tensor with a Hugging Face name, if the layout has it.

@@ -119,11 +119,7 @@ public enum TrainingRun {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw IOError.missing(path) }
         if isDirectory.boolValue { throw SettingError(.config, "\(path) is a folder; give the path of a config.json file") }
         guard let bytes = FileManager.default.contents(atPath: path) else { throw IOError.missing(path) }
-        let decoded: LlamaConfig
-        do { decoded = try JSONDecoder().decode(LlamaConfig.self, from: bytes) }
-        catch { throw ModelError.invalidConfig("\(path) is not a valid config.json: \(error)") }
-        try decoded.validate()
-        return decoded
+        return try LlamaConfig.decode(bytes, source: path)
     }
 
     // MARK: the commands

@@ -37,8 +37,10 @@ public enum ModelDirectory {
                                unk: unk, pad: token(tokenizer.padId))
     }
 
-    /// Copies the named tensors of `file` into `model`, checking every shape.
+    /// Copies the tensors of `file` (a checkpoint `save` wrote) into `model`: the file must hold exactly
+    /// the model's tensors, each with its shape, and no NaN or infinite value.
     public static func loadWeights(into model: LlamaModel, from file: SafetensorsFile) throws {
+        var unused = Set(file.tensorNames)
         for tensor in model.layout.tensors {
             guard file.contains(tensor.name) else {
                 throw ModelError.badCheckpoint("\(file.url.path) has no tensor '\(tensor.name)'")
@@ -47,24 +49,52 @@ public enum ModelDirectory {
             guard info.shape == tensor.shape else {
                 throw ModelError.badCheckpoint("tensor '\(tensor.name)' in \(file.url.path) has shape \(info.shape) but the config needs \(tensor.shape)")
             }
-            let values = try file.floats(tensor.name)
-            values.withUnsafeBufferPointer {
-                (model.parameters.baseAddress! + tensor.offset).update(from: $0.baseAddress!, count: tensor.count)
-            }
+            unused.remove(tensor.name)
         }
+        if let extra = unused.min() {
+            throw ModelError.badCheckpoint("\(file.url.path) holds tensor '\(extra)', which a model of this config does not have (\(unused.count) such tensor\(unused.count == 1 ? "" : "s")): the weights do not belong to this config")
+        }
+        for tensor in model.layout.tensors {
+            try copy(try file.floats(tensor.name), into: model, at: tensor)
+        }
+        try model.checkFiniteWeights(source: file.url.path)
     }
 
     /// Loads a model directory written by `save`, or any Hugging Face Llama directory (sharded or not;
-    /// float32, float16 or bfloat16 weights are converted on load).
+    /// float32, float16 or bfloat16 weights are converted on load). Before anything large is allocated,
+    /// the config must fit in memory and the checkpoint must hold exactly its tensors with their shapes;
+    /// after loading, no weight may be NaN or infinite.
     public static func load(_ directory: URL) throws -> LlamaModel {
         let checkpoint = try HFModelDirectory(directory)
-        let model = try LlamaModel(config: checkpoint.config, seed: 0)
+        let source = directory.appendingPathComponent(configFile).path
+        do {
+            try checkpoint.config.checkMemory(for: .inference)
+        } catch ModelError.invalidConfig(let why) {
+            throw ModelError.invalidConfig("\(source): \(why)")
+        }
+        try checkpoint.checkTensors()
+        let model = try LlamaModel(zeroedFor: checkpoint.config, use: .inference)
         for tensor in model.layout.tensors {
-            let values = try checkpoint.tensor(named: tensor.name, shape: tensor.shape)
-            values.withUnsafeBufferPointer {
-                (model.parameters.baseAddress! + tensor.offset).update(from: $0.baseAddress!, count: tensor.count)
+            try copy(try checkpoint.tensor(named: tensor.name, shape: tensor.shape), into: model, at: tensor)
+        }
+        try model.checkFiniteWeights(source: directory.path)
+        // A tied checkpoint that still stores a head must store the embedding itself, or the config lies.
+        if checkpoint.config.tieWordEmbeddings && checkpoint.contains(HFLlamaTensors.outputHead) {
+            let head = try checkpoint.tensor(named: HFLlamaTensors.outputHead)
+            let embedding = UnsafeBufferPointer(rebasing: model.parameters[model.layout.embedding..<(model.layout.embedding + head.count)])
+            guard head.elementsEqual(embedding) else {
+                throw ModelError.mismatch("\(directory.path): config.json ties lm_head.weight to model.embed_tokens.weight, but the checkpoint stores a different lm_head.weight: set tie_word_embeddings to false, or remove lm_head.weight")
             }
         }
         return model
+    }
+
+    private static func copy(_ values: [Float], into model: LlamaModel, at tensor: ParameterLayout.Tensor) throws {
+        guard values.count == tensor.count else {
+            throw ModelError.badCheckpoint("tensor '\(tensor.name)' has \(values.count) values but its shape \(tensor.shape) needs \(tensor.count)")
+        }
+        values.withUnsafeBufferPointer {
+            (model.parameters.baseAddress! + tensor.offset).update(from: $0.baseAddress!, count: tensor.count)
+        }
     }
 }

@@ -1,0 +1,64 @@
+/// The keys and values of the positions of one sequence fed so far, per block, for incremental
+/// decoding. It grows (doubling) with the positions actually used, up to `limit` (the model's context),
+/// so a long context that is not used costs nothing.
+final class KeyValueCache {
+    let layers: Int
+    /// Floats per position: KV·d.
+    let width: Int
+    /// Positions the cache may ever hold.
+    let limit: Int
+    /// Positions the buffers hold now.
+    private(set) var capacity = 0
+    private var keys: UnsafeMutablePointer<Float>     // [L, capacity, KVd]
+    private var values: UnsafeMutablePointer<Float>   // [L, capacity, KVd]
+    /// Attention scores of one query row.  [capacity]
+    private(set) var scores: UnsafeMutablePointer<Float>
+
+    init(layers: Int, width: Int, limit: Int) {
+        self.layers = layers
+        self.width = width
+        self.limit = limit
+        keys = .allocate(capacity: 1)
+        values = .allocate(capacity: 1)
+        scores = .allocate(capacity: 1)
+    }
+
+    deinit {
+        keys.deallocate()
+        values.deallocate()
+        scores.deallocate()
+    }
+
+    func keys(layer: Int) -> UnsafeMutablePointer<Float> { keys + layer * capacity * width }
+    func values(layer: Int) -> UnsafeMutablePointer<Float> { values + layer * capacity * width }
+
+    /// Bytes the cache would hold for `positions`.
+    func bytes(positions: Int) -> Int {
+        saturatingProduct(saturatingSum([saturatingProduct(2, layers, positions, width), positions]), MemoryLayout<Float>.size)
+    }
+
+    /// Makes room for positions 0..<count (count ≤ limit), keeping the first `filled` positions of every
+    /// layer. Refuses a size beyond the machine's memory.
+    func reserve(_ count: Int, filled: Int) throws {
+        guard count > capacity else { return }
+        precondition(count <= limit && filled <= capacity)
+        let newCapacity = min(limit, max(count, 2 * capacity, 16))
+        let needed = Double(bytes(positions: newCapacity))
+        guard needed <= MachineMemory.usableFraction * MachineMemory.physicalBytes else {
+            throw ModelError.insufficientMemory("the key/value cache for \(newCapacity) positions needs about \(MachineMemory.describe(needed)); this machine has \(MachineMemory.describe(MachineMemory.physicalBytes)): generate fewer tokens")
+        }
+        let newKeys = UnsafeMutablePointer<Float>.allocate(capacity: layers * newCapacity * width)
+        let newValues = UnsafeMutablePointer<Float>.allocate(capacity: layers * newCapacity * width)
+        for layer in 0..<layers where filled > 0 {
+            (newKeys + layer * newCapacity * width).update(from: keys(layer: layer), count: filled * width)
+            (newValues + layer * newCapacity * width).update(from: values(layer: layer), count: filled * width)
+        }
+        keys.deallocate()
+        values.deallocate()
+        scores.deallocate()
+        keys = newKeys
+        values = newValues
+        scores = .allocate(capacity: newCapacity)
+        capacity = newCapacity
+    }
+}
