@@ -118,13 +118,6 @@ public enum Benchmark {
     }
 }
 
-extension Trainer {
-    /// One optimizer step on a given micro-batch (the benchmark's unit of work).
-    public func singleStep(_ batch: Batch) throws {
-        _ = try optimizerStep { _ in batch }
-    }
-}
-
 extension Benchmark {
     /// All figures of `distill bench`, printing each line through `say` as it is measured.
     public static func run(preset: String, teacher: LlamaConfig, student: LlamaConfig, batch: Int, context: Int,

@@ -35,7 +35,12 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
     }
     guard tokens.count >= 2 else { throw EvaluationError.tooShort(tokens.count) }
     // Several windows share a forward pass, within about 1 GB of activations (attention is T² per window).
-    let perWindow = model.activationBytes(batch: 1, length: window, keepForBackward: false)
+    // A text shorter than the context needs only its own length.
+    let perWindow = model.activationBytes(batch: 1, length: min(window, tokens.count - 1), keepForBackward: false)
+    let memory = Double(ProcessInfo.processInfo.physicalMemory)
+    guard perWindow < 0.8 * memory else {
+        throw EvaluationError.windowTooLarge(min(window, tokens.count - 1), gigabytes: perWindow / 1e9, available: memory / 1e9)
+    }
     let batchSize = max(1, min(batchSize, Int(1e9 / max(perWindow, 1))))
     // Plan the windows: (begin, length, first target index that counts).
     var plans: [(begin: Int, length: Int, firstNew: Int)] = []
@@ -78,12 +83,16 @@ public enum EvaluationError: Error, CustomStringConvertible, Equatable {
     case badStride(Int, context: Int)
     case tooShort(Int)
     case notText(String)
+    case windowTooLarge(Int, gigabytes: Double, available: Double)
 
     public var description: String {
         switch self {
         case .badStride(let stride, let context): return "--stride must be between 1 and the context (\(context)), got \(stride)"
         case .tooShort(let count): return "the text has \(count) token(s); at least 2 are needed to score anything"
         case .notText(let path): return "\(path) is not UTF-8 text: give a text file"
+        case let .windowTooLarge(length, needed, available):
+            return String(format: "a scoring window of %d tokens needs about %.1f GB of activations but this machine has %.1f GB: give a shorter context",
+                          length, needed, available)
         }
     }
 }

@@ -62,7 +62,8 @@ public enum Compute {
 
     /// Sets the threads for our loops and OpenBLAS alike.
     public static func setThreads(_ count: Int) {
-        threads = max(1, count)
+        // A safety net under the commands' own checks: Int32 conversion and per-thread buffers stay sane.
+        threads = min(max(1, count), 1024)
         openblas_set_num_threads(Int32(threads))
     }
 

@@ -129,6 +129,11 @@ public final class Trainer {
         let gradientNorm: Float
     }
 
+    /// One optimizer step on a given micro-batch, with no checkpoint or report (the benchmark's unit of work).
+    public func singleStep(_ batch: Batch) throws {
+        _ = try optimizerStep { _ in batch }
+    }
+
     /// One optimizer step: the micro-batches' gradients added up, clipped, and applied by AdamW.
     func optimizerStep(nextBatch: (inout SeededRandom) throws -> Batch) throws -> StepResult {
         let segments = self.segments

@@ -285,12 +285,13 @@ public enum TrainingRun {
     public static func validationBatches(data: TokenFile, parameters: TrainingParameters) throws -> [Batch] {
         let tokens = data.validationTokens, window = parameters.context + 1
         guard tokens.count >= window else { return [] }
-        let total = parameters.evalBatches * parameters.batchSize
         let distinct = tokens.count - window + 1
+        // Divided, not multiplied: a huge count must not overflow before it is refused.
         guard parameters.evalBatches <= max(1, distinct / parameters.batchSize) else {
             throw SettingError(.evalBatches, "is \(parameters.evalBatches), but the validation split (\(tokens.count) tokens) holds at most "
                 + "\(max(1, distinct / parameters.batchSize)) batches of \(parameters.batchSize) distinct windows")
         }
+        let total = parameters.evalBatches * parameters.batchSize
         var batches: [Batch] = []
         let spacing = max(1, (tokens.count - window) / max(total - 1, 1))
         var ids = [Int32](repeating: 0, count: window)
