@@ -163,20 +163,8 @@ extension CommandLineTests {
         let output = try TestCorpus.scratch("cli-interrupt").appendingPathComponent("model").path
         let arguments = ["train", "--data", corpus.data, "--output", output, "--preset", "tiny-student", "--context", "32",
                          "--batch-size", "2", "--log-every", "1", "--eval-every", "0", "--save-every", "0"]
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = arguments + ["--steps", "1000000"]
-        let error = Pipe()
-        process.standardError = error
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
         // Wait for the first progress line, then interrupt.
-        var seen = Data()
-        while !String(decoding: seen, as: UTF8.self).contains("step ") {
-            let chunk = error.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            seen += chunk
-        }
+        var (process, error, seen) = try startAndWaitForProgress(arguments + ["--steps", "1000000"], drain: false)
         process.interrupt()
         seen += error.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()

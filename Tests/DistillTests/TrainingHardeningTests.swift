@@ -97,7 +97,7 @@ extension CommandLineTests {
         let output = try TestCorpus.scratch("lock").appendingPathComponent("model").path
         let arguments = ["train", "--output", output, "--preset", "tiny-student", "--save-every", "1", "--eval-every", "0"]
             + tinyRunFlags(corpus)
-        let first = try startAndWaitForProgress(arguments + ["--steps", "1000000"])
+        let first = try startAndWaitForProgress(arguments + ["--steps", "1000000"]).process
         defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
         try expectError(arguments + ["--steps", "1000000", "--resume"], mentions: "in use by another distill run")
         kill(first.processIdentifier, SIGKILL)
@@ -113,7 +113,7 @@ extension CommandLineTests {
         let corpus = try TestCorpus.files()
         let output = try TestCorpus.scratch("sigterm").appendingPathComponent("model").path
         let process = try startAndWaitForProgress(["train", "--output", output, "--preset", "tiny-student", "--steps", "1000000",
-                                                   "--save-every", "0", "--eval-every", "0"] + tinyRunFlags(corpus))
+                                                   "--save-every", "0", "--eval-every", "0"] + tinyRunFlags(corpus)).process
         process.terminate()
         process.waitUntilExit()
         XCTAssertEqual(process.terminationStatus, 130)
@@ -180,8 +180,10 @@ extension CommandLineTests {
         XCTAssertGreaterThan(killedMidRun, 10, "most kills should land while the run is going")
     }
 
-    /// Starts `distill` with `arguments` and returns once it has printed its first progress line.
-    func startAndWaitForProgress(_ arguments: [String]) throws -> Process {
+    /// Starts `distill` with `arguments` and returns once it has printed its first progress line, with
+    /// what it printed so far on stderr. With `drain` the rest of stderr is discarded as it comes (so the
+    /// child never blocks on a full pipe); without, the caller reads it from `errors`.
+    func startAndWaitForProgress(_ arguments: [String], drain: Bool = true) throws -> (process: Process, errors: Pipe, seen: Data) {
         let process = Process()
         process.executableURL = Self.executable
         process.arguments = arguments
@@ -195,9 +197,8 @@ extension CommandLineTests {
             if chunk.isEmpty { break }
             seen += chunk
         }
-        // Keep draining so the child never blocks on a full pipe.
-        error.fileHandleForReading.readabilityHandler = { _ = $0.availableData }
-        return process
+        if drain { error.fileHandleForReading.readabilityHandler = { _ = $0.availableData } }
+        return (process, error, seen)
     }
 
     /// --init-from-teacher honours a config's depth and refuses a config of another width; --config with

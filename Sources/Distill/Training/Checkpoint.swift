@@ -4,7 +4,7 @@ import Foundation
 /// (AdamW moments and the objective's extra tensors) and `state.json` (step, sampler, settings). A new
 /// state is written into a fresh folder and swapped in with renames, so that one complete state is on
 /// disk at every moment, whatever kills the process.
-enum Checkpoint {
+public enum Checkpoint {
     static let folder = "training"
     static let staging = ".training.tmp"
     static let previous = ".training.old"
@@ -41,6 +41,9 @@ enum Checkpoint {
             self.weightsHash = weightsHash
         }
     }
+
+    /// Checks a `state.json`'s bytes as a resume would read them (for the fuzz tests and for tools).
+    public static func validateState(_ data: Data) throws { _ = try decodeState(data, path: "state.json") }
 
     /// Decodes a `state.json`, refusing anything but a complete, current-format state.
     static func decodeState(_ data: Data, path: String) throws -> State {
