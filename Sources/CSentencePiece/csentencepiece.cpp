@@ -20,6 +20,8 @@ struct spm_processor {
     sentencepiece::SentencePieceProcessor processor;
     // Piece types read from the model proto, since the public API has no IsUserDefined/IsNormal.
     std::vector<uint8_t> types;
+    // NormalizerSpec.add_dummy_prefix: whether encoding puts a space before the text.
+    bool adds_dummy_prefix = true;
 };
 
 namespace {
@@ -96,23 +98,54 @@ std::vector<uint8_t> read_piece_types(const std::string &serialized) {
     return types;
 }
 
+// NormalizerSpec (ModelProto field 3) field 3, add_dummy_prefix; true, the proto default, when absent.
+bool read_adds_dummy_prefix(const std::string &serialized) {
+    const uint8_t *bytes = reinterpret_cast<const uint8_t *>(serialized.data());
+    ProtoReader model{bytes, bytes + serialized.size()};
+    uint32_t number = 0, wire = 0;
+    uint64_t value = 0;
+    ProtoReader spec{nullptr, nullptr};
+    bool adds = true;
+    while (model.position < model.end && model.field(&number, &wire, &value, &spec)) {
+        if (number != 3 || wire != 2) continue;
+        uint32_t inner_number = 0, inner_wire = 0;
+        uint64_t inner_value = 0;
+        ProtoReader unused{nullptr, nullptr};
+        while (spec.position < spec.end && spec.field(&inner_number, &inner_wire, &inner_value, &unused)) {
+            if (inner_number == 3 && inner_wire == 0) adds = inner_value != 0;
+        }
+    }
+    return adds;
+}
+
 bool valid_id(const spm_processor *processor, int32_t id) {
     return processor != nullptr && id >= 0 && id < processor->processor.GetPieceSize();
 }
 
 // Feeds the trainer the lines of several files, so that paths never pass through SentencePiece's
-// comma- and space-separated argument syntax.
+// comma- and space-separated argument syntax. SentencePiece skips sentences longer than its
+// max_sentence_length without a word, so a longer line is handed over in pieces of at most
+// `max_piece_bytes`, cut after a space when there is one near the limit and never inside a UTF-8
+// character; `split_lines()` counts the lines cut this way.
 class FileLineIterator : public sentencepiece::SentenceIterator {
    public:
-    explicit FileLineIterator(std::vector<std::string> paths) : paths_(std::move(paths)) { Next(); }
+    FileLineIterator(std::vector<std::string> paths, size_t max_piece_bytes)
+        : paths_(std::move(paths)), max_piece_bytes_(max_piece_bytes < 8 ? 8 : max_piece_bytes) { Next(); }
 
     bool done() const override { return done_; }
-    const std::string &value() const override { return line_; }
+    const std::string &value() const override { return piece_; }
     sentencepiece::util::Status status() const override { return status_; }
+    size_t split_lines() const { return split_lines_; }
 
     void Next() override {
+        if (rest_ < line_.size()) { TakePiece(); return; }
         while (!done_) {
-            if (stream_.is_open() && std::getline(stream_, line_)) return;
+            if (stream_.is_open() && std::getline(stream_, line_)) {
+                rest_ = 0;
+                if (line_.size() > max_piece_bytes_) ++split_lines_;
+                TakePiece();
+                return;
+            }
             if (stream_.is_open() && stream_.bad()) {
                 fail("cannot read " + paths_[next_path_ - 1]);
                 return;
@@ -127,15 +160,36 @@ class FileLineIterator : public sentencepiece::SentenceIterator {
     }
 
    private:
+    // Moves the next piece of line_ (from rest_) into piece_.
+    void TakePiece() {
+        size_t remaining = line_.size() - rest_;
+        size_t length = remaining;
+        if (remaining > max_piece_bytes_) {
+            length = max_piece_bytes_;
+            // Back up to the start of a UTF-8 character (continuation bytes are 10xxxxxx).
+            while (length > 1 && (static_cast<unsigned char>(line_[rest_ + length]) & 0xC0) == 0x80) --length;
+            // Prefer to cut just after a space in the last quarter of the piece.
+            for (size_t cut = length; cut > max_piece_bytes_ * 3 / 4; --cut) {
+                if (line_[rest_ + cut - 1] == ' ') { length = cut; break; }
+            }
+        }
+        piece_.assign(line_, rest_, length);
+        rest_ += length;
+    }
+
     void fail(const std::string &message) {
         status_ = sentencepiece::util::Status(sentencepiece::util::StatusCode::kNotFound, message);
         done_ = true;
     }
 
     std::vector<std::string> paths_;
+    size_t max_piece_bytes_;
     size_t next_path_ = 0;
     std::ifstream stream_;
     std::string line_;
+    size_t rest_ = 0;
+    std::string piece_;
+    size_t split_lines_ = 0;
     bool done_ = false;
     sentencepiece::util::Status status_;
 };
@@ -169,7 +223,9 @@ spm_processor *spm_processor_load(const char *path, char **error) {
             set_error(error, status.ToString());
             return nullptr;
         }
-        handle->types = read_piece_types(handle->processor.serialized_model_proto());
+        const std::string serialized = handle->processor.serialized_model_proto();
+        handle->types = read_piece_types(serialized);
+        handle->adds_dummy_prefix = read_adds_dummy_prefix(serialized);
         if (int(handle->types.size()) != handle->processor.GetPieceSize()) {
             set_error(error, "the model's piece list could not be read");
             return nullptr;
@@ -188,6 +244,7 @@ int32_t spm_unk_id(const spm_processor *processor) { return processor->processor
 int32_t spm_bos_id(const spm_processor *processor) { return processor->processor.bos_id(); }
 int32_t spm_eos_id(const spm_processor *processor) { return processor->processor.eos_id(); }
 int32_t spm_pad_id(const spm_processor *processor) { return processor->processor.pad_id(); }
+int spm_adds_dummy_prefix(const spm_processor *processor) { return processor->adds_dummy_prefix ? 1 : 0; }
 
 const char *spm_piece(const spm_processor *processor, int32_t id, size_t *length) {
     if (!valid_id(processor, id)) return nullptr;
@@ -252,8 +309,8 @@ char *spm_decode(const spm_processor *processor, const int32_t *ids, size_t coun
     }
 }
 
-int spm_train(const char *arguments, const char *const *paths, size_t path_count,
-              char **model, size_t *model_length, char **log, char **error) {
+int spm_train(const char *arguments, const char *const *paths, size_t path_count, size_t max_sentence_bytes,
+              char **model, size_t *model_length, size_t *split_lines, char **log, char **error) {
     std::lock_guard<std::mutex> lock(train_mutex);
     try {
         std::string serialized;
@@ -261,9 +318,10 @@ int spm_train(const char *arguments, const char *const *paths, size_t path_count
         std::string captured;
         {
             StderrCapture capture;
-            FileLineIterator lines(std::vector<std::string>(paths, paths + path_count));
+            FileLineIterator lines(std::vector<std::string>(paths, paths + path_count), max_sentence_bytes);
             status = sentencepiece::SentencePieceTrainer::Train(arguments, &lines, &serialized);
             if (status.ok()) status = lines.status();
+            if (split_lines != nullptr) *split_lines = lines.split_lines();
             captured = capture.text();
         }
         if (log != nullptr) *log = copy_string(captured);

@@ -12,8 +12,19 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Threads (default: all cores).") var threads: Int?
     @Flag(help: "Print one JSON object.") var json = false
 
+    /// More repetitions only narrow the median; a bound keeps a typo from running for days.
+    static let maximumRepeats = 1000
+    /// Teacher presets, each with a PRESET-student.
+    static let presets = ["small", "tiny"]
+
     func validate() throws {
-        if repeats < 1 { throw ValidationError("--repeats must be at least 1") }
+        guard repeats >= 1, repeats <= Self.maximumRepeats else {
+            throw ValidationError("--repeats must be between 1 and \(Self.maximumRepeats), got \(repeats)")
+        }
+        guard Self.presets.contains(preset) else {
+            throw ValidationError("--preset takes a teacher preset, \(Self.presets.joined(separator: " or ")) (its student is PRESET-student), got '\(preset)'")
+        }
+        try checkThreads(threads)
     }
 
     func run() throws {
@@ -26,6 +37,8 @@ struct BenchCommand: ParsableCommand {
         if json {
             let encoder = JSONEncoder()
             encoder.outputFormatting = [.sortedKeys]
+            // A figure can be infinite (a timing of zero); JSON has no such number.
+            encoder.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "inf", negativeInfinity: "-inf", nan: "nan")
             print(String(decoding: try encoder.encode(report), as: UTF8.self))
         }
     }

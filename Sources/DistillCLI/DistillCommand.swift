@@ -10,4 +10,8 @@ struct DistillCommand: ParsableCommand {
         subcommands: [TokenizerCommand.self, PrepareCommand.self, TrainCommand.self, StudentCommand.self, MutualCommand.self,
                       SampleCommand.self, EvalCommand.self, ExportCommand.self, BenchCommand.self]
     )
+
+    static func main() {
+        main(TokenizerCommand.Decode.joiningIDs(Array(CommandLine.arguments.dropFirst())))
+    }
 }

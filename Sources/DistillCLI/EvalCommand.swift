@@ -20,6 +20,7 @@ struct EvalCommand: ParsableCommand {
     func validate() throws {
         if model.isEmpty { throw ValidationError("give a --model directory") }
         if (text == nil) == (data == nil) { throw ValidationError("give exactly one of --text FILE or --data DATA") }
+        try checkThreads(threads)
     }
 
     func run() throws {
@@ -27,20 +28,9 @@ struct EvalCommand: ParsableCommand {
         var results: [(name: String, parameters: Int, report: PerplexityReport)] = []
         for path in model {
             let loaded = try LoadedModel(path: path)
-            let tokens: [Int32], bytes: Int
-            if let text {
-                guard let raw = FileManager.default.contents(atPath: text) else { throw IOError.missing(text) }
-                guard let string = String(data: raw, encoding: .utf8) else { throw EvaluationError.notText(text) }
-                tokens = loaded.tokenizer.encode(string)
-                bytes = raw.count
-            } else {
-                let file = try TokenFile(path: data!)
-                try file.checkTokenizer(loaded.tokenizer)
-                try file.checkTokenRange()
-                tokens = Array(file.validationTokens)
-                bytes = file.validationByteCount
-            }
-            let report = try scoreTokens(model: loaded.model, tokens: tokens, bytes: bytes, stride: stride)
+            let input = try text.map { try EvaluationTokens(textFile: $0, tokenizer: loaded.tokenizer) }
+                ?? EvaluationTokens(validationSplitOf: data ?? "", tokenizer: loaded.tokenizer)
+            let report = try scoreTokens(model: loaded.model, tokens: input.tokens, bytes: input.bytes, stride: stride)
             results.append((path, loaded.model.parameterCount, report))
         }
         if json {
@@ -51,7 +41,7 @@ struct EvalCommand: ParsableCommand {
                 return object
             }
             let payload: [String: Any] = objects.count == 1 ? objects[0] : ["models": objects as [Any]]
-            print(String(decoding: try JSONSerialization.data(withJSONObject: payload, options: [.sortedKeys]), as: UTF8.self))
+            print(String(decoding: try JSONOutput.data(payload), as: UTF8.self))
         } else if results.count == 1, let result = results.first {
             print(String(format: "parameters %d  tokens %d  mean NLL %.4f nats  perplexity %.3f  bits/byte %.4f",
                          result.parameters, result.report.tokens, result.report.meanNLL, result.report.perplexity,

@@ -17,6 +17,7 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "How weight matrices are stored.") var dtype: FloatFormat = .f32
 
     func run() throws {
+        RemoveTemporariesOnInterrupt.install()
         try ModelExport.export(modelAt: URL(fileURLWithPath: model), format: format,
                                to: URL(fileURLWithPath: output), dtype: dtype)
         print("wrote \(output) (\(format.rawValue), \(dtype.rawValue))")

@@ -1,17 +1,14 @@
 import Distill
 import Foundation
 
-/// A model directory (ours or a Hugging Face Llama one) with its tokenizer.
+/// A model directory (ours or a Hugging Face Llama one) with its tokenizer, checked to belong together.
 struct LoadedModel {
     let model: LlamaModel
     let tokenizer: Tokenizer
 
     init(path: String) throws {
-        let directory = URL(fileURLWithPath: path)
-        model = try ModelDirectory.load(directory)
-        tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
-        guard tokenizer.vocabSize <= model.config.vocabSize else {
-            throw ModelError.mismatch("\(path): the tokenizer has \(tokenizer.vocabSize) pieces but the model only \(model.config.vocabSize)")
-        }
+        let loaded = try ModelAndTokenizer(directory: URL(fileURLWithPath: path))
+        model = loaded.model
+        tokenizer = loaded.tokenizer
     }
 }

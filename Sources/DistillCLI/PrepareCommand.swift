@@ -29,6 +29,7 @@ struct PrepareCommand: ParsableCommand {
     }
 
     func run() throws {
+        RemoveTemporariesOnInterrupt.install()
         let loaded = try Tokenizer(modelPath: tokenizer)
         let showProgress = isatty(STDERR_FILENO) == 1
         let summary = try TokenFile.prepare(tokenizer: loaded, inputs: input, output: output, valFraction: valFraction) { progress in

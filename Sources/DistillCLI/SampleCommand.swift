@@ -18,6 +18,9 @@ struct SampleCommand: ParsableCommand {
 
     func validate() throws {
         if maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more") }
+        try checkThreads(threads)
+        try checkFinite(temperature, "--temperature")
+        if let topP { try checkFinite(topP, "--top-p") }
     }
 
     func run() throws {
@@ -29,20 +32,13 @@ struct SampleCommand: ParsableCommand {
         if promptIDs.isEmpty && tokenizer.bosId >= 0 { promptIDs = [tokenizer.bosId] }
         let session = KVCacheSession(model: loaded.model)
         if let prompt { print(prompt, terminator: "") }
-        // Decode the whole continuation each time and print what is new, so that characters spread
-        // over several byte pieces appear once complete.
-        var produced: [Int32] = [], printed = ""
+        // Characters spread over several byte pieces appear once complete.
+        var decoder = IncrementalDecoder(tokenizer: tokenizer)
         try generate(session: session, prompt: promptIDs, maxTokens: maxTokens, sampler: &sampler,
                      stopToken: tokenizer.eosId >= 0 ? tokenizer.eosId : nil) { token in
-            produced.append(token)
-            let text = tokenizer.decode(produced)
-            guard !text.hasSuffix("\u{FFFD}"), text.hasPrefix(printed) else { return }
-            print(text.dropFirst(printed.count), terminator: "")
+            print(decoder.append(token), terminator: "")
             fflush(stdout)
-            printed = text
         }
-        let text = tokenizer.decode(produced)
-        if text.hasPrefix(printed) { print(text.dropFirst(printed.count), terminator: "") }
-        print()
+        print(decoder.finish())
     }
 }

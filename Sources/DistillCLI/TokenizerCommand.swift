@@ -36,8 +36,13 @@ struct TokenizerCommand: ParsableCommand {
         }
 
         func run() throws {
+            RemoveTemporariesOnInterrupt.install()
             let started = Date()
-            try Tokenizer.train(inputs: input, vocabSize: vocabSize, modelType: modelType, output: output)
+            let report = try Tokenizer.train(inputs: input, vocabSize: vocabSize, modelType: modelType, output: output)
+            if report.splitLines > 0 {
+                FileHandle.standardError.write(Data(("note: \(report.splitLines) line(s) longer than \(Tokenizer.maximumSentenceBytes) bytes "
+                    + "were cut into pieces for training (SentencePiece's limit)\n").utf8))
+            }
             let tokenizer = try Tokenizer(modelPath: output)
             let seconds = Date().timeIntervalSince(started)
             print("wrote \(output): \(modelType.rawValue), \(tokenizer.vocabSize) pieces, hash \(String(tokenizer.modelHash, radix: 16)), \(String(format: "%.1f", seconds)) s")
@@ -75,16 +80,52 @@ struct TokenizerCommand: ParsableCommand {
     }
 
     struct Decode: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Print the text of token ids.")
+        static let configuration = CommandConfiguration(
+            abstract: "Print the text of token ids (arguments, or else standard input), separated by spaces.")
 
         @Option(name: .long, help: "The tokenizer model (FILE.model).")
         var tokenizer: String
 
-        @Argument(help: "Token ids.")
-        var ids: [Int32] = []
+        // Strings, each holding one or more ids: the argument parser takes time quadratic in the number
+        // of values of a repeated argument, so `main` hands a long run of ids over as one string.
+        @Argument(help: "Token ids; standard input is read when there are none.")
+        var ids: [String] = []
+
+        /// Joins the id arguments of `tokenizer decode` into one, so that decoding 100,000 ids takes as
+        /// long as reading them. Other command lines come back unchanged.
+        static func joiningIDs(_ arguments: [String]) -> [String] {
+            guard arguments.count > 2, arguments[0] == "tokenizer", arguments[1] == "decode" else { return arguments }
+            var kept = Array(arguments[..<2]), ids: [String] = []
+            var index = 2
+            while index < arguments.count {
+                let argument = arguments[index]
+                if argument == "--tokenizer" && index + 1 < arguments.count {
+                    kept += [argument, arguments[index + 1]]
+                    index += 2
+                    continue
+                }
+                if argument == "--" {
+                    ids += arguments[(index + 1)...]
+                    break
+                }
+                if argument.hasPrefix("-") && Int(argument) == nil { kept.append(argument) } else { ids.append(argument) }
+                index += 1
+            }
+            // After "--", a string that starts with a minus sign is not taken for an option.
+            return ids.isEmpty ? kept : kept + ["--", ids.joined(separator: " ")]
+        }
 
         func run() throws {
             let loaded = try Tokenizer(modelPath: tokenizer)
+            var words = ids.flatMap { $0.split(whereSeparator: \.isWhitespace) }
+            if ids.isEmpty {
+                let input = String(decoding: FileHandle.standardInput.readDataToEndOfFile(), as: UTF8.self)
+                words = input.split(whereSeparator: \.isWhitespace)
+            }
+            let ids = try words.map { word -> Int32 in
+                guard let id = Int32(word) else { throw ValidationError("'\(word)' is not a token id: give integers such as 17 42") }
+                return id
+            }
             try loaded.checkIDs(ids)
             let text = loaded.decode(ids)
             // Keep the shell prompt on its own line unless the text already ends one.

@@ -42,6 +42,8 @@ int32_t spm_unk_id(const spm_processor *processor);
 int32_t spm_bos_id(const spm_processor *processor);
 int32_t spm_eos_id(const spm_processor *processor);
 int32_t spm_pad_id(const spm_processor *processor);
+/// 1 when encoding puts a space before the text (NormalizerSpec.add_dummy_prefix), else 0.
+int spm_adds_dummy_prefix(const spm_processor *processor);
 
 /// The piece text of `id` (not owned by the caller, valid while the processor lives), or NULL when
 /// `id` is out of range. Its byte length is stored in *length.
@@ -64,11 +66,13 @@ char *spm_decode(const spm_processor *processor, const int32_t *ids, size_t coun
 
 /// Trains a model with SentencePiece's command-line style `arguments` (space-separated
 /// --key=value, no --input), reading sentences line by line from the `path_count` files in `paths`.
-/// The model bytes are returned in *model (to be freed, length in *model_length); nothing is written
-/// to disk. The trainer's log is captured into *log instead of the process's stderr. Returns 0 on
-/// success, or -1 with *error set to SentencePiece's message.
-int spm_train(const char *arguments, const char *const *paths, size_t path_count,
-              char **model, size_t *model_length, char **log, char **error);
+/// Lines longer than `max_sentence_bytes` (which must equal --max_sentence_length, beyond which
+/// SentencePiece drops a sentence) are handed over in pieces of at most that many bytes, and counted
+/// in *split_lines. The model bytes are returned in *model (to be freed, length in *model_length);
+/// nothing is written to disk. The trainer's log is captured into *log instead of the process's
+/// stderr. Returns 0 on success, or -1 with *error set to SentencePiece's message.
+int spm_train(const char *arguments, const char *const *paths, size_t path_count, size_t max_sentence_bytes,
+              char **model, size_t *model_length, size_t *split_lines, char **log, char **error);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     case missingTokenFile(String)
     /// The token file cannot be opened or mapped.
     case unreadableTokenFile(String, reason: String)
+    /// A folder was given as the token file.
+    case tokenFileIsFolder(String)
     /// The file does not start with the token-file magic.
     case notATokenFile(String)
     /// The file was written by another version of the format.
@@ -33,6 +35,8 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
             return "token file \(path) does not exist: make it with `distill prepare` or check the path"
         case .unreadableTokenFile(let path, let reason):
             return "cannot read token file \(path) (\(reason)): check its permissions"
+        case .tokenFileIsFolder(let path):
+            return "\(path) is a folder, not a token file: give the file written by `distill prepare --output`"
         case .notATokenFile(let path):
             return "\(path) is not a distill token file (wrong magic): pass a file written by `distill prepare`"
         case .unsupportedVersion(let path, let found, let supported):

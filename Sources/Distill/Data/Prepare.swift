@@ -29,15 +29,16 @@ public struct PrepareSummary: Sendable {
 }
 
 extension TokenFile {
+    /// Where `prepare` leaves a copy of the tokenizer for a token file: `DATA.tokenizer.model`.
+    public static func companionTokenizerPath(for tokenFile: String) -> String { tokenFile + ".tokenizer.model" }
+
     /// Encodes text into a token file at `output`. `inputs` are files, folders (their .txt files,
     /// sorted) or "-" for standard input, read in order as one text; a file that does not end with a
     /// newline gets one, so that files never run together mid-line. Lines are encoded one at a time,
     /// newline included, on two threads. The last `valFraction` of the text's bytes, moved to the
     /// nearest line boundary, becomes the validation split. The file appears atomically when done.
+    /// Neither `output` nor the tokenizer copy beside it may overwrite an input or the tokenizer.
     @discardableResult
-    /// Where `prepare` leaves a copy of the tokenizer for a token file: `DATA.tokenizer.model`.
-    public static func companionTokenizerPath(for tokenFile: String) -> String { tokenFile + ".tokenizer.model" }
-
     public static func prepare(
         tokenizer: Tokenizer, inputs: [String], output: String, valFraction: Double = 0.1,
         progress: ((PrepareProgress) -> Void)? = nil
@@ -45,6 +46,14 @@ extension TokenFile {
         guard valFraction >= 0, valFraction < 1 else { throw DataError.invalidValidationFraction(valFraction) }
         let files = try TextInput.expand(inputs, allowStandardInput: true, purpose: "")
         guard !files.isEmpty else { throw TokenizerError.noInput }
+        let readFiles = files.filter { $0 != "-" }.map { OutputGuard.Role("--input", $0) }
+        let tokenizerRole = OutputGuard.Role("--tokenizer", tokenizer.modelPath)
+        try OutputGuard.refuseOverlap(output: .init("--output", output), inputs: readFiles + [tokenizerRole])
+        // The copy may land on the tokenizer itself (preparing again with the copy a run left): then
+        // there is nothing to copy.
+        let companion = companionTokenizerPath(for: output)
+        let companionIsTokenizer = OutputGuard.canonical(companion) == OutputGuard.canonical(tokenizer.modelPath)
+        try OutputGuard.refuseOverlap(output: .init("--output", companion), inputs: readFiles)
         let text = ConcatenatedText(sources: try files.map(TextInput.open))
         let validationTarget = Int((Double(text.count) * valFraction).rounded())
         let splitOffset = valFraction == 0 ? text.count : try text.lineBoundary(near: text.count - validationTarget)
@@ -70,10 +79,12 @@ extension TokenFile {
             validationByteCount: text.count - splitOffset)
         try writer.finish(header: header)
         // Training needs the tokenizer to put into the model directory: keep a copy beside the data.
-        guard let tokenizerBytes = FileManager.default.contents(atPath: tokenizer.modelPath) else {
-            throw IOError.missing(tokenizer.modelPath)
+        if !companionIsTokenizer {
+            guard let tokenizerBytes = FileManager.default.contents(atPath: tokenizer.modelPath) else {
+                throw IOError.missing(tokenizer.modelPath)
+            }
+            try AtomicFile.write(tokenizerBytes, to: URL(fileURLWithPath: companion))
         }
-        try AtomicFile.write(tokenizerBytes, to: URL(fileURLWithPath: companionTokenizerPath(for: output)))
         return PrepareSummary(
             output: output, tokenCount: header.tokenCount, sourceByteCount: text.count,
             trainTokenCount: trainTokenCount, validationTokenCount: header.tokenCount - trainTokenCount,

@@ -144,7 +144,7 @@ public final class TokenFile: Sendable {
         do { mapped = try MappedFile(path: path) } catch {
             switch error {
             case .missing: throw DataError.missingTokenFile(path)
-            case .isDirectory: throw DataError.unreadableTokenFile(path, reason: "it is a folder")
+            case .isDirectory: throw DataError.tokenFileIsFolder(path)
             case .unreadable(let reason): throw DataError.unreadableTokenFile(path, reason: reason)
             }
         }

@@ -8,6 +8,7 @@ final class TokenFileWriter {
     let bytesPerToken: Int
     private let temporaryPath: String
     private var descriptor: Int32
+    private let registration: TemporaryFiles.Registration
     private(set) var tokenCount = 0
     private var encoded: [UInt8] = []
 
@@ -20,10 +21,14 @@ final class TokenFileWriter {
         try AtomicFile.ensureDirectory(url.deletingLastPathComponent())
         self.path = path
         self.bytesPerToken = bytesPerToken
-        temporaryPath = url.deletingLastPathComponent()
-            .appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        temporaryPath = AtomicFile.temporarySibling(of: url).path
+        // Registered before it exists, so that an interrupt at any point can remove it.
+        registration = TemporaryFiles.register(temporaryPath)
         descriptor = open(temporaryPath, O_WRONLY | O_CREAT | O_EXCL, 0o644)
-        guard descriptor >= 0 else { throw DataError.unwritableOutput(path, reason: String(cString: strerror(errno))) }
+        guard descriptor >= 0 else {
+            TemporaryFiles.unregister(registration)
+            throw DataError.unwritableOutput(path, reason: String(cString: strerror(errno)))
+        }
         // The header is written last, when the counts are known; reserve its place.
         try write([UInt8](repeating: 0, count: TokenFileFormat.headerSize), at: nil)
     }
@@ -33,6 +38,7 @@ final class TokenFileWriter {
             close(descriptor)
             unlink(temporaryPath)
         }
+        TemporaryFiles.unregister(registration)
     }
 
     /// Appends ids (each below the vocabulary size the width was chosen for).

@@ -84,6 +84,8 @@ public enum EvaluationError: Error, CustomStringConvertible, Equatable {
     case tooShort(Int)
     case notText(String)
     case windowTooLarge(Int, gigabytes: Double, available: Double)
+    /// A token file whose validation split holds fewer than two tokens.
+    case noValidationSplit(String, tokens: Int)
 
     public var description: String {
         switch self {
@@ -93,6 +95,8 @@ public enum EvaluationError: Error, CustomStringConvertible, Equatable {
         case let .windowTooLarge(length, needed, available):
             return String(format: "a scoring window of %d tokens needs about %.1f GB of activations but this machine has %.1f GB: give a shorter context",
                           length, needed, available)
+        case .noValidationSplit(let path, let tokens):
+            return "token file \(path) has \(tokens) validation token(s), too few to score: prepare it with a validation split (`distill prepare --val-fraction 0.1`), or score a text with --text"
         }
     }
 }

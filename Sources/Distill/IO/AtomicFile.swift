@@ -2,10 +2,19 @@ import Foundation
 
 /// Writes files so that a reader never sees half a file: data goes to a temporary file in the same
 /// directory, is flushed, and is then renamed over the destination (rename is atomic on one filesystem).
+/// The temporary is registered with `TemporaryFiles`, so an interrupted command can remove it.
 public enum AtomicFile {
+    /// A hidden, unique name beside `url` for a temporary (`kind` "tmp" or "old").
+    public static func temporarySibling(of url: URL, kind: String = "tmp") -> URL {
+        url.deletingLastPathComponent()
+            .appendingPathComponent(".\(url.lastPathComponent).\(kind)-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+    }
+
     public static func write(_ data: Data, to url: URL) throws {
         let directory = url.deletingLastPathComponent()
-        let temporary = directory.appendingPathComponent(".\(url.lastPathComponent).tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        let temporary = temporarySibling(of: url)
+        let registration = TemporaryFiles.register(temporary.path)
+        defer { TemporaryFiles.unregister(registration) }
         let descriptor = open(temporary.path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw IOError.unwritable(directory.path) }
         // Plain write(2), so that a full disk or a file-size limit reports its own cause (errno).
@@ -29,6 +38,50 @@ public enum AtomicFile {
             unlink(temporary.path)
             throw IOError.writeFailed(url.path, reason: String(cString: strerror(failure)))
         }
+    }
+
+    /// Writes a directory as one unit: `body` fills a hidden temporary sibling of `url`, which then
+    /// takes the place of `url` by rename, so that a reader (or an interrupted run) sees the old
+    /// directory or the new one, never a mix. An existing directory at `url` is replaced, so the caller
+    /// decides beforehand whether that is allowed; a file there is refused.
+    public static func writeDirectory(_ url: URL, _ body: (URL) throws -> Void) throws {
+        let parent = url.deletingLastPathComponent()
+        try ensureDirectory(parent)
+        var isDirectory: ObjCBool = false
+        let exists = FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory)
+        if exists && !isDirectory.boolValue { throw IOError.notADirectory(url.path) }
+        let temporary = temporarySibling(of: url)
+        let registration = TemporaryFiles.register(temporary.path)
+        defer { TemporaryFiles.unregister(registration) }
+        do {
+            try FileManager.default.createDirectory(at: temporary, withIntermediateDirectories: false)
+        } catch {
+            throw IOError.unwritable(parent.path)
+        }
+        do {
+            try body(temporary)
+        } catch {
+            try? FileManager.default.removeItem(at: temporary)
+            throw error
+        }
+        // The old directory moves aside, the new one takes its name, and only then is the old one
+        // deleted; removal on interrupt waits for the two renames.
+        let old = temporarySibling(of: url, kind: "old")
+        let oldRegistration = TemporaryFiles.register(old.path)
+        defer { TemporaryFiles.unregister(oldRegistration) }
+        let swapped: Bool = TemporaryFiles.withoutRemoval {
+            if exists && rename(url.path, old.path) != 0 { return false }
+            if rename(temporary.path, url.path) != 0 {
+                if exists { _ = rename(old.path, url.path) }
+                return false
+            }
+            return true
+        }
+        guard swapped else {
+            try? FileManager.default.removeItem(at: temporary)
+            throw IOError.unwritable(url.path)
+        }
+        if exists { try? FileManager.default.removeItem(at: old) }
     }
 
     /// Creates `url` as a directory (and its parents) or throws a clear error when that is impossible.

@@ -31,14 +31,21 @@ public struct HFSpecialTokens: Equatable, Sendable {
 /// load: `config.json`, `generation_config.json`, `model.safetensors`, `tokenizer.model`,
 /// `tokenizer_config.json` and `special_tokens_map.json`, each written atomically.
 public enum HFExport {
+    /// The files `write` puts in the directory.
+    public static let fileNames: Set<String> = [
+        HFModelDirectory.configFileName, "generation_config.json", HFModelDirectory.weightsFileName,
+        HFModelDirectory.tokenizerFileName, "tokenizer_config.json", "special_tokens_map.json",
+    ]
+
     /// Writes `tensors` (Hugging Face names, see `HFLlamaTensors`) with `config` into `directory`.
     ///
     /// Every weight the config needs must be present with its shape, and no other; with tied embeddings a
     /// given `lm_head.weight` is left out, as `save_pretrained` does. `legacy` (default true) makes
-    /// `LlamaTokenizer` encode text exactly as SentencePiece itself does.
+    /// `LlamaTokenizer` encode text exactly as SentencePiece itself does. `metadata` joins the weights'
+    /// `__metadata__` (beside `"format": "pt"`).
     public static func write(config: LlamaConfig, tensors: [SafetensorsTensor], tokenizerModel: URL,
                              specialTokens: HFSpecialTokens, to directory: URL, dtype: FloatFormat = .f32,
-                             addBOSToken: Bool = true, legacy: Bool = true) throws {
+                             addBOSToken: Bool = true, legacy: Bool = true, metadata: [String: String] = [:]) throws {
         try config.validate()
         let stored = try HFLlamaTensors.checked(tensors, config: config)
         guard FileManager.default.fileExists(atPath: tokenizerModel.path) else {
@@ -52,7 +59,7 @@ public enum HFExport {
                                          "eos_token_id": specialTokens.eos.id]
         generation["pad_token_id"] = specialTokens.pad?.id
         try writeJSON(generation, to: directory.appendingPathComponent("generation_config.json"))
-        try SafetensorsFile.write(tensors: stored, metadata: ["format": "pt"],
+        try SafetensorsFile.write(tensors: stored, metadata: metadata.merging(["format": "pt"]) { _, format in format },
                                   to: directory.appendingPathComponent(HFModelDirectory.weightsFileName), dtype: dtype)
 
         let tokenizerBytes: Data

@@ -10,29 +10,37 @@ public enum ExportFormat: String, CaseIterable, Sendable {
 
 /// Why an export cannot be written, in words a user can act on.
 public enum ExportError: Error, CustomStringConvertible, Equatable {
-    /// The output is the model directory that is being read.
-    case outputIsSource(String)
     /// A GGUF file was asked for at a path that is a directory.
     case outputIsDirectory(String)
     /// The tokenizer has more pieces than the model has embedding rows.
     case vocabularyTooLarge(tokenizer: Int, model: Int, path: String)
+    /// An HF export was asked into a directory that holds something other than an earlier export.
+    case outputHoldsOtherFiles(String)
 
     public var description: String {
         switch self {
-        case .outputIsSource(let path):
-            return "the output \(path) is the model directory itself: choose another output path"
         case .outputIsDirectory(let path):
             return "\(path) is a directory: a GGUF export is one file, give a file path such as \(path)/model.gguf"
         case .vocabularyTooLarge(let tokenizer, let model, let path):
             return "\(path): the tokenizer has \(tokenizer) pieces but the model only \(model) embedding rows: the tokenizer does not belong to this model"
+        case .outputHoldsOtherFiles(let path):
+            return "\(path) already holds files that are not an earlier `distill export` (another model?): give a new or empty directory"
         }
     }
 }
 
 /// Exports a model directory (ours, or any Hugging Face Llama one with a `tokenizer.model`).
 public enum ModelExport {
+    /// The `__metadata__` entry of `model.safetensors` that marks a directory written by `export`, which
+    /// a later export may replace.
+    public static let exportMarker = (key: "distill.export", value: "hf")
+
     /// Reads the model at `source` and writes it as `format` to `output` (a directory for `.hf`, a file
     /// for `.gguf`), with weight matrices stored as `dtype` (GGUF keeps the norm gains in F32).
+    ///
+    /// The output may not be, hold or lie inside the model directory (symlinks resolved). An HF
+    /// directory is written as one unit (a temporary sibling, then a rename), and replaces an existing
+    /// directory only when that is empty or an earlier export.
     public static func export(modelAt source: URL, format: ExportFormat, to output: URL, dtype: FloatFormat = .f32) throws {
         let checkpoint = try HFModelDirectory(source)
         let tokenizerModel = try checkpoint.tokenizerModel()
@@ -41,13 +49,17 @@ public enum ModelExport {
             throw ExportError.vocabularyTooLarge(tokenizer: tokenizer.vocabSize, model: checkpoint.config.vocabSize, path: source.path)
         }
         // Writing into the directory being read would replace files while they are still needed.
-        guard output.standardizedFileURL.resolvingSymlinksInPath() != source.standardizedFileURL.resolvingSymlinksInPath() else {
-            throw ExportError.outputIsSource(output.path)
-        }
+        try OutputGuard.refuseOverlap(output: .init("--output", output.path),
+                                      inputs: [.init("--model", source.path), .init("--model", tokenizerModel.path)])
+        if format == .hf { try checkReplaceable(output) }
         let model = try ModelDirectory.load(source)
         switch format {
         case .hf:
-            try ModelDirectory.save(model, tokenizerModel: tokenizerModel.path, to: output, dtype: dtype)
+            try AtomicFile.writeDirectory(output) { directory in
+                try HFExport.write(config: model.config, tensors: ModelDirectory.tensors(of: model),
+                                   tokenizerModel: tokenizerModel, specialTokens: ModelDirectory.specialTokens(of: tokenizer),
+                                   to: directory, dtype: dtype, metadata: [exportMarker.key: exportMarker.value])
+            }
         case .gguf:
             var isDirectory: ObjCBool = false
             if FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory), isDirectory.boolValue {
@@ -58,6 +70,24 @@ public enum ModelExport {
                                  hfTensors: ModelDirectory.tensors(of: model),
                                  vocabulary: ggufVocabulary(of: tokenizer, vocabSize: model.config.vocabSize),
                                  to: output, type: GGMLType(dtype))
+        }
+    }
+
+    /// Throws unless `output` is absent, an empty directory, or a directory holding nothing but an
+    /// earlier HF export (its files, with the marker in `model.safetensors`).
+    static func checkReplaceable(_ output: URL) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory) else { return }
+        guard isDirectory.boolValue else { throw IOError.notADirectory(output.path) }
+        let names: [String]
+        do { names = try FileManager.default.contentsOfDirectory(atPath: output.path) } catch {
+            throw IOError.unwritable(output.path)
+        }
+        if names.isEmpty { return }
+        let weights = output.appendingPathComponent(HFModelDirectory.weightsFileName)
+        guard Set(names).isSubset(of: HFExport.fileNames),
+              (try? SafetensorsFile(url: weights))?.metadata[exportMarker.key] == exportMarker.value else {
+            throw ExportError.outputHoldsOtherFiles(output.path)
         }
     }
 

@@ -81,7 +81,7 @@ enum TextInput {
             do { source = TextSource(name: path, mapped: try MappedFile(path: path)) } catch {
                 switch error {
                 case .missing: throw TokenizerError.missingInput(path)
-                case .isDirectory: throw TokenizerError.unreadableInput(path, reason: "it is a folder")
+                case .isDirectory: throw TokenizerError.folderInput(path)
                 case .unreadable(let reason): throw TokenizerError.unreadableInput(path, reason: reason)
                 }
             }

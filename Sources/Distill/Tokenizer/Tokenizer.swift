@@ -37,6 +37,11 @@ public final class Tokenizer: @unchecked Sendable {
     public let unkId: Int32
 
     private let processor: OpaquePointer
+    /// The byte pieces of U+2581 ("▁", E2 96 81), which SentencePiece reads as its space symbol and
+    /// would decode as a space: `encode` spells the character with them instead, so it survives the
+    /// round trip. Nil when the vocabulary lacks byte pieces, or when encoding adds a dummy prefix
+    /// (a model trained elsewhere), where text is encoded as SentencePiece itself does.
+    private let spaceSymbolPieces: [Int32]?
 
     /// Loads a SentencePiece model file.
     public init(modelPath: String) throws {
@@ -62,13 +67,30 @@ public final class Tokenizer: @unchecked Sendable {
         self.eosId = spm_eos_id(processor)
         self.padId = spm_pad_id(processor)
         self.unkId = spm_unk_id(processor)
+        spaceSymbolPieces = spm_adds_dummy_prefix(processor) != 0 ? nil : Tokenizer.bytePieces(of: [0xE2, 0x96, 0x81], processor: processor)
+    }
+
+    /// The ids of the byte pieces `<0xHH>` of `bytes`, or nil when one is missing.
+    private static func bytePieces(of bytes: [UInt8], processor: OpaquePointer) -> [Int32]? {
+        var idByByte: [UInt8: Int32] = [:]
+        for id in 0..<spm_vocab_size(processor) where spm_piece_type_of(processor, id) == Int32(SPM_PIECE_BYTE.rawValue) {
+            var length = 0
+            guard let piece = spm_piece(processor, id, &length) else { continue }
+            let text = String(decoding: UnsafeRawBufferPointer(start: piece, count: length), as: UTF8.self)
+            if text.hasPrefix("<0x"), text.hasSuffix(">"), let byte = UInt8(text.dropFirst(3).dropLast(), radix: 16) {
+                idByByte[byte] = id
+            }
+        }
+        let ids = bytes.compactMap { idByByte[$0] }
+        return ids.count == bytes.count ? ids : nil
     }
 
     deinit { spm_processor_free(processor) }
 
     /// The ids of `text`, encoded line by line (each line with its newline) exactly as
     /// `TokenFile.prepare` does. With a model trained by `Tokenizer.train`,
-    /// `decode(encode(text)) == text`.
+    /// `decode(encode(text)) == text`, U+2581 ("▁", SentencePiece's space symbol) included: it is
+    /// spelled with byte pieces, since its own piece decodes as a space.
     public func encode(_ text: String) -> [Int32] {
         var ids: [Int32] = []
         var text = text
@@ -78,9 +100,30 @@ public final class Tokenizer: @unchecked Sendable {
         return ids
     }
 
-    /// Appends the ids of `bytes` (valid UTF-8) to `ids`. SentencePiece only fails here when the
-    /// model is unusable, which loading already ruled out; then nothing is appended.
+    /// Appends the ids of `bytes` (valid UTF-8) to `ids`, each U+2581 spelled in byte pieces (see
+    /// `spaceSymbolPieces`).
     func appendIDs(of bytes: UnsafeRawBufferPointer, to ids: inout [Int32]) {
+        guard let escape = spaceSymbolPieces, let base = bytes.baseAddress else {
+            appendEncodedIDs(of: bytes, to: &ids)
+            return
+        }
+        var start = 0, search = 0
+        // Text rarely holds U+2581: look for its lead byte E2 with memchr and check the next two.
+        while search < bytes.count, let found = memchr(base + search, 0xE2, bytes.count - search) {
+            let offset = UnsafeRawPointer(found) - base
+            search = offset + 1
+            guard offset + 3 <= bytes.count, bytes[offset + 1] == 0x96, bytes[offset + 2] == 0x81 else { continue }
+            appendEncodedIDs(of: UnsafeRawBufferPointer(rebasing: bytes[start..<offset]), to: &ids)
+            ids.append(contentsOf: escape)
+            start = offset + 3
+            search = start
+        }
+        appendEncodedIDs(of: UnsafeRawBufferPointer(rebasing: bytes[start...]), to: &ids)
+    }
+
+    /// Appends SentencePiece's ids of `bytes` (valid UTF-8) to `ids`. SentencePiece only fails here
+    /// when the model is unusable, which loading already ruled out; then nothing is appended.
+    private func appendEncodedIDs(of bytes: UnsafeRawBufferPointer, to ids: inout [Int32]) {
         guard !bytes.isEmpty, let base = bytes.baseAddress?.assumingMemoryBound(to: CChar.self) else { return }
         let start = ids.count
         // A piece covers at least one byte of the text, so this is enough, except for models trained
@@ -165,9 +208,12 @@ public final class Tokenizer: @unchecked Sendable {
     /// SentencePiece's status text without the source location and failed condition it starts with
     /// ("Internal: ./src/x.cc(42) [condition] message"): just the first line of the message, or
     /// `fallback` when nothing is left.
+    /// A failed check with no message of its own is named by its condition, so that the reason is
+    /// never empty.
     static func readableReason(_ status: String?, fallback: String) -> String {
         guard let status else { return fallback }
         var message = Substring(status.split(separator: "\n").first ?? "")
+        var condition: Substring = ""
         if let location = message.range(of: #"^\w+: \S+\(\d+\) "#, options: .regularExpression) {
             message = message[location.upperBound...]
             // Skip the bracketed condition, whose brackets may nest.
@@ -178,11 +224,13 @@ public final class Tokenizer: @unchecked Sendable {
                     if message[index] == "[" { depth += 1 } else if message[index] == "]" { depth -= 1 }
                     if depth == 0 { end = message.index(after: index); break }
                 }
+                condition = message[message.index(after: message.startIndex)..<message.index(before: end)]
                 message = message[end...]
             }
         }
         let trimmed = message.trimmingCharacters(in: .whitespaces)
-        return trimmed.isEmpty ? fallback : trimmed
+        if !trimmed.isEmpty { return trimmed }
+        return condition.isEmpty ? fallback : "SentencePiece's check \(condition) failed"
     }
 
     /// Copies and frees a message the shim allocated.

@@ -11,6 +11,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case binaryInput(String)
     /// An input file is not valid UTF-8; `line` is 1-based, `byteOffset` 0-based.
     case invalidUTF8(String, line: Int, byteOffset: Int)
+    /// A folder was given where one text file is read.
+    case folderInput(String)
     /// A folder given as input has no .txt files.
     case noTextFiles(String)
     /// An input path cannot be opened or read.
@@ -27,6 +29,10 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     case vocabularyTooSmall(requested: Int, minimum: Int)
     /// A vocabulary size outside what training accepts at all.
     case invalidVocabularySize(Int)
+    /// SentencePiece kept no line of the input (none it could use).
+    case noUsableLines
+    /// A BPE model was asked for, but no two characters of the text stand side by side.
+    case nothingToMerge
     /// SentencePiece's trainer failed for another reason.
     case trainingFailed(String)
     /// A token id that is not in the vocabulary.
@@ -44,6 +50,8 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
             return "input \(path) contains NUL bytes and looks binary: give plain UTF-8 text"
         case .invalidUTF8(let path, let line, let byteOffset):
             return "input \(path) is not valid UTF-8 (line \(line), byte \(byteOffset)): convert it, e.g. with iconv -t UTF-8"
+        case .folderInput(let path):
+            return "input \(path) is a folder: give the path of a text file"
         case .noTextFiles(let path):
             return "folder \(path) has no .txt files: add some or name the files directly"
         case .unreadableInput(let path, let reason):
@@ -60,6 +68,10 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
             return "vocabulary size \(requested) is too small for this corpus's characters plus 256 byte pieces (at least \(minimum)): raise --vocab-size"
         case .invalidVocabularySize(let size):
             return "vocabulary size \(size) is not usable: choose a --vocab-size of at least 260"
+        case .noUsableLines:
+            return "SentencePiece found no usable line in the input: give text with several ordinary lines"
+        case .nothingToMerge:
+            return "the text has no two characters side by side, so BPE has nothing to merge: add text or use --model-type unigram"
         case .trainingFailed(let message):
             return "tokenizer training failed: \(message)"
         case .idOutOfRange(let id, let vocabSize):

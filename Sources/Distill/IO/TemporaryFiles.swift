@@ -1,0 +1,61 @@
+import Foundation
+
+/// The temporary files and folders that writes in progress have made beside their destinations
+/// (`AtomicFile`, token files, exported directories). Until its rename, each is only a hidden leftover,
+/// so a command that is interrupted calls `removeAll()` before it exits. Thread-safe.
+public enum TemporaryFiles {
+    /// A registered path; pass it back to `unregister` once the temporary is renamed or removed.
+    public struct Registration: Sendable {
+        fileprivate let key: Int
+    }
+
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var paths: [Int: String] = [:]
+    nonisolated(unsafe) private static var nextKey = 0
+
+    /// Records `path` as a temporary that `removeAll()` should delete.
+    public static func register(_ path: String) -> Registration {
+        lock.lock()
+        defer { lock.unlock() }
+        nextKey += 1
+        paths[nextKey] = path
+        return Registration(key: nextKey)
+    }
+
+    /// Forgets a temporary that has been renamed into place or removed.
+    public static func unregister(_ registration: Registration) {
+        lock.lock()
+        defer { lock.unlock() }
+        paths[registration.key] = nil
+    }
+
+    /// Runs `body` (a few renames) while `removeAll()` waits, so that it never sees a half-made swap.
+    public static func withoutRemoval<Result>(_ body: () throws -> Result) rethrows -> Result {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    /// The paths registered now, for tests and messages.
+    public static var registered: [String] {
+        lock.lock()
+        defer { lock.unlock() }
+        return paths.keys.sorted().compactMap { paths[$0] }
+    }
+
+    /// Deletes every registered temporary (folders with what they hold) and forgets them. Returns the
+    /// paths that existed and were removed. Meant for the way out of an interrupted command: the lock
+    /// stays taken, so that no new swap starts before the process exits.
+    @discardableResult
+    public static func removeAll(keepLocked: Bool = false) -> [String] {
+        lock.lock()
+        defer { if !keepLocked { lock.unlock() } }
+        var removed: [String] = []
+        for key in paths.keys.sorted() {
+            guard let path = paths[key] else { continue }
+            if (try? FileManager.default.removeItem(atPath: path)) != nil { removed.append(path) }
+        }
+        paths.removeAll()
+        return removed
+    }
+}
