@@ -4,49 +4,10 @@ import Distill
 /// The `distill` executable on a user's mistakes: one clear line on stderr, a non-zero exit, never a
 /// crash trace; and the main commands working end to end on the test corpus.
 final class CommandLineTests: XCTestCase {
-    struct Outcome {
-        let status: Int32
-        let output: String
-        let error: String
-    }
-
-    static var executable: URL {
-        // The tests' resource bundle sits in the build products folder beside the `distill` executable.
-        Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("distill")
-    }
-
-    @discardableResult
-    func run(_ arguments: [String], input: String? = nil) throws -> Outcome {
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = arguments
-        let output = Pipe(), error = Pipe(), stdin = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        process.standardInput = stdin
-        try process.run()
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try stdin.fileHandleForWriting.close()
-        let out = output.fileHandleForReading.readDataToEndOfFile(), err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Outcome(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
-                       error: String(decoding: err, as: UTF8.self))
-    }
-
-    /// Fails unless the command exits non-zero with one "Error: ..." line containing `phrase`.
-    func expectError(_ arguments: [String], mentions phrase: String, input: String? = nil,
-                     file: StaticString = #filePath, line: UInt = #line) throws {
-        let outcome = try run(arguments, input: input)
-        XCTAssertNotEqual(outcome.status, 0, "exit status for \(arguments)", file: file, line: line)
-        let lines = outcome.error.split(separator: "\n").filter { $0.hasPrefix("Error:") }
-        XCTAssertEqual(lines.count, 1, "stderr: \(outcome.error)", file: file, line: line)
-        XCTAssertTrue(outcome.error.localizedCaseInsensitiveContains(phrase), "'\(phrase)' not in: \(outcome.error)", file: file, line: line)
-        XCTAssertFalse(outcome.error.contains("Fatal error") || outcome.error.contains("Stack dump"), outcome.error, file: file, line: line)
-    }
+    static var executable: URL { distillExecutable }
 
     override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: Self.executable.path),
-                          "the distill executable was not built next to the tests")
+        try skipUnlessDistillIsBuilt()
     }
 
     func testCorpusMistakes() throws {

@@ -29,12 +29,17 @@ public struct Sampler {
         return best
     }
 
+    /// Draws an index from `count` logits: the `topK` largest (all when nil), softmax at `temperature`,
+    /// then the smallest most-likely prefix whose probability reaches `topP`, renormalised.
     public mutating func sample(_ logits: UnsafePointer<Float>, count: Int) -> Int {
         if temperature == 0 { return Self.argmax(logits, count: count) }
         // Candidates cut to top-k, then softmax at the temperature. Only the cuts need them sorted; a
         // plain draw over the whole vocabulary does not pay for a sort per token.
         var candidates = Array(0..<count)
-        if topK != nil || topP != nil { candidates.sort { logits[$0] > logits[$1] } }
+        // Ties go to the lower id, as in `argmax`, so that top-k = 1 is greedy whatever the sort does.
+        if topK != nil || topP != nil {
+            candidates.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+        }
         if let topK, topK < count { candidates.removeSubrange(topK...) }
         let maximum = candidates.reduce(-Float.infinity) { max($0, logits[$1]) }
         var weights = candidates.map { Double(exp((logits[$0] - maximum) / temperature)) }

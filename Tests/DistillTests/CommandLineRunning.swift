@@ -1,0 +1,51 @@
+import Foundation
+import XCTest
+
+/// What a finished `distill` run left: its exit status and what it wrote to each stream.
+struct CommandOutcome {
+    let status: Int32
+    let output: String
+    let error: String
+}
+
+/// Runs the `distill` executable built beside the tests; shared by every command-line test class.
+extension XCTestCase {
+    static var distillExecutable: URL {
+        // The tests' resource bundle sits in the build products folder beside the `distill` executable.
+        Bundle.module.bundleURL.deletingLastPathComponent().appendingPathComponent("distill")
+    }
+
+    func skipUnlessDistillIsBuilt() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: Self.distillExecutable.path),
+                          "the distill executable was not built next to the tests")
+    }
+
+    @discardableResult
+    func run(_ arguments: [String], input: String? = nil) throws -> CommandOutcome {
+        let process = Process()
+        process.executableURL = Self.distillExecutable
+        process.arguments = arguments
+        let output = Pipe(), error = Pipe(), stdin = Pipe()
+        process.standardOutput = output
+        process.standardError = error
+        process.standardInput = stdin
+        try process.run()
+        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+        try stdin.fileHandleForWriting.close()
+        let out = output.fileHandleForReading.readDataToEndOfFile(), err = error.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return CommandOutcome(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
+                              error: String(decoding: err, as: UTF8.self))
+    }
+
+    /// Fails unless the command exits non-zero with one "Error: ..." line containing `phrase`.
+    func expectError(_ arguments: [String], mentions phrase: String, input: String? = nil,
+                     file: StaticString = #filePath, line: UInt = #line) throws {
+        let outcome = try run(arguments, input: input)
+        XCTAssertNotEqual(outcome.status, 0, "exit status for \(arguments)", file: file, line: line)
+        let lines = outcome.error.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+        XCTAssertEqual(lines.count, 1, "stderr: \(outcome.error)", file: file, line: line)
+        XCTAssertTrue(outcome.error.localizedCaseInsensitiveContains(phrase), "'\(phrase)' not in: \(outcome.error)", file: file, line: line)
+        XCTAssertFalse(outcome.error.contains("Fatal error") || outcome.error.contains("Stack dump"), outcome.error, file: file, line: line)
+    }
+}
