@@ -37,7 +37,7 @@ let package = Package(
         .testTarget(
             name: "DistillTests",
             dependencies: ["Distill"],
-            resources: [.copy("Fixtures")]
+            resources: [.copy("Fixtures"), .copy("FuzzSeeds")]
         ),
     ],
     swiftLanguageModes: [.v5],
