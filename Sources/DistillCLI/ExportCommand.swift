@@ -18,8 +18,10 @@ struct ExportCommand: ParsableCommand {
 
     func run() throws {
         RemoveTemporariesOnInterrupt.install()
-        try ModelExport.export(modelAt: URL(fileURLWithPath: model), format: format,
-                               to: URL(fileURLWithPath: output), dtype: dtype)
+        try Flags.translatingSettings {
+            try ModelExport.export(modelAt: URL(fileURLWithPath: model), format: format,
+                                   to: URL(fileURLWithPath: output), dtype: dtype)
+        }
         print("wrote \(output) (\(format.rawValue), \(dtype.rawValue))")
     }
 }

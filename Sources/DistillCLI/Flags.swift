@@ -15,8 +15,11 @@ enum Flags {
         }
     }
 
-    /// A role in an `OutputGuard` error: a setting's raw value becomes its flag.
-    static func name(role: String) -> String { Setting(rawValue: role).map(name) ?? role }
+    /// A role in an `OutputGuard` error: a setting's raw value becomes its flag, and so does any other
+    /// role (`input`, `model`), since every path a command reads or writes comes from a flag.
+    static func name(role: String) -> String {
+        Setting(rawValue: role).map(name) ?? "--" + role.replacingOccurrences(of: "_", with: "-")
+    }
 
     /// Runs a command's work, turning library errors that name a setting into one line that names the flag.
     static func translatingSettings<T>(_ body: () throws -> T) throws -> T {

@@ -32,11 +32,13 @@ struct PrepareCommand: ParsableCommand {
         RemoveTemporariesOnInterrupt.install()
         let loaded = try Tokenizer(modelPath: tokenizer)
         let showProgress = isatty(STDERR_FILENO) == 1
-        let summary = try TokenFile.prepare(tokenizer: loaded, inputs: input, output: output, valFraction: valFraction) { progress in
-            guard showProgress else { return }
-            let line = String(format: "\r%.1f / %.1f MB, %.2f MB/s", Double(progress.bytesDone) / 1e6,
-                              Double(progress.totalBytes) / 1e6, progress.megabytesPerSecond)
-            FileHandle.standardError.write(Data(line.utf8))
+        let summary = try Flags.translatingSettings {
+            try TokenFile.prepare(tokenizer: loaded, inputs: input, output: output, valFraction: valFraction) { progress in
+                guard showProgress else { return }
+                let line = String(format: "\r%.1f / %.1f MB, %.2f MB/s", Double(progress.bytesDone) / 1e6,
+                                  Double(progress.totalBytes) / 1e6, progress.megabytesPerSecond)
+                FileHandle.standardError.write(Data(line.utf8))
+            }
         }
         if showProgress { FileHandle.standardError.write(Data("\n".utf8)) }
         print("wrote \(summary.output): \(summary.tokenCount) tokens from \(summary.sourceByteCount) bytes "

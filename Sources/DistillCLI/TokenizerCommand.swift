@@ -38,7 +38,9 @@ struct TokenizerCommand: ParsableCommand {
         func run() throws {
             RemoveTemporariesOnInterrupt.install()
             let started = Date()
-            let report = try Tokenizer.train(inputs: input, vocabSize: vocabSize, modelType: modelType, output: output)
+            let report = try Flags.translatingSettings {
+                try Tokenizer.train(inputs: input, vocabSize: vocabSize, modelType: modelType, output: output)
+            }
             if report.splitLines > 0 {
                 FileHandle.standardError.write(Data(("note: \(report.splitLines) line(s) longer than \(Tokenizer.maximumSentenceBytes) bytes "
                     + "were cut into pieces for training (SentencePiece's limit)\n").utf8))

@@ -111,13 +111,11 @@ enum FuzzTargets {
         }
     }
 
-    /// A model directory's config.json, and the same bytes as a `--config` file.
+    /// A config.json through the one strict decoder, as a `--config` file and as a model directory's.
     static func readConfig(_ url: URL) throws {
-        let bytes = try Data(contentsOf: url)
-        if let config = try? JSONDecoder().decode(LlamaConfig.self, from: bytes), (try? config.validate()) != nil {
-            _ = config.headDim
-        }
+        let config = try LlamaConfig.read(from: url)
         _ = try HFModelDirectory.readConfig(in: url.deletingLastPathComponent())
+        _ = config.headDim
     }
 }
 

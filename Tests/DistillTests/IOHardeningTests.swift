@@ -98,9 +98,9 @@ final class IOHardeningTests: XCTestCase {
         let link = folder.appendingPathComponent("link.txt")
         try FileManager.default.createSymbolicLink(at: link, withDestinationURL: input)
         for output in [input.path, link.path, folder.path + "/./corpus.txt"] {
-            assertThrows(try Tokenizer.train(inputs: [input.path], vocabSize: 300, output: output), mentioning: ["would overwrite --input"])
+            assertThrows(try Tokenizer.train(inputs: [input.path], vocabSize: 300, output: output), mentioning: ["would overwrite input"])
         }
-        assertThrows(try Tokenizer.train(inputs: [folder.path], vocabSize: 300, output: input.path), mentioning: ["would overwrite --input"])
+        assertThrows(try Tokenizer.train(inputs: [folder.path], vocabSize: 300, output: input.path), mentioning: ["would overwrite input"])
         XCTAssertEqual(try String(contentsOf: input, encoding: .utf8), text)
     }
 
@@ -114,14 +114,14 @@ final class IOHardeningTests: XCTestCase {
         try FileManager.default.copyItem(atPath: tokenizer.modelPath, toPath: tokenizerCopy.path)
         let copy = try Tokenizer(modelPath: tokenizerCopy.path)
         let tokenizerBytes = try Data(contentsOf: tokenizerCopy)
-        assertThrows(try TokenFile.prepare(tokenizer: copy, inputs: [input.path], output: input.path), mentioning: ["would overwrite --input"])
+        assertThrows(try TokenFile.prepare(tokenizer: copy, inputs: [input.path], output: input.path), mentioning: ["would overwrite input"])
         assertThrows(try TokenFile.prepare(tokenizer: copy, inputs: [input.path], output: tokenizerCopy.path),
-                     mentioning: ["would overwrite --tokenizer"])
+                     mentioning: ["would overwrite tokenizer"])
         // The tokenizer copy beside the output would land on the input.
         let named = folder.appendingPathComponent("d.tok.tokenizer.model")
         try TestText.write(text, to: named)
         assertThrows(try TokenFile.prepare(tokenizer: copy, inputs: [named.path], output: folder.appendingPathComponent("d.tok").path),
-                     mentioning: ["would overwrite --input"])
+                     mentioning: ["would overwrite input"])
         XCTAssertEqual(try String(contentsOf: input, encoding: .utf8), text)
         XCTAssertEqual(try String(contentsOf: named, encoding: .utf8), text)
         XCTAssertEqual(try Data(contentsOf: tokenizerCopy), tokenizerBytes)
@@ -144,7 +144,7 @@ final class IOHardeningTests: XCTestCase {
         try FileManager.default.createSymbolicLink(at: link, withDestinationURL: source.directory)
         for (format, output) in [(ExportFormat.gguf, weights), (.gguf, tokenizer), (.gguf, link.appendingPathComponent("model.safetensors")),
                                  (.hf, source.directory), (.hf, link), (.hf, root)] {
-            assertThrows(try ModelExport.export(modelAt: source.directory, format: format, to: output), mentioning: ["would overwrite --model"])
+            assertThrows(try ModelExport.export(modelAt: source.directory, format: format, to: output), mentioning: ["would overwrite model"])
         }
         XCTAssertEqual(try [weights, tokenizer].map { try Data(contentsOf: $0) }, before)
         XCTAssertNoThrow(try ModelDirectory.load(source.directory))
@@ -301,17 +301,17 @@ final class IOCommandLineTests: XCTestCase {
         let tokenizer = scratch.appendingPathComponent("t.model")
         try FileManager.default.copyItem(atPath: corpus.tokenizer, toPath: tokenizer.path)
         let textBytes = try Data(contentsOf: text), tokenizerBytes = try Data(contentsOf: tokenizer)
-        try expectError(["tokenizer", "train", "--input", text.path, "--vocab-size", "300", "--output", text.path], mentions: "would overwrite")
-        try expectError(["prepare", "--tokenizer", tokenizer.path, "--input", text.path, "--output", text.path], mentions: "would overwrite")
-        try expectError(["prepare", "--tokenizer", tokenizer.path, "--input", text.path, "--output", tokenizer.path], mentions: "would overwrite")
+        try expectError(["tokenizer", "train", "--input", text.path, "--vocab-size", "300", "--output", text.path], mentions: "would overwrite --input")
+        try expectError(["prepare", "--tokenizer", tokenizer.path, "--input", text.path, "--output", text.path], mentions: "would overwrite --input")
+        try expectError(["prepare", "--tokenizer", tokenizer.path, "--input", text.path, "--output", tokenizer.path], mentions: "would overwrite --tokenizer")
         XCTAssertEqual(try Data(contentsOf: text), textBytes)
         XCTAssertEqual(try Data(contentsOf: tokenizer), tokenizerBytes)
 
         let model = try makeTinyModelDirectory(in: scratch.appendingPathComponent("m"))
         let weights = model.directory.appendingPathComponent("model.safetensors")
         let weightBytes = try Data(contentsOf: weights)
-        try expectError(["export", "--model", model.directory.path, "--format", "gguf", "--output", weights.path], mentions: "would overwrite")
-        try expectError(["export", "--model", model.directory.path, "--format", "hf", "--output", model.directory.path + "/"], mentions: "would overwrite")
+        try expectError(["export", "--model", model.directory.path, "--format", "gguf", "--output", weights.path], mentions: "would overwrite --model")
+        try expectError(["export", "--model", model.directory.path, "--format", "hf", "--output", model.directory.path + "/"], mentions: "would overwrite --model")
         XCTAssertEqual(try Data(contentsOf: weights), weightBytes)
     }
 

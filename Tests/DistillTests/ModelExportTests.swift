@@ -151,7 +151,7 @@ final class ModelExportTests: XCTestCase {
         assertThrows(try ModelExport.export(modelAt: root.appendingPathComponent("absent"), format: .gguf, to: root.appendingPathComponent("x.gguf")),
                      mentioning: ["is not a directory"])
         assertThrows(try ModelExport.export(modelAt: source.directory, format: .hf, to: source.directory),
-                     mentioning: ["would overwrite --model"])
+                     mentioning: ["would overwrite model"])
         assertThrows(try ModelExport.export(modelAt: source.directory, format: .gguf, to: empty),
                      mentioning: [empty.path, "is a directory", "model.gguf"])
         // A path below a regular file cannot be created, whoever runs the test (root included).

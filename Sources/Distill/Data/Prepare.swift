@@ -46,14 +46,14 @@ extension TokenFile {
         guard valFraction >= 0, valFraction < 1 else { throw DataError.invalidValidationFraction(valFraction) }
         let files = try TextInput.expand(inputs, allowStandardInput: true, purpose: "")
         guard !files.isEmpty else { throw TokenizerError.noInput }
-        let readFiles = files.filter { $0 != "-" }.map { OutputGuard.Role("--input", $0) }
-        let tokenizerRole = OutputGuard.Role("--tokenizer", tokenizer.modelPath)
-        try OutputGuard.refuseOverlap(output: .init("--output", output), inputs: readFiles + [tokenizerRole])
+        let readFiles = files.filter { $0 != "-" }.map { OutputGuard.Role("input", $0) }
+        let tokenizerRole = OutputGuard.Role(Setting.tokenizer.rawValue, tokenizer.modelPath)
+        try OutputGuard.refuseOverlap(output: .init(Setting.output.rawValue, output), inputs: readFiles + [tokenizerRole])
         // The copy may land on the tokenizer itself (preparing again with the copy a run left): then
         // there is nothing to copy.
         let companion = companionTokenizerPath(for: output)
         let companionIsTokenizer = OutputGuard.canonical(companion) == OutputGuard.canonical(tokenizer.modelPath)
-        try OutputGuard.refuseOverlap(output: .init("--output", companion), inputs: readFiles)
+        try OutputGuard.refuseOverlap(output: .init(Setting.output.rawValue, companion), inputs: readFiles)
         let text = ConcatenatedText(sources: try files.map(TextInput.open))
         let validationTarget = Int((Double(text.count) * valFraction).rounded())
         let splitOffset = valFraction == 0 ? text.count : try text.lineBoundary(near: text.count - validationTarget)

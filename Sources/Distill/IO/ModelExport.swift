@@ -49,8 +49,8 @@ public enum ModelExport {
             throw ExportError.vocabularyTooLarge(tokenizer: tokenizer.vocabSize, model: checkpoint.config.vocabSize, path: source.path)
         }
         // Writing into the directory being read would replace files while they are still needed.
-        try OutputGuard.refuseOverlap(output: .init("--output", output.path),
-                                      inputs: [.init("--model", source.path), .init("--model", tokenizerModel.path)])
+        try OutputGuard.refuseOverlap(output: .init(Setting.output.rawValue, output.path),
+                                      inputs: [.init("model", source.path), .init("model", tokenizerModel.path)])
         if format == .hf { try checkReplaceable(output) }
         let model = try ModelDirectory.load(source)
         switch format {

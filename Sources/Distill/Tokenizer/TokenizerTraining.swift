@@ -43,7 +43,7 @@ extension Tokenizer {
         let sources = try files.map(TextInput.open)
         // SentencePiece's BPE trainer crashes when no two characters ever stand side by side.
         if modelType == .bpe, !sources.contains(where: { hasAdjacentCharacters($0.bytes) }) { throw TokenizerError.nothingToMerge }
-        try OutputGuard.refuseOverlap(output: .init("--output", output), inputs: files.map { .init("--input", $0) })
+        try OutputGuard.refuseOverlap(output: .init(Setting.output.rawValue, output), inputs: files.map { .init("input", $0) })
         let outputURL = URL(fileURLWithPath: output)
         try AtomicFile.ensureDirectory(outputURL.deletingLastPathComponent())
 
