@@ -4,7 +4,7 @@ import XCTest
 
 /// Every reader of a file a user hands us, under the fuzzer of Fuzzing.swift. To add a reader, add
 /// one line to `targets` and a folder of valid files under FuzzSeeds/<name>/ (`testWriteSeeds` shows
-/// how the committed ones were made).
+/// how the committed ones were made; it needs the `distill` executable for a training checkpoint).
 enum FuzzTargets {
     static let targets: [FuzzTarget] = [
         FuzzTarget("safetensors", fileName: "model.safetensors", inputs: 30_000, read: readSafetensors),
@@ -15,6 +15,7 @@ enum FuzzTargets {
         FuzzTarget("text", fileName: "text.txt", inputs: 10_000, read: readText),
         FuzzTarget("safetensors-index", fileName: "model.safetensors.index.json", inputs: 5_000, setUp: shardedModel, read: readModelDirectory),
         FuzzTarget("model-weights", fileName: "model.safetensors", inputs: 5_000, setUp: modelDirectory, read: readModelDirectory),
+        FuzzTarget("state-json", fileName: "state.json", inputs: 10_000) { try Checkpoint.validateState(Data(contentsOf: $0)) },
     ]
 
     /// The seed tokenizer, loaded once: the text target encodes with it.
@@ -227,6 +228,15 @@ final class FuzzTests: XCTestCase {
         try Data(TokenizerTests.awkwardTexts.joined(separator: "\n").utf8).write(to: texts.appendingPathComponent("awkward.txt"))
         try Data("bead ▁ cab\r\n▁▁a\n\n  dead\tace".utf8).write(to: texts.appendingPathComponent("symbols.txt"))
         try Data(lines.prefix(10).joined(separator: "\n").utf8).write(to: texts.appendingPathComponent("words.txt"))
+
+        // A training checkpoint's state.json (from the command line: the training run is the CLI's).
+        let states = try folder("state-json")
+        let corpus = try TestCorpus.files()
+        let run = scratch.appendingPathComponent("run")
+        let trained = try self.run(["train", "--data", corpus.data, "--output", run.path, "--preset", "tiny-student", "--context", "16",
+                                    "--steps", "2", "--batch-size", "2", "--eval-batches", "1"])
+        XCTAssertEqual(trained.status, 0, trained.error)
+        try FileManager.default.copyItem(at: run.appendingPathComponent("training/state.json"), to: states.appendingPathComponent("state.json"))
 
         // config.json: the transformers fixture, ours, and variants the strict reader accepts.
         let configs = try folder("config-json")
