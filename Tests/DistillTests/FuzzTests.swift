@@ -16,6 +16,7 @@ enum FuzzTargets {
         FuzzTarget("safetensors-index", fileName: "model.safetensors.index.json", inputs: 5_000, setUp: shardedModel, read: readModelDirectory),
         FuzzTarget("model-weights", fileName: "model.safetensors", inputs: 5_000, setUp: modelDirectory, read: readModelDirectory),
         FuzzTarget("state-json", fileName: "state.json", inputs: 10_000) { try Checkpoint.validateState(Data(contentsOf: $0)) },
+        FuzzTarget("model-config", fileName: "config.json", inputs: 5_000, setUp: modelWeights, read: readModelDirectory),
     ]
 
     /// The seed tokenizer, loaded once: the text target encodes with it.
@@ -44,6 +45,15 @@ enum FuzzTargets {
     static func modelDirectory(_ folder: URL) throws {
         let seeds = try XCTUnwrap(Bundle.module.url(forResource: "FuzzSeeds", withExtension: nil))
         for (name, source) in [("config.json", "model-directory/config.json"), ("tokenizer.model", "tokenizer/unigram.model")] {
+            try Data(contentsOf: seeds.appendingPathComponent(source)).write(to: folder.appendingPathComponent(name))
+        }
+    }
+
+    /// The seed model's weights and tokenizer, around a fuzzed config: the config's sizes must be checked
+    /// against the weights (and memory) before anything is allocated by them.
+    static func modelWeights(_ folder: URL) throws {
+        let seeds = try XCTUnwrap(Bundle.module.url(forResource: "FuzzSeeds", withExtension: nil))
+        for (name, source) in [("model.safetensors", "model-weights/model.safetensors"), ("tokenizer.model", "tokenizer/unigram.model")] {
             try Data(contentsOf: seeds.appendingPathComponent(source)).write(to: folder.appendingPathComponent(name))
         }
     }
@@ -252,6 +262,7 @@ final class FuzzTests: XCTestCase {
         let modelFolder = try folder("model-directory")
         let weightsFolder = try folder("model-weights")
         try FileManager.default.copyItem(at: saved.appendingPathComponent("config.json"), to: modelFolder.appendingPathComponent("config.json"))
+        try FileManager.default.copyItem(at: saved.appendingPathComponent("config.json"), to: try folder("model-config").appendingPathComponent("config.json"))
         try FileManager.default.copyItem(at: saved.appendingPathComponent("model.safetensors"), to: weightsFolder.appendingPathComponent("model.safetensors"))
         let named = ModelDirectory.tensors(of: model)
         let halves = [Array(named.prefix(named.count / 2)), Array(named.dropFirst(named.count / 2))]
