@@ -360,7 +360,7 @@ final class IOCommandLineTests: XCTestCase {
         try ModelExport.export(modelAt: model.directory, format: .hf, to: output, dtype: .bf16)
         var random = SeededRandom(seed: 5)
         var outcomes: [Int32: Int] = [:]
-        for trial in 0..<12 {
+        for trial in 0..<20 {
             let process = Process()
             process.executableURL = Self.distillExecutable
             let dtype = trial % 2 == 0 ? "f32" : "bf16"
@@ -368,7 +368,8 @@ final class IOCommandLineTests: XCTestCase {
             process.standardError = FileHandle.nullDevice
             process.standardOutput = FileHandle.nullDevice
             try process.run()
-            usleep(UInt32(random.next() % 60_000))
+            // Starting the process takes tens of milliseconds; the export itself about as long again.
+            usleep(UInt32(30_000 + random.next() % 170_000))
             process.interrupt()
             process.waitUntilExit()
             // Killed by the signal itself when it came before the command installed its handler (nothing

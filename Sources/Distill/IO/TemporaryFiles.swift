@@ -45,15 +45,22 @@ public enum TemporaryFiles {
 
     /// Deletes every registered temporary (folders with what they hold) and forgets them. Returns the
     /// paths that existed and were removed. Meant for the way out of an interrupted command: the lock
-    /// stays taken, so that no new swap starts before the process exits.
+    /// stays taken, so that no new swap starts and no new temporary is registered before the process
+    /// exits.
     @discardableResult
     public static func removeAll(keepLocked: Bool = false) -> [String] {
         lock.lock()
         defer { if !keepLocked { lock.unlock() } }
         var removed: [String] = []
-        for key in paths.keys.sorted() {
-            guard let path = paths[key] else { continue }
-            if (try? FileManager.default.removeItem(atPath: path)) != nil { removed.append(path) }
+        var left = paths.keys.sorted().compactMap { paths[$0] }
+        // A write already under way may still add a file to a temporary folder while it is being
+        // removed (its next registration then waits on the lock): try again a few times.
+        for attempt in 0..<5 where !left.isEmpty {
+            if attempt > 0 { usleep(20_000) }
+            for path in left where (try? FileManager.default.removeItem(atPath: path)) != nil {
+                removed.append(path)
+            }
+            left = left.filter { FileManager.default.fileExists(atPath: $0) }
         }
         paths.removeAll()
         return removed
