@@ -264,6 +264,11 @@ public enum TrainingRun {
             callbacks[0].log("warning: the validation split has \(inputs.data.validationTokens.count) tokens, fewer than one window of "
                 + "\(trainers[0].parameters.context + 1); no validation")
         }
+        // A run killed after its last checkpoint but while writing the model beside it resumes with
+        // nothing left to train: write the model again so the directory matches its checkpoint.
+        for (index, trainer) in trainers.enumerated() where outputs[index].resume && trainer.step >= trainer.parameters.steps {
+            try ModelDirectory.save(trainer.model, tokenizerModel: inputs.tokenizerModel, to: outputs[index].url)
+        }
         let startSteps = trainers.map(\.step)
         let started = Date()
         let shouldStop = callbacks[0].shouldStop
