@@ -1,0 +1,86 @@
+import Foundation
+
+/// Deep Mutual Learning for N ≥ 2 peers (Zhang et al., 2018): peer k minimises
+/// `w_ce·CE + w_kd·(1/(N−1))·Σ_{j≠k} D(p_j ‖ p_k)` at temperature τ, with the other peers' current
+/// distributions as fixed targets (they run forward only; no gradient reaches them). Train the peers
+/// in lockstep, one optimizer step of each in turn (`Trainer.runTogether`), each with its own objective
+/// from `MutualObjective.objectives`. With two peers each objective is exactly a `DistillationObjective`
+/// whose teacher is the other peer, the two-peer `mutual` of before, bit for bit.
+public final class MutualObjective: TrainingObjective {
+    /// The peers this one learns from.
+    public let others: [LlamaModel]
+    public let settings: DistillationSettings
+    public var extraTensors: [TrainableTensor] { [] }
+    /// With one other peer: that peer as a plain teacher.
+    private let single: DistillationObjective?
+    private let dLogits = ScratchBuffer()  // [B·T, V]
+
+    /// The objective of one peer. Only logit terms apply (CE and a divergence); feature and relational
+    /// weights are refused, as peers of different shapes have no layer map.
+    public init(others: [LlamaModel], peerConfig: LlamaConfig, settings: DistillationSettings) throws {
+        try settings.validate()
+        guard !others.isEmpty else { throw DistillationError.missingInput("at least one other peer") }
+        let weights = settings.weights
+        if weights.feature > 0 || weights.rkdDistance > 0 || weights.rkdAngle > 0 {
+            throw DistillationError.invalidShape("mutual learning uses logit terms only: drop the feature and relational weights")
+        }
+        for other in others where other.config.vocabSize != peerConfig.vocabSize {
+            throw DistillationError.invalidShape("peers have vocabularies of \(peerConfig.vocabSize) and \(other.config.vocabSize): mutual learning needs a shared vocabulary")
+        }
+        self.others = others
+        self.settings = settings
+        single = others.count == 1
+            ? try DistillationObjective(teachers: others, studentConfig: peerConfig, settings: settings, seed: 0) : nil
+    }
+
+    /// One objective per peer, peer k learning from all the others (in peer order).
+    public static func objectives(peers: [LlamaModel], settings: DistillationSettings) throws -> [MutualObjective] {
+        guard peers.count >= 2 else { throw DistillationError.missingInput("at least two peers for mutual learning") }
+        return try peers.indices.map { k in
+            try MutualObjective(others: peers.indices.filter { $0 != k }.map { peers[$0] }, peerConfig: peers[k].config,
+                                settings: settings)
+        }
+    }
+
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+        if let single { return try single.trainStep(model: model, batch: batch, gradientScale: gradientScale) }
+        return try terms(peer: model, batch: batch, gradientScale: gradientScale, backward: true)
+    }
+
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+        if let single { return try single.evaluate(model: model, batch: batch) }
+        var result = try terms(peer: model, batch: batch, gradientScale: 0, backward: false)
+        result["loss"] = nil
+        return result
+    }
+
+    /// CE once, then each other peer's divergence with weight w_kd/(N−1), into one logit gradient.
+    private func terms(peer: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+        let rows = batch.batchSize * batch.contextLength, vocab = peer.config.vocabSize
+        let weights = settings.weights, share = weights.kd / Float(others.count)
+        // The others first: their logits stay valid, as each model keeps its own buffers.
+        let targets = weights.kd > 0 ? others.map {
+            UnsafePointer($0.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength, keepForBackward: false).logits)
+        } : []
+        let output = peer.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength, keepForBackward: backward)
+        let d = backward ? dLogits.zeroed(rows * vocab) : nil
+        let ce = try batch.targets.withUnsafeBufferPointer { labels in
+            try logitLossesForwardBackward(dStudentLogits: d, studentLogits: output.logits, teacherLogits: nil,
+                                           targets: labels.baseAddress, rows: rows, vocab: vocab, distillation: settings.logits,
+                                           crossEntropyWeight: weights.ce, distillationWeight: 0, gradientScale: scale).crossEntropy
+        }
+        var kd = 0.0
+        for target in targets {
+            kd += Double(try logitLossesForwardBackward(
+                dStudentLogits: d, studentLogits: output.logits, teacherLogits: target, targets: nil, rows: rows, vocab: vocab,
+                distillation: settings.logits, crossEntropyWeight: 0, distillationWeight: share, gradientScale: scale).distillation)
+        }
+        var result: [String: Double] = ["ce": Double(ce), "loss": Double(weights.ce) * Double(ce)]
+        if weights.kd > 0 {
+            result["kd"] = kd / Double(others.count)
+            result["loss", default: 0] += Double(weights.kd) * kd / Double(others.count)
+        }
+        if let d { peer.backward(dLogits: d) }
+        return result
+    }
+}
