@@ -188,6 +188,16 @@ public enum TeacherCacheBuilder {
         return hash
     }
 
+    /// What the builder stores for one row of (ensemble) logits `logits` [vocab] predicting the token at
+    /// `position`: the drawn ids (ascending) with their counts and rest 0, or the top K ids (most likely
+    /// first) with their probabilities and the remaining mass.
+    public static func target(logits: UnsafePointer<Float>, vocab: Int, mode: TeacherCacheMode, temperature: Float,
+                              seed: UInt64, position: Int) -> (ids: [Int32], values: [Float], rest: Float) {
+        var scorer = RowScorer(vocab: vocab, mode: mode, temperature: temperature, seed: seed)
+        let record = scorer.record(logits: logits, position: position)
+        return (record.ids, record.values, record.rest)
+    }
+
     private static func emptyRecord(_ mode: TeacherCacheMode) -> TeacherCacheRecord { TeacherCacheRecord() }
 
     private static func summary(_ writer: TeacherCacheWriter, output: String, resumedFrom: Int, complete: Bool,
