@@ -29,17 +29,18 @@ public final class CachedTeacherObjective: TrainingObjective {
                 loss: CachedTargetLoss = .forwardKL) throws {
         try settings.validate()
         guard settings.logits.divergence == .forwardKL else {
-            throw TeacherCacheError.unsupportedObjective("a teacher cache holds a sparse target, but \(settings.logits.divergence.name) needs the teacher's full distribution: use --divergence forward-kl or soft-cross-entropy, or a live --teacher")
+            throw SettingError(.divergence, "is \(settings.logits.divergence.name), which needs the teacher's full distribution, but a teacher cache holds a sparse target: use forward-kl (or the soft cross-entropy), or a live teacher")
         }
         if settings.logits.teacherTopK != nil {
-            throw TeacherCacheError.unsupportedObjective("--teacher-top-k cuts a live teacher; a cache's targets are fixed when it is built (cache-teacher --top-k K)")
+            throw SettingError(.teacherTopK, "cuts a live teacher's distribution; a cache's targets are fixed when it is built (cache-teacher --top-k)")
         }
         let weights = settings.weights
-        if weights.feature > 0 || weights.rkdDistance > 0 || weights.rkdAngle > 0 {
-            throw TeacherCacheError.unsupportedObjective("feature and relational distillation need the teacher's hidden states, which a teacher cache does not hold: drop those weights or use a live --teacher")
+        for (setting, weight) in [(Setting.featureWeight, weights.feature), (.rkdDistanceWeight, weights.rkdDistance),
+                                  (.rkdAngleWeight, weights.rkdAngle)] where weight > 0 {
+            throw SettingError(setting, "needs the teacher's hidden states, which a teacher cache does not hold: leave it at 0 or use a live teacher")
         }
         guard settings.logits.temperature == cache.temperature else {
-            throw TeacherCacheError.mismatch(cache.path, what: "temperature \(cache.temperature), not \(settings.logits.temperature): leave --temperature out or give \(cache.temperature)")
+            throw SettingError(.temperature, "is \(settings.logits.temperature), but the teacher cache \(cache.path) holds distributions at τ = \(cache.temperature): leave it out or give \(cache.temperature)")
         }
         guard studentConfig.vocabSize == cache.vocabSize else {
             throw TeacherCacheError.mismatch(cache.path, what: "a vocabulary of \(cache.vocabSize), but the student has \(studentConfig.vocabSize)")
@@ -47,6 +48,22 @@ public final class CachedTeacherObjective: TrainingObjective {
         self.cache = cache
         self.settings = settings
         self.loss = loss
+    }
+
+    /// The weights, τ, the loss and the cache's checksum (which binds its teacher, data, mode and seed).
+    public var identity: [String: String] {
+        let w = settings.weights
+        var result: [String: String] = [
+            "objective": "cached-teacher",
+            Setting.ceWeight.rawValue: "\(w.ce)", Setting.kdWeight.rawValue: "\(w.kd)",
+            Setting.teacherCache.rawValue: String(cache.identity, radix: 16),
+        ]
+        if w.kd > 0 {
+            result[Setting.temperature.rawValue] = "\(settings.logits.temperature)"
+            result[Setting.divergence.rawValue] = loss.rawValue
+            result[Setting.tauSquared.rawValue] = "\(settings.logits.tauSquared)"
+        }
+        return result
     }
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
@@ -89,7 +106,7 @@ public final class CachedTeacherObjective: TrainingObjective {
     /// Every target position must be one the cache holds a record for.
     private func checkPositions(_ batch: Batch) throws {
         guard batch.starts.count == batch.batchSize else {
-            throw TeacherCacheError.invalidSetting("a batch without token-file positions cannot use a teacher cache (a programming error: build batches with BatchSampler)")
+            throw DistillationError.missingInput("the token-file positions of the batch's rows (Batch.starts), which a teacher cache needs")
         }
         for start in batch.starts {
             let first = start + 1, last = start + batch.contextLength

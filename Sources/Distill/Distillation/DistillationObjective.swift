@@ -95,6 +95,7 @@ public final class DistillationObjective: TrainingObjective {
             result[Setting.featureDistance.rawValue] = settings.featureDistance.rawValue
         }
         result[Setting.teacher.rawValue] = peerIdentity ?? teacherHashes.joined(separator: ",")
+        if let teacherWeights, w.kd > 0 { result[Setting.teacherWeights.rawValue] = teacherWeights.map { "\($0)" }.joined(separator: ",") }
         return result
     }
 

@@ -21,8 +21,9 @@ public final class MutualObjective: TrainingObjective {
         try settings.validate()
         guard !others.isEmpty else { throw DistillationError.missingInput("at least one other peer") }
         let weights = settings.weights
-        if weights.feature > 0 || weights.rkdDistance > 0 || weights.rkdAngle > 0 {
-            throw DistillationError.invalidShape("mutual learning uses logit terms only: drop the feature and relational weights")
+        for (setting, weight) in [(Setting.featureWeight, weights.feature), (.rkdDistanceWeight, weights.rkdDistance),
+                                  (.rkdAngleWeight, weights.rkdAngle)] where weight > 0 {
+            throw SettingError(setting, "does not apply to mutual learning, which uses the logit terms only: leave it at 0")
         }
         for other in others where other.config.vocabSize != peerConfig.vocabSize {
             throw DistillationError.invalidShape("peers have vocabularies of \(peerConfig.vocabSize) and \(other.config.vocabSize): mutual learning needs a shared vocabulary")
@@ -37,9 +38,47 @@ public final class MutualObjective: TrainingObjective {
     public static func objectives(peers: [LlamaModel], settings: DistillationSettings) throws -> [MutualObjective] {
         guard peers.count >= 2 else { throw DistillationError.missingInput("at least two peers for mutual learning") }
         return try peers.indices.map { k in
-            try MutualObjective(others: peers.indices.filter { $0 != k }.map { peers[$0] }, peerConfig: peers[k].config,
-                                settings: settings)
+            let others = peers.indices.filter { $0 != k }
+            let objective = try MutualObjective(others: others.map { peers[$0] }, peerConfig: peers[k].config, settings: settings)
+            // The peers' weights change as they train, so they are named by their role, not a hash (the
+            // two-peer name is `DistillationObjective.mutual`'s, so two-peer checkpoints still resume).
+            objective.peerIdentity = others.count == 1 ? "mutual peer \(others[0] + 1) of 2"
+                : "mutual peers \(others.map { String($0 + 1) }.joined(separator: ",")) of \(peers.count)"
+            return objective
         }
+    }
+
+    /// Names the other peers in `identity`.
+    public var peerIdentity: String {
+        get { _peerIdentity }
+        set {
+            _peerIdentity = newValue
+            single?.peerIdentity = newValue
+        }
+    }
+    private var _peerIdentity = "mutual peers"
+
+    /// The logit settings and the other peers' roles; with two peers, `DistillationObjective`'s.
+    public var identity: [String: String] {
+        if let single { return single.identity }
+        let w = settings.weights, logits = settings.logits
+        var result: [String: String] = [
+            "objective": "distillation",
+            Setting.ceWeight.rawValue: "\(w.ce)", Setting.kdWeight.rawValue: "\(w.kd)",
+            Setting.featureWeight.rawValue: "\(w.feature)", Setting.rkdDistanceWeight.rawValue: "\(w.rkdDistance)",
+            Setting.rkdAngleWeight.rawValue: "\(w.rkdAngle)", Setting.teacher.rawValue: peerIdentity,
+        ]
+        if w.kd > 0 {
+            result[Setting.temperature.rawValue] = "\(logits.temperature)"
+            result[Setting.divergence.rawValue] = logits.divergence.name
+            result[Setting.tauSquared.rawValue] = "\(logits.tauSquared)"
+            switch logits.divergence {
+            case .jsd(let beta): result[Setting.beta.rawValue] = "\(beta)"
+            case .skewKL(let alpha), .skewReverseKL(let alpha): result[Setting.skewAlpha.rawValue] = "\(alpha)"
+            default: break
+            }
+        }
+        return result
     }
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {

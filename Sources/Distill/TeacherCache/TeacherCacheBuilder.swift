@@ -87,15 +87,13 @@ public enum TeacherCacheBuilder {
         let ensemble = try ModelEnsemble(members: teachers, weights: settings.teacherWeights)
         let vocab = ensemble.vocabSize
         guard vocab >= data.vocabSize else {
-            throw TeacherCacheError.invalidSetting("the teacher's vocabulary (\(vocab)) is smaller than the data's (\(data.vocabSize)): use the teacher's tokenizer")
+            throw SettingError(.teacher, "has a vocabulary of \(vocab), smaller than the data's \(data.vocabSize): prepare the data with the teacher's tokenizer")
         }
         try settings.mode.validate(vocabSize: vocab)
-        guard settings.temperature.isFinite && settings.temperature > 0 else {
-            throw DistillationError.invalidTemperature(settings.temperature)
-        }
+        try LogitDistillation(temperature: settings.temperature).validate()
         let window = settings.context ?? ensemble.context
         guard window >= 1, window <= ensemble.context else {
-            throw TeacherCacheError.invalidSetting("--context must be between 1 and the teacher's context \(ensemble.context), got \(window)")
+            throw SettingError(.context, "must be between 1 and the teacher's context \(ensemble.context) (got \(window))")
         }
         let perWindow = teachers.map { $0.activationBytes(batch: 1, length: window, keepForBackward: false) }.max() ?? 1
         let header = TeacherCacheFormat.Header(

@@ -14,10 +14,6 @@ public enum TeacherCacheError: Error, CustomStringConvertible, Equatable, Sendab
     case incomplete(String)
     /// The cache was made for other data, another tokenizer, another teacher or temperature.
     case mismatch(String, what: String)
-    /// S or K out of range, both given, or another setting the builder cannot use.
-    case invalidSetting(String)
-    /// A training setting that a cached target cannot serve.
-    case unsupportedObjective(String)
     /// An unfinished build of another cache is in the way.
     case foreignPartial(String)
     /// The output exists and is not this build's finished cache.
@@ -35,8 +31,6 @@ public enum TeacherCacheError: Error, CustomStringConvertible, Equatable, Sendab
             return "the teacher cache \(path) is unfinished: run the same `distill cache-teacher` command again to complete it"
         case let .mismatch(path, what):
             return "the teacher cache \(path) was made for \(what)"
-        case .invalidSetting(let why): return why
-        case .unsupportedObjective(let why): return why
         case .foreignPartial(let path):
             return "\(path) holds an unfinished build with other settings (teacher, data, temperature, mode or seed): delete it, or rerun with that build's settings"
         case .outputExists(let path):

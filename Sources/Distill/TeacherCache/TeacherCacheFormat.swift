@@ -74,9 +74,9 @@ public enum TeacherCacheMode: Sendable, Equatable, CustomStringConvertible {
     public func validate(vocabSize: Int) throws {
         switch self {
         case .samples(let s) where s < 1 || s > 65_535:
-            throw TeacherCacheError.invalidSetting("--samples must be between 1 and 65535, got \(s)")
+            throw SettingError(.samples, "must be between 1 and 65535 (got \(s))")
         case .topK(let k) where k < 1 || k > vocabSize:
-            throw TeacherCacheError.invalidSetting("--top-k must be between 1 and the vocabulary size \(vocabSize), got \(k)")
+            throw SettingError(.topK, "must be between 1 and the vocabulary size \(vocabSize) (got \(k))")
         default:
             return
         }
