@@ -42,11 +42,11 @@ struct CacheTeacherCommand: ParsableCommand {
         if let threads { Compute.setThreads(threads) }
         var settings = TeacherCacheSettings(temperature: temperature, context: context, seed: seed)
         if let topK { settings.mode = .topK(topK) } else if let samples { settings.mode = .samples(samples) }
-        settings.teacherWeights = try teacherWeights.map { try ModelEnsemble.parseWeights($0) }
+        settings.teacherWeights = try Flags.translatingSettings { try teacherWeights.map { try ModelEnsemble.parseWeights($0) } }
         let live = isatty(STDERR_FILENO) == 1
         var lastLine = Date.distantPast
         Interrupt.install()
-        let summary = try TeacherCacheBuilder.build(teachers: teacher, data: data, output: output, settings: settings, progress: { progress in
+        let summary = try Flags.translatingSettings { try TeacherCacheBuilder.build(teachers: teacher, data: data, output: output, settings: settings, progress: { progress in
             // A live line on a terminal; otherwise a line every 10 seconds.
             guard live || Date().timeIntervalSince(lastLine) > 10 else { return }
             lastLine = Date()
@@ -54,7 +54,7 @@ struct CacheTeacherCommand: ParsableCommand {
                               100 * Double(progress.positionsDone) / Double(max(progress.totalPositions, 1)), progress.tokensPerSecond,
                               duration(progress.secondsLeft))
             FileHandle.standardError.write(Data((live ? "\r\u{1B}[2K" + line : line + "\n").utf8))
-        }, shouldStop: { Interrupt.isRequested })
+        }, shouldStop: { Interrupt.isRequested }) }
         if live { FileHandle.standardError.write(Data("\n".utf8)) }
         if summary.alreadyBuilt {
             print("\(output) is already this cache: \(summary.positions) positions, "

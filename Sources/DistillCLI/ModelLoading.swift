@@ -24,7 +24,9 @@ extension LoadedModel {
         for (path, member) in zip(paths, loaded).dropFirst() where member.tokenizer.modelHash != loaded[0].tokenizer.modelHash {
             throw EnsembleError.tokenizerMismatch(paths[0], path)
         }
-        let ensemble = try ModelEnsemble(members: loaded.map(\.model), weights: try weights.map { try ModelEnsemble.parseWeights($0) })
+        let ensemble = try Flags.translatingSettings {
+            try ModelEnsemble(members: loaded.map(\.model), weights: try weights.map { try ModelEnsemble.parseWeights($0) })
+        }
         return (ensemble, loaded[0])
     }
 }

@@ -51,7 +51,7 @@ struct StudentCommand: ParsableCommand {
         var student = StudentRequest(teachers: teacher, settings: try settings())
         student.layerMap = layerMap
         student.initFromTeacher = initFromTeacher
-        student.teacherWeights = try teacherWeights.map { try ModelEnsemble.parseWeights($0) }
+        student.teacherWeights = try Flags.translatingSettings { try teacherWeights.map { try ModelEnsemble.parseWeights($0) } }
         student.teacherCache = teacherCache
         student.cachedLoss = softCrossEntropy ? .softCrossEntropy : .forwardKL
         student.temperatureGiven = logits.temperature != nil

@@ -141,10 +141,10 @@ final class TeacherCacheInputTests: XCTestCase {
             } catch { return "\(error)" }
         }
         XCTAssertEqual(refusal { _ in }, "accepted")
-        XCTAssertTrue(refusal { $0.logits.temperature = 3 }.contains("temperature 2.0, not 3.0"))
+        XCTAssertTrue(refusal { $0.logits.temperature = 3 }.contains("holds distributions at τ = 2.0"))
         XCTAssertTrue(refusal { $0.logits.divergence = .reverseKL }.contains("needs the teacher's full distribution"))
         XCTAssertTrue(refusal { $0.logits.divergence = .jsd(beta: 0.5) }.contains("full distribution"))
-        XCTAssertTrue(refusal { $0.logits.teacherTopK = 5 }.contains("--teacher-top-k"))
+        XCTAssertTrue(refusal { $0.logits.teacherTopK = 5 }.contains("teacher_top_k"))
         XCTAssertTrue(refusal { $0.weights.feature = 1 }.contains("hidden states"))
         XCTAssertTrue(refusal { $0.weights.rkdAngle = 1 }.contains("hidden states"))
         var wide = CacheFixture.studentConfig
@@ -157,7 +157,7 @@ final class TeacherCacheInputTests: XCTestCase {
         let outside = Batch(batchSize: 1, contextLength: 2, inputs: [1, 2], targets: [2, 3], starts: [cache.tokenCount - 2])
         XCTAssertThrowsError(try objective.evaluate(model: student, batch: outside)) { XCTAssertTrue($0 is TeacherCacheError) }
         let unplaced = Batch(batchSize: 1, contextLength: 2, inputs: [1, 2], targets: [2, 3])
-        XCTAssertThrowsError(try objective.evaluate(model: student, batch: unplaced)) { XCTAssertTrue($0 is TeacherCacheError) }
+        XCTAssertThrowsError(try objective.evaluate(model: student, batch: unplaced)) { XCTAssertTrue($0 is DistillationError) }
     }
 
     /// Builder settings out of range, an output that is an input or another file, and an unfinished build
@@ -165,12 +165,13 @@ final class TeacherCacheInputTests: XCTestCase {
     func testBadBuildsAreRefused() throws {
         let files = try CacheFixture.files()
         let data = try TokenFile(path: files.data)
-        for mode in [TeacherCacheMode.samples(0), .topK(0), .topK(321)] {
+        for (mode, setting) in [(TeacherCacheMode.samples(0), Setting.samples), (.topK(0), .topK), (.topK(321), .topK)] {
             XCTAssertThrowsError(try CacheFixture.build(TeacherCacheSettings(mode: mode))) {
-                guard case .invalidSetting? = $0 as? TeacherCacheError else { return XCTFail("\(mode): \($0)") }
+                XCTAssertEqual(($0 as? SettingError)?.setting, setting, "\(mode): \($0)")
             }
         }
-        XCTAssertThrowsError(try CacheFixture.build(TeacherCacheSettings(context: 33))) { XCTAssertTrue("\($0)".contains("--context")) }
+        XCTAssertThrowsError(try CacheFixture.build(TeacherCacheSettings(context: 33))) { XCTAssertEqual(($0 as? SettingError)?.setting, .context) }
+        XCTAssertThrowsError(try CacheFixture.build(TeacherCacheSettings(temperature: 0))) { XCTAssertEqual(($0 as? SettingError)?.setting, .temperature) }
         // The output is the data, or an existing file that is not this cache.
         let before = try bytes(files.data)
         XCTAssertThrowsError(try TeacherCacheBuilder.build(teachers: [files.teacherDirectory.path], data: files.data, output: files.data,

@@ -310,7 +310,7 @@ final class TeacherCacheTests: XCTestCase {
         }
         XCTAssertTrue(differs, "a second teacher changes the target")
         XCTAssertThrowsError(try CacheFixture.build(TeacherCacheSettings(teacherWeights: [1]), teachers: [files.teacher, other])) {
-            XCTAssertEqual($0 as? EnsembleError, .weightCount(weights: 1, members: 2))
+            XCTAssertEqual(($0 as? SettingError)?.setting, .teacherWeights)
         }
     }
 }

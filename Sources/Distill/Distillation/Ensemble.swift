@@ -4,9 +4,6 @@ import Foundation
 /// What can be wrong with an ensemble of models; every message says what to change.
 public enum EnsembleError: Error, CustomStringConvertible, Equatable, Sendable {
     case noMembers
-    case weightCount(weights: Int, members: Int)
-    case badWeight(Float)
-    case allWeightsZero
     /// Two members (or a member and the data) were made with different tokenizers.
     case tokenizerMismatch(String, String)
     case vocabularyMismatch(String, Int, String, Int)
@@ -14,10 +11,6 @@ public enum EnsembleError: Error, CustomStringConvertible, Equatable, Sendable {
     public var description: String {
         switch self {
         case .noMembers: return "an ensemble needs at least one model"
-        case let .weightCount(weights, members):
-            return "--teacher-weights gives \(weights) weight(s) for \(members) model(s): give one per model, e.g. 0.5,0.5"
-        case .badWeight(let weight): return "ensemble weights must be finite numbers ≥ 0, got \(weight)"
-        case .allWeightsZero: return "every ensemble weight is 0: give at least one a positive weight"
         case let .tokenizerMismatch(first, second):
             return "\(first) and \(second) use different tokenizers: the models of an ensemble must share one vocabulary"
         case let .vocabularyMismatch(first, firstSize, second, secondSize):
@@ -50,10 +43,14 @@ public final class ModelEnsemble {
     public static func normalised(_ weights: [Float]?, count: Int) throws -> [Float] {
         guard count >= 1 else { throw EnsembleError.noMembers }
         guard let weights else { return [Float](repeating: 1 / Float(count), count: count) }
-        guard weights.count == count else { throw EnsembleError.weightCount(weights: weights.count, members: count) }
-        for weight in weights where !(weight.isFinite && weight >= 0) { throw EnsembleError.badWeight(weight) }
+        guard weights.count == count else {
+            throw SettingError(.teacherWeights, "gives \(weights.count) weight(s) for \(count) model(s): give one per model, e.g. 0.5,0.5")
+        }
+        for weight in weights where !(weight.isFinite && weight >= 0) {
+            throw SettingError(.teacherWeights, "must be finite numbers ≥ 0 (got \(weight))")
+        }
         let total = weights.reduce(0, +)
-        guard total > 0 else { throw EnsembleError.allWeightsZero }
+        guard total > 0 else { throw SettingError(.teacherWeights, "are all 0: give at least one member a positive weight") }
         return weights.map { $0 / total }
     }
 
@@ -61,7 +58,7 @@ public final class ModelEnsemble {
     public static func parseWeights(_ text: String) throws -> [Float] {
         try text.split(separator: ",", omittingEmptySubsequences: false).map { piece in
             guard let value = Float(piece.trimmingCharacters(in: .whitespaces)) else {
-                throw EnsembleError.badWeight(.nan)
+                throw SettingError(.teacherWeights, "must be numbers separated by commas, e.g. 0.5,0.5 (got '\(text)')")
             }
             return value
         }
