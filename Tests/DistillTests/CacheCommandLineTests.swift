@@ -85,4 +85,47 @@ final class CacheCommandLineTests: XCTestCase {
         XCTAssertEqual(two.status, 0, two.transcript)
         XCTAssertEqual(one.output, two.output, "two copies of a model sample as the model (greedy)")
     }
+
+    /// `student --teacher-cache`, N-peer `mutual` and `generations` from the command line.
+    func testCachedStudentMutualAndGenerationsCommands() throws {
+        let files = try CacheFixture.files()
+        let scratch = try TestCorpus.scratch("cli-runs")
+        let cache = scratch.appendingPathComponent("t.cache").path
+        let built = try distill(["cache-teacher", "--teacher", files.teacherDirectory.path, "--data", files.data, "--output", cache,
+                                 "--temperature", "1.5", "--top-k", "8"])
+        XCTAssertEqual(built.status, 0, built.transcript)
+        let small = ["--preset", "tiny-student", "--context", "16", "--steps", "2", "--batch-size", "2", "--eval-batches", "1",
+                     "--log-every", "1"]
+        let student = scratch.appendingPathComponent("student").path
+        let trained = try distill(["student", "--teacher-cache", cache, "--data", files.data, "--output", student] + small)
+        XCTAssertEqual(trained.status, 0, trained.transcript)
+        XCTAssertTrue(trained.errors.contains("teacher cache"), trained.errors)
+        XCTAssertTrue(trained.output.contains("validation perplexity: student"), trained.output)
+        let base = ["student", "--teacher-cache", cache, "--data", files.data, "--output", scratch.appendingPathComponent("s2").path] + small
+        try expectError(base + ["--temperature", "2"], mentions: "--temperature")
+        try expectError(base + ["--divergence", "tvd"], mentions: "--divergence")
+        try expectError(base + ["--feature-weight", "1"], mentions: "--feature-weight")
+        try expectError(base + ["--rkd-angle-weight", "1"], mentions: "--rkd-angle-weight")
+        try expectError(base + ["--teacher", files.teacherDirectory.path], mentions: "not both")
+        try expectError(["student", "--teacher", files.teacherDirectory.path, "--soft-cross-entropy", "--data", files.data,
+                         "--output", scratch.appendingPathComponent("s3").path] + small, mentions: "--soft-cross-entropy")
+        try expectError(["student", "--teacher-cache", files.data, "--data", files.data,
+                         "--output", scratch.appendingPathComponent("s4").path] + small, mentions: "not a teacher cache")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: scratch.appendingPathComponent("s2").path + "/model.safetensors"))
+
+        let peers = (1...3).map { scratch.appendingPathComponent("peer-\($0)").path }
+        let mutual = try distill(["mutual", "--data", files.data, "--output", peers[0], "--peer-output", peers[1], "--peer-output", peers[2]] + small)
+        XCTAssertEqual(mutual.status, 0, mutual.transcript)
+        XCTAssertTrue(mutual.errors.contains("[3] "), mutual.errors)
+        try expectError(["mutual", "--data", files.data, "--output", peers[0] + "x", "--peer-output", peers[1] + "x", "--peer-output",
+                         peers[2] + "x", "--peer-preset", "tiny", "--peer-preset", "tiny", "--peer-preset", "tiny"] + small, mentions: "--peer-preset")
+
+        let generations = scratch.appendingPathComponent("gens").path
+        let run = try distill(["generations", "--data", files.data, "--output", generations, "--count", "2", "--teach-with", "all"] + small)
+        XCTAssertEqual(run.status, 0, run.transcript)
+        XCTAssertTrue(run.output.contains("ensemble") && run.output.contains("gen-2"), run.output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: generations + "/generations.json"))
+        try expectError(["generations", "--data", files.data, "--output", generations, "--count", "0"], mentions: "--count")
+        try expectError(["generations", "--data", files.data, "--output", generations, "--count", "2"] + small, mentions: "already holds")
+    }
 }
