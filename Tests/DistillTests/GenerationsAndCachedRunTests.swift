@@ -26,7 +26,9 @@ final class GenerationsAndCachedRunTests: XCTestCase {
     }
 
     private func weights(_ directory: URL) throws -> [Float] {
-        Array(try ModelDirectory.load(directory).parameters)
+        // The model owns the buffer: keep it alive while the floats are copied.
+        let model = try ModelDirectory.load(directory)
+        return withExtendedLifetime(model) { Array(model.parameters) }
     }
 
     /// Generations stopped inside generation 2 and resumed end with exactly the weights of an
