@@ -121,7 +121,7 @@ public enum TeacherCacheBuilder {
         func emitEmpty(upTo position: Int) {
             while next < position {
                 precondition(!writer.header.hasHistory(next), "position \(next) was not scored")
-                writer.append(emptyRecord(header.mode))
+                writer.append(TeacherCacheRecord())
                 next += 1
             }
         }
@@ -196,8 +196,6 @@ public enum TeacherCacheBuilder {
         return (record.ids, record.values, record.rest)
     }
 
-    private static func emptyRecord(_ mode: TeacherCacheMode) -> TeacherCacheRecord { TeacherCacheRecord() }
-
     private static func summary(_ writer: TeacherCacheWriter, output: String, resumedFrom: Int, complete: Bool,
                                 started: Date) -> TeacherCacheSummary {
         let path = complete ? output : writer.partialPath
@@ -270,8 +268,14 @@ struct RowScorer {
         self.temperature = temperature
         self.seed = seed
         weights = [Float](repeating: 0, count: vocab)
-        cumulative = mode.parameter > 0 ? [Double](repeating: 0, count: vocab) : []
-        heap = [Float](repeating: 0, count: mode.parameter)
+        switch mode {
+        case .samples:
+            cumulative = [Double](repeating: 0, count: vocab)
+            heap = []
+        case .topK(let k):
+            cumulative = []
+            heap = [Float](repeating: 0, count: k)
+        }
     }
 
     /// The generator of position `position`'s samples: a function of the seed and the position only,
