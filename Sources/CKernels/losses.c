@@ -286,3 +286,24 @@ CLONES void ck_tempered_mixture_row(float *restrict out, const float *const *tea
         out[v] = tau * log_inline(p);
     }
 }
+
+CLONES void ck_weighted_mixture_row(float *restrict out, const float *const *teachers, const float *weights,
+                                    size_t count, size_t vocab, float tau, float *restrict scratch) {
+    const float inverse_tau = 1.0f / tau;
+    for (size_t v = 0; v < vocab; v++) out[v] = 0.0f;
+    for (size_t i = 0; i < count; i++) {
+        if (weights[i] == 0.0f) continue;
+        const float *z = teachers[i];
+        float maximum = ck_max(z, vocab);
+        float sum = ck_exp_sum(scratch, z, inverse_tau, maximum * inverse_tau, vocab);
+        float weight = weights[i] / sum;
+        VECTORIZE
+        for (size_t v = 0; v < vocab; v++) out[v] += weight * scratch[v];
+    }
+    // As in ck_tempered_mixture_row: no log 0.
+    VECTORIZE
+    for (size_t v = 0; v < vocab; v++) {
+        float p = out[v] > 1.17549435e-38f ? out[v] : 1.17549435e-38f;
+        out[v] = tau * log_inline(p);
+    }
+}

@@ -7,7 +7,7 @@ struct DistillCommand: ParsableCommand {
         commandName: "distill",
         abstract: "Knowledge distillation of small Llama-style language models.",
         version: DistillVersion.string,
-        subcommands: [TokenizerCommand.self, PrepareCommand.self, TrainCommand.self, StudentCommand.self, MutualCommand.self,
+        subcommands: [TokenizerCommand.self, PrepareCommand.self, TrainCommand.self, StudentCommand.self, MutualCommand.self, CacheTeacherCommand.self, GenerationsCommand.self,
                       SampleCommand.self, EvalCommand.self, ExportCommand.self, BenchCommand.self]
     )
 

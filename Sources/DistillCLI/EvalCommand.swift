@@ -11,6 +11,9 @@ struct EvalCommand: ParsableCommand {
         discussion: "Give --model several times to compare models (e.g. teacher, baseline and student) in one table.")
 
     @Option(help: "Model directory (repeat to compare several).") var model: [String] = []
+    @Option(parsing: .upToNextOption, help: "Model directories scored as one ensemble (the mean of their probabilities), a row beside the models.")
+    var ensemble: [String] = []
+    @Option(help: "Weights of the --ensemble members, w1,w2,... (default: equal).") var teacherWeights: String?
     @Option(help: "A UTF-8 text file to score.") var text: String?
     @Option(help: "A token file; its validation split is scored.") var data: String?
     @Option(help: "Advance of the scoring window (default: the context; smaller gives more left context).") var stride: Int?
@@ -18,7 +21,8 @@ struct EvalCommand: ParsableCommand {
     @Flag(help: "Print one JSON object.") var json = false
 
     func validate() throws {
-        if model.isEmpty { throw ValidationError("give a --model directory") }
+        if model.isEmpty && ensemble.isEmpty { throw ValidationError("give a --model directory or an --ensemble of them") }
+        if teacherWeights != nil && ensemble.isEmpty { throw ValidationError("--teacher-weights weighs the members of an --ensemble; give one") }
         if (text == nil) == (data == nil) { throw ValidationError("give exactly one of --text FILE or --data DATA") }
         try checkThreads(threads)
     }
@@ -26,12 +30,22 @@ struct EvalCommand: ParsableCommand {
     func run() throws {
         if let threads { Compute.setThreads(threads) }
         var results: [(name: String, parameters: Int, report: PerplexityReport)] = []
+        func evaluationTokens(_ loaded: LoadedModel) throws -> EvaluationTokens {
+            try text.map { try EvaluationTokens(textFile: $0, tokenizer: loaded.tokenizer) }
+                ?? EvaluationTokens(validationSplitOf: data ?? "", tokenizer: loaded.tokenizer)
+        }
         for path in model {
             let loaded = try LoadedModel(path: path)
-            let input = try text.map { try EvaluationTokens(textFile: $0, tokenizer: loaded.tokenizer) }
-                ?? EvaluationTokens(validationSplitOf: data ?? "", tokenizer: loaded.tokenizer)
+            let input = try evaluationTokens(loaded)
             let report = try scoreTokens(model: loaded.model, tokens: input.tokens, bytes: input.bytes, stride: stride)
             results.append((path, loaded.model.parameterCount, report))
+        }
+        if !ensemble.isEmpty {
+            let members = try LoadedModel.ensemble(ensemble, weights: teacherWeights)
+            let input = try evaluationTokens(members.first)
+            let report = try scoreTokens(ensemble: members.ensemble, tokens: input.tokens, bytes: input.bytes, stride: stride)
+            results.append(("ensemble(" + ensemble.joined(separator: "+") + ")",
+                            members.ensemble.members.reduce(0) { $0 + $1.parameterCount }, report))
         }
         if json {
             let objects = results.map { result -> [String: Any] in

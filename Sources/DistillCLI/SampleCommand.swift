@@ -7,7 +7,8 @@ struct SampleCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sample", abstract: "Generate text from a model (KV cache; greedy at temperature 0).")
 
-    @Option(help: "Model directory.") var model: String
+    @Option(help: "Model directory; repeat it to sample from the ensemble (the mean of the models' probabilities).") var model: [String] = []
+    @Option(help: "Weights of the ensemble's models, w1,w2,... (default: equal).") var teacherWeights: String?
     @Option(help: "Text to continue (default: start from the BOS token).") var prompt: String?
     @Option(help: "Tokens to generate at most (past the context, generation goes on from the last half-context).") var maxTokens: Int = 200
     @Option(help: "Softmax temperature; 0 is greedy.") var temperature: Float = 0.8
@@ -18,6 +19,7 @@ struct SampleCommand: ParsableCommand {
 
     func validate() throws {
         if maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more") }
+        if model.isEmpty { throw ValidationError("give a --model directory") }
         try checkThreads(threads)
         try checkFinite(temperature, "--temperature")
         if let topP { try checkFinite(topP, "--top-p") }
@@ -26,15 +28,15 @@ struct SampleCommand: ParsableCommand {
     func run() throws {
         if let threads { Compute.setThreads(threads) }
         var sampler = try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seed)
-        let loaded = try LoadedModel(path: model)
+        let (ensemble, loaded) = try LoadedModel.ensemble(model, weights: teacherWeights)
         let tokenizer = loaded.tokenizer
         var promptIDs = tokenizer.encode(prompt ?? "")
         if promptIDs.isEmpty && tokenizer.bosId >= 0 { promptIDs = [tokenizer.bosId] }
-        let session = KVCacheSession(model: loaded.model)
+        let session = EnsembleSession(ensemble: ensemble)
         if let prompt { print(prompt, terminator: "") }
         // Characters spread over several byte pieces appear once complete.
         var decoder = IncrementalDecoder(tokenizer: tokenizer)
-        try generate(session: session, prompt: promptIDs, maxTokens: maxTokens, sampler: &sampler,
+        try generate(ensemble: session, prompt: promptIDs, maxTokens: maxTokens, sampler: &sampler,
                      stopToken: tokenizer.eosId >= 0 ? tokenizer.eosId : nil) { token in
             print(decoder.append(token), terminator: "")
             fflush(stdout)

@@ -10,6 +10,11 @@ struct StudentCommand: ParsableCommand {
 
     @Option(help: "Teacher model directory (ours or a Hugging Face Llama); repeat it for an ensemble, whose KD target is the mean of the teachers' tempered distributions (feature and relational terms use the first).")
     var teacher: [String] = []
+    @Option(help: "Weights of the ensemble's teachers, w1,w2,... (default: equal).") var teacherWeights: String?
+    @Option(help: "A teacher cache made by `distill cache-teacher`, instead of --teacher: no teacher runs (--temperature must be the cache's or left out).")
+    var teacherCache: String?
+    @Flag(help: "With --teacher-cache: optimise and report the soft cross-entropy −Σ p̂ log q instead of KL(p̂ ‖ q) (the same gradient).")
+    var softCrossEntropy = false
     @OptionGroup var options: TrainingOptions
     @OptionGroup var logits: LogitOptions
     @Option(help: "Weight of hidden-state (feature) distillation.") var featureWeight: Float = 0
@@ -21,7 +26,9 @@ struct StudentCommand: ParsableCommand {
     var initFromTeacher = false
 
     func validate() throws {
-        if teacher.isEmpty { throw CommandError("give a --teacher model directory") }
+        if teacher.isEmpty && teacherCache == nil { throw CommandError("give a --teacher model directory or a --teacher-cache") }
+        if !teacher.isEmpty && teacherCache != nil { throw CommandError("give --teacher or --teacher-cache, not both") }
+        if softCrossEntropy && teacherCache == nil { throw CommandError("--soft-cross-entropy applies to a --teacher-cache") }
         try Flags.requireFinite([(featureWeight, .featureWeight), (rkdDistanceWeight, .rkdDistanceWeight),
                                  (rkdAngleWeight, .rkdAngleWeight)])
         try Flags.translatingSettings { try settings().validate() }
@@ -44,6 +51,10 @@ struct StudentCommand: ParsableCommand {
         var student = StudentRequest(teachers: teacher, settings: try settings())
         student.layerMap = layerMap
         student.initFromTeacher = initFromTeacher
+        student.teacherWeights = try Flags.translatingSettings { try teacherWeights.map { try ModelEnsemble.parseWeights($0) } }
+        student.teacherCache = teacherCache
+        student.cachedLoss = softCrossEntropy ? .softCrossEntropy : .forwardKL
+        student.temperatureGiven = logits.temperature != nil
         let outcome = try Flags.translatingSettings {
             try TrainingRun.student(request, student, callbacks: trainingCallbacks(printer))
         }
@@ -55,6 +66,10 @@ struct StudentCommand: ParsableCommand {
         guard data.validationTokens.count >= 2 else { return }
         let teachers = try teacher.map { try TrainingRun.loadTeacher($0, data: data, dataPath: options.data) }
         let studentModel = try ModelDirectory.load(outcome.output)
+        if teachers.isEmpty {
+            print("validation perplexity: student " + String(format: "%.3f", try TrainingRun.scoreValidation(model: studentModel, data: data).perplexity))
+            return
+        }
         let teacherFigures = try teachers.map { String(format: "%.3f", try TrainingRun.scoreValidation(model: $0, data: data).perplexity) }
         print("validation perplexity: teacher\(teachers.count > 1 ? "s" : "") \(teacherFigures.joined(separator: ", "))  student "
               + String(format: "%.3f", try TrainingRun.scoreValidation(model: studentModel, data: data).perplexity))
@@ -65,7 +80,7 @@ struct StudentCommand: ParsableCommand {
 struct LogitOptions: ParsableArguments {
     @Option(help: "Weight of the cross-entropy with the true next tokens.") var ceWeight: Float = 1
     @Option(help: "Weight of the logit distillation term.") var kdWeight: Float = 1
-    @Option(help: "Softmax temperature of both models for KD.") var temperature: Float = 2
+    @Option(help: "Softmax temperature of both models for KD (default 2; with a teacher cache, the cache's).") var temperature: Float?
     @Option(help: "Divergence between the teacher's and the student's distributions.") var divergence: DivergenceName = .forwardKL
     @Option(help: "β of the generalised JSD (0: forward KL, 1: reverse KL).") var beta: Float = Divergence.defaultBeta
     @Option(help: "α of skew KL and skew reverse KL.") var skewAlpha: Float = Divergence.defaultAlpha
@@ -83,7 +98,7 @@ struct LogitOptions: ParsableArguments {
         var settings = DistillationSettings()
         settings.weights = DistillationWeights(ce: ceWeight, kd: kdWeight)
         settings.logits = LogitDistillation(divergence: try Flags.translatingSettings { try Divergence(divergence, beta: beta, alpha: skewAlpha) },
-                                            temperature: temperature, tauSquared: !noTauSquared, teacherTopK: teacherTopK)
+                                            temperature: temperature ?? 2, tauSquared: !noTauSquared, teacherTopK: teacherTopK)
         return settings
     }
 }

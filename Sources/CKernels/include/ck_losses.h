@@ -75,4 +75,9 @@ float ck_kth_largest(const float *x, size_t n, size_t k, float *heap);
 void ck_tempered_mixture_row(float *out, const float *const *teachers, size_t count, size_t vocab,
                              float tau, float *scratch);
 
+/// The same with member weights: out[v] = τ·log(Σ_i weights[i]·softmax(teachers[i]/τ)[v]); the
+/// weights must add up to 1.
+void ck_weighted_mixture_row(float *out, const float *const *teachers, const float *weights, size_t count,
+                             size_t vocab, float tau, float *scratch);
+
 #endif

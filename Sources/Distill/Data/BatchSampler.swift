@@ -8,12 +8,17 @@ public struct Batch: Sendable, Equatable {
     public var inputs: [Int32]
     /// [B*T] the ids that follow `inputs`: each window's ids shifted left by one.
     public var targets: [Int32]
+    /// [B] where each row's first input token lies in the token file (both splits counted), so that
+    /// `targets[b*T + t]` is the file's token `starts[b] + t + 1`; empty when the rows do not come
+    /// from a token file. A cached teacher finds its targets through it.
+    public var starts: [Int]
 
-    public init(batchSize: Int, contextLength: Int, inputs: [Int32], targets: [Int32]) {
+    public init(batchSize: Int, contextLength: Int, inputs: [Int32], targets: [Int32], starts: [Int] = []) {
         self.batchSize = batchSize
         self.contextLength = contextLength
         self.inputs = inputs
         self.targets = targets
+        self.starts = starts
     }
 }
 
@@ -52,7 +57,8 @@ public struct BatchSampler: Sendable {
     public mutating func next() -> Batch {
         var batch = Batch(batchSize: batchSize, contextLength: contextLength,
                           inputs: [Int32](repeating: 0, count: batchSize * contextLength),
-                          targets: [Int32](repeating: 0, count: batchSize * contextLength))
+                          targets: [Int32](repeating: 0, count: batchSize * contextLength),
+                          starts: [Int](repeating: 0, count: batchSize))
         fill(&batch)
         return batch
     }
@@ -67,8 +73,10 @@ public struct BatchSampler: Sendable {
         // real corpus, and unlike Int.random(in:using:) it cannot change between Swift releases.
         let startCount = UInt64(tokens.count - window + 1)
         var windowIDs = [Int32](repeating: 0, count: window)
+        if batch.starts.count != batchSize { batch.starts = [Int](repeating: 0, count: batchSize) }
         for row in 0..<batchSize {
             let start = Int(random.next() % startCount)
+            batch.starts[row] = tokens.tokenRange.lowerBound + start
             windowIDs.withUnsafeMutableBufferPointer { tokens.copy(from: start, into: $0) }
             let offset = row * contextLength
             for position in 0..<contextLength {

@@ -28,6 +28,8 @@ public final class DistillationObjective: TrainingObjective {
     /// The teacher whose hidden states the feature and relational terms match.
     public var teacher: LlamaModel { teachers[0] }
     public let settings: DistillationSettings
+    /// The members' weights in the ensemble target, adding up to 1 (nil: equal weights).
+    public let teacherWeights: [Float]?
     public let extraTensors: [TrainableTensor]
     private let dLogits = ScratchBuffer()                // [B·T, V]
     private var dHidden: [Int: ScratchBuffer] = [:]      // student block → [B·T, Cs]
@@ -40,9 +42,11 @@ public final class DistillationObjective: TrainingObjective {
         try self.init(teachers: [teacher], studentConfig: studentConfig, settings: settings, seed: seed)
     }
 
-    public init(teachers: [LlamaModel], studentConfig: LlamaConfig, settings: DistillationSettings, seed: UInt64) throws {
+    public init(teachers: [LlamaModel], studentConfig: LlamaConfig, settings: DistillationSettings, seed: UInt64,
+                teacherWeights: [Float]? = nil) throws {
         try settings.validate()
         guard let teacher = teachers.first else { throw DistillationError.missingInput("at least one teacher") }
+        self.teacherWeights = try teacherWeights.map { try ModelEnsemble.normalised($0, count: teachers.count) }
         for member in teachers where member.config.vocabSize != studentConfig.vocabSize && settings.weights.kd > 0 {
             throw DistillationError.invalidShape("the teacher's vocabulary (\(member.config.vocabSize)) differs from the student's (\(studentConfig.vocabSize)): logit distillation needs a shared vocabulary")
         }
@@ -91,6 +95,7 @@ public final class DistillationObjective: TrainingObjective {
             result[Setting.featureDistance.rawValue] = settings.featureDistance.rawValue
         }
         result[Setting.teacher.rawValue] = peerIdentity ?? teacherHashes.joined(separator: ",")
+        if let teacherWeights, w.kd > 0 { result[Setting.teacherWeights.rawValue] = teacherWeights.map { "\($0)" }.joined(separator: ",") }
         return result
     }
 
@@ -226,7 +231,13 @@ public final class DistillationObjective: TrainingObjective {
             members.append(UnsafePointer(member.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
                                                         keepForBackward: false).logits))
         }
-        let out = ensembleLogits.zeroed(rows * vocab), scratch = ensembleScratch.zeroed(Compute.threads * vocab)
+        let out = ensembleLogits.zeroed(rows * vocab)
+        if let teacherWeights {
+            temperedMixture(out: out, members: members, weights: teacherWeights, rows: rows, vocab: vocab,
+                            temperature: settings.logits.temperature, scratch: ensembleScratch)
+            return UnsafePointer(out)
+        }
+        let scratch = ensembleScratch.zeroed(Compute.threads * vocab)
         let tau = settings.logits.temperature, workers = Compute.threads
         members.withUnsafeBufferPointer { pointers in
             // Each worker takes a contiguous range of rows and its own scratch row.

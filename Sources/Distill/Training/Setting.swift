@@ -16,6 +16,9 @@ public enum Setting: String, Sendable, CaseIterable, Codable {
     case initFromTeacher = "init_from_teacher"
     // Mutual learning.
     case peerOutput = "peer_output", peerPreset = "peer_preset", peerConfig = "peer_config"
+    case peer
+    // Cached teachers and born-again generations.
+    case teacherCache = "teacher_cache", samples, topK = "top_k", count, teachWith = "teach_with"
 }
 
 /// A value of one setting that a run cannot use. `problem` reads after the setting's name, e.g.

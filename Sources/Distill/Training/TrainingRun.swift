@@ -35,6 +35,14 @@ public struct StudentRequest: Sendable {
     public var layerMap: String?
     /// DistilBERT-style start from every k-th teacher block.
     public var initFromTeacher = false
+    /// Weights of the ensemble's members (nil: equal).
+    public var teacherWeights: [Float]?
+    /// A teacher cache (`cache-teacher`) instead of `teachers`: no teacher runs.
+    public var teacherCache: String?
+    /// With a cache: KL against the cached target, or the soft cross-entropy.
+    public var cachedLoss = CachedTargetLoss.forwardKL
+    /// False when the temperature was left out: a cache's own τ is then used.
+    public var temperatureGiven = true
 
     public init(teachers: [String], settings: DistillationSettings) {
         self.teachers = teachers
@@ -143,6 +151,7 @@ public enum TrainingRun {
     /// `distill student`: a student trained from frozen teacher(s).
     public static func student(_ request: TrainingRequest, _ student: StudentRequest,
                                callbacks: TrainingCallbacks) throws -> TrainingOutcome {
+        if let cache = student.teacherCache { return try cachedStudent(request, student, cache: cache, callbacks: callbacks) }
         guard !student.teachers.isEmpty else { throw SettingError(.teacher, "is missing: give at least one teacher model directory") }
         let inputs = try openInputs(request)
         var settings = student.settings
@@ -176,7 +185,7 @@ public enum TrainingRun {
         parameters.context = context
         try parameters.validate()
         let objective = try DistillationObjective(teachers: teachers, studentConfig: model.config, settings: settings,
-                                                  seed: parameters.seed)
+                                                  seed: parameters.seed, teacherWeights: student.teacherWeights)
         let trainer = try Trainer(model: model, objective: objective, parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
         let sizes = teachers.map { String($0.parameterCount) }.joined(separator: " + ")
         callbacks.log("teacher\(teachers.count > 1 ? "s" : ""): \(sizes) parameters; student: \(model.parameterCount) parameters "
@@ -185,13 +194,51 @@ public enum TrainingRun {
         return try execute([trainer], outputs: [output], inputs: inputs, callbacks: [callbacks])[0]
     }
 
-    /// `distill mutual`: peers trained in lockstep on the same batches, each towards the labels and the
-    /// other's current distribution (Deep Mutual Learning). Each request names a peer's output and shape;
-    /// the data and the optimisation are the first request's.
+    /// `distill student --teacher-cache`: a student trained from a teacher cache, no teacher loaded.
+    /// The KD target is the cached distribution at the cache's temperature (forward KL or the soft
+    /// cross-entropy); the cache must be the one of this token file, and a resume must use the same cache.
+    static func cachedStudent(_ request: TrainingRequest, _ student: StudentRequest, cache path: String,
+                              callbacks: TrainingCallbacks) throws -> TrainingOutcome {
+        guard student.teachers.isEmpty else {
+            throw SettingError(.teacherCache, "replaces the teacher: give a teacher cache or teachers, not both")
+        }
+        if student.initFromTeacher {
+            throw SettingError(.initFromTeacher, "copies a teacher's blocks, which a teacher cache does not hold: use a live teacher")
+        }
+        if student.teacherWeights != nil {
+            throw SettingError(.teacherWeights, "weigh the members of a live ensemble; a cache's ensemble was weighed when it was built")
+        }
+        let inputs = try openInputs(request)
+        let output = try claimOutput(request, reads: [OutputGuard.Role(Setting.teacherCache.rawValue, path)])
+        let cache = try TeacherCache(path: path)
+        try cache.check(against: inputs.data)
+        var settings = student.settings
+        if !student.temperatureGiven { settings.logits.temperature = cache.temperature }
+        try settings.validate()
+        let (config, context) = try modelConfig(request, vocabSize: cache.vocabSize, defaultContext: min(256, cache.window))
+        var parameters = request.parameters
+        parameters.context = context
+        try parameters.validate()
+        let model = try LlamaModel(config: config, seed: parameters.seed)
+        let objective = try CachedTeacherObjective(cache: cache, studentConfig: config, settings: settings, loss: student.cachedLoss)
+        let trainer = try Trainer(model: model, objective: objective, parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
+        var terms = ["ce \(settings.weights.ce)"]
+        if settings.weights.kd > 0 {
+            terms.append("kd \(settings.weights.kd) (\(student.cachedLoss.rawValue) on the cached \(cache.mode), τ \(cache.temperature))")
+        }
+        callbacks.log("teacher cache: \(path) (\(cache.mode), \(cache.tokenCount) positions); student: \(model.parameterCount) parameters "
+            + "(width \(config.hiddenSize), \(config.numHiddenLayers) layers, context \(context)); objective: " + terms.joined(separator: ", "))
+        return try execute([trainer], outputs: [output], inputs: inputs, callbacks: [callbacks])[0]
+    }
+
+    /// `distill mutual`: N ≥ 2 peers trained in lockstep on the same batches, each towards the labels
+    /// and the mean of its divergences to the others' current distributions (Deep Mutual Learning).
+    /// Each request names a peer's output and shape; the data and the optimisation are the first
+    /// request's. Two peers train exactly as the two-peer `mutual` always has.
     public static func mutual(_ peers: [TrainingRequest], settings: DistillationSettings,
                               callbacks: [TrainingCallbacks]) throws -> [TrainingOutcome] {
-        guard peers.count == 2, callbacks.count == peers.count else {
-            throw SettingError(.peerOutput, "names \(peers.count - 1) peer(s); mutual learning trains exactly two models")
+        guard peers.count >= 2, callbacks.count == peers.count else {
+            throw SettingError(.peerOutput, "names \(peers.count - 1) peer(s); mutual learning trains at least two models")
         }
         try settings.validate()
         try OutputGuard.refuseSharedOutputs(peers.enumerated().map {
@@ -207,12 +254,13 @@ public enum TrainingRun {
         let outputs = try peers.map { try claimOutput($0, reads: []) }
         // Different initial weights, the same batches (the sampler's seed is the run's).
         let models = try configs.enumerated().map { try LlamaModel(config: $0.element, seed: parameters.seed &+ UInt64($0.offset)) }
-        let objectives = try DistillationObjective.mutual(models, settings: settings, seed: parameters.seed)
-        let trainers = try zip(models, objectives).map {
-            try Trainer(model: $0, objective: $1, parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
+        let objectives = try MutualObjective.objectives(peers: models, settings: settings)
+        let trainers = try models.indices.map { index -> Trainer in
+            try Trainer(model: models[index], objective: objectives[index], parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
         }
-        callbacks[0].log("models: " + models.map { String($0.parameterCount) }.joined(separator: " and ")
-            + " parameters; objective of each: " + describe(settings).joined(separator: ", ") + " towards the other")
+        callbacks[0].log("models: " + models.map { String($0.parameterCount) }.joined(separator: ", ")
+            + " parameters; objective of each: " + describe(settings).joined(separator: ", ")
+            + (models.count == 2 ? " towards the other" : " towards the mean over the others"))
         return try execute(trainers, outputs: outputs, inputs: inputs, callbacks: callbacks)
     }
 
@@ -301,14 +349,16 @@ public enum TrainingRun {
         let spacing = max(1, (tokens.count - window) / max(total - 1, 1))
         var ids = [Int32](repeating: 0, count: window)
         for b in 0..<parameters.evalBatches {
-            var inputs: [Int32] = [], targets: [Int32] = []
+            var inputs: [Int32] = [], targets: [Int32] = [], starts: [Int] = []
             for row in 0..<parameters.batchSize {
                 let start = min((b * parameters.batchSize + row) * spacing, tokens.count - window)
                 ids.withUnsafeMutableBufferPointer { tokens.copy(from: start, into: $0) }
                 inputs += ids.dropLast()
                 targets += ids.dropFirst()
+                starts.append(tokens.tokenRange.lowerBound + start)
             }
-            batches.append(Batch(batchSize: parameters.batchSize, contextLength: parameters.context, inputs: inputs, targets: targets))
+            batches.append(Batch(batchSize: parameters.batchSize, contextLength: parameters.context, inputs: inputs, targets: targets,
+                                 starts: starts))
         }
         return batches
     }
