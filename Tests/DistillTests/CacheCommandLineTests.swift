@@ -53,8 +53,9 @@ final class CacheCommandLineTests: XCTestCase {
         // A teacher whose tokenizer is not the data's.
         let foreignTokenizer = scratch.appendingPathComponent("foreign.model").path
         let text = scratch.appendingPathComponent("foreign.txt")
-        try TestCorpus.grammarText(lines: 3000, seed: 42).write(to: text, atomically: true, encoding: .utf8)
-        try Tokenizer.train(inputs: [text.path], vocabSize: 300, output: foreignTokenizer)
+        // Same size as the teacher's vocabulary (a smaller one is refused earlier), other text.
+        try TestCorpus.grammarText(lines: 3000, seed: 43).write(to: text, atomically: true, encoding: .utf8)
+        try Tokenizer.train(inputs: [text.path], vocabSize: 320, output: foreignTokenizer)
         let foreign = scratch.appendingPathComponent("foreign-teacher")
         try ModelDirectory.save(files.teacher, tokenizerModel: foreignTokenizer, to: foreign)
         try expectError(base + ["--output", other, "--teacher", foreign.path], mentions: "different tokenizers")
