@@ -1,0 +1,695 @@
+import Foundation
+
+/// An experiment for `distill run`: a corpus, a tokenizer, a teacher, the students to make from it, how to
+/// evaluate them and what to sample. Read from JSON (schema in docs/recipes.md) strictly: an unknown
+/// field, a wrong type or a missing required field is an error naming its JSON path. Paths in a recipe
+/// are relative to the recipe file's folder.
+public struct Recipe: Sendable {
+    /// The schema this version of distill reads and writes (`schema_version` in the JSON).
+    public static let schemaVersion = 1
+
+    /// A title for the report.
+    public var name: String
+    public var about: String?
+    public var corpus: RecipeCorpus
+    /// Share of the corpus's bytes (from its end) held out as the validation split.
+    public var validationFraction: Double
+    public var tokenizer: RecipeTokenizer
+    public var teacher: RecipeTeacher
+    public var students: [RecipeStudent]
+    public var evaluation: RecipeEvaluation
+    public var samples: RecipeSamples
+    /// The recipe in normal form: every default written out, paths absolute. Stage hashes and run.json
+    /// are made from it, so writing a default explicitly or reformatting the file changes nothing.
+    public var normalized: JSONValue
+
+    /// Reads and checks the recipe file at `path`.
+    public static func load(_ path: String) throws -> Recipe {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            var isDirectory: ObjCBool = false
+            if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+                throw RecipeError("", "\(path) is a directory: give the recipe's JSON file (e.g. recipes/quick.json)")
+            }
+            throw RecipeError("", "the recipe \(path) does not exist: check the path (recipes/ holds kjv.json, quick.json and methods.json)")
+        }
+        let base = URL(fileURLWithPath: path).deletingLastPathComponent()
+        do { return try decode(data, baseDirectory: base) }
+        catch let error as RecipeError where error.path.isEmpty { throw RecipeError("", "\(path): \(error.message)") }
+        catch let error as RecipeError { throw RecipeError(error.path, error.message + " (in \(path))") }
+    }
+
+    /// Parses recipe JSON; relative paths are resolved against `baseDirectory`.
+    public static func decode(_ data: Data, baseDirectory: URL) throws -> Recipe {
+        let value: JSONValue
+        do { value = try JSONValue.parse(data) } catch let error as JSONSyntaxError {
+            throw RecipeError("", "not valid JSON: \(error)")
+        }
+        return try RecipeParser(base: baseDirectory.standardizedFileURL).recipe(value)
+    }
+
+    public static func decode(_ text: String, baseDirectory: URL) throws -> Recipe {
+        try decode(Data(text.utf8), baseDirectory: baseDirectory)
+    }
+
+    /// The default experiment (the same as recipes/kjv.json) on `corpus`: a tokenizer, a `tiny` teacher,
+    /// a baseline student and a distilled student, sampled and compared.
+    public static func standard(corpus: [String], name: String = "default") throws -> Recipe {
+        guard case .object(var pairs) = try JSONValue.parse(standardText) else { throw RecipeError("", "the default recipe is damaged") }
+        let absolute = corpus.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
+        pairs = pairs.map { key, value in
+            switch key {
+            case "corpus": return (key, .array(absolute.map(JSONValue.string)))
+            case "name": return (key, .string(name))
+            default: return (key, value)
+            }
+        }
+        return try RecipeParser(base: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).recipe(.object(pairs))
+    }
+
+    /// The default recipe's text; recipes/kjv.json is this file.
+    public static let standardText = """
+        {
+          "schema_version": 1,
+          "name": "kjv",
+          "description": "The default experiment: a tiny teacher on the King James Bible, a student trained alone and one distilled from the teacher, on the same batches.",
+          "corpus": "default",
+          "tokenizer": {"vocab_size": 4096},
+          "teacher": {
+            "preset": "tiny",
+            "training": {"steps": 1500, "batch_size": 16, "context": 128, "lr": 0.002, "eval_every": 250, "save_every": 500}
+          },
+          "student": {
+            "preset": "tiny-student",
+            "training": {"steps": 1500, "batch_size": 16, "context": 128, "lr": 0.003, "eval_every": 250, "save_every": 500}
+          },
+          "students": [
+            {"name": "baseline", "kind": "baseline"},
+            {"name": "distilled", "kind": "kd"}
+          ],
+          "samples": {"prompts": ["And God said", "In the beginning"], "max_tokens": 60, "temperature": 0.8, "top_k": 40, "seed": 1}
+        }
+
+        """
+}
+
+/// Where the text comes from.
+public enum RecipeCorpus: Sendable, Equatable {
+    /// The King James Bible, `corpora/kjv.txt` as written by `corpora/kjv.sh`.
+    case standard
+    /// Files and folders (their .txt files), absolute.
+    case paths([String])
+}
+
+/// How the run gets its tokenizer.
+public enum RecipeTokenizer: Sendable, Equatable {
+    /// Train a lossless SentencePiece model on the training corpus.
+    case train(vocabSize: Int, modelType: TokenizerModelType)
+    /// Use an existing SentencePiece model (absolute path).
+    case file(String)
+    /// The teachers' own tokenizer.model (existing teacher directories).
+    case teacher
+}
+
+/// A model shape: a preset name or a config.json (absolute path).
+public enum RecipeModelShape: Sendable, Equatable {
+    case preset(String)
+    case config(String)
+}
+
+/// The teacher: trained by the run, or existing model directories (ours or Hugging Face Llama).
+public struct RecipeTeacher: Sendable {
+    public enum Source: Sendable {
+        /// `context`: tokens per sequence when the recipe gives it (nil: the model's).
+        case train(shape: RecipeModelShape, training: TrainingParameters, context: Int?)
+        case directories([String])
+    }
+    public var source: Source
+    /// Ensemble weights of several teachers (nil: equal).
+    public var weights: [Float]?
+
+    /// The teachers' model directories relative to the run directory, or absolute for existing ones.
+    public var isTrained: Bool { if case .train = source { return true } else { return false } }
+}
+
+/// The ways a student can be made.
+public enum StudentKind: String, Sendable, CaseIterable {
+    /// Cross-entropy on the labels alone: the reference every other student is compared with.
+    case baseline
+    /// CE + logit distillation from the teacher (any divergence).
+    case kd
+    /// Logit distillation plus hidden-state (feature) distillation.
+    case kdFeature = "kd-feature"
+    /// Logit distillation plus relational distillation on sentence embeddings.
+    case kdRelational = "kd-relational"
+    /// Logit distillation from a cache of the teacher's sampled or top-K targets.
+    case kdCached = "kd-cached"
+    /// Born-again generations: each learns from the previous one (or all earlier ones).
+    case bornAgain = "born-again"
+    /// Online mutual learning of N peers, no teacher.
+    case mutual
+
+    public static let names = allCases.map(\.rawValue)
+
+    /// Whether the kind learns from the recipe's teacher.
+    public var usesTeacher: Bool { [.kd, .kdFeature, .kdRelational, .kdCached].contains(self) }
+    /// Whether the kind has logit distillation settings.
+    public var distills: Bool { self != .baseline }
+}
+
+/// One student of a recipe, with its settings resolved (the shared `student` block merged with its own).
+public struct RecipeStudent: Sendable {
+    public var name: String
+    public var kind: StudentKind
+    public var shape: RecipeModelShape
+    /// The JSON path the shape came from (the student's own, or the shared `student` block's).
+    public var shapeField: String
+    public var training: TrainingParameters
+    /// Tokens per sequence when the recipe gives it (nil: decided from the model and the teacher).
+    public var context: Int?
+    /// CE/KD weights, divergence, temperature; for `baseline` only `ce` is used.
+    public var settings: DistillationSettings
+    /// "S:T,..." for feature distillation (nil: uniform).
+    public var layerMap: String?
+    /// Start from every k-th teacher block (students of the teacher's width).
+    public var initFromTeacher: Bool
+    /// `kd-cached`: samples per position, or the top K (exactly one is set).
+    public var cacheSamples: Int?
+    public var cacheTopK: Int?
+    /// `born-again`: the number of generations and whether each learns from all earlier ones.
+    public var generations: Int
+    public var teachWithAll: Bool
+    /// `mutual`: the number of peers.
+    public var peers: Int
+    /// This student's settings in normal form (hashed by its stage).
+    public var normalized: JSONValue
+
+    /// The model directories (names under models/) this student makes, in report order.
+    public var modelNames: [String] {
+        switch kind {
+        case .bornAgain: return (1...generations).map { "\(name)-g\($0)" }
+        case .mutual: return (1...peers).map { "\(name)-\($0)" }
+        default: return [name]
+        }
+    }
+}
+
+/// What the models are scored on.
+public struct RecipeEvaluation: Sendable, Equatable {
+    /// A UTF-8 text file (absolute), or nil for the token file's validation split.
+    public var text: String?
+    /// Advance of the scoring window (nil: the model's context, as `distill eval`).
+    public var stride: Int?
+}
+
+/// What every model samples.
+public struct RecipeSamples: Sendable, Equatable {
+    /// Prompts ("" starts from the BOS token); empty: no samples.
+    public var prompts: [String]
+    public var maxTokens: Int
+    public var temperature: Float
+    public var topK: Int?
+    public var topP: Float?
+    public var seed: UInt64
+}
+
+// MARK: parsing
+
+/// Turns a recipe's JSON into a `Recipe`, checking every field and building the normal form.
+struct RecipeParser {
+    let base: URL
+
+    func absolute(_ path: String) -> String {
+        (path.hasPrefix("/") ? URL(fileURLWithPath: path) : base.appendingPathComponent(path)).standardizedFileURL.path
+    }
+
+    /// An existing path, made absolute; `directory` says which kind it must be.
+    func existing(_ path: String, at field: String, directory: Bool?, what: String) throws -> String {
+        let resolved = absolute(path)
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: resolved, isDirectory: &isDirectory) else {
+            throw RecipeError(field, "\(what) \(resolved) does not exist\(path.hasPrefix("/") ? "" : " (paths are relative to the recipe's folder)")")
+        }
+        if let directory, isDirectory.boolValue != directory {
+            throw RecipeError(field, "\(resolved) is \(isDirectory.boolValue ? "a directory" : "a file"); give \(what)")
+        }
+        return resolved
+    }
+
+    func recipe(_ value: JSONValue) throws -> Recipe {
+        var top = try FieldReader(value, path: "")
+        guard let version = try top.integer("schema_version") else {
+            throw RecipeError("schema_version", "missing: this distill reads recipes with \"schema_version\": \(Recipe.schemaVersion)")
+        }
+        guard version == Recipe.schemaVersion else {
+            throw RecipeError("schema_version", "this distill reads recipe schema \(Recipe.schemaVersion), the recipe says \(version): "
+                              + (version > Int64(Recipe.schemaVersion) ? "update distill" : "update the recipe (docs/recipes.md lists the changes)"))
+        }
+        let name = try top.string("name") ?? base.lastPathComponent
+        let about = try top.string("description")
+
+        // Corpus.
+        let corpusIsList: Bool = { if case .array = top.value("corpus") { return true } else { return false } }()
+        guard let corpusValue = try top.strings("corpus"), !corpusValue.isEmpty else {
+            throw RecipeError("corpus", "missing: give \"default\" (the King James Bible) or the paths of text files or folders")
+        }
+        let corpus: RecipeCorpus
+        if corpusValue == ["default"] {
+            corpus = .standard
+        } else {
+            corpus = .paths(try corpusValue.enumerated().map { index, path in
+                try existing(path, at: corpusIsList ? "corpus[\(index)]" : "corpus", directory: nil, what: "the corpus path")
+            })
+        }
+        let validationFraction = try top.number("validation_fraction") ?? 0.1
+        guard validationFraction > 0 && validationFraction < 0.5 else {
+            throw RecipeError("validation_fraction", "must be above 0 and below 0.5, got \(validationFraction)")
+        }
+
+        // Teacher (before the tokenizer: existing teachers bring their own).
+        var teacherReader = try top.object("teacher")
+            ?? { throw RecipeError("teacher", "missing: give {\"preset\": \"tiny\", \"training\": {...}} or {\"directories\": [...]}") }()
+        let teacher = try self.teacher(&teacherReader)
+        try teacherReader.finish()
+
+        // Tokenizer.
+        let tokenizer: RecipeTokenizer
+        if var reader = try top.object("tokenizer") {
+            if !teacher.isTrained {
+                throw RecipeError("tokenizer", "leave it out when the teacher is existing directories: the data must be encoded with the teacher's tokenizer.model")
+            }
+            if let model = try reader.string("model") {
+                if reader.has("vocab_size") || reader.has("model_type") {
+                    throw RecipeError(reader.path("model"), "give either \"model\" (an existing tokenizer) or \"vocab_size\"/\"model_type\" (train one), not both")
+                }
+                tokenizer = .file(try existing(model, at: reader.path("model"), directory: false, what: "the tokenizer model"))
+            } else {
+                let vocab = try reader.int("vocab_size", in: Int64(Tokenizer.minimumVocabularySize)...Int64(Int32.max))
+                    ?? { throw RecipeError(reader.path("vocab_size"), "missing: give the vocabulary size to train, e.g. 4096") }()
+                let typeName = try reader.string("model_type") ?? TokenizerModelType.unigram.rawValue
+                guard let type = TokenizerModelType(rawValue: typeName) else {
+                    throw RecipeError(reader.path("model_type"), "unknown model type \"\(typeName)\"; use unigram or bpe")
+                }
+                tokenizer = .train(vocabSize: vocab, modelType: type)
+            }
+            try reader.finish()
+        } else if teacher.isTrained {
+            throw RecipeError("tokenizer", "missing: give {\"vocab_size\": N} to train one, or {\"model\": \"path.model\"}")
+        } else {
+            tokenizer = .teacher
+        }
+
+        // The shared student block, then each student.
+        var shared = try top.object("student") ?? FieldReader(.object([]), path: "student")
+        let sharedShapeField = shared.path(shared.has("config") ? "config" : "preset")
+        let sharedShape = try shape(&shared)
+        var sharedTraining = try shared.object("training")
+        var sharedContext: Int?
+        let baseTraining = try training(&sharedTraining, defaults: TrainingParameters(), context: &sharedContext)
+        try sharedTraining?.finish()
+        try shared.finish()
+
+        guard let studentValues = try top.array("students") else {
+            throw RecipeError("students", "missing: give at least one student, e.g. [{\"name\": \"baseline\", \"kind\": \"baseline\"}]")
+        }
+        guard !studentValues.isEmpty else { throw RecipeError("students", "empty: give at least one student") }
+        var students: [RecipeStudent] = []
+        var taken: [String: String] = ["teacher": "teacher"]
+        for (index, studentValue) in studentValues.enumerated() {
+            var reader = try FieldReader(studentValue, path: "students[\(index)]")
+            let student = try self.student(&reader, sharedShape: sharedShape ?? .preset("tiny-student"), sharedShapeField: sharedShapeField,
+                                           sharedTraining: baseTraining, sharedContext: sharedContext, teacher: teacher)
+            try reader.finish()
+            for model in student.modelNames {
+                if let owner = taken[model] {
+                    throw RecipeError(reader.path("name"), "the model name \"\(model)\" is already used by \(owner): give each student its own name")
+                }
+                taken[model] = reader.path("name")
+            }
+            if case .directories(let directories) = teacher.source, directories.count > 1 {
+                for number in 1...directories.count where student.modelNames.contains("teacher-\(number)") {
+                    throw RecipeError(reader.path("name"), "\"teacher-\(number)\" names a teacher: choose another name")
+                }
+            }
+            students.append(student)
+        }
+
+        // Evaluation and samples.
+        var evaluationReader = try top.object("evaluation") ?? FieldReader(.object([]), path: "evaluation")
+        let evaluationText = try evaluationReader.string("text").map {
+            try existing($0, at: evaluationReader.path("text"), directory: false, what: "the evaluation text")
+        }
+        let evaluation = RecipeEvaluation(text: evaluationText, stride: try evaluationReader.int("stride", in: 1...Int64(Int32.max)))
+        try evaluationReader.finish()
+
+        var samplesReader = try top.object("samples") ?? FieldReader(.object([]), path: "samples")
+        let samples = RecipeSamples(
+            prompts: try samplesReader.strings("prompts") ?? [""],
+            maxTokens: try samplesReader.int("max_tokens", in: 0...100_000) ?? 60,
+            temperature: Float(try samplesReader.number("temperature") ?? 0.8),
+            topK: try samplesReader.int("top_k", in: 1...Int64(Int32.max)),
+            topP: try samplesReader.number("top_p").map(Float.init),
+            seed: UInt64(try samplesReader.integer("seed", in: 0...Int64.max) ?? 1))
+        if !(samples.temperature >= 0 && samples.temperature.isFinite) {
+            throw RecipeError(samplesReader.path("temperature"), "must be 0 (greedy) or positive, got \(samples.temperature)")
+        }
+        if let topP = samples.topP, !(topP > 0 && topP <= 1) {
+            throw RecipeError(samplesReader.path("top_p"), "must be above 0 and at most 1, got \(topP)")
+        }
+        try samplesReader.finish()
+        try top.finish()
+
+        let normalized = JSONValue.object([
+            ("schema_version", .integer(Int64(Recipe.schemaVersion))),
+            ("name", .string(name)),
+            ("corpus", { if case .paths(let paths) = corpus { return .array(paths.map(JSONValue.string)) } else { return .string("default") } }()),
+            ("validation_fraction", .number(validationFraction)),
+            ("tokenizer", Normal.tokenizer(tokenizer)),
+            ("teacher", Normal.teacher(teacher)),
+            ("students", .array(students.map(\.normalized))),
+            ("evaluation", .object([("text", evaluation.text.map(JSONValue.string) ?? .null),
+                                    ("stride", evaluation.stride.map { .integer(Int64($0)) } ?? .null)])),
+            ("samples", Normal.samples(samples)),
+        ])
+        return Recipe(name: name, about: about, corpus: corpus, validationFraction: validationFraction, tokenizer: tokenizer,
+                      teacher: teacher, students: students, evaluation: evaluation, samples: samples, normalized: normalized)
+    }
+
+    /// `preset` or `config`, or nil when neither is given.
+    func shape(_ reader: inout FieldReader) throws -> RecipeModelShape? {
+        let preset = try reader.string("preset"), config = try reader.string("config")
+        switch (preset, config) {
+        case (.some, .some): throw RecipeError(reader.path("config"), "give \"preset\" or \"config\", not both")
+        case (.some(let preset), nil):
+            do { _ = try LlamaConfig.preset(preset, vocabSize: Tokenizer.minimumVocabularySize) } catch ModelError.unknownPreset(_, let known) {
+                throw RecipeError(reader.path("preset"), "unknown preset \"\(preset)\"; use one of \(known.joined(separator: ", ")) or a \"config\" file")
+            }
+            return .preset(preset)
+        case (nil, .some(let config)):
+            return .config(try existing(config, at: reader.path("config"), directory: false, what: "the config file"))
+        case (nil, nil): return nil
+        }
+    }
+
+    /// A `training` object over `defaults`; every field optional. `context` is kept apart (given or
+    /// nil), as the model's shape decides it when the recipe does not.
+    func training(_ reader: inout FieldReader?, defaults: TrainingParameters, context: inout Int?) throws -> TrainingParameters {
+        var p = defaults
+        guard var r = reader else { return p }
+        let positive: ClosedRange<Int64> = 1...Int64(Int32.max), natural: ClosedRange<Int64> = 0...Int64(Int32.max)
+        if let v = try r.int("steps", in: positive) { p.steps = v }
+        if let v = try r.int("batch_size", in: positive) { p.batchSize = v }
+        if let v = try r.int("context", in: 2...Int64(Int32.max)) { context = v }
+        if let v = try r.int("accumulation", in: positive) { p.accumulationSteps = v }
+        if let v = try r.number("lr") {
+            guard v > 0 && v.isFinite else { throw RecipeError(r.path("lr"), "must be positive, got \(v)") }
+            p.learningRate = Float(v)
+        }
+        if let v = try r.int("warmup", in: natural) { p.warmupSteps = v }
+        if let v = try r.number("weight_decay") {
+            guard v >= 0 else { throw RecipeError(r.path("weight_decay"), "must be 0 or more, got \(v)") }
+            p.weightDecay = Float(v)
+        }
+        if let v = try r.number("grad_clip") {
+            guard v >= 0 else { throw RecipeError(r.path("grad_clip"), "must be 0 or more (0: off), got \(v)") }
+            p.gradientClip = Float(v)
+        }
+        if let v = try r.integer("seed", in: 0...Int64.max) { p.seed = UInt64(v) }
+        if let v = try r.int("eval_every", in: natural) { p.evalEvery = v }
+        if let v = try r.int("eval_batches", in: positive) { p.evalBatches = v }
+        if let v = try r.int("save_every", in: natural) { p.saveEvery = v }
+        if let v = try r.int("log_every", in: positive) { p.logEvery = v }
+        try r.finish()
+        reader = r
+        return p
+    }
+
+    func teacher(_ reader: inout FieldReader) throws -> RecipeTeacher {
+        let directories = try reader.strings("directories")
+        let shape = try self.shape(&reader)
+        var trainingReader = try reader.object("training")
+        let weights = try reader.array("weights")
+        if let directories {
+            if shape != nil || trainingReader != nil {
+                throw RecipeError(reader.path("directories"), "existing teachers are not trained: leave out \"preset\", \"config\" and \"training\"")
+            }
+            guard !directories.isEmpty else { throw RecipeError(reader.path("directories"), "empty: give at least one model directory") }
+            let resolved = try directories.enumerated().map { index, path in
+                let field = "\(reader.path("directories"))[\(index)]"
+                let directory = try existing(path, at: field, directory: true, what: "the teacher directory")
+                for file in ["config.json"] where !FileManager.default.fileExists(atPath: directory + "/" + file) {
+                    throw RecipeError(field, "\(directory) has no \(file): it is not a model directory")
+                }
+                return directory
+            }
+            var parsedWeights: [Float]?
+            if let weights {
+                guard weights.count == resolved.count else {
+                    throw RecipeError(reader.path("weights"), "has \(weights.count) value(s) for \(resolved.count) teacher(s)")
+                }
+                parsedWeights = try weights.enumerated().map { index, value in
+                    let number: Double
+                    switch value {
+                    case .integer(let v): number = Double(v)
+                    case .number(let v): number = v
+                    default: throw RecipeError("\(reader.path("weights"))[\(index)]", "expected a number, found \(value.kind)")
+                    }
+                    guard number >= 0 && number.isFinite else { throw RecipeError("\(reader.path("weights"))[\(index)]", "must be 0 or more") }
+                    return Float(number)
+                }
+                if parsedWeights!.allSatisfy({ $0 == 0 }) { throw RecipeError(reader.path("weights"), "at least one weight must be positive") }
+            }
+            return RecipeTeacher(source: .directories(resolved), weights: parsedWeights)
+        }
+        if weights != nil { throw RecipeError(reader.path("weights"), "only an ensemble of existing \"directories\" takes weights") }
+        guard let shape else {
+            throw RecipeError(reader.path("preset"), "missing: give a \"preset\" (tiny, small), a \"config\" file, or existing \"directories\"")
+        }
+        var context: Int?
+        let training = try self.training(&trainingReader, defaults: TrainingParameters(), context: &context)
+        return RecipeTeacher(source: .train(shape: shape, training: training, context: context), weights: nil)
+    }
+
+    func student(_ reader: inout FieldReader, sharedShape: RecipeModelShape, sharedShapeField: String, sharedTraining: TrainingParameters,
+                 sharedContext: Int?, teacher: RecipeTeacher) throws -> RecipeStudent {
+        guard let name = try reader.string("name") else { throw RecipeError(reader.path("name"), "missing: give the student a name (its directory under models/)") }
+        guard let first = name.unicodeScalars.first, CharacterSet.alphanumerics.contains(first), name.count <= 64,
+              name.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }) else {
+            throw RecipeError(reader.path("name"), "\"\(name)\" cannot name a directory: use letters, digits, '-', '_' and '.', starting with a letter or digit")
+        }
+        guard let kindName = try reader.string("kind") else {
+            throw RecipeError(reader.path("kind"), "missing: use one of \(StudentKind.names.joined(separator: ", "))")
+        }
+        guard let kind = StudentKind(rawValue: kindName) else {
+            throw RecipeError(reader.path("kind"), "unknown student kind \"\(kindName)\"; use one of \(StudentKind.names.joined(separator: ", "))")
+        }
+        let shapeField = reader.has("config") ? reader.path("config") : reader.has("preset") ? reader.path("preset") : sharedShapeField
+        let shape = try self.shape(&reader) ?? sharedShape
+        var trainingReader = try reader.object("training")
+        var context = sharedContext
+        let training = try self.training(&trainingReader, defaults: sharedTraining, context: &context)
+
+        // Sections a kind does not take are refused by name, not silently ignored.
+        func only(_ key: String, _ kinds: [StudentKind]) throws {
+            if reader.has(key) && !kinds.contains(kind) {
+                throw RecipeError(reader.path(key), "a \(kind.rawValue) student does not take \"\(key)\" (only \(kinds.map(\.rawValue).joined(separator: ", ")))")
+            }
+        }
+        try only("logits", StudentKind.allCases.filter(\.distills))
+        try only("feature", [.kdFeature])
+        try only("relational", [.kdRelational])
+        try only("cache", [.kdCached])
+        try only("generations", [.bornAgain])
+        try only("teach_with", [.bornAgain])
+        try only("peers", [.mutual])
+        try only("init_from_teacher", [.kd, .kdFeature, .kdRelational])
+
+        var settings = DistillationSettings()
+        settings.weights = DistillationWeights(ce: 1, kd: kind == .baseline ? 0 : 1)
+        if var logits = try reader.object("logits") {
+            if let v = try logits.number("ce_weight") { settings.weights.ce = Float(v) }
+            if let v = try logits.number("kd_weight") { settings.weights.kd = Float(v) }
+            if let v = try logits.number("temperature") {
+                guard v > 0 && v.isFinite else { throw RecipeError(logits.path("temperature"), "must be positive, got \(v)") }
+                settings.logits.temperature = Float(v)
+            }
+            let divergence = try logits.string("divergence") ?? "forward-kl"
+            let beta = try logits.number("beta").map(Float.init) ?? Divergence.defaultBeta
+            let alpha = try logits.number("skew_alpha").map(Float.init) ?? Divergence.defaultAlpha
+            guard Divergence.names.contains(divergence) else {
+                throw RecipeError(logits.path("divergence"), "unknown divergence \"\(divergence)\"; use one of \(Divergence.names.joined(separator: ", "))")
+            }
+            if logits.has("beta") && divergence != "jsd" { throw RecipeError(logits.path("beta"), "only the jsd divergence takes beta") }
+            if logits.has("skew_alpha") && !divergence.hasPrefix("skew") {
+                throw RecipeError(logits.path("skew_alpha"), "only skew-kl and skew-reverse-kl take skew_alpha")
+            }
+            guard beta >= 0 && beta <= 1 else { throw RecipeError(logits.path("beta"), "must be between 0 and 1, got \(beta)") }
+            guard alpha >= 0 && alpha <= 1 else { throw RecipeError(logits.path("skew_alpha"), "must be between 0 and 1, got \(alpha)") }
+            settings.logits.divergence = try Divergence(name: divergence, beta: beta, alpha: alpha)
+            if let v = try logits.bool("tau_squared") { settings.logits.tauSquared = v }
+            settings.logits.teacherTopK = try logits.int("teacher_top_k", in: 1...Int64(Int32.max))
+            for (key, value) in [("ce_weight", settings.weights.ce), ("kd_weight", settings.weights.kd)] where !(value >= 0 && value.isFinite) {
+                throw RecipeError(logits.path(key), "must be 0 or more, got \(value)")
+            }
+            try logits.finish()
+        }
+        var layerMap: String?
+        if kind == .kdFeature {
+            var feature = try reader.object("feature") ?? FieldReader(.object([]), path: reader.path("feature"))
+            settings.weights.feature = Float(try feature.number("weight") ?? 1)
+            guard settings.weights.feature > 0 && settings.weights.feature.isFinite else {
+                throw RecipeError(feature.path("weight"), "must be positive for a kd-feature student")
+            }
+            layerMap = try feature.string("layer_map")
+            let distance = try feature.string("distance") ?? FeatureDistance.l1.rawValue
+            guard let parsed = FeatureDistance(rawValue: distance) else {
+                throw RecipeError(feature.path("distance"), "unknown distance \"\(distance)\"; use one of \(FeatureDistance.names.joined(separator: ", "))")
+            }
+            settings.featureDistance = parsed
+            try feature.finish()
+        }
+        if kind == .kdRelational {
+            var relational = try reader.object("relational") ?? FieldReader(.object([]), path: reader.path("relational"))
+            settings.weights.rkdDistance = Float(try relational.number("distance_weight") ?? 1)
+            settings.weights.rkdAngle = Float(try relational.number("angle_weight") ?? 2)
+            for (key, value) in [("distance_weight", settings.weights.rkdDistance), ("angle_weight", settings.weights.rkdAngle)]
+            where !(value >= 0 && value.isFinite) {
+                throw RecipeError(relational.path(key), "must be 0 or more, got \(value)")
+            }
+            if settings.weights.rkdDistance == 0 && settings.weights.rkdAngle == 0 {
+                throw RecipeError(relational.path, "a kd-relational student needs a positive distance_weight or angle_weight")
+            }
+            let minimum = settings.weights.rkdAngle > 0 ? 3 : 2
+            if training.batchSize < minimum {
+                throw RecipeError(reader.path("training.batch_size"), "relational distillation needs a batch of at least \(minimum) sequences, the student's is \(training.batchSize)")
+            }
+            try relational.finish()
+        }
+        if kind.distills && kind != .baseline {
+            if settings.weights.ce == 0 && settings.weights.kd == 0 && settings.weights.feature == 0
+                && settings.weights.rkdDistance == 0 && settings.weights.rkdAngle == 0 {
+                throw RecipeError(reader.path("logits"), "every weight is 0: nothing would be learned")
+            }
+        }
+        var cacheSamples: Int?, cacheTopK: Int?
+        if kind == .kdCached {
+            var cache = try reader.object("cache") ?? FieldReader(.object([]), path: reader.path("cache"))
+            cacheSamples = try cache.int("samples", in: 1...65_535)
+            cacheTopK = try cache.int("top_k", in: 1...Int64(Int32.max))
+            if cacheSamples != nil && cacheTopK != nil {
+                throw RecipeError(cache.path("top_k"), "give \"samples\" or \"top_k\", not both")
+            }
+            if cacheSamples == nil && cacheTopK == nil { cacheSamples = 16 }
+            try cache.finish()
+            if settings.logits.divergence != .forwardKL {
+                throw RecipeError(reader.path("logits.divergence"), "a cached teacher holds a sparse target, which only forward-kl can use")
+            }
+            if settings.logits.teacherTopK != nil {
+                throw RecipeError(reader.path("logits.teacher_top_k"), "a kd-cached student takes its top K from \"cache\": {\"top_k\": K}")
+            }
+        }
+        let generations = try reader.int("generations", in: 1...100) ?? (kind == .bornAgain ? 3 : 1)
+        let teachWith = try reader.string("teach_with") ?? "previous"
+        guard ["previous", "all"].contains(teachWith) else {
+            throw RecipeError(reader.path("teach_with"), "unknown value \"\(teachWith)\"; use previous or all")
+        }
+        let peers = try reader.int("peers", in: 2...64) ?? (kind == .mutual ? 2 : 1)
+        let initFromTeacher = try reader.bool("init_from_teacher") ?? false
+
+        var fields: [(String, JSONValue)] = [
+            ("name", .string(name)), ("kind", .string(kind.rawValue)),
+            ("model", Normal.shape(shape)), ("training", Normal.training(training, context: context)),
+        ]
+        if kind.distills { fields.append(("logits", Normal.logits(settings))) }
+        switch kind {
+        case .kd, .kdFeature, .kdRelational: fields.append(("init_from_teacher", .bool(initFromTeacher)))
+        default: break
+        }
+        if kind == .kdFeature {
+            fields.append(("feature", .object([("weight", .number(Double(settings.weights.feature))),
+                                                ("layer_map", layerMap.map(JSONValue.string) ?? .null),
+                                                ("distance", .string(settings.featureDistance.rawValue))])))
+        }
+        if kind == .kdRelational {
+            fields.append(("relational", .object([("distance_weight", .number(Double(settings.weights.rkdDistance))),
+                                                   ("angle_weight", .number(Double(settings.weights.rkdAngle)))])))
+        }
+        if kind == .kdCached {
+            fields.append(("cache", .object([("samples", cacheSamples.map { .integer(Int64($0)) } ?? .null),
+                                              ("top_k", cacheTopK.map { .integer(Int64($0)) } ?? .null)])))
+        }
+        if kind == .bornAgain {
+            fields.append(("generations", .integer(Int64(generations))))
+            fields.append(("teach_with", .string(teachWith)))
+        }
+        if kind == .mutual { fields.append(("peers", .integer(Int64(peers)))) }
+
+        return RecipeStudent(name: name, kind: kind, shape: shape, shapeField: shapeField, training: training, context: context, settings: settings, layerMap: layerMap,
+                             initFromTeacher: initFromTeacher, cacheSamples: cacheSamples, cacheTopK: cacheTopK,
+                             generations: generations, teachWithAll: teachWith == "all", peers: peers, normalized: .object(fields))
+    }
+}
+
+/// The normal forms of recipe parts: every setting written out, in a fixed order.
+enum Normal {
+    static func shape(_ shape: RecipeModelShape) -> JSONValue {
+        switch shape {
+        case .preset(let name): return .object([("preset", .string(name))])
+        case .config(let path): return .object([("config", .string(path))])
+        }
+    }
+
+    static func training(_ p: TrainingParameters, context: Int?) -> JSONValue {
+        .object([
+            ("steps", .integer(Int64(p.steps))), ("batch_size", .integer(Int64(p.batchSize))),
+            ("context", context.map { .integer(Int64($0)) } ?? .null), ("accumulation", .integer(Int64(p.accumulationSteps))),
+            ("lr", .number(Double(p.learningRate))), ("warmup", .integer(Int64(p.warmupSteps))),
+            ("min_lr_fraction", .number(Double(p.minimumLearningRateFraction))),
+            ("weight_decay", .number(Double(p.weightDecay))), ("beta1", .number(Double(p.beta1))),
+            ("beta2", .number(Double(p.beta2))), ("grad_clip", .number(Double(p.gradientClip))),
+            ("seed", .integer(Int64(bitPattern: p.seed))), ("eval_every", .integer(Int64(p.evalEvery))),
+            ("eval_batches", .integer(Int64(p.evalBatches))), ("save_every", .integer(Int64(p.saveEvery))),
+            ("log_every", .integer(Int64(p.logEvery))),
+        ])
+    }
+
+    static func logits(_ s: DistillationSettings) -> JSONValue {
+        var fields: [(String, JSONValue)] = [
+            ("ce_weight", .number(Double(s.weights.ce))), ("kd_weight", .number(Double(s.weights.kd))),
+            ("temperature", .number(Double(s.logits.temperature))), ("divergence", .string(s.logits.divergence.name)),
+        ]
+        switch s.logits.divergence {
+        case .jsd(let beta): fields.append(("beta", .number(Double(beta))))
+        case .skewKL(let alpha), .skewReverseKL(let alpha): fields.append(("skew_alpha", .number(Double(alpha))))
+        default: break
+        }
+        fields.append(("tau_squared", .bool(s.logits.tauSquared)))
+        fields.append(("teacher_top_k", s.logits.teacherTopK.map { .integer(Int64($0)) } ?? .null))
+        return .object(fields)
+    }
+
+    static func tokenizer(_ tokenizer: RecipeTokenizer) -> JSONValue {
+        switch tokenizer {
+        case let .train(vocab, type): return .object([("vocab_size", .integer(Int64(vocab))), ("model_type", .string(type.rawValue))])
+        case .file(let path): return .object([("model", .string(path))])
+        case .teacher: return .object([("from_teacher", .bool(true))])
+        }
+    }
+
+    static func teacher(_ teacher: RecipeTeacher) -> JSONValue {
+        switch teacher.source {
+        case let .train(shape, training, context):
+            return .object([("model", self.shape(shape)), ("training", self.training(training, context: context))])
+        case .directories(let directories):
+            return .object([("directories", .array(directories.map(JSONValue.string))),
+                            ("weights", teacher.weights.map { .array($0.map { .number(Double($0)) }) } ?? .null)])
+        }
+    }
+
+    static func samples(_ samples: RecipeSamples) -> JSONValue {
+        .object([
+            ("prompts", .array(samples.prompts.map(JSONValue.string))), ("max_tokens", .integer(Int64(samples.maxTokens))),
+            ("temperature", .number(Double(samples.temperature))), ("top_k", samples.topK.map { .integer(Int64($0)) } ?? .null),
+            ("top_p", samples.topP.map { .number(Double($0)) } ?? .null), ("seed", .integer(Int64(bitPattern: samples.seed))),
+        ])
+    }
+}

@@ -1,0 +1,293 @@
+import Foundation
+
+/// One row of a run's report.
+public struct ReportModel: Sendable, Equatable {
+    public var name: String
+    /// "teacher" or "student".
+    public var role: String
+    /// "teacher" or the student kind (baseline, kd, ...).
+    public var kind: String
+    /// The model directory (relative paths are inside the run directory).
+    public var directory: String
+    public var parameters: Int?
+    /// The full evaluation text (by default the validation split), as `distill eval` scores it.
+    public var evaluation: PerplexityReport?
+    public var trainingSeconds: Double?
+    public var trainingTokensPerSecond: Double?
+    public var generationTokensPerSecond: Double?
+    /// (baseline − this) / (baseline − teacher) in bits per byte: the share of the way from the
+    /// baseline to the teacher that distillation took this student.
+    public var gapClosed: Double?
+}
+
+/// What every model wrote for one prompt.
+public struct ReportSample: Sendable, Equatable {
+    public var prompt: String
+    /// (model, prompt plus continuation), in model order.
+    public var texts: [(model: String, text: String)]
+
+    public static func == (lhs: ReportSample, rhs: ReportSample) -> Bool {
+        lhs.prompt == rhs.prompt && lhs.texts.map(\.model) == rhs.texts.map(\.model) && lhs.texts.map(\.text) == rhs.texts.map(\.text)
+    }
+}
+
+/// The report of a run directory: a table of the models, samples and plots, written as report.md,
+/// report.json and plots/*.svg. Built only from what the run directory holds (run.json, the stage
+/// records and each model's metrics.jsonl), so `distill report` can redraw it at any time.
+public struct RunReport: Sendable {
+    public var name: String
+    public var about: String?
+    public var runDirectory: URL
+    /// The machine the run's stages ran on.
+    public var machine: String
+    /// What the models were scored on, in words.
+    public var evaluationText: String
+    public var models: [ReportModel]
+    public var sampleSettings: JSONValue
+    public var samples: [ReportSample]
+    /// Plot files, relative to the run directory: (id, path, title).
+    public var plots: [(id: String, path: String, title: String)] = []
+
+    /// Reads the run directory. Models whose stages have not finished appear without numbers.
+    public static func build(runDirectory: URL) throws -> RunReport {
+        let run = try RunDirectory.readManifest(runDirectory)
+        let store = try StageStore(runDirectory: runDirectory)
+        var models: [ReportModel] = []
+        guard case .array(let entries)? = run["models"] else { throw PipelineError.damagedRun(runDirectory.path, "run.json lists no models") }
+        for entry in entries {
+            guard case .string(let name)? = entry["name"], case .string(let directory)? = entry["directory"] else { continue }
+            var model = ReportModel(name: name, role: entry["role"]?.stringValue ?? "student", kind: entry["kind"]?.stringValue ?? "",
+                                    directory: directory)
+            let trainingStage = entry["training_stage"]?.stringValue
+            if let stage = entry["eval_stage"]?.stringValue, let result = store.currentResult(stage, after: trainingStage) {
+                model.parameters = result["parameters"]?.intValue
+                if let tokens = result["tokens"]?.intValue, let nll = result["nll_sum"]?.doubleValue, let bytes = result["bytes"]?.intValue {
+                    model.evaluation = PerplexityReport(tokens: tokens, nllSum: nll, bytes: bytes)
+                }
+            }
+            if let stage = trainingStage, let result = store.finishedResult(stage), let own = result["models"]?[name] {
+                model.trainingSeconds = own["seconds"]?.doubleValue
+                model.trainingTokensPerSecond = own["tokens_per_second"]?.doubleValue
+                if model.parameters == nil { model.parameters = own["parameters"]?.intValue }
+            }
+            if let stage = entry["samples_stage"]?.stringValue, let result = store.currentResult(stage, after: trainingStage) {
+                model.generationTokensPerSecond = result["tokens_per_second"]?.doubleValue
+            }
+            models.append(model)
+        }
+        fillGaps(&models)
+
+        var samples: [ReportSample] = []
+        let prompts = run["recipe"]?["samples"]?["prompts"]?.arrayValue?.compactMap(\.stringValue) ?? []
+        for (index, prompt) in prompts.enumerated() {
+            var texts: [(String, String)] = []
+            for entry in entries {
+                guard let name = entry["name"]?.stringValue, let stage = entry["samples_stage"]?.stringValue,
+                      let result = store.currentResult(stage, after: entry["training_stage"]?.stringValue), let list = result["texts"]?.arrayValue, index < list.count,
+                      let text = list[index].stringValue else { continue }
+                texts.append((name, text))
+            }
+            samples.append(ReportSample(prompt: prompt, texts: texts))
+        }
+        return RunReport(name: run["recipe"]?["name"]?.stringValue ?? runDirectory.lastPathComponent,
+                         about: run["description"]?.stringValue, runDirectory: runDirectory,
+                         machine: run["machine"]?.stringValue ?? "unknown machine",
+                         evaluationText: run["evaluation"]?.stringValue ?? "the validation split",
+                         models: models, sampleSettings: run["recipe"]?["samples"] ?? .null, samples: samples)
+    }
+
+    /// The gap each student closed, from the first teacher and the first baseline.
+    static func fillGaps(_ models: inout [ReportModel]) {
+        guard let teacher = models.first(where: { $0.role == "teacher" })?.evaluation?.bitsPerByte,
+              let baseline = models.first(where: { $0.kind == "baseline" })?.evaluation?.bitsPerByte,
+              abs(baseline - teacher) > 1e-9 else { return }
+        for index in models.indices where models[index].role == "student" && models[index].kind != "baseline" {
+            if let own = models[index].evaluation?.bitsPerByte { models[index].gapClosed = (baseline - own) / (baseline - teacher) }
+        }
+    }
+
+    // MARK: writing
+
+    /// Draws the plots and writes report.md and report.json into the run directory; returns their paths.
+    @discardableResult
+    public mutating func write() throws -> [URL] {
+        let plotsDirectory = runDirectory.appendingPathComponent("plots")
+        try AtomicFile.ensureDirectory(plotsDirectory)
+        var written: [URL] = []
+        plots = []
+        var validation: [ChartSeries] = [], training: [ChartSeries] = []
+        for model in models {
+            guard let metrics = TrainingMetrics.read(directory: resolve(model.directory)) else { continue }
+            validation.append(ChartSeries(name: model.name, points: metrics.points("ce", validation: true)))
+            training.append(ChartSeries(name: model.name, points: SVGChart.smoothed(metrics.points("ce", validation: false))))
+        }
+        func plot(_ id: String, _ title: String, _ svg: String) throws {
+            let url = plotsDirectory.appendingPathComponent(id + ".svg")
+            try AtomicFile.write(Data(svg.utf8), to: url)
+            plots.append((id, "plots/\(id).svg", title))
+            written.append(url)
+        }
+        if !validation.isEmpty {
+            try plot("validation-loss", "Validation loss during training",
+                     SVGChart.lines(title: "Validation loss during training", xLabel: "training step",
+                                    yLabel: "validation cross-entropy (nats/token)", series: validation))
+            try plot("training-loss", "Training loss (smoothed)",
+                     SVGChart.lines(title: "Training cross-entropy, smoothed (EMA 0.9)", xLabel: "training step",
+                                    yLabel: "training cross-entropy (nats/token)", series: training))
+        }
+        let bars = models.compactMap { model in model.evaluation.map { ChartBar(label: model.name, value: $0.bitsPerByte) } }
+        if !bars.isEmpty {
+            try plot("bits-per-byte", "Bits per byte on the evaluation text",
+                     SVGChart.bars(title: "Bits per byte on the evaluation text (lower is better)", yLabel: "bits per byte", bars: bars))
+        }
+        let markdownURL = runDirectory.appendingPathComponent("report.md"), jsonURL = runDirectory.appendingPathComponent("report.json")
+        try AtomicFile.write(Data(markdown().utf8), to: markdownURL)
+        try AtomicFile.write(Data(json.prettyText.utf8), to: jsonURL)
+        return [markdownURL, jsonURL] + written
+    }
+
+    func resolve(_ directory: String) -> URL {
+        directory.hasPrefix("/") ? URL(fileURLWithPath: directory) : runDirectory.appendingPathComponent(directory)
+    }
+
+    /// report.json: every number of the table, unrounded.
+    public var json: JSONValue {
+        func optional(_ value: Double?) -> JSONValue { value.map { $0.isFinite ? .number($0) : .null } ?? .null }
+        let modelValues = models.map { model -> JSONValue in
+            var fields: [(String, JSONValue)] = [
+                ("name", .string(model.name)), ("role", .string(model.role)), ("kind", .string(model.kind)),
+                ("directory", .string(model.directory)), ("parameters", model.parameters.map { .integer(Int64($0)) } ?? .null),
+            ]
+            if let evaluation = model.evaluation {
+                fields += [("perplexity", .number(evaluation.perplexity)), ("bits_per_byte", .number(evaluation.bitsPerByte)),
+                           ("mean_nll", .number(evaluation.meanNLL)), ("nll_sum", .number(evaluation.nllSum)),
+                           ("tokens", .integer(Int64(evaluation.tokens))), ("bytes", .integer(Int64(evaluation.bytes)))]
+            } else {
+                fields += [("perplexity", .null), ("bits_per_byte", .null)]
+            }
+            fields += [("gap_closed", optional(model.gapClosed)), ("training_seconds", optional(model.trainingSeconds)),
+                       ("training_tokens_per_second", optional(model.trainingTokensPerSecond)),
+                       ("generation_tokens_per_second", optional(model.generationTokensPerSecond))]
+            return .object(fields)
+        }
+        return .object([
+            ("report_version", .integer(1)), ("name", .string(name)), ("machine", .string(machine)),
+            ("evaluation", .string(evaluationText)), ("models", .array(modelValues)),
+            ("samples", .object([("settings", sampleSettings),
+                                 ("prompts", .array(samples.map { sample in
+                                     .object([("prompt", .string(sample.prompt)),
+                                              ("texts", .object(sample.texts.map { ($0.model, .string($0.text)) }))])
+                                 }))])),
+            ("plots", .object(plots.map { ($0.id, .string($0.path)) })),
+        ])
+    }
+
+    /// The table's cells: header, then one row per model.
+    var cells: [[String]] {
+        let header = ["model", "kind", "parameters", "perplexity", "bits/byte", "gap closed", "training time", "train tok/s", "generate tok/s"]
+        let rows = models.map { model -> [String] in
+            [model.name, model.kind, model.parameters.map(SVGChart.grouped) ?? "–",
+             model.evaluation.map { String(format: "%.2f", $0.perplexity) } ?? "–",
+             model.evaluation.map { String(format: "%.4f", $0.bitsPerByte) } ?? "–",
+             model.gapClosed.map { String(format: "%.0f%%", $0 * 100) } ?? "–",
+             model.trainingSeconds.map(Self.duration) ?? "–",
+             model.trainingTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–",
+             model.generationTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–"]
+        }
+        return [header] + rows
+    }
+
+    /// The table as aligned plain text, for the terminal.
+    public var table: String {
+        let cells = self.cells
+        let widths = (0..<cells[0].count).map { column in cells.map { $0[column].count }.max() ?? 0 }
+        return cells.map { row in
+            row.enumerated().map { column, cell in
+                let pad = String(repeating: " ", count: widths[column] - cell.count)
+                return column < 2 ? cell + pad : pad + cell
+            }.joined(separator: "  ")
+        }.joined(separator: "\n") + "\n"
+    }
+
+    /// report.md.
+    public func markdown() -> String {
+        var text = "# \(name)\n\n"
+        if let about { text += about + "\n\n" }
+        text += "Run directory `\(runDirectory.path)`, on \(machine).\n\n## Models\n\n"
+        let cells = self.cells
+        text += "| " + cells[0].joined(separator: " | ") + " |\n"
+        text += "|" + cells[0].enumerated().map { $0.offset < 2 ? "---|" : "---:|" }.joined() + "\n"
+        for row in cells.dropFirst() { text += "| " + row.map(Self.markdownCell).joined(separator: " | ") + " |\n" }
+        text += "\nPerplexity and bits per byte: \(evaluationText), scored as `distill eval` scores it (windows of the model's context, every token once). "
+        text += "Bits per byte = total nats / (ln 2 × UTF-8 bytes), comparable across tokenizers. "
+        if models.contains(where: { $0.gapClosed != nil }) {
+            text += "Gap closed = (baseline − student) / (baseline − teacher) in bits per byte: the share of the way from the student trained alone to the teacher. "
+        }
+        text += "Training time is wall time, resumes included; tokens/s are training tokens over that time and generated tokens over the sampling time (KV cache, batch 1).\n"
+        if !plots.isEmpty {
+            text += "\n## Plots\n\n"
+            for plot in plots { text += "![\(plot.title)](\(plot.path))\n\n" }
+            text += "The loss curves are the cross-entropy with the next token that training logs (validation on a fixed sample of windows of the validation split, not the full split the table uses).\n"
+        }
+        if !samples.isEmpty {
+            text += "\n## Samples\n\n"
+            text += "Every model continues the same prompts with the same sampler and seed (\(sampleSettings.canonicalText)).\n"
+            for sample in samples {
+                text += "\n### " + (sample.prompt.isEmpty ? "(no prompt: from the start token)" : "“\(sample.prompt)”") + "\n\n"
+                for (model, generated) in sample.texts {
+                    text += "**\(model)**\n\n" + generated.split(separator: "\n", omittingEmptySubsequences: false).map { "> " + $0 }.joined(separator: "\n") + "\n\n"
+                }
+            }
+        }
+        return text
+    }
+
+    static func markdownCell(_ text: String) -> String { text.replacingOccurrences(of: "|", with: "\\|") }
+
+    static func duration(_ seconds: Double) -> String {
+        let total = Int(seconds.rounded())
+        if total >= 3600 { return "\(total / 3600) h \(String(format: "%02d", total % 3600 / 60)) min" }
+        if total >= 60 { return "\(total / 60) min \(String(format: "%02d", total % 60)) s" }
+        return String(format: "%.1f s", seconds)
+    }
+}
+
+extension JSONValue {
+    var stringValue: String? { if case .string(let text) = self { return text } else { return nil } }
+    var intValue: Int? {
+        switch self {
+        case .integer(let value): return Int(value)
+        case .number(let value) where value == value.rounded(): return Int(value)
+        default: return nil
+        }
+    }
+    var doubleValue: Double? {
+        switch self {
+        case .integer(let value): return Double(value)
+        case .number(let value): return value
+        default: return nil
+        }
+    }
+    var arrayValue: [JSONValue]? { if case .array(let values) = self { return values } else { return nil } }
+}
+
+extension StageStore {
+    /// The result of a stage whose record says it finished (whatever its key: the report shows what
+    /// the run directory holds).
+    func finishedResult(_ stage: String) -> JSONValue? {
+        guard let record = record(stage), record["status"] == .string("finished") else { return nil }
+        return record["result"]
+    }
+
+    /// The result of a finished stage that was made from the current output of `producer` (its
+    /// `model` input is the producer's key and the producer finished): numbers of a model that is being
+    /// retrained are not shown.
+    func currentResult(_ stage: String, after producer: String?) -> JSONValue? {
+        guard let record = record(stage), record["status"] == .string("finished") else { return nil }
+        if let producer {
+            guard let made = self.record(producer), made["status"] == .string("finished"),
+                  record["inputs"]?["model"] == made["key"] else { return nil }
+        }
+        return record["result"]
+    }
+}
