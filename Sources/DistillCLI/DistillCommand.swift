@@ -8,7 +8,7 @@ struct DistillCommand: ParsableCommand {
         abstract: "Knowledge distillation of small Llama-style language models.",
         version: DistillVersion.string,
         subcommands: [TokenizerCommand.self, PrepareCommand.self, TrainCommand.self, StudentCommand.self, MutualCommand.self, CacheTeacherCommand.self, GenerationsCommand.self,
-                      SampleCommand.self, EvalCommand.self, ExportCommand.self, BenchCommand.self]
+                      SampleCommand.self, EvalCommand.self, ExportCommand.self, BenchCommand.self, RunCommand.self, ReportCommand.self]
     )
 
     static func main() {

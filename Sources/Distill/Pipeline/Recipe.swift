@@ -605,13 +605,13 @@ struct RecipeParser {
         default: break
         }
         if kind == .kdFeature {
-            fields.append(("feature", .object([("weight", .number(Double(settings.weights.feature))),
+            fields.append(("feature", .object([("weight", Normal.float(settings.weights.feature)),
                                                 ("layer_map", layerMap.map(JSONValue.string) ?? .null),
                                                 ("distance", .string(settings.featureDistance.rawValue))])))
         }
         if kind == .kdRelational {
-            fields.append(("relational", .object([("distance_weight", .number(Double(settings.weights.rkdDistance))),
-                                                   ("angle_weight", .number(Double(settings.weights.rkdAngle)))])))
+            fields.append(("relational", .object([("distance_weight", Normal.float(settings.weights.rkdDistance)),
+                                                   ("angle_weight", Normal.float(settings.weights.rkdAngle))])))
         }
         if kind == .kdCached {
             fields.append(("cache", .object([("samples", cacheSamples.map { .integer(Int64($0)) } ?? .null),
@@ -631,6 +631,9 @@ struct RecipeParser {
 
 /// The normal forms of recipe parts: every setting written out, in a fixed order.
 enum Normal {
+    /// A Float as the shortest decimal that reads back as it (0.003, not 0.003000000026077032).
+    static func float(_ value: Float) -> JSONValue { .number(Double("\(value)") ?? Double(value)) }
+
     static func shape(_ shape: RecipeModelShape) -> JSONValue {
         switch shape {
         case .preset(let name): return .object([("preset", .string(name))])
@@ -642,10 +645,10 @@ enum Normal {
         .object([
             ("steps", .integer(Int64(p.steps))), ("batch_size", .integer(Int64(p.batchSize))),
             ("context", context.map { .integer(Int64($0)) } ?? .null), ("accumulation", .integer(Int64(p.accumulationSteps))),
-            ("lr", .number(Double(p.learningRate))), ("warmup", .integer(Int64(p.warmupSteps))),
-            ("min_lr_fraction", .number(Double(p.minimumLearningRateFraction))),
-            ("weight_decay", .number(Double(p.weightDecay))), ("beta1", .number(Double(p.beta1))),
-            ("beta2", .number(Double(p.beta2))), ("grad_clip", .number(Double(p.gradientClip))),
+            ("lr", Normal.float(p.learningRate)), ("warmup", .integer(Int64(p.warmupSteps))),
+            ("min_lr_fraction", Normal.float(p.minimumLearningRateFraction)),
+            ("weight_decay", Normal.float(p.weightDecay)), ("beta1", Normal.float(p.beta1)),
+            ("beta2", Normal.float(p.beta2)), ("grad_clip", Normal.float(p.gradientClip)),
             ("seed", .integer(Int64(bitPattern: p.seed))), ("eval_every", .integer(Int64(p.evalEvery))),
             ("eval_batches", .integer(Int64(p.evalBatches))), ("save_every", .integer(Int64(p.saveEvery))),
             ("log_every", .integer(Int64(p.logEvery))),
@@ -654,12 +657,12 @@ enum Normal {
 
     static func logits(_ s: DistillationSettings) -> JSONValue {
         var fields: [(String, JSONValue)] = [
-            ("ce_weight", .number(Double(s.weights.ce))), ("kd_weight", .number(Double(s.weights.kd))),
-            ("temperature", .number(Double(s.logits.temperature))), ("divergence", .string(s.logits.divergence.name)),
+            ("ce_weight", Normal.float(s.weights.ce)), ("kd_weight", Normal.float(s.weights.kd)),
+            ("temperature", Normal.float(s.logits.temperature)), ("divergence", .string(s.logits.divergence.name)),
         ]
         switch s.logits.divergence {
-        case .jsd(let beta): fields.append(("beta", .number(Double(beta))))
-        case .skewKL(let alpha), .skewReverseKL(let alpha): fields.append(("skew_alpha", .number(Double(alpha))))
+        case .jsd(let beta): fields.append(("beta", Normal.float(beta)))
+        case .skewKL(let alpha), .skewReverseKL(let alpha): fields.append(("skew_alpha", Normal.float(alpha)))
         default: break
         }
         fields.append(("tau_squared", .bool(s.logits.tauSquared)))
@@ -681,15 +684,15 @@ enum Normal {
             return .object([("model", self.shape(shape)), ("training", self.training(training, context: context))])
         case .directories(let directories):
             return .object([("directories", .array(directories.map(JSONValue.string))),
-                            ("weights", teacher.weights.map { .array($0.map { .number(Double($0)) }) } ?? .null)])
+                            ("weights", teacher.weights.map { .array($0.map { Normal.float($0) }) } ?? .null)])
         }
     }
 
     static func samples(_ samples: RecipeSamples) -> JSONValue {
         .object([
             ("prompts", .array(samples.prompts.map(JSONValue.string))), ("max_tokens", .integer(Int64(samples.maxTokens))),
-            ("temperature", .number(Double(samples.temperature))), ("top_k", samples.topK.map { .integer(Int64($0)) } ?? .null),
-            ("top_p", samples.topP.map { .number(Double($0)) } ?? .null), ("seed", .integer(Int64(bitPattern: samples.seed))),
+            ("temperature", Normal.float(samples.temperature)), ("top_k", samples.topK.map { .integer(Int64($0)) } ?? .null),
+            ("top_p", samples.topP.map { Normal.float($0) } ?? .null), ("seed", .integer(Int64(bitPattern: samples.seed))),
         ])
     }
 }

@@ -116,10 +116,11 @@ public struct RunReport: Sendable {
         var written: [URL] = []
         plots = []
         var validation: [ChartSeries] = [], training: [ChartSeries] = []
-        for model in models {
+        // A model keeps its colour in every chart: the colour of its row.
+        for (index, model) in models.enumerated() {
             guard let metrics = TrainingMetrics.read(directory: resolve(model.directory)) else { continue }
-            validation.append(ChartSeries(name: model.name, points: metrics.points("ce", validation: true)))
-            training.append(ChartSeries(name: model.name, points: SVGChart.smoothed(metrics.points("ce", validation: false))))
+            validation.append(ChartSeries(name: model.name, points: metrics.points("ce", validation: true), colour: index))
+            training.append(ChartSeries(name: model.name, points: SVGChart.smoothed(metrics.points("ce", validation: false)), colour: index))
         }
         func plot(_ id: String, _ title: String, _ svg: String) throws {
             let url = plotsDirectory.appendingPathComponent(id + ".svg")
@@ -135,7 +136,9 @@ public struct RunReport: Sendable {
                      SVGChart.lines(title: "Training cross-entropy, smoothed (EMA 0.9)", xLabel: "training step",
                                     yLabel: "training cross-entropy (nats/token)", series: training))
         }
-        let bars = models.compactMap { model in model.evaluation.map { ChartBar(label: model.name, value: $0.bitsPerByte) } }
+        let bars = models.enumerated().compactMap { index, model in
+            model.evaluation.map { ChartBar(label: model.name, value: $0.bitsPerByte, colour: index) }
+        }
         if !bars.isEmpty {
             try plot("bits-per-byte", "Bits per byte on the evaluation text",
                      SVGChart.bars(title: "Bits per byte on the evaluation text (lower is better)", yLabel: "bits per byte", bars: bars))
@@ -189,7 +192,8 @@ public struct RunReport: Sendable {
             [model.name, model.kind, model.parameters.map(SVGChart.grouped) ?? "–",
              model.evaluation.map { String(format: "%.2f", $0.perplexity) } ?? "–",
              model.evaluation.map { String(format: "%.4f", $0.bitsPerByte) } ?? "–",
-             model.gapClosed.map { String(format: "%.0f%%", $0 * 100) } ?? "–",
+             // Rounded first, so that a tiny negative share prints as 0%, not -0%.
+             model.gapClosed.map { String(format: "%.0f%%", ($0 * 100).rounded() + 0) } ?? "–",
              model.trainingSeconds.map(Self.duration) ?? "–",
              model.trainingTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–",
              model.generationTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–"]
@@ -231,7 +235,7 @@ public struct RunReport: Sendable {
         }
         if !samples.isEmpty {
             text += "\n## Samples\n\n"
-            text += "Every model continues the same prompts with the same sampler and seed (\(sampleSettings.canonicalText)).\n"
+            text += "Every model continues the same prompts with the same sampler and seed (\(sampleDescription)).\n"
             for sample in samples {
                 text += "\n### " + (sample.prompt.isEmpty ? "(no prompt: from the start token)" : "“\(sample.prompt)”") + "\n\n"
                 for (model, generated) in sample.texts {
@@ -240,6 +244,19 @@ public struct RunReport: Sendable {
             }
         }
         return text
+    }
+
+    /// The sampler's settings in words.
+    var sampleDescription: String {
+        var parts: [String] = []
+        if let temperature = sampleSettings["temperature"]?.doubleValue {
+            parts.append(temperature == 0 ? "greedy" : "temperature \(Normal.float(Float(temperature)).canonicalText)")
+        }
+        if let k = sampleSettings["top_k"]?.intValue { parts.append("top-k \(k)") }
+        if let p = sampleSettings["top_p"]?.doubleValue { parts.append("top-p \(p)") }
+        if let seed = sampleSettings["seed"]?.intValue { parts.append("seed \(seed)") }
+        if let tokens = sampleSettings["max_tokens"]?.intValue { parts.append("at most \(tokens) new tokens") }
+        return parts.joined(separator: ", ")
     }
 
     static func markdownCell(_ text: String) -> String { text.replacingOccurrences(of: "|", with: "\\|") }

@@ -4,10 +4,13 @@ import Foundation
 public struct ChartSeries: Sendable, Equatable {
     public var name: String
     public var points: [ChartPoint]
+    /// Index into the palette (nil: the series' position).
+    public var colour: Int?
 
-    public init(name: String, points: [ChartPoint]) {
+    public init(name: String, points: [ChartPoint], colour: Int? = nil) {
         self.name = name
         self.points = points
+        self.colour = colour
     }
 }
 
@@ -25,10 +28,13 @@ public struct ChartPoint: Sendable, Equatable {
 public struct ChartBar: Sendable, Equatable {
     public var label: String
     public var value: Double
+    /// Index into the palette (nil: the bar's position).
+    public var colour: Int?
 
-    public init(label: String, value: Double) {
+    public init(label: String, value: Double, colour: Int? = nil) {
         self.label = label
         self.value = value
+        self.colour = colour
     }
 }
 
@@ -58,10 +64,10 @@ public enum SVGChart {
             let points = line.points.filter { $0.x.isFinite && $0.y.isFinite }
                 .map { "\(number(frame.x($0.x, xAxis))),\(number(frame.y($0.y, yAxis)))" }
             guard !points.isEmpty else { continue }
-            svg += "  <polyline class=\"series\" data-name=\"\(escape(line.name))\" fill=\"none\" stroke=\"\(colour(index))\" stroke-width=\"2\" stroke-linejoin=\"round\" points=\"\(points.joined(separator: " "))\"/>\n"
+            svg += "  <polyline class=\"series\" data-name=\"\(escape(line.name))\" fill=\"none\" stroke=\"\(colour(line.colour ?? index))\" stroke-width=\"2\" stroke-linejoin=\"round\" points=\"\(points.joined(separator: " "))\"/>\n"
             if points.count == 1, let only = points.first {
                 let parts = only.split(separator: ",")
-                svg += "  <circle cx=\"\(parts[0])\" cy=\"\(parts[1])\" r=\"3\" fill=\"\(colour(index))\"/>\n"
+                svg += "  <circle cx=\"\(parts[0])\" cy=\"\(parts[1])\" r=\"3\" fill=\"\(colour(line.colour ?? index))\"/>\n"
             }
         }
         // The legend, right of the plot.
@@ -69,7 +75,7 @@ public enum SVGChart {
         svg += "  <g class=\"legend\" font-size=\"12\">\n"
         for (index, line) in series.enumerated() {
             let y = frame.top + 8 + Double(index) * 20
-            svg += "    <line x1=\"\(number(legendX))\" y1=\"\(number(y))\" x2=\"\(number(legendX + 22))\" y2=\"\(number(y))\" stroke=\"\(colour(index))\" stroke-width=\"3\"/>\n"
+            svg += "    <line x1=\"\(number(legendX))\" y1=\"\(number(y))\" x2=\"\(number(legendX + 22))\" y2=\"\(number(y))\" stroke=\"\(colour(line.colour ?? index))\" stroke-width=\"3\"/>\n"
             svg += "    <text x=\"\(number(legendX + 28))\" y=\"\(number(y + 4))\">\(escape(line.name))</text>\n"
         }
         svg += "  </g>\n</svg>\n"
@@ -90,7 +96,7 @@ public enum SVGChart {
         for (index, bar) in bars.enumerated() where bar.value.isFinite {
             let centre = frame.left + slot * (Double(index) + 0.5)
             let top = frame.y(max(bar.value, 0), yAxis), bottom = frame.y(min(bar.value, 0), yAxis)
-            svg += "  <rect class=\"bar\" data-name=\"\(escape(bar.label))\" x=\"\(number(centre - barWidth / 2))\" y=\"\(number(top))\" width=\"\(number(barWidth))\" height=\"\(number(max(bottom - top, 0.5)))\" fill=\"\(colour(index))\"/>\n"
+            svg += "  <rect class=\"bar\" data-name=\"\(escape(bar.label))\" x=\"\(number(centre - barWidth / 2))\" y=\"\(number(top))\" width=\"\(number(barWidth))\" height=\"\(number(max(bottom - top, 0.5)))\" fill=\"\(colour(bar.colour ?? index))\"/>\n"
             svg += "  <text x=\"\(number(centre))\" y=\"\(number(top - 5))\" font-size=\"12\" text-anchor=\"middle\">\(String(format: "%.\(digits)f", bar.value))</text>\n"
             let labelY = frame.height - frame.bottom + 16
             svg += "  <text x=\"\(number(centre))\" y=\"\(number(labelY))\" font-size=\"12\" text-anchor=\"end\" transform=\"rotate(-30 \(number(centre)) \(number(labelY)))\">\(escape(bar.label))</text>\n"

@@ -1,0 +1,443 @@
+import Foundation
+
+/// How `Pipeline.run` talks to whoever started it.
+public struct PipelineCallbacks {
+    /// Where the run is: one line per stage ("teacher: training ...", "tokenizer: up to date").
+    public var log: (String) -> Void
+    /// Training progress of the named model.
+    public var training: (_ model: String, TrainingEvent) -> Void
+    /// One-off lines of a training run (model summary, "resumed at step ...").
+    public var trainingLog: (_ model: String, String) -> Void
+    /// Asked between stages and between training steps; true stops cleanly (checkpoints saved).
+    public var shouldStop: () -> Bool
+
+    public init(log: @escaping (String) -> Void = { _ in }, training: @escaping (String, TrainingEvent) -> Void = { _, _ in },
+                trainingLog: @escaping (String, String) -> Void = { _, _ in }, shouldStop: @escaping () -> Bool = { false }) {
+        self.log = log
+        self.training = training
+        self.trainingLog = trainingLog
+        self.shouldStop = shouldStop
+    }
+}
+
+/// What a run did.
+public struct PipelineOutcome {
+    public let runDirectory: URL
+    /// The report as written (also after an interruption: models without numbers show dashes).
+    public let report: RunReport
+    /// Files the report wrote (report.md, report.json, plots).
+    public let reportFiles: [URL]
+    /// Stages that did work, and stages found up to date, in order.
+    public let ran: [String]
+    public let skipped: [String]
+    /// Stopped by `shouldStop` before the end; running the same recipe again continues.
+    public let interrupted: Bool
+}
+
+/// `distill run`: every stage of an experiment under one run directory, each skipped when its outputs
+/// exist and the hash of its settings and inputs is unchanged.
+///
+/// Stages and their inputs (a stage's key covers its settings and its inputs' keys):
+///
+///     corpus ─ tokenizer ─ data ─┬─ teacher ─┬─ students that learn from it ─┬─ eval-MODEL, samples-MODEL
+///                                │           └─ cache (kd-cached)            │
+///                                └─ baseline, mutual, born-again ────────────┘
+///
+/// So changing one student re-runs that student and its evaluation and samples only; a baseline does not
+/// depend on the teacher.
+public final class Pipeline {
+    let recipe: Recipe
+    let run: URL
+    let callbacks: PipelineCallbacks
+    let store: StageStore
+    private(set) var ran: [String] = []
+    private(set) var skipped: [String] = []
+    private var interrupted = false
+
+    /// One model of the report: where it lives and which stages made and measured it.
+    struct ModelEntry {
+        let name: String
+        let role: String
+        let kind: String
+        /// Relative to the run directory, or absolute (existing teachers).
+        let directory: String
+        let trainingStage: String?
+    }
+
+    private init(recipe: Recipe, run: URL, callbacks: PipelineCallbacks) throws {
+        self.recipe = recipe
+        self.run = run
+        self.callbacks = callbacks
+        store = try StageStore(runDirectory: run)
+    }
+
+    /// Runs `recipe` in `output`. Everything that can be checked before work starts is checked first
+    /// (the recipe against the files it names, shapes, vocabularies, contexts), so a mistake never costs
+    /// a trained teacher. `searchRoots`: where to look for the default corpus (corpora/kjv.txt).
+    public static func run(_ recipe: Recipe, output: String, searchRoots: [URL] = [],
+                           callbacks: PipelineCallbacks = PipelineCallbacks()) throws -> PipelineOutcome {
+        let runURL = URL(fileURLWithPath: output).standardizedFileURL
+        let plan = try Plan(recipe: recipe, searchRoots: searchRoots, log: callbacks.log)
+        try OutputGuard.refuseOverlap(output: OutputGuard.Role("--output", runURL.path), inputs: plan.inputs)
+        try RunDirectory.prepare(runURL)
+        let pipeline = try Pipeline(recipe: recipe, run: runURL, callbacks: callbacks)
+        return try pipeline.execute(plan)
+    }
+
+    // MARK: the stages
+
+    private func execute(_ plan: Plan) throws -> PipelineOutcome {
+        let models = modelEntries()
+        try writeManifest(models, plan: plan)
+        if let copy = recipe.normalized.prettyText.data(using: .utf8) {
+            try AtomicFile.write(copy, to: run.appendingPathComponent("recipe.json"))
+        }
+        callbacks.log("run directory: \(run.path)")
+
+        let corpusKey = try plan.corpusKey()
+        callbacks.log("corpus: \(plan.corpusFiles.count) file\(plan.corpusFiles.count == 1 ? "" : "s"), \(SVGChart.grouped(plan.corpusBytes)) bytes")
+        let tokenizerKey = try tokenizerStage(plan, corpusKey: corpusKey)
+        let dataKey = try dataStage(plan, corpusKey: corpusKey, tokenizerKey: tokenizerKey)
+        let data = try TokenFile(path: dataPath)
+        try plan.checkAgainstData(data)
+
+        var producers: [String: String] = [:]   // model name → key of what made it
+        var teacherKey: String?
+        switch recipe.teacher.source {
+        case .directories(let directories):
+            teacherKey = StageStore.key(stage: "teacher", settings: Normal.teacher(recipe.teacher),
+                                        inputs: try directories.map { ("directory", try Fingerprint.modelDirectory($0)) })
+            for entry in models where entry.role == "teacher" { producers[entry.name] = teacherKey }
+            callbacks.log("teacher: \(directories.joined(separator: ", ")) (existing)")
+        case let .train(shape, training, context):
+            if stopRequested() { return try finish(models) }
+            var request = TrainingRequest(data: dataPath, output: modelPath("teacher"))
+            request.preset = shape.presetName
+            request.config = shape.configPath
+            request.parameters = training
+            request.context = context
+            let settings = try Plan.withConfigHash(Normal.teacher(recipe.teacher), shape)
+            let key = StageStore.key(stage: "teacher", settings: settings, inputs: [("data", dataKey)])
+            try trainingStage("teacher", label: "teacher", key: key, settings: settings, inputs: [("data", dataKey)],
+                              models: ["teacher"], field: "teacher") { resume in
+                request.resume = resume
+                return [try TrainingRun.train(request, callbacks: self.trainingCallbacks("teacher"))]
+            }
+            teacherKey = key
+            producers["teacher"] = key
+        }
+        if interrupted { return try finish(models) }
+
+        for (index, student) in recipe.students.enumerated() {
+            if stopRequested() { break }
+            let key = try studentStage(student, index: index, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
+            if interrupted { break }
+            for name in student.modelNames { producers[name] = key }
+        }
+        if interrupted { return try finish(models) }
+
+        for entry in models {
+            if stopRequested() { break }
+            guard let producer = producers[entry.name] else { continue }
+            try evaluationStage(entry, producer: producer, dataKey: dataKey, plan: plan)
+        }
+        if !recipe.samples.prompts.isEmpty {
+            for entry in models {
+                if stopRequested() { break }
+                guard let producer = producers[entry.name] else { continue }
+                try samplesStage(entry, producer: producer)
+            }
+        }
+        return try finish(models)
+    }
+
+    var dataPath: String { run.appendingPathComponent("data.tok").path }
+    var tokenizerPath: String { run.appendingPathComponent("tokenizer.model").path }
+    func modelPath(_ name: String) -> String { run.appendingPathComponent("models").appendingPathComponent(name).path }
+
+    private func stopRequested() -> Bool {
+        if callbacks.shouldStop() { interrupted = true }
+        return interrupted
+    }
+
+    private func finish(_ models: [ModelEntry]) throws -> PipelineOutcome {
+        callbacks.log(interrupted ? "report: (interrupted) writing what is done so far" : "report: writing")
+        var report = try RunReport.build(runDirectory: run)
+        let files = try report.write()
+        return PipelineOutcome(runDirectory: run, report: report, reportFiles: files, ran: ran, skipped: skipped, interrupted: interrupted)
+    }
+
+    /// Skips the stage when `outputs` exist and its record finished under `key`; else runs `body`.
+    private func simpleStage(_ stage: String, label: String, key: String, settings: JSONValue, inputs: [(String, String)],
+                             outputs: [String], body: () throws -> JSONValue) throws {
+        if store.status(stage, key: key) == .finished, outputs.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) {
+            callbacks.log("\(label): up to date")
+            skipped.append(stage)
+            return
+        }
+        try store.begin(stage, key: key, settings: settings, inputs: inputs)
+        let result = try body()
+        try store.finish(stage, key: key, settings: settings, inputs: inputs, result: result)
+        ran.append(stage)
+    }
+
+    private func tokenizerStage(_ plan: Plan, corpusKey: String) throws -> String {
+        let settings: JSONValue, inputs: [(String, String)], source: String?
+        switch recipe.tokenizer {
+        case .train:
+            settings = Normal.tokenizer(recipe.tokenizer)
+            inputs = [("corpus", corpusKey)]
+            source = nil
+        case .file(let path):
+            settings = Normal.tokenizer(recipe.tokenizer)
+            inputs = [("model", try Fingerprint.contents(of: path))]
+            source = path
+        case .teacher:
+            settings = Normal.tokenizer(recipe.tokenizer)
+            let path = try plan.teacherTokenizer()
+            inputs = [("model", try Fingerprint.contents(of: path))]
+            source = path
+        }
+        let key = StageStore.key(stage: "tokenizer", settings: settings, inputs: inputs)
+        try simpleStage("tokenizer", label: "tokenizer", key: key, settings: settings, inputs: inputs, outputs: [tokenizerPath]) {
+            let started = Date()
+            if let source {
+                callbacks.log("tokenizer: copying \(source)")
+                guard let bytes = FileManager.default.contents(atPath: source) else { throw IOError.missing(source) }
+                try AtomicFile.write(bytes, to: URL(fileURLWithPath: tokenizerPath))
+            } else if case let .train(vocab, type) = recipe.tokenizer {
+                callbacks.log("tokenizer: training \(vocab) pieces (\(type.rawValue)) on the corpus")
+                try Tokenizer.train(inputs: plan.corpusFiles, vocabSize: vocab, modelType: type, output: tokenizerPath,
+                                    threads: Compute.threads)
+            }
+            let tokenizer = try Tokenizer(modelPath: tokenizerPath)
+            return .object([("vocab_size", .integer(Int64(tokenizer.vocabSize))), ("seconds", .number(Date().timeIntervalSince(started)))])
+        }
+        return key
+    }
+
+    private func dataStage(_ plan: Plan, corpusKey: String, tokenizerKey: String) throws -> String {
+        let settings = JSONValue.object([("validation_fraction", .number(recipe.validationFraction))])
+        let inputs = [("corpus", corpusKey), ("tokenizer", tokenizerKey)]
+        let key = StageStore.key(stage: "data", settings: settings, inputs: inputs)
+        try simpleStage("data", label: "token file", key: key, settings: settings, inputs: inputs,
+                        outputs: [dataPath, TokenFile.companionTokenizerPath(for: dataPath)]) {
+            callbacks.log("token file: encoding the corpus")
+            let summary = try TokenFile.prepare(tokenizer: Tokenizer(modelPath: tokenizerPath), inputs: plan.corpusFiles,
+                                                output: dataPath, valFraction: recipe.validationFraction)
+            callbacks.log("token file: \(SVGChart.grouped(summary.trainTokenCount)) training and \(SVGChart.grouped(summary.validationTokenCount)) validation tokens")
+            return .object([("train_tokens", .integer(Int64(summary.trainTokenCount))),
+                            ("validation_tokens", .integer(Int64(summary.validationTokenCount))),
+                            ("validation_bytes", .integer(Int64(summary.validationByteCount)))])
+        }
+        return key
+    }
+
+    /// A training stage: skipped when finished under `key` with its models on disk, resumed when it
+    /// started under `key` and left checkpoints, started afresh (old outputs removed) otherwise.
+    private func trainingStage(_ stage: String, label: String, key: String, settings: JSONValue, inputs: [(String, String)],
+                               models: [String], field: String, train: (_ resume: Bool) throws -> [TrainingOutcome]) throws {
+        let directories = models.map { URL(fileURLWithPath: modelPath($0)) }
+        let status = store.status(stage, key: key)
+        if status == .finished, directories.allSatisfy({ FileManager.default.fileExists(atPath: $0.appendingPathComponent("model.safetensors").path) }) {
+            callbacks.log("\(label): up to date")
+            skipped.append(stage)
+            return
+        }
+        let resume = status == .started && directories.allSatisfy { Checkpoint.exists(in: $0) }
+        if !resume {
+            // Outputs of other settings (or a run that never saved) are this run's own: start over.
+            for directory in directories where FileManager.default.fileExists(atPath: directory.path) {
+                try FileManager.default.removeItem(at: directory)
+            }
+        }
+        callbacks.log("\(label): \(resume ? "resuming" : "training") → \(directories.map(\.path).joined(separator: ", "))")
+        try store.begin(stage, key: key, settings: settings, inputs: inputs)
+        let outcomes: [TrainingOutcome]
+        do { outcomes = try train(resume) } catch let error as SettingError {
+            throw RecipeError("\(field).\(Plan.field(error.setting))", error.problem)
+        }
+        if outcomes.contains(where: \.interrupted) {
+            interrupted = true
+            callbacks.log("\(label): interrupted and saved; run the same command again to continue")
+            return
+        }
+        let result = JSONValue.object([("models", .object(zip(models, outcomes).map { name, outcome in
+            (name, .object([("parameters", .integer(Int64(outcome.parameterCount))), ("steps", .integer(Int64(outcome.step))),
+                            ("seconds", .number(outcome.seconds)), ("tokens_per_second", .number(outcome.tokensPerSecond))]))
+        }))])
+        try store.finish(stage, key: key, settings: settings, inputs: inputs, result: result)
+        ran.append(stage)
+    }
+
+    func trainingCallbacks(_ model: String) -> TrainingCallbacks {
+        TrainingCallbacks(event: { [callbacks] in callbacks.training(model, $0) }, log: { [callbacks] in callbacks.trainingLog(model, $0) },
+                          shouldStop: callbacks.shouldStop)
+    }
+
+    private func studentStage(_ student: RecipeStudent, index: Int, plan: Plan, dataKey: String, teacherKey: String?) throws -> String {
+        var inputs = [("data", dataKey)]
+        if student.kind.usesTeacher, let teacherKey { inputs.append(("teacher", teacherKey)) }
+        let settings = try Plan.withConfigHash(student.normalized, student.shape)
+        let stage = "student-\(student.name)"
+        let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
+        let field = "students[\(index)]"
+        let context = plan.studentContexts[index]
+        func request(_ name: String) -> TrainingRequest {
+            var request = TrainingRequest(data: dataPath, output: modelPath(name))
+            request.preset = student.shape.presetName
+            request.config = student.shape.configPath
+            request.parameters = student.training
+            request.context = context
+            return request
+        }
+        let label = "student \(student.name) (\(student.kind.rawValue))"
+        switch student.kind {
+        case .baseline:
+            try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
+                var request = request(student.name)
+                request.resume = resume
+                return [try TrainingRun.train(request, callbacks: trainingCallbacks(student.name))]
+            }
+        case .kd, .kdFeature, .kdRelational:
+            try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
+                var request = request(student.name)
+                request.resume = resume
+                var teacher = StudentRequest(teachers: plan.teacherDirectories(modelPath("teacher")), settings: student.settings)
+                teacher.layerMap = student.layerMap
+                teacher.initFromTeacher = student.initFromTeacher
+                return [try TrainingRun.student(request, teacher, callbacks: trainingCallbacks(student.name))]
+            }
+        case .mutual:
+            try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
+                let requests = student.modelNames.map { name -> TrainingRequest in
+                    var peer = request(name)
+                    peer.resume = resume
+                    return peer
+                }
+                return try TrainingRun.mutual(requests, settings: student.settings, callbacks: student.modelNames.map(trainingCallbacks))
+            }
+        case .kdCached, .bornAgain:
+            // Refused by the plan before any work; kept so the switch stays exhaustive.
+            throw PipelineError.notAvailableYet(field: "\(field).kind", kind: student.kind.rawValue, reason: "no library support")
+        }
+        return key
+    }
+
+    private func evaluationStage(_ entry: ModelEntry, producer: String, dataKey: String, plan: Plan) throws {
+        var settings = JSONValue.object([("text", recipe.evaluation.text.map(JSONValue.string) ?? .null),
+                                         ("stride", recipe.evaluation.stride.map { .integer(Int64($0)) } ?? .null)])
+        if let text = recipe.evaluation.text {
+            settings = .object([("evaluation", settings), ("text_hash", .string(try Fingerprint.contents(of: text)))])
+        }
+        let inputs = [("model", producer), ("data", dataKey)]
+        let stage = "eval-\(entry.name)"
+        let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
+        try simpleStage(stage, label: "evaluation \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
+            let directory = resolve(entry.directory)
+            let model = try ModelDirectory.load(directory)
+            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
+            let tokens: [Int32], bytes: Int
+            if let text = recipe.evaluation.text {
+                guard let raw = FileManager.default.contents(atPath: text) else { throw IOError.missing(text) }
+                guard let string = String(data: raw, encoding: .utf8) else { throw EvaluationError.notText(text) }
+                tokens = tokenizer.encode(string)
+                bytes = raw.count
+            } else {
+                let data = try TokenFile(path: dataPath)
+                try data.checkTokenizer(tokenizer)
+                tokens = Array(data.validationTokens)
+                bytes = data.validationByteCount
+            }
+            // Exactly `distill eval`'s computation, so the report and `eval` agree to the last digit.
+            let report = try scoreTokens(model: model, tokens: tokens, bytes: bytes, stride: recipe.evaluation.stride)
+            callbacks.log(String(format: "evaluation %@: perplexity %.2f, %.4f bits/byte", entry.name, report.perplexity, report.bitsPerByte))
+            return .object([("parameters", .integer(Int64(model.parameterCount))), ("tokens", .integer(Int64(report.tokens))),
+                            ("nll_sum", .number(report.nllSum)), ("bytes", .integer(Int64(report.bytes))),
+                            ("perplexity", .number(report.perplexity)), ("bits_per_byte", .number(report.bitsPerByte))])
+        }
+    }
+
+    private func samplesStage(_ entry: ModelEntry, producer: String) throws {
+        let settings = Normal.samples(recipe.samples)
+        let inputs = [("model", producer)]
+        let stage = "samples-\(entry.name)"
+        let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
+        try simpleStage(stage, label: "samples \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
+            let directory = resolve(entry.directory)
+            let model = try ModelDirectory.load(directory)
+            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
+            let session = KVCacheSession(model: model)
+            // A short untimed generation first: the first one pays for thread start-up and page faults.
+            var warmUp = try Sampler(temperature: 0)
+            _ = try generate(session: session, prompt: [max(tokenizer.bosId, 0)], maxTokens: 4, sampler: &warmUp)
+            var texts: [JSONValue] = [], produced = 0, seconds = 0.0
+            for prompt in recipe.samples.prompts {
+                // The same sampler and seed for every model and prompt.
+                var sampler = try Sampler(temperature: recipe.samples.temperature, topK: recipe.samples.topK,
+                                          topP: recipe.samples.topP, seed: recipe.samples.seed)
+                var ids = tokenizer.encode(prompt)
+                if ids.isEmpty && tokenizer.bosId >= 0 { ids = [tokenizer.bosId] }
+                let started = Date()
+                let continuation = try generate(session: session, prompt: ids, maxTokens: recipe.samples.maxTokens, sampler: &sampler,
+                                                stopToken: tokenizer.eosId >= 0 ? tokenizer.eosId : nil)
+                seconds += Date().timeIntervalSince(started)
+                produced += continuation.count
+                texts.append(.string(prompt + tokenizer.decode(continuation)))
+            }
+            let speed = Double(produced) / max(seconds, 1e-9)
+            callbacks.log("samples \(entry.name): \(produced) tokens at \(SVGChart.grouped(Int(speed.rounded()))) tokens/s")
+            return .object([("texts", .array(texts)), ("tokens", .integer(Int64(produced))), ("seconds", .number(seconds)),
+                            ("tokens_per_second", .number(speed))])
+        }
+    }
+
+    func resolve(_ directory: String) -> URL {
+        directory.hasPrefix("/") ? URL(fileURLWithPath: directory) : run.appendingPathComponent(directory)
+    }
+
+    // MARK: the manifest
+
+    /// Every model the report lists, in order: teacher(s), then each student's models.
+    func modelEntries() -> [ModelEntry] {
+        var entries: [ModelEntry] = []
+        switch recipe.teacher.source {
+        case .train:
+            entries.append(ModelEntry(name: "teacher", role: "teacher", kind: "teacher", directory: "models/teacher", trainingStage: "teacher"))
+        case .directories(let directories):
+            for (index, directory) in directories.enumerated() {
+                entries.append(ModelEntry(name: directories.count == 1 ? "teacher" : "teacher-\(index + 1)", role: "teacher",
+                                          kind: "teacher", directory: directory, trainingStage: nil))
+            }
+        }
+        for student in recipe.students {
+            for name in student.modelNames {
+                entries.append(ModelEntry(name: name, role: "student", kind: student.kind.rawValue, directory: "models/\(name)",
+                                          trainingStage: "student-\(student.name)"))
+            }
+        }
+        return entries
+    }
+
+    private func writeManifest(_ models: [ModelEntry], plan: Plan) throws {
+        let evaluation = recipe.evaluation.text.map { "the text \($0)" } ?? "the full validation split of data.tok (the last \(Int((recipe.validationFraction * 100).rounded()))% of the corpus)"
+        let manifest = JSONValue.object([
+            ("format", .integer(Int64(RunDirectory.format))), ("schema_version", .integer(Int64(Recipe.schemaVersion))),
+            ("distill_version", .string(DistillVersion.string)), ("machine", .string(RunDirectory.machineDescription)),
+            ("description", recipe.about.map(JSONValue.string) ?? .null), ("evaluation", .string(evaluation)),
+            ("models", .array(models.map { entry in
+                .object([("name", .string(entry.name)), ("role", .string(entry.role)), ("kind", .string(entry.kind)),
+                         ("directory", .string(entry.directory)), ("training_stage", entry.trainingStage.map(JSONValue.string) ?? .null),
+                         ("eval_stage", .string("eval-\(entry.name)")),
+                         ("samples_stage", recipe.samples.prompts.isEmpty ? .null : .string("samples-\(entry.name)"))])
+            })),
+            ("recipe", recipe.normalized),
+        ])
+        try RunDirectory.writeManifest(run, manifest)
+    }
+}
+
+extension RecipeModelShape {
+    var presetName: String? { if case .preset(let name) = self { return name } else { return nil } }
+    var configPath: String? { if case .config(let path) = self { return path } else { return nil } }
+}

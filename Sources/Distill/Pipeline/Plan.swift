@@ -1,0 +1,238 @@
+import Foundation
+
+/// What a recipe means on this machine, checked before any stage runs: the corpus's files, the
+/// vocabulary, the teacher's and each student's shape and context. Every refusal names the recipe field.
+struct Plan {
+    let recipe: Recipe
+    let corpusFiles: [String]
+    let corpusBytes: Int
+    /// Paths the run reads, which its directory must not overlap.
+    let inputs: [OutputGuard.Role]
+    /// The data's vocabulary (the tokenizer's pieces).
+    let vocabSize: Int
+    /// The (first) teacher's shape, its context for the run.
+    let teacherConfig: LlamaConfig
+    let teacherContext: Int
+    /// The context each student trains with (students[i]); the same default for all, so that students
+    /// compared with each other see the same windows.
+    let studentContexts: [Int]
+
+    init(recipe: Recipe, searchRoots: [URL], log: (String) -> Void) throws {
+        self.recipe = recipe
+        corpusFiles = try Plan.corpusFiles(recipe, searchRoots: searchRoots, log: log)
+        var bytes = 0
+        for file in corpusFiles {
+            do { bytes += try TextInput.open(file).bytes.count } catch { throw RecipeError("corpus", "\(error)") }
+        }
+        corpusBytes = bytes
+        var inputs = corpusFiles.map { OutputGuard.Role("the corpus file", $0) }
+
+        // The vocabulary.
+        switch recipe.tokenizer {
+        case .train(let vocab, _):
+            vocabSize = vocab
+        case .file(let path):
+            inputs.append(OutputGuard.Role("tokenizer.model", path))
+            do { vocabSize = try Tokenizer(modelPath: path).vocabSize } catch { throw RecipeError("tokenizer.model", "\(error)") }
+        case .teacher:
+            guard case .directories(let directories) = recipe.teacher.source else { throw RecipeError("tokenizer", "missing") }
+            var first: Tokenizer?
+            for (index, directory) in directories.enumerated() {
+                let field = "teacher.directories[\(index)]"
+                let tokenizer: Tokenizer
+                do { tokenizer = try Tokenizer(modelPath: try HFModelDirectory(URL(fileURLWithPath: directory)).tokenizerModel().path) }
+                catch { throw RecipeError(field, "\(error)") }
+                if let first, first.modelHash != tokenizer.modelHash {
+                    throw RecipeError(field, "its tokenizer.model differs from the first teacher's: an ensemble needs one shared vocabulary")
+                }
+                first = first ?? tokenizer
+            }
+            vocabSize = first?.vocabSize ?? 0
+        }
+
+        // The teacher.
+        switch recipe.teacher.source {
+        case let .train(shape, training, context):
+            switch shape {
+            case .preset(let name):
+                teacherContext = context ?? 256
+                teacherConfig = try LlamaConfig.preset(name, vocabSize: vocabSize, context: teacherContext)
+            case .config(let path):
+                inputs.append(OutputGuard.Role("teacher.config", path))
+                let config = try Plan.readConfig(path, field: "teacher.config", vocabSize: vocabSize)
+                teacherContext = context ?? config.maxPositionEmbeddings
+                guard teacherContext <= config.maxPositionEmbeddings else {
+                    throw RecipeError("teacher.training.context", "is \(teacherContext), longer than max_position_embeddings \(config.maxPositionEmbeddings) in \(path)")
+                }
+                teacherConfig = config
+            }
+            do { try training.validateIgnoringContext() } catch let error as SettingError {
+                throw RecipeError("teacher.\(Plan.field(error.setting))", error.problem)
+            }
+        case .directories(let directories):
+            var configs: [LlamaConfig] = []
+            for (index, directory) in directories.enumerated() {
+                inputs.append(OutputGuard.Role("teacher.directories[\(index)]", directory))
+                do { configs.append(try HFModelDirectory.readConfig(in: URL(fileURLWithPath: directory))) }
+                catch { throw RecipeError("teacher.directories[\(index)]", "\(error)") }
+                if configs[index].vocabSize != configs[0].vocabSize {
+                    throw RecipeError("teacher.directories[\(index)]", "has vocab_size \(configs[index].vocabSize) but the first teacher \(configs[0].vocabSize): an ensemble needs one vocabulary")
+                }
+            }
+            teacherConfig = configs[0]
+            teacherContext = configs[0].maxPositionEmbeddings
+            if teacherConfig.vocabSize < vocabSize {
+                throw RecipeError("teacher.directories[0]", "has vocab_size \(teacherConfig.vocabSize) but its tokenizer has \(vocabSize) pieces")
+            }
+        }
+
+        // The students.
+        var contexts: [Int] = []
+        for (index, student) in recipe.students.enumerated() {
+            let field = "students[\(index)]"
+            switch student.kind {
+            case .kdCached:
+                throw PipelineError.notAvailableYet(field: "\(field).kind", kind: "kd-cached", reason: "they arrive with the teacher cache, `distill cache-teacher`")
+            case .bornAgain:
+                throw PipelineError.notAvailableYet(field: "\(field).kind", kind: "born-again", reason: "they arrive with `distill generations`")
+            case .mutual where student.peers != 2:
+                throw RecipeError("\(field).peers", "is \(student.peers); mutual learning of more than 2 peers is not available yet in this distill: use 2")
+            default: break
+            }
+            // Students of an existing teacher take its vocabulary (a Hugging Face head may be padded).
+            let vocab = student.kind.usesTeacher ? teacherConfig.vocabSize : vocabSize
+            var studentConfig: LlamaConfig
+            switch student.shape {
+            case .preset(let name):
+                studentConfig = try LlamaConfig.preset(name, vocabSize: vocab)
+            case .config(let path):
+                inputs.append(OutputGuard.Role(student.shapeField, path))
+                studentConfig = try Plan.readConfig(path, field: student.shapeField, vocabSize: vocab)
+            }
+            let context = student.context ?? (student.shape.configPath != nil ? studentConfig.maxPositionEmbeddings : min(256, teacherContext))
+            if case .config(let path) = student.shape, context > studentConfig.maxPositionEmbeddings {
+                throw RecipeError("\(field).training.context", "is \(context), longer than max_position_embeddings \(studentConfig.maxPositionEmbeddings) in \(path)")
+            }
+            if student.kind.usesTeacher && context > teacherContext {
+                throw RecipeError("\(field).training.context", "is \(context), longer than the teacher's context \(teacherContext)")
+            }
+            studentConfig.maxPositionEmbeddings = max(studentConfig.maxPositionEmbeddings, context)
+            contexts.append(context)
+            do {
+                try student.training.validateIgnoringContext()
+                try student.settings.validate()
+            } catch let error as SettingError {
+                throw RecipeError("\(field).\(Plan.field(error.setting))", error.problem)
+            } catch {
+                throw RecipeError(field, "\(error)")
+            }
+            if student.initFromTeacher {
+                if case .config(let path) = student.shape {
+                    let t = teacherConfig, s = studentConfig
+                    for (name, given, teachers) in [("hidden_size", s.hiddenSize, t.hiddenSize), ("intermediate_size", s.intermediateSize, t.intermediateSize),
+                                                    ("num_attention_heads", s.numAttentionHeads, t.numAttentionHeads),
+                                                    ("num_key_value_heads", s.numKeyValueHeads, t.numKeyValueHeads)] where given != teachers {
+                        throw RecipeError(student.shapeField, "\(path) has \(name) \(given) but the teacher's is \(teachers); init_from_teacher copies the teacher's blocks, so only num_hidden_layers may differ")
+                    }
+                }
+            }
+            if student.kind == .kdFeature {
+                let studentDepth = student.initFromTeacher && student.shape.presetName == nil && student.shape.configPath == nil
+                    ? max(1, teacherConfig.numHiddenLayers / 2) : studentConfig.numHiddenLayers
+                do {
+                    if let map = student.layerMap {
+                        _ = try LayerMap(parsing: map, studentLayers: studentDepth, teacherLayers: teacherConfig.numHiddenLayers)
+                    } else {
+                        _ = try LayerMap.uniform(studentLayers: studentDepth, teacherLayers: teacherConfig.numHiddenLayers)
+                    }
+                } catch { throw RecipeError("\(field).feature.layer_map", "\(error)") }
+            }
+        }
+        studentContexts = contexts
+
+        if let text = recipe.evaluation.text { inputs.append(OutputGuard.Role("evaluation.text", text)) }
+        self.inputs = inputs
+    }
+
+    /// The corpus's text files: the default corpus (written by corpora/kjv.sh when missing) or the
+    /// recipe's paths expanded (folders to their .txt files).
+    static func corpusFiles(_ recipe: Recipe, searchRoots: [URL], log: (String) -> Void) throws -> [String] {
+        switch recipe.corpus {
+        case .standard:
+            return [try DefaultCorpus.locate(searchRoots: searchRoots, log: log)]
+        case .paths(let paths):
+            do { return try TextInput.expand(paths, allowStandardInput: false, purpose: "distill run") }
+            catch { throw RecipeError("corpus", "\(error)") }
+        }
+    }
+
+    /// A config.json through the training path's reader, with its vocabulary checked.
+    static func readConfig(_ path: String, field: String, vocabSize: Int) throws -> LlamaConfig {
+        let config: LlamaConfig
+        do { config = try TrainingRun.readConfigFile(path) } catch { throw RecipeError(field, "\(error)") }
+        guard config.vocabSize == vocabSize else {
+            throw RecipeError(field, "\(path) has vocab_size \(config.vocabSize) but the tokenizer has \(vocabSize) pieces: set \"vocab_size\": \(vocabSize)")
+        }
+        return config
+    }
+
+    /// The key of the corpus: the contents of its files, in order.
+    func corpusKey() throws -> String {
+        let hashes = try corpusFiles.map { JSONValue.string(try Fingerprint.contents(of: $0)) }
+        return StageStore.key(stage: "corpus", settings: .array(hashes), inputs: [])
+    }
+
+    /// The existing teachers' tokenizer (they share it).
+    func teacherTokenizer() throws -> String {
+        guard case .directories(let directories) = recipe.teacher.source, let first = directories.first else {
+            throw RecipeError("tokenizer", "missing")
+        }
+        return try HFModelDirectory(URL(fileURLWithPath: first)).tokenizerModel().path
+    }
+
+    /// The teachers students learn from: the trained one, or the existing directories.
+    func teacherDirectories(_ trained: String) -> [String] {
+        if case .directories(let directories) = recipe.teacher.source { return directories }
+        return [trained]
+    }
+
+    /// Checks that need the token file: every training run has a window of training text and the
+    /// validation batches it asks for.
+    func checkAgainstData(_ data: TokenFile) throws {
+        var runs: [(String, TrainingParameters, Int)] = []
+        if case let .train(_, training, _) = recipe.teacher.source { runs.append(("teacher", training, teacherContext)) }
+        for (index, student) in recipe.students.enumerated() { runs.append(("students[\(index)]", student.training, studentContexts[index])) }
+        for (field, training, context) in runs {
+            guard data.trainTokenCount > context + 1 else {
+                throw RecipeError("\(field).training.context", "is \(context) but the training split has only \(data.trainTokenCount) tokens: give more text or a shorter context")
+            }
+            var parameters = training
+            parameters.context = context
+            do { _ = try TrainingRun.validationBatches(data: data, parameters: parameters) } catch let error as SettingError {
+                throw RecipeError("\(field).\(Plan.field(error.setting))", error.problem)
+            }
+        }
+    }
+
+    /// `settings` with the content hash of a config file, so that editing the file re-runs the stage.
+    static func withConfigHash(_ settings: JSONValue, _ shape: RecipeModelShape) throws -> JSONValue {
+        guard case .config(let path) = shape else { return settings }
+        return .object([("settings", settings), ("config_hash", .string(try Fingerprint.contents(of: path)))])
+    }
+
+    /// Where a library setting lives in a recipe's teacher or student object.
+    static func field(_ setting: Setting) -> String {
+        switch setting {
+        case .preset, .config, .teacher, .initFromTeacher: return setting.rawValue
+        case .teacherWeights: return "weights"
+        case .ceWeight, .kdWeight, .temperature, .divergence, .beta, .skewAlpha, .tauSquared, .teacherTopK: return "logits.\(setting.rawValue)"
+        case .featureWeight: return "feature.weight"
+        case .layerMap: return "feature.layer_map"
+        case .featureDistance: return "feature.distance"
+        case .rkdDistanceWeight: return "relational.distance_weight"
+        case .rkdAngleWeight: return "relational.angle_weight"
+        case .peerOutput, .peerPreset, .peerConfig: return "peers"
+        default: return "training.\(setting.rawValue)"
+        }
+    }
+}

@@ -1,0 +1,176 @@
+import XCTest
+@testable import Distill
+
+/// `distill run` end to end on the tiny test corpus: every stage, skipping what is up to date, resuming
+/// what was interrupted, re-running only what changed, and a report that agrees with `distill eval`.
+final class PipelineTests: XCTestCase {
+    /// A quick-sized recipe over the test corpus; `students` is the JSON array of students.
+    static func recipe(in directory: URL, students: String, tokenizer: String? = nil, teacherSteps: Int = 30) throws -> Recipe {
+        let corpus = try TestCorpus.files()
+        let text = """
+            {"schema_version": 1, "name": "test", "corpus": "\(corpus.text.path)",
+             "tokenizer": \(tokenizer ?? #"{"model": "\#(corpus.tokenizer)"}"#),
+             "teacher": {"preset": "tiny", "training": {"steps": \(teacherSteps), "batch_size": 4, "context": 32, "eval_every": 10, "eval_batches": 2, "log_every": 5, "save_every": 10}},
+             "student": {"preset": "tiny-student", "training": {"steps": 20, "batch_size": 4, "context": 32, "eval_every": 10, "eval_batches": 2, "log_every": 5, "save_every": 10}},
+             "students": \(students),
+             "samples": {"prompts": ["the king", ""], "max_tokens": 8, "temperature": 0.8, "top_k": 20, "seed": 3}}
+            """
+        return try Recipe.decode(text, baseDirectory: directory)
+    }
+
+    static let students = #"[{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd"}, {"name": "mutual", "kind": "mutual"}]"#
+
+    func run(_ recipe: Recipe, _ output: URL, stopAfterEvents: Int? = nil) throws -> (PipelineOutcome, [String]) {
+        var lines: [String] = [], events = 0
+        let callbacks = PipelineCallbacks(log: { lines.append($0) }, training: { _, event in
+            if case .step = event { events += 1 }
+        }, shouldStop: { stopAfterEvents.map { events >= $0 } ?? false })
+        return (try Pipeline.run(recipe, output: output.path, callbacks: callbacks), lines)
+    }
+
+    func testRunsEveryStageThenSkipsAllOfThem() throws {
+        let scratch = try TestCorpus.scratch("pipeline")
+        let run = scratch.appendingPathComponent("run")
+        let recipe = try Self.recipe(in: scratch, students: Self.students, tokenizer: #"{"vocab_size": 300}"#)
+        let (first, lines) = try self.run(recipe, run)
+        XCTAssertFalse(first.interrupted)
+        let models = ["teacher", "baseline", "kd", "mutual-1", "mutual-2"]
+        XCTAssertEqual(first.ran, ["tokenizer", "data", "teacher", "student-baseline", "student-kd", "student-mutual"]
+                       + models.map { "eval-\($0)" } + models.map { "samples-\($0)" })
+        XCTAssertTrue(lines.contains { $0.hasPrefix("teacher: training") }, "\(lines)")
+        XCTAssertEqual(first.report.models.map(\.name), models)
+        for model in first.report.models {
+            XCTAssertNotNil(model.evaluation, model.name)
+            XCTAssertNotNil(model.trainingSeconds, model.name)
+            XCTAssertNotNil(model.generationTokensPerSecond, model.name)
+        }
+        XCTAssertNotNil(first.report.models[2].gapClosed)
+        XCTAssertEqual(first.report.samples.map(\.prompt), ["the king", ""])
+        XCTAssertEqual(first.report.samples[0].texts.count, models.count)
+        XCTAssertTrue(first.report.samples[0].texts.allSatisfy { $0.text.hasPrefix("the king") })
+        for file in ["report.md", "report.json", "plots/validation-loss.svg", "plots/training-loss.svg", "plots/bits-per-byte.svg"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: run.appendingPathComponent(file).path), file)
+        }
+        let markdown = try String(contentsOf: run.appendingPathComponent("report.md"), encoding: .utf8)
+        XCTAssertTrue(markdown.contains("(plots/validation-loss.svg)"), markdown)
+
+        // Again: nothing to do, the same report.
+        let weights = run.appendingPathComponent("models/kd/model.safetensors")
+        let modified = try FileManager.default.attributesOfItem(atPath: weights.path)[.modificationDate] as? Date
+        let (second, secondLines) = try self.run(recipe, run)
+        XCTAssertEqual(second.ran, [], "\(secondLines)")
+        XCTAssertEqual(second.skipped.count, first.ran.count)
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: weights.path)[.modificationDate] as? Date, modified)
+        XCTAssertEqual(second.report.models, first.report.models)
+
+        // `distill report` draws the same report from the directory alone.
+        XCTAssertEqual(try RunReport.build(runDirectory: run).json.canonicalText, try RunReport.build(runDirectory: run).json.canonicalText)
+        XCTAssertEqual(try RunReport.build(runDirectory: run).models, first.report.models)
+    }
+
+    func testChangingOrAddingAStudentRerunsOnlyThatStudent() throws {
+        let scratch = try TestCorpus.scratch("pipeline-edit")
+        let run = scratch.appendingPathComponent("run")
+        _ = try self.run(try Self.recipe(in: scratch, students: Self.students), run)
+
+        let edited = Self.students.replacingOccurrences(of: #"{"name": "kd", "kind": "kd"}"#,
+                                                        with: #"{"name": "kd", "kind": "kd", "logits": {"temperature": 1}}"#)
+        let (changed, _) = try self.run(try Self.recipe(in: scratch, students: edited), run)
+        XCTAssertEqual(changed.ran, ["student-kd", "eval-kd", "samples-kd"])
+
+        let added = edited.replacingOccurrences(of: "]", with: #", {"name": "feature", "kind": "kd-feature"}]"#)
+        let (grown, _) = try self.run(try Self.recipe(in: scratch, students: added), run)
+        XCTAssertEqual(grown.ran, ["student-feature", "eval-feature", "samples-feature"])
+        XCTAssertEqual(grown.report.models.map(\.name), ["teacher", "baseline", "kd", "mutual-1", "mutual-2", "feature"])
+
+        // A teacher with other settings re-runs the teacher and what learns from it, not the baseline.
+        let (retaught, _) = try self.run(try Self.recipe(in: scratch, students: added, teacherSteps: 31), run)
+        XCTAssertEqual(Set(retaught.ran), Set(["teacher", "student-kd", "student-feature", "eval-teacher", "eval-kd", "eval-feature",
+                                               "samples-teacher", "samples-kd", "samples-feature"]))
+    }
+
+    func testAnInterruptedRunContinuesWhereItStopped() throws {
+        let scratch = try TestCorpus.scratch("pipeline-stop")
+        let run = scratch.appendingPathComponent("run")
+        let recipe = try Self.recipe(in: scratch, students: #"[{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd"}]"#)
+        // The teacher logs every 5 of its 30 steps: stop after its 4th progress event (step 20, saved at 20).
+        let (stopped, _) = try self.run(recipe, run, stopAfterEvents: 4)
+        XCTAssertTrue(stopped.interrupted)
+        XCTAssertFalse(stopped.ran.contains("teacher"))
+        XCTAssertNil(stopped.report.models[0].evaluation)
+        let (continued, lines) = try self.run(recipe, run)
+        XCTAssertFalse(continued.interrupted)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("teacher: resuming") }, "\(lines)")
+        XCTAssertTrue(continued.ran.contains("teacher"))
+        XCTAssertEqual(continued.skipped, ["tokenizer", "data"])
+
+        // The resumed teacher is the teacher an uninterrupted run makes.
+        let whole = scratch.appendingPathComponent("whole")
+        _ = try self.run(recipe, whole)
+        for model in ["teacher", "baseline", "kd"] {
+            let resumed = try Data(contentsOf: run.appendingPathComponent("models/\(model)/model.safetensors"))
+            let straight = try Data(contentsOf: whole.appendingPathComponent("models/\(model)/model.safetensors"))
+            XCTAssertEqual(resumed, straight, model)
+        }
+    }
+
+    func testReportHoldsTheNumbersOfDistillEval() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: CommandLineTests.executable.path),
+                          "the distill executable was not built next to the tests")
+        let scratch = try TestCorpus.scratch("pipeline-eval")
+        let run = scratch.appendingPathComponent("run")
+        _ = try self.run(try Self.recipe(in: scratch, students: #"[{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd"}]"#), run)
+        let report = try JSONValue.parse(Data(contentsOf: run.appendingPathComponent("report.json")))
+        guard case .array(let models)? = report["models"] else { return XCTFail("no models in report.json") }
+        XCTAssertEqual(models.count, 3)
+        for model in models {
+            guard let name = model["name"]?.stringValue else { return XCTFail("a model without a name") }
+            let eval = try runProcess(CommandLineTests.executable, ["eval", "--data", run.appendingPathComponent("data.tok").path,
+                                                                     "--model", run.appendingPathComponent("models/\(name)").path, "--json"])
+            XCTAssertEqual(eval.status, 0, eval.transcript)
+            let expected = try JSONValue.parse(eval.output)
+            for field in ["perplexity", "bits_per_byte", "nll_sum", "tokens", "bytes", "parameters"] {
+                let ours = try XCTUnwrap(model[field]?.doubleValue, field), theirs = try XCTUnwrap(expected[field]?.doubleValue, field)
+                XCTAssertEqual(ours, theirs, accuracy: abs(theirs) * 1e-12, "\(name) \(field)")
+            }
+        }
+    }
+
+    func testBadRecipesFailBeforeAnyTraining() throws {
+        let scratch = try TestCorpus.scratch("pipeline-bad")
+        let corpus = try TestCorpus.files()
+        func expectRefusal(_ students: String, path: String, mentions phrase: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let run = scratch.appendingPathComponent("run-\(UUID().uuidString.prefix(6))")
+            XCTAssertThrowsError(try self.run(try Self.recipe(in: scratch, students: students), run), file: file, line: line) { error in
+                XCTAssertTrue("\(error)".hasPrefix(path + ":"), "\(error)", file: file, line: line)
+                XCTAssertTrue("\(error)".contains(phrase), "\(error)", file: file, line: line)
+            }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: run.appendingPathComponent("models").path), "trained before refusing",
+                           file: file, line: line)
+        }
+        let config = scratch.appendingPathComponent("student.json")
+        try #"{"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 1000}"#
+            .write(to: config, atomically: true, encoding: .utf8)
+        try expectRefusal(#"[{"name": "s", "kind": "kd", "config": "\#(config.path)"}]"#, path: "students[0].config",
+                          mentions: "vocab_size 1000 but the tokenizer has 320 pieces")
+        try expectRefusal(#"[{"name": "s", "kind": "kd"}, {"name": "c", "kind": "kd-cached"}]"#, path: "students[1].kind",
+                          mentions: "not available yet")
+        try expectRefusal(#"[{"name": "s", "kind": "kd", "training": {"context": 64}}]"#, path: "students[0].training.context",
+                          mentions: "longer than the teacher's context 32")
+        try expectRefusal(#"[{"name": "s", "kind": "kd-feature", "feature": {"layer_map": "0:9"}}]"#, path: "students[0].feature.layer_map",
+                          mentions: "9")
+        try expectRefusal(#"[{"name": "s", "kind": "baseline", "training": {"eval_batches": 100000}}]"#,
+                          path: "students[0].training.eval_batches", mentions: "validation split")
+        // A run directory that holds something else, or a run of another schema.
+        let stranger = scratch.appendingPathComponent("stranger")
+        try FileManager.default.createDirectory(at: stranger, withIntermediateDirectories: true)
+        try "notes".write(to: stranger.appendingPathComponent("notes.txt"), atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try self.run(try Self.recipe(in: scratch, students: Self.students), stranger)) {
+            XCTAssertEqual($0 as? PipelineError, .notARunDirectory(stranger.path))
+        }
+        // The run directory must not hold the corpus.
+        XCTAssertThrowsError(try self.run(try Self.recipe(in: scratch, students: Self.students), corpus.directory)) {
+            XCTAssertTrue("\($0)".contains("would overwrite"), "\($0)")
+        }
+    }
+}
