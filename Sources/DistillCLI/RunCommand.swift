@@ -45,15 +45,30 @@ struct RunCommand: ParsableCommand {
         if let executable = Bundle.main.executableURL { searchRoots.append(executable.resolvingSymlinksInPath().deletingLastPathComponent()) }
 
         let progress = RunProgress()
-        let outcome = try Pipeline.run(loaded, output: output, searchRoots: searchRoots, callbacks: PipelineCallbacks(
-            log: progress.stage, training: progress.training, trainingLog: progress.trainingLog,
-            shouldStop: { Interrupt.isRequested }))
+        defer { progress.finish() }
+        let outcome: PipelineOutcome
+        do {
+            outcome = try Pipeline.run(loaded, output: output, searchRoots: searchRoots, callbacks: PipelineCallbacks(
+                log: progress.stage, training: progress.training, trainingLog: progress.trainingLog,
+                shouldStop: { Interrupt.isRequested }))
+        } catch let error as RecipeError where recipe == nil {
+            // With --corpus the recipe is the built-in one: say where to change it.
+            throw DefaultRecipeError(underlying: error)
+        }
         progress.finish()
         printSummary(outcome.report, files: outcome.reportFiles)
         if outcome.interrupted {
             FileHandle.standardError.write(Data("interrupted: run the same command again to continue where it stopped\n".utf8))
             throw ExitCode(130)
         }
+    }
+}
+
+/// A setting of the default recipe that does not suit the user's corpus.
+struct DefaultRecipeError: Error, CustomStringConvertible {
+    let underlying: RecipeError
+    var description: String {
+        "\(underlying) (--corpus runs the default recipe, recipes/kjv.json: copy it, set \"corpus\" to your text and change it there)"
     }
 }
 
@@ -96,6 +111,8 @@ final class RunProgress {
     }
 
     func training(_ model: String, _ event: TrainingEvent) {
+        // The run says how to continue after an interruption; the printer's line names a flag of `train`.
+        if case .interrupted = event { return }
         if current != model { endLiveLine() }
         current = model
         let printer = printers[model] ?? ProgressPrinter(label: "\(model): ")

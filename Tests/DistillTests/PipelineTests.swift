@@ -173,4 +173,34 @@ final class PipelineTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("would overwrite"), "\($0)")
         }
     }
+
+    func testCommandLineMistakesGiveOneLine() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: CommandLineTests.executable.path),
+                          "the distill executable was not built next to the tests")
+        let scratch = try TestCorpus.scratch("pipeline-cli")
+        let corpus = try TestCorpus.files()
+        func expectError(_ arguments: [String], mentions phrase: String, file: StaticString = #filePath, line: UInt = #line) throws {
+            let outcome = try runProcess(CommandLineTests.executable, arguments)
+            XCTAssertNotEqual(outcome.status, 0, "exit status for \(arguments)", file: file, line: line)
+            let lines = outcome.errors.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+            XCTAssertEqual(lines.count, 1, outcome.transcript, file: file, line: line)
+            XCTAssertTrue(outcome.errors.contains(phrase), "'\(phrase)' not in: \(outcome.errors)", file: file, line: line)
+            XCTAssertFalse(outcome.errors.contains("Fatal error") || outcome.errors.contains("Stack dump"), outcome.errors, file: file, line: line)
+        }
+        let bad = scratch.appendingPathComponent("bad.json")
+        try """
+            {"schema_version": 1, "corpus": "\(corpus.text.path)", "tokenizer": {"vocab_size": 300}, "teacher": {"preset": "tiny"},
+             "students": [{"name": "a", "kind": "baseline"}, {"name": "b", "kind": "foo"}]}
+            """.write(to: bad, atomically: true, encoding: .utf8)
+        try expectError(["run", bad.path, "--output", scratch.appendingPathComponent("r1").path],
+                        mentions: "students[1].kind: unknown student kind \"foo\"")
+        try expectError(["run"], mentions: "RECIPE")
+        try expectError(["run", bad.path, "--corpus", corpus.text.path], mentions: "not both")
+        try expectError(["run", scratch.appendingPathComponent("none.json").path], mentions: "does not exist")
+        try expectError(["report", scratch.path], mentions: "run.json")
+        // The default recipe's 4,096 pieces do not fit the tiny corpus: said before any training.
+        let run = scratch.appendingPathComponent("r2")
+        try expectError(["run", "--corpus", corpus.text.path, "--output", run.path], mentions: "tokenizer.vocab_size")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: run.appendingPathComponent("models").path))
+    }
 }

@@ -207,8 +207,14 @@ public final class Pipeline {
                 try AtomicFile.write(bytes, to: URL(fileURLWithPath: tokenizerPath))
             } else if case let .train(vocab, type) = recipe.tokenizer {
                 callbacks.log("tokenizer: training \(vocab) pieces (\(type.rawValue)) on the corpus")
-                try Tokenizer.train(inputs: plan.corpusFiles, vocabSize: vocab, modelType: type, output: tokenizerPath,
-                                    threads: Compute.threads)
+                do {
+                    try Tokenizer.train(inputs: plan.corpusFiles, vocabSize: vocab, modelType: type, output: tokenizerPath,
+                                        threads: Compute.threads)
+                } catch TokenizerError.vocabularyTooLarge(let requested, let maximum) {
+                    throw RecipeError("tokenizer.vocab_size", "is \(requested), but this corpus can fill at most \(maximum) pieces: lower it (or give more text)")
+                } catch TokenizerError.vocabularyTooSmall(let requested, let minimum) {
+                    throw RecipeError("tokenizer.vocab_size", "is \(requested), but this corpus needs at least \(minimum) pieces: raise it")
+                }
             }
             let tokenizer = try Tokenizer(modelPath: tokenizerPath)
             return .object([("vocab_size", .integer(Int64(tokenizer.vocabSize))), ("seconds", .number(Date().timeIntervalSince(started)))])
