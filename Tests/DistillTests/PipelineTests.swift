@@ -203,4 +203,31 @@ final class PipelineTests: XCTestCase {
         try expectError(["run", "--corpus", corpus.text.path, "--output", run.path], mentions: "tokenizer.vocab_size")
         XCTAssertFalse(FileManager.default.fileExists(atPath: run.appendingPathComponent("models").path))
     }
+
+    func testExistingTeacherDirectoriesBringTheirTokenizer() throws {
+        let scratch = try TestCorpus.scratch("pipeline-existing")
+        let corpus = try TestCorpus.files()
+        let first = scratch.appendingPathComponent("first")
+        let (trained, _) = try self.run(try Self.recipe(in: scratch, students: #"[{"name": "baseline", "kind": "baseline"}]"#), first)
+        func recipe(_ teacher: String) throws -> Recipe {
+            try Recipe.decode("""
+                {"schema_version": 1, "corpus": "\(corpus.text.path)", "teacher": {"directories": ["\(teacher)"]},
+                 "student": {"training": {"steps": 10, "batch_size": 4, "context": 32, "eval_batches": 2}},
+                 "students": [{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd"}], "samples": {"prompts": []}}
+                """, baseDirectory: scratch)
+        }
+        let (outcome, lines) = try self.run(try recipe(first.appendingPathComponent("models/teacher").path), scratch.appendingPathComponent("second"))
+        XCTAssertEqual(outcome.report.models.map(\.name), ["teacher", "baseline", "kd"])
+        XCTAssertFalse(outcome.ran.contains("teacher"), "\(lines)")
+        XCTAssertEqual(outcome.report.models[0].evaluation, trained.report.models[0].evaluation,
+                       "the same teacher on the same text encoded with its own tokenizer")
+        XCTAssertNil(outcome.report.models[0].trainingSeconds)
+        XCTAssertNotNil(outcome.report.models[2].gapClosed)
+
+        // A Hugging Face directory without tokenizer.model cannot encode the corpus.
+        let fixture = Bundle.module.url(forResource: "Fixtures", withExtension: nil)!.appendingPathComponent("llama-tied")
+        XCTAssertThrowsError(try self.run(try recipe(fixture.path), scratch.appendingPathComponent("third"))) { error in
+            XCTAssertTrue("\(error)".hasPrefix("teacher.directories[0]:"), "\(error)")
+        }
+    }
 }
