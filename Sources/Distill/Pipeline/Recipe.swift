@@ -127,7 +127,7 @@ public struct RecipeTeacher: Sendable {
     /// Ensemble weights of several teachers (nil: equal).
     public var weights: [Float]?
 
-    /// The teachers' model directories relative to the run directory, or absolute for existing ones.
+    /// Whether the run trains the teacher (rather than using existing directories).
     public var isTrained: Bool { if case .train = source { return true } else { return false } }
 }
 
