@@ -120,7 +120,7 @@ final class PipelineTests: XCTestCase {
         let scratch = try TestCorpus.scratch("pipeline-eval")
         let run = scratch.appendingPathComponent("run")
         _ = try self.run(try Self.recipe(in: scratch, students: #"[{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd"}]"#), run)
-        let report = try JSONValue.parse(Data(contentsOf: run.appendingPathComponent("report.json")))
+        let report = try JSONNode.parse(Data(contentsOf: run.appendingPathComponent("report.json")))
         guard case .array(let models)? = report["models"] else { return XCTFail("no models in report.json") }
         XCTAssertEqual(models.count, 3)
         for model in models {
@@ -128,7 +128,7 @@ final class PipelineTests: XCTestCase {
             let eval = try runProcess(CommandLineTests.executable, ["eval", "--data", run.appendingPathComponent("data.tok").path,
                                                                      "--model", run.appendingPathComponent("models/\(name)").path, "--json"])
             XCTAssertEqual(eval.status, 0, eval.transcript)
-            let expected = try JSONValue.parse(eval.output)
+            let expected = try JSONNode.parse(eval.output)
             for field in ["perplexity", "bits_per_byte", "nll_sum", "tokens", "bytes", "parameters"] {
                 let ours = try XCTUnwrap(model[field]?.doubleValue, field), theirs = try XCTUnwrap(expected[field]?.doubleValue, field)
                 XCTAssertEqual(ours, theirs, accuracy: abs(theirs) * 1e-12, "\(name) \(field)")

@@ -118,14 +118,14 @@ final class RecipeTests: XCTestCase {
         XCTAssertEqual(kjv.normalized, standard.normalized)
     }
 
-    func testJSONValueReadsAndWritesExactly() throws {
-        let value = try JSONValue.parse(#"{"b": [1, 2.5, -3e2, true, null, "x\"\u00e9\n"], "a": {"seed": 18446744073709551}}"#)
+    func testJSONNodeReadsAndWritesExactly() throws {
+        let value = try JSONNode.parse(#"{"b": [1, 2.5, -3e2, true, null, "x\"\u00e9\n"], "a": {"seed": 18446744073709551}}"#)
         XCTAssertEqual(value["a"]?["seed"], .integer(18446744073709551))
         XCTAssertEqual(value["b"], .array([.integer(1), .number(2.5), .number(-300), .bool(true), .null, .string("x\"é\n")]))
-        XCTAssertEqual(try JSONValue.parse(value.canonicalText), value)
-        XCTAssertEqual(try JSONValue.parse(value.prettyText), value)
+        XCTAssertEqual(try JSONNode.parse(value.canonicalText), value)
+        XCTAssertEqual(try JSONNode.parse(value.prettyText), value)
         XCTAssertTrue(value.canonicalText.hasPrefix(#"{"a":"#), "canonical text sorts keys")
-        XCTAssertThrowsError(try JSONValue.parse("[1, 2")) { XCTAssertTrue("\($0)".contains("']'"), "\($0)") }
-        XCTAssertThrowsError(try JSONValue.parse("01"))
+        XCTAssertThrowsError(try JSONNode.parse("[1, 2")) { XCTAssertTrue("\($0)".contains("']'"), "\($0)") }
+        XCTAssertThrowsError(try JSONNode.parse("01"))
     }
 }

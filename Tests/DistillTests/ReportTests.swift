@@ -105,11 +105,11 @@ final class ReportTests: XCTestCase {
 
     func testStageRecordsSayWhetherAStageIsCurrent() throws {
         let store = try StageStore(runDirectory: try TestCorpus.scratch("stages"))
-        let settings = JSONValue.object([("steps", .integer(10))])
+        let settings = JSONNode.object([("steps", .integer(10))])
         let key = StageStore.key(stage: "s", settings: settings, inputs: [("data", "abc")])
         XCTAssertNotEqual(key, StageStore.key(stage: "s", settings: .object([("steps", .integer(11))]), inputs: [("data", "abc")]))
         XCTAssertNotEqual(key, StageStore.key(stage: "s", settings: settings, inputs: [("data", "abd")]))
-        XCTAssertEqual(key, StageStore.key(stage: "s", settings: try JSONValue.parse(#"{ "steps" : 10 }"#), inputs: [("data", "abc")]))
+        XCTAssertEqual(key, StageStore.key(stage: "s", settings: try JSONNode.parse(#"{ "steps" : 10 }"#), inputs: [("data", "abc")]))
         XCTAssertEqual(store.status("s", key: key), .stale)
         try store.begin("s", key: key, settings: settings, inputs: [("data", "abc")])
         XCTAssertEqual(store.status("s", key: key), .started)

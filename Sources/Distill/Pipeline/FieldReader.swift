@@ -21,10 +21,10 @@ public struct RecipeError: Error, CustomStringConvertible, Equatable {
 struct FieldReader {
     /// The JSON path of this object, e.g. `students[1]` (empty at the top level).
     let path: String
-    private let pairs: [(String, JSONValue)]
+    private let pairs: [(String, JSONNode)]
     private var known: [String] = []
 
-    init(_ value: JSONValue, path: String) throws {
+    init(_ value: JSONNode, path: String) throws {
         guard case .object(let pairs) = value else {
             throw RecipeError(path.isEmpty ? "recipe" : path, "expected an object ({...}), found \(value.kind)")
         }
@@ -42,13 +42,13 @@ struct FieldReader {
     }
 
     /// The raw value of `key`, or nil when absent or null.
-    mutating func value(_ key: String) -> JSONValue? {
+    mutating func value(_ key: String) -> JSONNode? {
         if !known.contains(key) { known.append(key) }
         guard let value = pairs.first(where: { $0.0 == key })?.1, value != .null else { return nil }
         return value
     }
 
-    mutating func required(_ key: String, _ what: String) throws -> JSONValue {
+    mutating func required(_ key: String, _ what: String) throws -> JSONNode {
         guard let value = value(key) else { throw RecipeError(path(key), "missing: give \(what)") }
         return value
     }
@@ -112,7 +112,7 @@ struct FieldReader {
         return try FieldReader(value, path: path(key))
     }
 
-    mutating func array(_ key: String) throws -> [JSONValue]? {
+    mutating func array(_ key: String) throws -> [JSONNode]? {
         guard let value = value(key) else { return nil }
         guard case .array(let values) = value else { throw RecipeError(path(key), "expected an array ([...]), found \(value.kind)") }
         return values

@@ -168,8 +168,8 @@ public final class Pipeline {
     }
 
     /// Skips the stage when `outputs` exist and its record finished under `key`; else runs `body`.
-    private func simpleStage(_ stage: String, label: String, key: String, settings: JSONValue, inputs: [(String, String)],
-                             outputs: [String], body: () throws -> JSONValue) throws {
+    private func simpleStage(_ stage: String, label: String, key: String, settings: JSONNode, inputs: [(String, String)],
+                             outputs: [String], body: () throws -> JSONNode) throws {
         if store.status(stage, key: key) == .finished, outputs.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) {
             callbacks.log("\(label): up to date")
             skipped.append(stage)
@@ -182,7 +182,7 @@ public final class Pipeline {
     }
 
     private func tokenizerStage(_ plan: Plan, corpusKey: String) throws -> String {
-        let settings: JSONValue, inputs: [(String, String)], source: String?
+        let settings: JSONNode, inputs: [(String, String)], source: String?
         switch recipe.tokenizer {
         case .train:
             settings = Normal.tokenizer(recipe.tokenizer)
@@ -223,7 +223,7 @@ public final class Pipeline {
     }
 
     private func dataStage(_ plan: Plan, corpusKey: String, tokenizerKey: String) throws -> String {
-        let settings = JSONValue.object([("validation_fraction", .number(recipe.validationFraction))])
+        let settings = JSONNode.object([("validation_fraction", .number(recipe.validationFraction))])
         let inputs = [("corpus", corpusKey), ("tokenizer", tokenizerKey)]
         let key = StageStore.key(stage: "data", settings: settings, inputs: inputs)
         try simpleStage("data", label: "token file", key: key, settings: settings, inputs: inputs,
@@ -241,7 +241,7 @@ public final class Pipeline {
 
     /// A training stage: skipped when finished under `key` with its models on disk, resumed when it
     /// started under `key` and left checkpoints, started afresh (old outputs removed) otherwise.
-    private func trainingStage(_ stage: String, label: String, key: String, settings: JSONValue, inputs: [(String, String)],
+    private func trainingStage(_ stage: String, label: String, key: String, settings: JSONNode, inputs: [(String, String)],
                                models: [String], field: String, train: (_ resume: Bool) throws -> [TrainingOutcome]) throws {
         let directories = models.map { URL(fileURLWithPath: modelPath($0)) }
         let status = store.status(stage, key: key)
@@ -268,7 +268,7 @@ public final class Pipeline {
             callbacks.log("\(label): interrupted and saved; run the same command again to continue")
             return
         }
-        let result = JSONValue.object([("models", .object(zip(models, outcomes).map { name, outcome in
+        let result = JSONNode.object([("models", .object(zip(models, outcomes).map { name, outcome in
             (name, .object([("parameters", .integer(Int64(outcome.parameterCount))), ("steps", .integer(Int64(outcome.step))),
                             ("seconds", .number(outcome.seconds)), ("tokens_per_second", .number(outcome.tokensPerSecond))]))
         }))])
@@ -331,7 +331,7 @@ public final class Pipeline {
     }
 
     private func evaluationStage(_ entry: ModelEntry, producer: String, dataKey: String, plan: Plan) throws {
-        var settings = JSONValue.object([("text", recipe.evaluation.text.map(JSONValue.string) ?? .null),
+        var settings = JSONNode.object([("text", recipe.evaluation.text.map(JSONNode.string) ?? .null),
                                          ("stride", recipe.evaluation.stride.map { .integer(Int64($0)) } ?? .null)])
         if let text = recipe.evaluation.text {
             settings = .object([("evaluation", settings), ("text_hash", .string(try Fingerprint.contents(of: text)))])
@@ -377,7 +377,7 @@ public final class Pipeline {
             // A short untimed generation first: the first one pays for thread start-up and page faults.
             var warmUp = try Sampler(temperature: 0)
             _ = try generate(session: session, prompt: [max(tokenizer.bosId, 0)], maxTokens: 4, sampler: &warmUp)
-            var texts: [JSONValue] = [], produced = 0, seconds = 0.0
+            var texts: [JSONNode] = [], produced = 0, seconds = 0.0
             for prompt in recipe.samples.prompts {
                 // The same sampler and seed for every model and prompt.
                 var sampler = try Sampler(temperature: recipe.samples.temperature, topK: recipe.samples.topK,
@@ -427,13 +427,13 @@ public final class Pipeline {
 
     private func writeManifest(_ models: [ModelEntry], plan: Plan) throws {
         let evaluation = recipe.evaluation.text.map { "the text \($0)" } ?? "the full validation split of data.tok (the last \(Int((recipe.validationFraction * 100).rounded()))% of the corpus)"
-        let manifest = JSONValue.object([
+        let manifest = JSONNode.object([
             ("format", .integer(Int64(RunDirectory.format))), ("schema_version", .integer(Int64(Recipe.schemaVersion))),
             ("distill_version", .string(DistillVersion.string)), ("machine", .string(RunDirectory.machineDescription)),
-            ("description", recipe.about.map(JSONValue.string) ?? .null), ("evaluation", .string(evaluation)),
+            ("description", recipe.about.map(JSONNode.string) ?? .null), ("evaluation", .string(evaluation)),
             ("models", .array(models.map { entry in
                 .object([("name", .string(entry.name)), ("role", .string(entry.role)), ("kind", .string(entry.kind)),
-                         ("directory", .string(entry.directory)), ("training_stage", entry.trainingStage.map(JSONValue.string) ?? .null),
+                         ("directory", .string(entry.directory)), ("training_stage", entry.trainingStage.map(JSONNode.string) ?? .null),
                          ("eval_stage", .string("eval-\(entry.name)")),
                          ("samples_stage", recipe.samples.prompts.isEmpty ? .null : .string("samples-\(entry.name)"))])
             })),

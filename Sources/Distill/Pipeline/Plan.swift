@@ -178,7 +178,7 @@ struct Plan {
 
     /// The key of the corpus: the contents of its files, in order.
     func corpusKey() throws -> String {
-        let hashes = try corpusFiles.map { JSONValue.string(try Fingerprint.contents(of: $0)) }
+        let hashes = try corpusFiles.map { JSONNode.string(try Fingerprint.contents(of: $0)) }
         return StageStore.key(stage: "corpus", settings: .array(hashes), inputs: [])
     }
 
@@ -215,7 +215,7 @@ struct Plan {
     }
 
     /// `settings` with the content hash of a config file, so that editing the file re-runs the stage.
-    static func withConfigHash(_ settings: JSONValue, _ shape: RecipeModelShape) throws -> JSONValue {
+    static func withConfigHash(_ settings: JSONNode, _ shape: RecipeModelShape) throws -> JSONNode {
         guard case .config(let path) = shape else { return settings }
         return .object([("settings", settings), ("config_hash", .string(try Fingerprint.contents(of: path)))])
     }

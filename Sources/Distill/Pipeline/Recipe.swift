@@ -21,7 +21,7 @@ public struct Recipe: Sendable {
     public var samples: RecipeSamples
     /// The recipe in normal form: every default written out, paths absolute. Stage hashes and run.json
     /// are made from it, so writing a default explicitly or reformatting the file changes nothing.
-    public var normalized: JSONValue
+    public var normalized: JSONNode
 
     /// Reads and checks the recipe file at `path`.
     public static func load(_ path: String) throws -> Recipe {
@@ -40,8 +40,8 @@ public struct Recipe: Sendable {
 
     /// Parses recipe JSON; relative paths are resolved against `baseDirectory`.
     public static func decode(_ data: Data, baseDirectory: URL) throws -> Recipe {
-        let value: JSONValue
-        do { value = try JSONValue.parse(data) } catch let error as JSONSyntaxError {
+        let value: JSONNode
+        do { value = try JSONNode.parse(data) } catch let error as JSONSyntaxError {
             throw RecipeError("", "not valid JSON: \(error)")
         }
         return try RecipeParser(base: baseDirectory.standardizedFileURL).recipe(value)
@@ -54,11 +54,11 @@ public struct Recipe: Sendable {
     /// The default experiment (the same as recipes/kjv.json) on `corpus`: a tokenizer, a `tiny` teacher,
     /// a baseline student and a distilled student, sampled and compared.
     public static func standard(corpus: [String], name: String = "default") throws -> Recipe {
-        guard case .object(var pairs) = try JSONValue.parse(standardText) else { throw RecipeError("", "the default recipe is damaged") }
+        guard case .object(var pairs) = try JSONNode.parse(standardText) else { throw RecipeError("", "the default recipe is damaged") }
         let absolute = corpus.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
         pairs = pairs.map { key, value in
             switch key {
-            case "corpus": return (key, .array(absolute.map(JSONValue.string)))
+            case "corpus": return (key, .array(absolute.map(JSONNode.string)))
             case "name": return (key, .string(name))
             default: return (key, value)
             }
@@ -181,7 +181,7 @@ public struct RecipeStudent: Sendable {
     /// `mutual`: the number of peers.
     public var peers: Int
     /// This student's settings in normal form (hashed by its stage).
-    public var normalized: JSONValue
+    public var normalized: JSONNode
 
     /// The model directories (names under models/) this student makes, in report order.
     public var modelNames: [String] {
@@ -235,7 +235,7 @@ struct RecipeParser {
         return resolved
     }
 
-    func recipe(_ value: JSONValue) throws -> Recipe {
+    func recipe(_ value: JSONNode) throws -> Recipe {
         var top = try FieldReader(value, path: "")
         guard let version = try top.integer("schema_version") else {
             throw RecipeError("schema_version", "missing: this distill reads recipes with \"schema_version\": \(Recipe.schemaVersion)")
@@ -358,15 +358,15 @@ struct RecipeParser {
         try samplesReader.finish()
         try top.finish()
 
-        let normalized = JSONValue.object([
+        let normalized = JSONNode.object([
             ("schema_version", .integer(Int64(Recipe.schemaVersion))),
             ("name", .string(name)),
-            ("corpus", { if case .paths(let paths) = corpus { return .array(paths.map(JSONValue.string)) } else { return .string("default") } }()),
+            ("corpus", { if case .paths(let paths) = corpus { return .array(paths.map(JSONNode.string)) } else { return .string("default") } }()),
             ("validation_fraction", .number(validationFraction)),
             ("tokenizer", Normal.tokenizer(tokenizer)),
             ("teacher", Normal.teacher(teacher)),
             ("students", .array(students.map(\.normalized))),
-            ("evaluation", .object([("text", evaluation.text.map(JSONValue.string) ?? .null),
+            ("evaluation", .object([("text", evaluation.text.map(JSONNode.string) ?? .null),
                                     ("stride", evaluation.stride.map { .integer(Int64($0)) } ?? .null)])),
             ("samples", Normal.samples(samples)),
         ])
@@ -595,7 +595,7 @@ struct RecipeParser {
         let peers = try reader.int("peers", in: 2...64) ?? (kind == .mutual ? 2 : 1)
         let initFromTeacher = try reader.bool("init_from_teacher") ?? false
 
-        var fields: [(String, JSONValue)] = [
+        var fields: [(String, JSONNode)] = [
             ("name", .string(name)), ("kind", .string(kind.rawValue)),
             ("model", Normal.shape(shape)), ("training", Normal.training(training, context: context)),
         ]
@@ -606,7 +606,7 @@ struct RecipeParser {
         }
         if kind == .kdFeature {
             fields.append(("feature", .object([("weight", Normal.float(settings.weights.feature)),
-                                                ("layer_map", layerMap.map(JSONValue.string) ?? .null),
+                                                ("layer_map", layerMap.map(JSONNode.string) ?? .null),
                                                 ("distance", .string(settings.featureDistance.rawValue))])))
         }
         if kind == .kdRelational {
@@ -632,16 +632,16 @@ struct RecipeParser {
 /// The normal forms of recipe parts: every setting written out, in a fixed order.
 enum Normal {
     /// A Float as the shortest decimal that reads back as it (0.003, not 0.003000000026077032).
-    static func float(_ value: Float) -> JSONValue { .number(Double("\(value)") ?? Double(value)) }
+    static func float(_ value: Float) -> JSONNode { .number(Double("\(value)") ?? Double(value)) }
 
-    static func shape(_ shape: RecipeModelShape) -> JSONValue {
+    static func shape(_ shape: RecipeModelShape) -> JSONNode {
         switch shape {
         case .preset(let name): return .object([("preset", .string(name))])
         case .config(let path): return .object([("config", .string(path))])
         }
     }
 
-    static func training(_ p: TrainingParameters, context: Int?) -> JSONValue {
+    static func training(_ p: TrainingParameters, context: Int?) -> JSONNode {
         .object([
             ("steps", .integer(Int64(p.steps))), ("batch_size", .integer(Int64(p.batchSize))),
             ("context", context.map { .integer(Int64($0)) } ?? .null), ("accumulation", .integer(Int64(p.accumulationSteps))),
@@ -655,8 +655,8 @@ enum Normal {
         ])
     }
 
-    static func logits(_ s: DistillationSettings) -> JSONValue {
-        var fields: [(String, JSONValue)] = [
+    static func logits(_ s: DistillationSettings) -> JSONNode {
+        var fields: [(String, JSONNode)] = [
             ("ce_weight", Normal.float(s.weights.ce)), ("kd_weight", Normal.float(s.weights.kd)),
             ("temperature", Normal.float(s.logits.temperature)), ("divergence", .string(s.logits.divergence.name)),
         ]
@@ -670,7 +670,7 @@ enum Normal {
         return .object(fields)
     }
 
-    static func tokenizer(_ tokenizer: RecipeTokenizer) -> JSONValue {
+    static func tokenizer(_ tokenizer: RecipeTokenizer) -> JSONNode {
         switch tokenizer {
         case let .train(vocab, type): return .object([("vocab_size", .integer(Int64(vocab))), ("model_type", .string(type.rawValue))])
         case .file(let path): return .object([("model", .string(path))])
@@ -678,19 +678,19 @@ enum Normal {
         }
     }
 
-    static func teacher(_ teacher: RecipeTeacher) -> JSONValue {
+    static func teacher(_ teacher: RecipeTeacher) -> JSONNode {
         switch teacher.source {
         case let .train(shape, training, context):
             return .object([("model", self.shape(shape)), ("training", self.training(training, context: context))])
         case .directories(let directories):
-            return .object([("directories", .array(directories.map(JSONValue.string))),
+            return .object([("directories", .array(directories.map(JSONNode.string))),
                             ("weights", teacher.weights.map { .array($0.map { Normal.float($0) }) } ?? .null)])
         }
     }
 
-    static func samples(_ samples: RecipeSamples) -> JSONValue {
+    static func samples(_ samples: RecipeSamples) -> JSONNode {
         .object([
-            ("prompts", .array(samples.prompts.map(JSONValue.string))), ("max_tokens", .integer(Int64(samples.maxTokens))),
+            ("prompts", .array(samples.prompts.map(JSONNode.string))), ("max_tokens", .integer(Int64(samples.maxTokens))),
             ("temperature", Normal.float(samples.temperature)), ("top_k", samples.topK.map { .integer(Int64($0)) } ?? .null),
             ("top_p", samples.topP.map { Normal.float($0) } ?? .null), ("seed", .integer(Int64(bitPattern: samples.seed))),
         ])

@@ -49,7 +49,7 @@ public enum RunDirectory {
     }
 
     /// Reads run.json and refuses one of another schema or layout.
-    public static func readManifest(_ url: URL) throws -> JSONValue {
+    public static func readManifest(_ url: URL) throws -> JSONNode {
         let manifest = url.appendingPathComponent(manifestFile)
         guard let data = FileManager.default.contents(atPath: manifest.path) else {
             var isDirectory: ObjCBool = false
@@ -58,7 +58,7 @@ public enum RunDirectory {
             }
             throw IOError.missing(url.path)
         }
-        guard let value = try? JSONValue.parse(data), case .object = value else {
+        guard let value = try? JSONNode.parse(data), case .object = value else {
             throw PipelineError.damagedRun(url.path, "run.json is not valid JSON")
         }
         let version = value["schema_version"]?.intValue ?? 0
@@ -69,7 +69,7 @@ public enum RunDirectory {
     }
 
     /// Writes run.json.
-    static func writeManifest(_ url: URL, _ manifest: JSONValue) throws {
+    static func writeManifest(_ url: URL, _ manifest: JSONNode) throws {
         try AtomicFile.write(Data(manifest.prettyText.utf8), to: url.appendingPathComponent(manifestFile))
     }
 

@@ -25,8 +25,8 @@ public final class StageStore {
     }
 
     /// The key of a stage: FNV-1a 64 of the canonical text of its name, settings and inputs' keys.
-    public static func key(stage: String, settings: JSONValue, inputs: [(String, String)]) -> String {
-        let text = JSONValue.object([
+    public static func key(stage: String, settings: JSONNode, inputs: [(String, String)]) -> String {
+        let text = JSONNode.object([
             ("stage", .string(stage)), ("settings", settings),
             ("inputs", .object(inputs.map { ($0.0, .string($0.1)) })),
         ]).canonicalText
@@ -41,9 +41,9 @@ public final class StageStore {
     func url(_ stage: String) -> URL { directory.appendingPathComponent(stage + ".json") }
 
     /// The stage's record, or nil when it has none (or an unreadable one, which counts as none).
-    public func record(_ stage: String) -> JSONValue? {
+    public func record(_ stage: String) -> JSONNode? {
         guard let data = FileManager.default.contents(atPath: url(stage).path) else { return nil }
-        return try? JSONValue.parse(data)
+        return try? JSONNode.parse(data)
     }
 
     public func status(_ stage: String, key: String) -> Status {
@@ -52,21 +52,21 @@ public final class StageStore {
     }
 
     /// The result a finished stage recorded.
-    public func result(_ stage: String) -> JSONValue? { record(stage)?["result"] }
+    public func result(_ stage: String) -> JSONNode? { record(stage)?["result"] }
 
     /// Records that the stage started under `key`.
-    public func begin(_ stage: String, key: String, settings: JSONValue, inputs: [(String, String)]) throws {
+    public func begin(_ stage: String, key: String, settings: JSONNode, inputs: [(String, String)]) throws {
         try write(stage, key: key, status: "started", settings: settings, inputs: inputs, result: .null)
     }
 
     /// Records that the stage finished under `key` with `result`.
-    public func finish(_ stage: String, key: String, settings: JSONValue, inputs: [(String, String)], result: JSONValue) throws {
+    public func finish(_ stage: String, key: String, settings: JSONNode, inputs: [(String, String)], result: JSONNode) throws {
         try write(stage, key: key, status: "finished", settings: settings, inputs: inputs, result: result)
     }
 
-    private func write(_ stage: String, key: String, status: String, settings: JSONValue, inputs: [(String, String)],
-                       result: JSONValue) throws {
-        let record = JSONValue.object([
+    private func write(_ stage: String, key: String, status: String, settings: JSONNode, inputs: [(String, String)],
+                       result: JSONNode) throws {
+        let record = JSONNode.object([
             ("stage", .string(stage)), ("key", .string(key)), ("status", .string(status)),
             ("time", .string(ISO8601DateFormatter().string(from: Date()))),
             ("inputs", .object(inputs.map { ($0.0, .string($0.1)) })), ("settings", settings), ("result", result),

@@ -43,7 +43,7 @@ public struct RunReport: Sendable {
     /// What the models were scored on, in words.
     public var evaluationText: String
     public var models: [ReportModel]
-    public var sampleSettings: JSONValue
+    public var sampleSettings: JSONNode
     public var samples: [ReportSample]
     /// Plot files, relative to the run directory: (id, path, title).
     public var plots: [(id: String, path: String, title: String)] = []
@@ -154,10 +154,10 @@ public struct RunReport: Sendable {
     }
 
     /// report.json: every number of the table, unrounded.
-    public var json: JSONValue {
-        func optional(_ value: Double?) -> JSONValue { value.map { $0.isFinite ? .number($0) : .null } ?? .null }
-        let modelValues = models.map { model -> JSONValue in
-            var fields: [(String, JSONValue)] = [
+    public var json: JSONNode {
+        func optional(_ value: Double?) -> JSONNode { value.map { $0.isFinite ? .number($0) : .null } ?? .null }
+        let modelValues = models.map { model -> JSONNode in
+            var fields: [(String, JSONNode)] = [
                 ("name", .string(model.name)), ("role", .string(model.role)), ("kind", .string(model.kind)),
                 ("directory", .string(model.directory)), ("parameters", model.parameters.map { .integer(Int64($0)) } ?? .null),
             ]
@@ -269,7 +269,7 @@ public struct RunReport: Sendable {
     }
 }
 
-extension JSONValue {
+extension JSONNode {
     var stringValue: String? { if case .string(let text) = self { return text } else { return nil } }
     var intValue: Int? {
         switch self {
@@ -285,13 +285,13 @@ extension JSONValue {
         default: return nil
         }
     }
-    var arrayValue: [JSONValue]? { if case .array(let values) = self { return values } else { return nil } }
+    var arrayValue: [JSONNode]? { if case .array(let values) = self { return values } else { return nil } }
 }
 
 extension StageStore {
     /// The result of a stage whose record says it finished (whatever its key: the report shows what
     /// the run directory holds).
-    func finishedResult(_ stage: String) -> JSONValue? {
+    func finishedResult(_ stage: String) -> JSONNode? {
         guard let record = record(stage), record["status"] == .string("finished") else { return nil }
         return record["result"]
     }
@@ -299,7 +299,7 @@ extension StageStore {
     /// The result of a finished stage that was made from the current output of `producer` (its
     /// `model` input is the producer's key and the producer finished): numbers of a model that is being
     /// retrained are not shown.
-    func currentResult(_ stage: String, after producer: String?) -> JSONValue? {
+    func currentResult(_ stage: String, after producer: String?) -> JSONNode? {
         guard let record = record(stage), record["status"] == .string("finished") else { return nil }
         if let producer {
             guard let made = self.record(producer), made["status"] == .string("finished"),

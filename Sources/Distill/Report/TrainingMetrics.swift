@@ -21,7 +21,7 @@ public struct TrainingMetrics: Sendable, Equatable {
         guard let data = FileManager.default.contents(atPath: directory.appendingPathComponent("metrics.jsonl").path) else { return nil }
         var train: [Int: [String: Double]] = [:], validation: [Int: [String: Double]] = [:]
         for line in data.split(separator: UInt8(ascii: "\n")) {
-            guard let value = try? JSONValue.parse(Data(line)), case .object(let pairs) = value,
+            guard let value = try? JSONNode.parse(Data(line)), case .object(let pairs) = value,
                   case .string(let kind)? = value["kind"], let step = value["step"].flatMap(Self.number).map({ Int($0) }) else { continue }
             var terms: [String: Double] = [:]
             for (key, field) in pairs where key != "kind" && key != "step" {
@@ -33,7 +33,7 @@ public struct TrainingMetrics: Sendable, Equatable {
                                validation: validation.sorted { $0.key < $1.key }.map { ($0.key, $0.value) })
     }
 
-    static func number(_ value: JSONValue) -> Double? {
+    static func number(_ value: JSONNode) -> Double? {
         switch value {
         case .integer(let v): return Double(v)
         case .number(let v): return v

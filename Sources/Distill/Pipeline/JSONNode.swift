@@ -4,17 +4,17 @@ import Foundation
 /// survive), objects keep their key order, and duplicate keys are an error. Recipes are read through
 /// it so that every mistake can be reported with its JSON path, and stage settings are hashed from its
 /// canonical text, which does not depend on how a file happened to be formatted.
-public indirect enum JSONValue: Equatable, Sendable, CustomStringConvertible {
+public indirect enum JSONNode: Equatable, Sendable, CustomStringConvertible {
     case null
     case bool(Bool)
     case integer(Int64)
     case number(Double)
     case string(String)
-    case array([JSONValue])
+    case array([JSONNode])
     /// Key–value pairs in the order written.
-    case object([(String, JSONValue)])
+    case object([(String, JSONNode)])
 
-    public static func == (lhs: JSONValue, rhs: JSONValue) -> Bool {
+    public static func == (lhs: JSONNode, rhs: JSONNode) -> Bool {
         switch (lhs, rhs) {
         case (.null, .null): return true
         case let (.bool(a), .bool(b)): return a == b
@@ -30,7 +30,7 @@ public indirect enum JSONValue: Equatable, Sendable, CustomStringConvertible {
     }
 
     /// The value of `key` in an object (nil for other values or a missing key).
-    public subscript(key: String) -> JSONValue? {
+    public subscript(key: String) -> JSONNode? {
         guard case .object(let pairs) = self else { return nil }
         return pairs.first { $0.0 == key }?.1
     }
@@ -71,8 +71,8 @@ public indirect enum JSONValue: Equatable, Sendable, CustomStringConvertible {
         case .null: text += "null"
         case .bool(let value): text += value ? "true" : "false"
         case .integer(let value): text += String(value)
-        case .number(let value): text += JSONValue.format(value)
-        case .string(let value): text += JSONValue.quote(value)
+        case .number(let value): text += JSONNode.format(value)
+        case .string(let value): text += JSONNode.quote(value)
         case .array(let values):
             if values.isEmpty { text += "[]"; return }
             text += "["
@@ -88,7 +88,7 @@ public indirect enum JSONValue: Equatable, Sendable, CustomStringConvertible {
             text += "{"
             for (index, (key, value)) in ordered.enumerated() {
                 if index > 0 { text += "," }
-                text += newline + JSONValue.quote(key) + (indent == nil ? ":" : ": ")
+                text += newline + JSONNode.quote(key) + (indent == nil ? ":" : ": ")
                 value.write(to: &text, indent: indent, sortKeys: sortKeys, level: level + 1)
             }
             text += closing + "}"
@@ -121,9 +121,9 @@ public indirect enum JSONValue: Equatable, Sendable, CustomStringConvertible {
 
 // MARK: reading
 
-extension JSONValue {
+extension JSONNode {
     /// Parses JSON text. Errors name the line and column.
-    public static func parse(_ data: Data) throws -> JSONValue {
+    public static func parse(_ data: Data) throws -> JSONNode {
         var parser = JSONParser(bytes: [UInt8](data))
         parser.skipWhitespace()
         let value = try parser.value(depth: 0)
@@ -132,7 +132,7 @@ extension JSONValue {
         return value
     }
 
-    public static func parse(_ text: String) throws -> JSONValue { try parse(Data(text.utf8)) }
+    public static func parse(_ text: String) throws -> JSONNode { try parse(Data(text.utf8)) }
 
     /// The value as Foundation objects, for JSONSerialization.
     public var foundationObject: Any {
@@ -181,7 +181,7 @@ private struct JSONParser {
         while offset < bytes.count, [0x20, 0x09, 0x0A, 0x0D].contains(bytes[offset]) { offset += 1 }
     }
 
-    mutating func value(depth: Int) throws -> JSONValue {
+    mutating func value(depth: Int) throws -> JSONNode {
         guard depth < 512 else { throw failure("nested too deeply") }
         guard offset < bytes.count else { throw failure("the text ends where a value should be") }
         switch bytes[offset] {
@@ -211,9 +211,9 @@ private struct JSONParser {
         offset += 1
     }
 
-    mutating func object(depth: Int) throws -> JSONValue {
+    mutating func object(depth: Int) throws -> JSONNode {
         offset += 1
-        var pairs: [(String, JSONValue)] = []
+        var pairs: [(String, JSONNode)] = []
         skipWhitespace()
         if offset < bytes.count, bytes[offset] == UInt8(ascii: "}") { offset += 1; return .object([]) }
         while true {
@@ -236,9 +236,9 @@ private struct JSONParser {
         }
     }
 
-    mutating func array(depth: Int) throws -> JSONValue {
+    mutating func array(depth: Int) throws -> JSONNode {
         offset += 1
-        var values: [JSONValue] = []
+        var values: [JSONNode] = []
         skipWhitespace()
         if offset < bytes.count, bytes[offset] == UInt8(ascii: "]") { offset += 1; return .array([]) }
         while true {
@@ -311,7 +311,7 @@ private struct JSONParser {
         return code
     }
 
-    mutating func number() throws -> JSONValue {
+    mutating func number() throws -> JSONNode {
         let start = offset
         var isInteger = true
         if bytes[offset] == UInt8(ascii: "-") { offset += 1 }
