@@ -70,6 +70,9 @@ struct Plan {
                 throw RecipeError("teacher.\(Plan.field(error.setting))", error.problem)
             }
         case .directories(let directories):
+            if recipe.teacher.weights != nil {
+                throw RecipeError("teacher.weights", "weighted ensembles are not available yet in this distill (they arrive with the teacher cache); leave the weights out for equal ones")
+            }
             var configs: [LlamaConfig] = []
             for (index, directory) in directories.enumerated() {
                 inputs.append(OutputGuard.Role("teacher.directories[\(index)]", directory))
