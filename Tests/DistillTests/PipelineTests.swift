@@ -1,4 +1,7 @@
 import XCTest
+#if canImport(FoundationXML)
+import FoundationXML
+#endif
 @testable import Distill
 
 /// `distill run` end to end on the tiny test corpus: every stage, skipping what is up to date, resuming
@@ -53,6 +56,18 @@ final class PipelineTests: XCTestCase {
         }
         let markdown = try String(contentsOf: run.appendingPathComponent("report.md"), encoding: .utf8)
         XCTAssertTrue(markdown.contains("(plots/validation-loss.svg)"), markdown)
+        // The plots parse as XML; the loss charts have one line per trained model, the bars one per model.
+        for (plot, element, kind) in [("validation-loss", "polyline", "series"), ("training-loss", "polyline", "series"),
+                                      ("bits-per-byte", "rect", "bar")] {
+            let document = try XMLDocument(contentsOf: run.appendingPathComponent("plots/\(plot).svg"), options: [])
+            var names: [String] = []
+            func walk(_ node: XMLElement) {
+                if node.name == element, node.value(of: "class") == kind { names.append(node.value(of: "data-name") ?? "") }
+                for child in node.children ?? [] { if let child = child as? XMLElement { walk(child) } }
+            }
+            if let root = document.rootElement() { walk(root) }
+            XCTAssertEqual(names, models, plot)
+        }
 
         // Again: nothing to do, the same report.
         let weights = run.appendingPathComponent("models/kd/model.safetensors")
