@@ -8,10 +8,11 @@ import FoundationXML
 /// what was interrupted, re-running only what changed, and a report that agrees with `distill eval`.
 final class PipelineTests: XCTestCase {
     /// A quick-sized recipe over the test corpus; `students` is the JSON array of students.
-    static func recipe(in directory: URL, students: String, tokenizer: String? = nil, teacherSteps: Int = 30) throws -> Recipe {
+    static func recipe(in directory: URL, students: String, tokenizer: String? = nil, teacherSteps: Int = 30,
+                       text corpusText: String? = nil) throws -> Recipe {
         let corpus = try TestCorpus.files()
         let text = """
-            {"schema_version": 1, "name": "test", "corpus": "\(corpus.text.path)",
+            {"schema_version": 1, "name": "test", "corpus": "\(corpusText ?? corpus.text.path)",
              "tokenizer": \(tokenizer ?? #"{"model": "\#(corpus.tokenizer)"}"#),
              "teacher": {"preset": "tiny", "training": {"steps": \(teacherSteps), "batch_size": 4, "context": 32, "eval_every": 10, "eval_batches": 2, "log_every": 5, "save_every": 10}},
              "student": {"preset": "tiny-student", "training": {"steps": 20, "batch_size": 4, "context": 32, "eval_every": 10, "eval_batches": 2, "log_every": 5, "save_every": 10}},
@@ -168,8 +169,8 @@ final class PipelineTests: XCTestCase {
             .write(to: config, atomically: true, encoding: .utf8)
         try expectRefusal(#"[{"name": "s", "kind": "kd", "config": "\#(config.path)"}]"#, path: "students[0].config",
                           mentions: "vocab_size 1000 but the tokenizer has 320 pieces")
-        try expectRefusal(#"[{"name": "s", "kind": "kd"}, {"name": "c", "kind": "kd-cached"}]"#, path: "students[1].kind",
-                          mentions: "not available yet")
+        try expectRefusal(#"[{"name": "s", "kind": "kd"}, {"name": "c", "kind": "kd-cached", "logits": {"divergence": "reverse-kl"}}]"#,
+                          path: "students[1].logits.divergence", mentions: "only forward-kl")
         try expectRefusal(#"[{"name": "s", "kind": "kd", "training": {"context": 64}}]"#, path: "students[0].training.context",
                           mentions: "longer than the teacher's context 32")
         try expectRefusal(#"[{"name": "s", "kind": "kd-feature", "feature": {"layer_map": "0:9"}}]"#, path: "students[0].feature.layer_map",
@@ -244,5 +245,37 @@ final class PipelineTests: XCTestCase {
         XCTAssertThrowsError(try self.run(try recipe(fixture.path), scratch.appendingPathComponent("third"))) { error in
             XCTAssertTrue("\(error)".hasPrefix("teacher.directories[0]:"), "\(error)")
         }
+    }
+
+    func testCachedBornAgainAndThreePeerStudents() throws {
+        let scratch = try TestCorpus.scratch("pipeline-kinds")
+        let run = scratch.appendingPathComponent("run")
+        // A fifth of the test corpus: a cache covers every position of the token file.
+        let text = scratch.appendingPathComponent("small.txt")
+        try TestCorpus.grammarText(lines: 600, seed: 7).write(to: text, atomically: true, encoding: .utf8)
+        let students = #"""
+            [{"name": "baseline", "kind": "baseline"}, {"name": "cached", "kind": "kd-cached", "cache": {"samples": 4}},
+             {"name": "cached-again", "kind": "kd-cached", "cache": {"samples": 4}, "training": {"lr": 0.002}},
+             {"name": "ba", "kind": "born-again", "generations": 2}, {"name": "peers", "kind": "mutual", "peers": 3}]
+            """#
+        let (first, _) = try self.run(try Self.recipe(in: scratch, students: students, text: text.path), run)
+        XCTAssertEqual(first.report.models.map(\.name),
+                       ["teacher", "baseline", "cached", "cached-again", "ba-g1", "ba-g2", "ba-ensemble", "peers-1", "peers-2", "peers-3"])
+        XCTAssertEqual(first.ran.filter { $0.hasPrefix("cache-") }.count, 1, "one cache for one setting")
+        for model in first.report.models { XCTAssertNotNil(model.evaluation, model.name) }
+        let ensemble = try XCTUnwrap(first.report.models.first { $0.name == "ba-ensemble" })
+        XCTAssertEqual(ensemble.parameters, 2 * (first.report.models[1].parameters ?? 0))
+        XCTAssertNotNil(ensemble.gapClosed)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: run.appendingPathComponent("models/ba/gen-2/model.safetensors").path))
+
+        let (second, _) = try self.run(try Self.recipe(in: scratch, students: students, text: text.path), run)
+        XCTAssertEqual(second.ran, [])
+        XCTAssertEqual(second.report.models, first.report.models)
+
+        // A cached student with another temperature needs another cache; the others stay.
+        let warmer = students.replacingOccurrences(of: #""cache": {"samples": 4}}"#, with: #""cache": {"samples": 4}, "logits": {"temperature": 1}}"#)
+        let (third, _) = try self.run(try Self.recipe(in: scratch, students: warmer, text: text.path), run)
+        XCTAssertEqual(third.ran.filter { !$0.hasPrefix("cache-") }, ["student-cached", "eval-cached", "samples-cached"])
+        XCTAssertEqual(third.ran.filter { $0.hasPrefix("cache-") }.count, 1)
     }
 }

@@ -62,6 +62,8 @@ public final class Pipeline {
         /// Relative to the run directory, or absolute (existing teachers).
         let directory: String
         let trainingStage: String?
+        /// An ensemble's members (directories as `directory`); nil for a single model.
+        var members: [String]? = nil
     }
 
     private init(recipe: Recipe, run: URL, callbacks: PipelineCallbacks) throws {
@@ -132,7 +134,7 @@ public final class Pipeline {
             if stopRequested() { break }
             let key = try studentStage(student, index: index, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
             if interrupted { break }
-            for name in student.modelNames { producers[name] = key }
+            for name in student.reportNames { producers[name] = key }
         }
         if interrupted { return try finish(models) }
 
@@ -241,19 +243,26 @@ public final class Pipeline {
 
     /// A training stage: skipped when finished under `key` with its models on disk, resumed when it
     /// started under `key` and left checkpoints, started afresh (old outputs removed) otherwise.
+    /// `models`: the names of the models `train` returns outcomes for, with their directories; `owned`:
+    /// what to delete before starting afresh (default: those directories); `canResume`: whether the
+    /// outputs hold checkpoints to continue (default: every directory has one).
     private func trainingStage(_ stage: String, label: String, key: String, settings: JSONNode, inputs: [(String, String)],
-                               models: [String], field: String, train: (_ resume: Bool) throws -> [TrainingOutcome]) throws {
-        let directories = models.map { URL(fileURLWithPath: modelPath($0)) }
+                               models names: [String], directories paths: [String]? = nil, owned: [String]? = nil,
+                               canResume: (([URL]) -> Bool)? = nil, field: String,
+                               train: (_ resume: Bool) throws -> [TrainingOutcome]) throws {
+        let models = names
+        let directories = (paths ?? names.map(modelPath)).map { URL(fileURLWithPath: $0) }
         let status = store.status(stage, key: key)
         if status == .finished, directories.allSatisfy({ FileManager.default.fileExists(atPath: $0.appendingPathComponent("model.safetensors").path) }) {
             callbacks.log("\(label): up to date")
             skipped.append(stage)
             return
         }
-        let resume = status == .started && directories.allSatisfy { Checkpoint.exists(in: $0) }
+        let resume = status == .started && (canResume ?? { $0.allSatisfy { Checkpoint.exists(in: $0) } })(directories)
         if !resume {
             // Outputs of other settings (or a run that never saved) are this run's own: start over.
-            for directory in directories where FileManager.default.fileExists(atPath: directory.path) {
+            for directory in (owned.map { $0.map { URL(fileURLWithPath: $0) } } ?? directories)
+            where FileManager.default.fileExists(atPath: directory.path) {
                 try FileManager.default.removeItem(at: directory)
             }
         }
@@ -284,6 +293,12 @@ public final class Pipeline {
     private func studentStage(_ student: RecipeStudent, index: Int, plan: Plan, dataKey: String, teacherKey: String?) throws -> String {
         var inputs = [("data", dataKey)]
         if student.kind.usesTeacher, let teacherKey { inputs.append(("teacher", teacherKey)) }
+        var cache: (path: String, key: String)?
+        if student.kind == .kdCached, let teacherKey {
+            cache = try cacheStage(student, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
+            guard let cache, !interrupted else { return "" }
+            inputs = [("data", dataKey), ("cache", cache.key)]
+        }
         let settings = try Plan.withConfigHash(student.normalized, student.shape)
         let stage = "student-\(student.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
@@ -312,6 +327,7 @@ public final class Pipeline {
                 var teacher = StudentRequest(teachers: plan.teacherDirectories(modelPath("teacher")), settings: student.settings)
                 teacher.layerMap = student.layerMap
                 teacher.initFromTeacher = student.initFromTeacher
+                teacher.teacherWeights = recipe.teacher.weights
                 return [try TrainingRun.student(request, teacher, callbacks: trainingCallbacks(student.name))]
             }
         case .mutual:
@@ -323,11 +339,79 @@ public final class Pipeline {
                 }
                 return try TrainingRun.mutual(requests, settings: student.settings, callbacks: student.modelNames.map(trainingCallbacks))
             }
-        case .kdCached, .bornAgain:
-            // Refused by the plan before any work; kept so the switch stays exhaustive.
-            throw PipelineError.notAvailableYet(field: "\(field).kind", kind: student.kind.rawValue, reason: "no library support")
+        case .kdCached:
+            try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
+                var request = request(student.name)
+                request.resume = resume
+                var cached = StudentRequest(teachers: [], settings: student.settings)
+                cached.teacherCache = cache?.path
+                return [try TrainingRun.student(request, cached, callbacks: trainingCallbacks(student.name))]
+            }
+        case .bornAgain:
+            let root = modelPath(student.name)
+            let generations = (1...student.generations).map { BornAgain.directory(root, generation: $0) }
+            try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames,
+                              directories: generations, owned: [root],
+                              canResume: { $0.contains { Checkpoint.exists(in: $0) } }, field: field) { resume in
+                var training = request(student.name)
+                training.resume = resume
+                let request = GenerationsRequest(training: training, count: student.generations, settings: student.settings,
+                                                 teachers: student.teachWithAll ? .all : .previous)
+                return try BornAgain.run(request) { self.trainingCallbacks("\(student.name)-g\($0)") }.generations
+            }
         }
         return key
+    }
+
+    /// The teacher's targets for `kd-cached` students, built once per distinct setting (sampled or
+    /// top-K, temperature) under RUN/caches/; an interrupted build continues where it stopped.
+    private func cacheStage(_ student: RecipeStudent, plan: Plan, dataKey: String, teacherKey: String) throws -> (path: String, key: String) {
+        let mode: TeacherCacheMode = student.cacheTopK.map { .topK($0) } ?? .samples(student.cacheSamples ?? 16)
+        let settings = JSONNode.object([
+            ("mode", .string(student.cacheTopK == nil ? "samples" : "top_k")),
+            ("size", .integer(Int64(student.cacheTopK ?? student.cacheSamples ?? 16))),
+            ("temperature", Normal.float(student.settings.logits.temperature)),
+            ("weights", recipe.teacher.weights.map { .array($0.map { Normal.float($0) }) } ?? .null),
+        ])
+        let inputs = [("data", dataKey), ("teacher", teacherKey)]
+        let key = StageStore.key(stage: "cache", settings: settings, inputs: inputs)
+        let stage = "cache-\(key.prefix(8))"
+        let path = run.appendingPathComponent("caches").appendingPathComponent(stage + ".cache").path
+        let label = "cache (\(mode), τ \(student.settings.logits.temperature))"
+        if store.status(stage, key: key) == .finished, FileManager.default.fileExists(atPath: path) {
+            if !skipped.contains(stage) && !ran.contains(stage) {
+                callbacks.log("\(label): up to date")
+                skipped.append(stage)
+            }
+            return (path, key)
+        }
+        try AtomicFile.ensureDirectory(run.appendingPathComponent("caches"))
+        callbacks.log("\(label): building → \(path)")
+        try store.begin(stage, key: key, settings: settings, inputs: inputs)
+        var lastReport = Date.distantPast
+        let summary = try TeacherCacheBuilder.build(
+            teachers: plan.teacherDirectories(modelPath("teacher")), data: dataPath, output: path,
+            settings: TeacherCacheSettings(mode: mode, temperature: student.settings.logits.temperature,
+                                           teacherWeights: recipe.teacher.weights),
+            progress: { progress in
+                // A line every few seconds, not one per window.
+                guard Date().timeIntervalSince(lastReport) >= 5 || progress.positionsDone >= progress.totalPositions else { return }
+                lastReport = Date()
+                callbacks.trainingLog("cache", String(format: "%d of %d positions, %.0f tokens/s", progress.positionsDone,
+                                                      progress.totalPositions, progress.tokensPerSecond))
+            },
+            shouldStop: callbacks.shouldStop)
+        guard summary.complete else {
+            interrupted = true
+            callbacks.log("\(label): interrupted; run the same command again to continue the build")
+            return (path, key)
+        }
+        try store.finish(stage, key: key, settings: settings, inputs: inputs, result: .object([
+            ("positions", .integer(Int64(summary.positions))), ("bytes", .integer(Int64(summary.bytes))),
+            ("bytes_per_token", .number(summary.bytesPerToken)), ("seconds", .number(summary.seconds)),
+        ]))
+        ran.append(stage)
+        return (path, key)
     }
 
     private func evaluationStage(_ entry: ModelEntry, producer: String, dataKey: String, plan: Plan) throws {
@@ -340,9 +424,9 @@ public final class Pipeline {
         let stage = "eval-\(entry.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
         try simpleStage(stage, label: "evaluation \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
-            let directory = resolve(entry.directory)
-            let model = try ModelDirectory.load(directory)
-            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
+            let directories = (entry.members ?? [entry.directory]).map(resolve)
+            let models = try directories.map { try ModelDirectory.load($0) }
+            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
             let tokens: [Int32], bytes: Int
             if let text = recipe.evaluation.text {
                 guard let raw = FileManager.default.contents(atPath: text) else { throw IOError.missing(text) }
@@ -356,9 +440,12 @@ public final class Pipeline {
                 bytes = data.validationByteCount
             }
             // Exactly `distill eval`'s computation, so the report and `eval` agree to the last digit.
-            let report = try scoreTokens(model: model, tokens: tokens, bytes: bytes, stride: recipe.evaluation.stride)
+            let report = entry.members == nil
+                ? try scoreTokens(model: models[0], tokens: tokens, bytes: bytes, stride: recipe.evaluation.stride)
+                : try scoreTokens(ensemble: ModelEnsemble(members: models), tokens: tokens, bytes: bytes, stride: recipe.evaluation.stride)
             callbacks.log(String(format: "evaluation %@: perplexity %.2f, %.4f bits/byte", entry.name, report.perplexity, report.bitsPerByte))
-            return .object([("parameters", .integer(Int64(model.parameterCount))), ("tokens", .integer(Int64(report.tokens))),
+            let parameters = models.reduce(0) { $0 + $1.parameterCount }
+            return .object([("parameters", .integer(Int64(parameters))), ("tokens", .integer(Int64(report.tokens))),
                             ("nll_sum", .number(report.nllSum)), ("bytes", .integer(Int64(report.bytes))),
                             ("perplexity", .number(report.perplexity)), ("bits_per_byte", .number(report.bitsPerByte))])
         }
@@ -370,13 +457,14 @@ public final class Pipeline {
         let stage = "samples-\(entry.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
         try simpleStage(stage, label: "samples \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
-            let directory = resolve(entry.directory)
-            let model = try ModelDirectory.load(directory)
-            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
-            let session = KVCacheSession(model: model)
+            let directories = (entry.members ?? [entry.directory]).map(resolve)
+            let models = try directories.map { try ModelDirectory.load($0) }
+            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
+            // One model, or the ensemble's mixture (an ensemble of one generates exactly what its member does).
+            let session = EnsembleSession(ensemble: try ModelEnsemble(members: models))
             // A short untimed generation first: the first one pays for thread start-up and page faults.
             var warmUp = try Sampler(temperature: 0)
-            _ = try generate(session: session, prompt: [max(tokenizer.bosId, 0)], maxTokens: 4, sampler: &warmUp)
+            _ = try generate(ensemble: session, prompt: [max(tokenizer.bosId, 0)], maxTokens: 4, sampler: &warmUp)
             var texts: [JSONNode] = [], produced = 0, seconds = 0.0
             for prompt in recipe.samples.prompts {
                 // The same sampler and seed for every model and prompt.
@@ -385,7 +473,7 @@ public final class Pipeline {
                 var ids = tokenizer.encode(prompt)
                 if ids.isEmpty && tokenizer.bosId >= 0 { ids = [tokenizer.bosId] }
                 let started = Date()
-                let continuation = try generate(session: session, prompt: ids, maxTokens: recipe.samples.maxTokens, sampler: &sampler,
+                let continuation = try generate(ensemble: session, prompt: ids, maxTokens: recipe.samples.maxTokens, sampler: &sampler,
                                                 stopToken: tokenizer.eosId >= 0 ? tokenizer.eosId : nil)
                 seconds += Date().timeIntervalSince(started)
                 produced += continuation.count
@@ -417,9 +505,19 @@ public final class Pipeline {
             }
         }
         for student in recipe.students {
+            let stage = "student-\(student.name)", kind = student.kind.rawValue
+            if student.kind == .bornAgain {
+                // BornAgain keeps its generations in one folder: models/NAME/gen-k.
+                let directories = (1...student.generations).map { "models/\(student.name)/gen-\($0)" }
+                for (name, directory) in zip(student.modelNames, directories) {
+                    entries.append(ModelEntry(name: name, role: "student", kind: kind, directory: directory, trainingStage: stage))
+                }
+                entries.append(ModelEntry(name: "\(student.name)-ensemble", role: "student", kind: kind, directory: "models/\(student.name)",
+                                          trainingStage: stage, members: directories))
+                continue
+            }
             for name in student.modelNames {
-                entries.append(ModelEntry(name: name, role: "student", kind: student.kind.rawValue, directory: "models/\(name)",
-                                          trainingStage: "student-\(student.name)"))
+                entries.append(ModelEntry(name: name, role: "student", kind: kind, directory: "models/\(name)", trainingStage: stage))
             }
         }
         return entries
@@ -434,6 +532,7 @@ public final class Pipeline {
             ("models", .array(models.map { entry in
                 .object([("name", .string(entry.name)), ("role", .string(entry.role)), ("kind", .string(entry.kind)),
                          ("directory", .string(entry.directory)), ("training_stage", entry.trainingStage.map(JSONNode.string) ?? .null),
+                         ("members", entry.members.map { .array($0.map(JSONNode.string)) } ?? .null),
                          ("eval_stage", .string("eval-\(entry.name)")),
                          ("samples_stage", recipe.samples.prompts.isEmpty ? .null : .string("samples-\(entry.name)"))])
             })),

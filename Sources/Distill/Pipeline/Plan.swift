@@ -70,9 +70,6 @@ struct Plan {
                 throw RecipeError("teacher.\(Plan.field(error.setting))", error.problem)
             }
         case .directories(let directories):
-            if recipe.teacher.weights != nil {
-                throw RecipeError("teacher.weights", "weighted ensembles are not available yet in this distill (they arrive with the teacher cache); leave the weights out for equal ones")
-            }
             var configs: [LlamaConfig] = []
             for (index, directory) in directories.enumerated() {
                 inputs.append(OutputGuard.Role("teacher.directories[\(index)]", directory))
@@ -93,15 +90,6 @@ struct Plan {
         var contexts: [Int] = []
         for (index, student) in recipe.students.enumerated() {
             let field = "students[\(index)]"
-            switch student.kind {
-            case .kdCached:
-                throw PipelineError.notAvailableYet(field: "\(field).kind", kind: "kd-cached", reason: "they arrive with the teacher cache, `distill cache-teacher`")
-            case .bornAgain:
-                throw PipelineError.notAvailableYet(field: "\(field).kind", kind: "born-again", reason: "they arrive with `distill generations`")
-            case .mutual where student.peers != 2:
-                throw RecipeError("\(field).peers", "is \(student.peers); mutual learning of more than 2 peers is not available yet in this distill: use 2")
-            default: break
-            }
             // Students of an existing teacher take its vocabulary (a Hugging Face head may be padded).
             let vocab = student.kind.usesTeacher ? teacherConfig.vocabSize : vocabSize
             var studentConfig: LlamaConfig

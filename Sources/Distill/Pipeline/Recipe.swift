@@ -183,7 +183,8 @@ public struct RecipeStudent: Sendable {
     /// This student's settings in normal form (hashed by its stage).
     public var normalized: JSONNode
 
-    /// The model directories (names under models/) this student makes, in report order.
+    /// The models this student trains, in report order: itself, its peers (`NAME-1` ...) or its
+    /// generations (`NAME-g1` ...).
     public var modelNames: [String] {
         switch kind {
         case .bornAgain: return (1...generations).map { "\(name)-g\($0)" }
@@ -191,6 +192,10 @@ public struct RecipeStudent: Sendable {
         default: return [name]
         }
     }
+
+    /// The rows this student adds to the report: its models, and for born-again the ensemble of all
+    /// generations (`NAME-ensemble`).
+    public var reportNames: [String] { modelNames + (kind == .bornAgain ? ["\(name)-ensemble"] : []) }
 }
 
 /// What the models are scored on.
@@ -319,14 +324,14 @@ struct RecipeParser {
             let student = try self.student(&reader, sharedShape: sharedShape ?? .preset("tiny-student"), sharedShapeField: sharedShapeField,
                                            sharedTraining: baseTraining, sharedContext: sharedContext, teacher: teacher)
             try reader.finish()
-            for model in student.modelNames {
+            for model in student.reportNames {
                 if let owner = taken[model] {
                     throw RecipeError(reader.path("name"), "the model name \"\(model)\" is already used by \(owner): give each student its own name")
                 }
                 taken[model] = reader.path("name")
             }
             if case .directories(let directories) = teacher.source, directories.count > 1 {
-                for number in 1...directories.count where student.modelNames.contains("teacher-\(number)") {
+                for number in 1...directories.count where student.reportNames.contains("teacher-\(number)") {
                     throw RecipeError(reader.path("name"), "\"teacher-\(number)\" names a teacher: choose another name")
                 }
             }
