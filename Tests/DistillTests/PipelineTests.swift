@@ -2,7 +2,7 @@ import XCTest
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
-@testable import Distill
+import Distill
 
 /// `distill run` end to end on the tiny test corpus: every stage, skipping what is up to date, resuming
 /// what was interrupted, re-running only what changed, and a report that agrees with `distill eval`.

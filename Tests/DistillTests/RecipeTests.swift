@@ -1,5 +1,5 @@
 import XCTest
-@testable import Distill
+import Distill
 
 /// Recipes read strictly: every mistake names its JSON path; the normal form ignores formatting and
 /// explicit defaults; the shipped recipes parse.

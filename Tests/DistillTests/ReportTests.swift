@@ -2,7 +2,7 @@ import XCTest
 #if canImport(FoundationXML)
 import FoundationXML
 #endif
-@testable import Distill
+import Distill
 
 /// The report's parts that need no training: SVG charts, metrics files, the gap column, stage records.
 final class ReportTests: XCTestCase {

@@ -16,6 +16,12 @@ public struct PerplexityReport: Codable, Equatable, Sendable {
 
     enum CodingKeys: String, CodingKey { case tokens, nllSum = "nll_sum", bytes }
 
+    public init(tokens: Int, nllSum: Double, bytes: Int) {
+        self.tokens = tokens
+        self.nllSum = nllSum
+        self.bytes = bytes
+    }
+
     public var json: [String: Any] {
         ["tokens": tokens, "nll_sum": nllSum, "mean_nll": meanNLL, "perplexity": perplexity,
          "bytes": bytes, "bits_per_byte": bitsPerByte]

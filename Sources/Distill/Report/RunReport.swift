@@ -18,6 +18,21 @@ public struct ReportModel: Sendable, Equatable {
     /// (baseline − this) / (baseline − teacher) in bits per byte: the share of the way from the
     /// baseline to the teacher that distillation took this student.
     public var gapClosed: Double?
+
+    public init(name: String, role: String, kind: String, directory: String, parameters: Int? = nil,
+                evaluation: PerplexityReport? = nil, trainingSeconds: Double? = nil, trainingTokensPerSecond: Double? = nil,
+                generationTokensPerSecond: Double? = nil, gapClosed: Double? = nil) {
+        self.name = name
+        self.role = role
+        self.kind = kind
+        self.directory = directory
+        self.parameters = parameters
+        self.evaluation = evaluation
+        self.trainingSeconds = trainingSeconds
+        self.trainingTokensPerSecond = trainingTokensPerSecond
+        self.generationTokensPerSecond = generationTokensPerSecond
+        self.gapClosed = gapClosed
+    }
 }
 
 /// What every model wrote for one prompt.
@@ -97,7 +112,7 @@ public struct RunReport: Sendable {
     }
 
     /// The gap each student closed, from the first teacher and the first baseline.
-    static func fillGaps(_ models: inout [ReportModel]) {
+    public static func fillGaps(_ models: inout [ReportModel]) {
         guard let teacher = models.first(where: { $0.role == "teacher" })?.evaluation?.bitsPerByte,
               let baseline = models.first(where: { $0.kind == "baseline" })?.evaluation?.bitsPerByte,
               abs(baseline - teacher) > 1e-9 else { return }
@@ -270,22 +285,22 @@ public struct RunReport: Sendable {
 }
 
 extension JSONNode {
-    var stringValue: String? { if case .string(let text) = self { return text } else { return nil } }
-    var intValue: Int? {
+    public var stringValue: String? { if case .string(let text) = self { return text } else { return nil } }
+    public var intValue: Int? {
         switch self {
         case .integer(let value): return Int(value)
         case .number(let value) where value == value.rounded(): return Int(value)
         default: return nil
         }
     }
-    var doubleValue: Double? {
+    public var doubleValue: Double? {
         switch self {
         case .integer(let value): return Double(value)
         case .number(let value): return value
         default: return nil
         }
     }
-    var arrayValue: [JSONNode]? { if case .array(let values) = self { return values } else { return nil } }
+    public var arrayValue: [JSONNode]? { if case .array(let values) = self { return values } else { return nil } }
 }
 
 extension StageStore {

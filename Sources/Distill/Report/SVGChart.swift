@@ -128,10 +128,10 @@ public enum SVGChart {
     }
 
     /// An axis from `low` to `high` widened to round ticks (1, 2 or 5 times a power of ten).
-    struct Axis {
-        let low, high, step: Double
+    public struct Axis {
+        public let low, high, step: Double
 
-        init(low dataLow: Double, high dataHigh: Double, includeZero: Bool, ticks: Int = 6) {
+        public init(low dataLow: Double, high dataHigh: Double, includeZero: Bool, ticks: Int = 6) {
             var low = includeZero ? min(dataLow, 0) : dataLow, high = includeZero ? max(dataHigh, 0) : dataHigh
             if !(high > low) {
                 let pad = max(abs(low) * 0.05, 0.5)
@@ -146,7 +146,7 @@ public enum SVGChart {
             self.high = ceil(high / step) * step
         }
 
-        var ticks: [Double] {
+        public var ticks: [Double] {
             var values: [Double] = []
             var value = low
             while value <= high + step * 1e-6 {
@@ -156,7 +156,7 @@ public enum SVGChart {
             return values
         }
 
-        func label(_ value: Double) -> String {
+        public func label(_ value: Double) -> String {
             if step >= 1, abs(value) >= 1000 || value == value.rounded() { return grouped(Int(value.rounded())) }
             let decimals = max(0, Int(ceil(-log10(step))) + (step * pow(10, ceil(-log10(step))) == 2.5 ? 1 : 0))
             return String(format: "%.\(decimals)f", value)
