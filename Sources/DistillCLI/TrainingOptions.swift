@@ -67,8 +67,10 @@ struct TrainingOptions: ParsableArguments {
 }
 
 /// Prints a run's progress and one-off lines on standard error.
+/// Under mpirun only rank 0 prints.
 func trainingCallbacks(_ printer: ProgressPrinter) -> TrainingCallbacks {
-    TrainingCallbacks(event: printer.handle, log: { line in
+    guard ProcessGroup.world.isRoot else { return TrainingCallbacks(shouldStop: { Interrupt.isRequested }) }
+    return TrainingCallbacks(event: printer.handle, log: { line in
         printer.finish()
         FileHandle.standardError.write(Data((line + "\n").utf8))
     }, shouldStop: { Interrupt.isRequested })
