@@ -1,6 +1,8 @@
+#define _GNU_SOURCE
 #include "cmpi.h"
 
 #include <dlfcn.h>
+#include <sched.h>
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
@@ -113,4 +115,10 @@ int cmpi_finalize(void) {
 
 void cmpi_abort(int code) {
     if (active) p_abort(comm_world, code);
+}
+
+int cmpi_usable_cores(void) {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) != 0) return 0;
+    return CPU_COUNT(&set);
 }

@@ -38,7 +38,7 @@ enum Parallel {
                 group = try ProcessGroup.joinWorld()
                 rank = group.rank
                 // Ranks on one machine share its cores (--threads overrides this in the command).
-                Compute.setThreads(max(1, ProcessInfo.processInfo.activeProcessorCount / max(1, group.localSize)))
+                Compute.setThreads(group.threadsPerRank)
             }
             try command.run()
             group.finish()
@@ -50,11 +50,12 @@ enum Parallel {
                 exit(DistillCommand.exitCode(for: error).rawValue)
             }
             // Before the ranks first met, the others wait for this one's word: give it, rank 0 prints it.
+            let metBefore = group.hasMet
             group.shareFailure(DistillCommand.message(for: error))
             if rank == 0 { DistillCommand.exit(withError: error) }
             // After that, a failure every rank meets alike is rank 0's to report; another is this rank's own
             // (its exit makes mpirun end the job).
-            if group.hasMet && !(error is ParallelError) && !isShared(error) {
+            if metBefore && !(error is ParallelError) && !isShared(error) {
                 FileHandle.standardError.write(Data("Error: rank \(rank): \(DistillCommand.message(for: error))\n".utf8))
             }
             exit(1)

@@ -27,4 +27,7 @@ int cmpi_finalize(void);
 /// Ends every rank of the job with `code`.
 void cmpi_abort(int code);
 
+/// Cores this process may run on (its CPU affinity, which mpirun's binding narrows); 0 when unknown.
+int cmpi_usable_cores(void);
+
 #endif

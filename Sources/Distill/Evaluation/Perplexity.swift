@@ -96,8 +96,9 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
 func agreeOnScoring(_ group: ProcessGroup, tokens: [Int32], bytes: Int, model: String, windows: String) throws {
     guard group.size > 1 else { return }
     let tokenHash = tokens.withUnsafeBytes { fnv1a64($0) }
-    try group.agree(["tokens": "\(tokens.count) \(String(tokenHash, radix: 16)) \(bytes)", "model": model, "windows": windows]) { name in
-        ["tokens": "scores other tokens (another text or token file)", "model": "scores another model",
+    try group.agree(["command": "eval", "tokens": "\(tokens.count) \(String(tokenHash, radix: 16)) \(bytes)", "model": model,
+                     "windows": windows]) { name in
+        ["command": "runs another command", "tokens": "scores other tokens (another text or token file)", "model": "scores another model",
          "windows": "scores other windows (context or stride)"][name] ?? "differs in \(name)"
     }
 }

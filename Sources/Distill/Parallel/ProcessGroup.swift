@@ -78,6 +78,14 @@ public final class ProcessGroup: @unchecked Sendable {
         return world
     }
 
+    /// Threads for one rank: the machine's cores shared among the job's ranks on it, and never more
+    /// than the cores mpirun bound this rank to (it binds each rank to one core when N ≤ 2).
+    public var threadsPerRank: Int {
+        let shared = ProcessInfo.processInfo.activeProcessorCount / max(1, localSize)
+        let bound = Int(cmpi_usable_cores())
+        return max(1, bound > 0 ? min(bound, shared) : shared)
+    }
+
     /// Ends this process's part in the job (MPI_Finalize): call it once, on the way out of a command
     /// that succeeded on every rank.
     public func finish() {

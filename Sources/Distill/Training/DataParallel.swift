@@ -81,7 +81,7 @@ extension TrainingRun {
         encoder.outputFormatting = [.sortedKeys]
         func text<T: Encodable>(_ value: T) -> String { (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "?" }
         func hash(_ string: String) -> String { String(string.utf8.reduce(UInt64(0xCBF2_9CE4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }, radix: 16) }
-        var print = ["program": DistillVersion.string, "data": dataFingerprint(data)]
+        var print = ["command": "training", "program": DistillVersion.string, "data": dataFingerprint(data)]
         for (index, trainer) in trainers.enumerated() {
             print["model \(index)"] = text(trainer.model.config) + " " + String(weightsHash(UnsafeBufferPointer(trainer.model.parameters)), radix: 16)
             print["settings \(index)"] = hash(text(trainer.parameters) + text(trainer.objective.identity))
@@ -104,6 +104,7 @@ extension TrainingRun {
     /// The difference `fingerprint` found, in words ("rank 1 ... than rank 0").
     static func describeDifference(_ name: String) -> String {
         switch name.split(separator: " ").first.map(String.init) ?? name {
+        case "command": return "runs another command"
         case "program": return "runs another version of distill"
         case "data": return "reads another token file"
         case "model": return "builds another model (shape, seed, or the teacher it starts from)"
