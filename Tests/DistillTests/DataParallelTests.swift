@@ -32,7 +32,8 @@ final class DataParallelTests: XCTestCase {
         try XCTSkipIf(Self.mpirun == nil, "mpirun is not installed (Debian: apt-get install openmpi-bin): the MPI tests are skipped")
     }
 
-    static let mpirunFlags = ["--allow-run-as-root", "--oversubscribe"]
+    /// Root in CI containers; shared-memory copies without ptrace rights (Docker) need single copy off.
+    static let mpirunFlags = ["--allow-run-as-root", "--oversubscribe", "--mca", "btl_vader_single_copy_mechanism", "none"]
 
     /// `mpirun -np ranks distill arguments`.
     func mpi(_ ranks: Int, _ arguments: [String]) throws -> ProcessResult {
@@ -238,6 +239,40 @@ final class DataParallelTests: XCTestCase {
         XCTAssertTrue(resumed.errors.contains("resumed"), resumed.errors)
         XCTAssertEqual(try Data(contentsOf: killed.appendingPathComponent("model.safetensors")),
                        try Data(contentsOf: reference.appendingPathComponent("model.safetensors")))
+    }
+
+    /// SIGTERM to one rank reaches the others with the next step's gradients: every rank stops after that
+    /// step, rank 0 saves, the job exits 130, and the checkpoint resumes.
+    func testATerminatedRankStopsEveryRankAfterASave() throws {
+        let corpus = try TestCorpus.files()
+        let output = try TestCorpus.scratch("mpi-term").appendingPathComponent("model")
+        let arguments = ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "0"]
+            + runFlags(corpus, batch: 2, steps: 1_000_000)
+        let job = Process()
+        job.executableURL = try XCTUnwrap(Self.mpirun)
+        job.arguments = Self.mpirunFlags + ["-np", "2", executable.path] + arguments
+        job.standardOutput = FileHandle.nullDevice
+        job.standardError = FileHandle.nullDevice
+        try job.run()
+        // The first progress line is in metrics.jsonl: the ranks are training.
+        let metrics = output.appendingPathComponent("metrics.jsonl").path
+        while job.isRunning && !FileManager.default.fileExists(atPath: metrics) { usleep(10_000) }
+        let rankOne = try XCTUnwrap(Self.children(of: job.processIdentifier).first { Self.rank(of: $0) == 1 }, "no rank 1 process")
+        kill(rankOne, SIGTERM)
+        var waited = 0
+        while job.isRunning && waited < 120_000 { usleep(10_000); waited += 10 }
+        if job.isRunning {
+            kill(job.processIdentifier, SIGKILL)
+            XCTFail("the job still ran two minutes after rank 1 was asked to stop")
+        }
+        job.waitUntilExit()
+        XCTAssertEqual(job.terminationStatus, 130)
+        let state = try JSONSerialization.jsonObject(with: Data(contentsOf: output.appendingPathComponent("training/state.json"))) as? [String: Any]
+        let step = try XCTUnwrap(state?["step"] as? Int)
+        XCTAssertGreaterThan(step, 0)
+        let resumed = try mpi(2, ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "0"]
+                              + runFlags(corpus, batch: 2, steps: step + 1) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.transcript)
     }
 
     /// Commands that cannot share their work refuse to run several times over under mpirun.

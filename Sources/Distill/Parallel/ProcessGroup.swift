@@ -22,6 +22,12 @@ public final class ProcessGroup: @unchecked Sendable {
     public private(set) var hasMet = false
     /// Seconds spent in collective calls (waiting for the slowest rank included) since this was last reset.
     public var communicationSeconds = 0.0
+    /// Seconds spent in `barrier()` since this was last reset: waiting for the slowest rank.
+    public var waitingSeconds = 0.0
+    /// `DISTILL_MPI_TIMING=1`: training puts a barrier before each gradient reduction, so that the time
+    /// spent waiting for the slowest rank is told apart from the reduction itself (a measuring aid: it
+    /// costs one more collective per step).
+    public static let separatesWaiting = ProcessInfo.processInfo.environment["DISTILL_MPI_TIMING"] == "1"
 
     init(rank: Int, size: Int, localSize: Int, usesMPI: Bool) {
         self.rank = rank
@@ -146,6 +152,14 @@ public final class ProcessGroup: @unchecked Sendable {
             }
         }
         return totals
+    }
+
+    /// Waits until every rank gets here (MPI_Barrier); the time goes to `waitingSeconds`.
+    public func barrier() {
+        guard size > 1 else { return }
+        let start = DispatchTime.now().uptimeNanoseconds
+        check(cmpi_barrier(), "MPI_Barrier")
+        waitingSeconds += Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     }
 
     /// Sends `buffer` from rank `root` to every rank (MPI_Bcast).

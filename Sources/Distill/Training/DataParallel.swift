@@ -12,6 +12,7 @@ extension Trainer {
     /// are means over its share of the batch, and the shares are equal). `stopRequested` travels with
     /// the terms, so that every rank learns in the same step whether any rank was asked to stop.
     func reduceAcrossRanks(_ terms: [String: Double], stopRequested: Bool) -> [String: Double] {
+        if ProcessGroup.separatesWaiting { group.barrier() }
         let before = group.communicationSeconds
         if let gradients = model.gradients, let base = gradients.baseAddress {
             group.sum(base, count: gradients.count)

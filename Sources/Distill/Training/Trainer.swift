@@ -194,6 +194,10 @@ public final class Trainer {
                 terms["global_batch"] = Double(parameters.batchSize * parameters.accumulationSteps * group.size)
                 terms["allreduce_share"] = reduceSeconds / max(seconds, 1e-9)
                 reduceSeconds = 0
+                if ProcessGroup.separatesWaiting {
+                    terms["allreduce_wait_share"] = group.waitingSeconds / max(seconds, 1e-9)
+                    group.waitingSeconds = 0
+                }
             }
             if group.isRoot {
                 report(.step(step: step, total: parameters.steps, terms: terms, learningRate: result.learningRate,
