@@ -22,11 +22,14 @@ let package = Package(
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         /// Element-wise hot loops compiled with target_clones, so they get AVX2/AVX-512 on a baseline build.
         .target(name: "CKernels"),
+        /// Open MPI reached through dlopen at run time (data-parallel runs under mpirun): the build and a
+        /// plain run need no MPI installed.
+        .target(name: "CMPI", linkerSettings: [.linkedLibrary("dl")]),
 
         // MARK: library and executable
         .target(
             name: "Distill",
-            dependencies: ["CSentencePiece", "CBLAS", "CKernels"]
+            dependencies: ["CSentencePiece", "CBLAS", "CKernels", "CMPI"]
         ),
         .executableTarget(
             name: "DistillCLI",

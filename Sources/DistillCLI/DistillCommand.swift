@@ -11,7 +11,8 @@ struct DistillCommand: ParsableCommand {
                       SampleCommand.self, EvalCommand.self, ExportCommand.self, BenchCommand.self, RunCommand.self, ReportCommand.self]
     )
 
+    /// Runs the command, under mpirun as one rank of the job (Parallel.swift).
     static func main() {
-        main(TokenizerCommand.Decode.joiningIDs(Array(CommandLine.arguments.dropFirst())))
+        Parallel.main(TokenizerCommand.Decode.joiningIDs(Array(CommandLine.arguments.dropFirst())))
     }
 }

@@ -37,16 +37,20 @@ struct EvalCommand: ParsableCommand {
         for path in model {
             let loaded = try LoadedModel(path: path)
             let input = try evaluationTokens(loaded)
-            let report = try scoreTokens(model: loaded.model, tokens: input.tokens, bytes: input.bytes, stride: stride)
+            // Under mpirun the ranks share the windows.
+            let report = try scoreTokens(model: loaded.model, tokens: input.tokens, bytes: input.bytes, stride: stride,
+                                         group: ProcessGroup.world)
             results.append((path, loaded.model.parameterCount, report))
         }
         if !ensemble.isEmpty {
             let members = try LoadedModel.ensemble(ensemble, weights: teacherWeights)
             let input = try evaluationTokens(members.first)
-            let report = try scoreTokens(ensemble: members.ensemble, tokens: input.tokens, bytes: input.bytes, stride: stride)
+            let report = try scoreTokens(ensemble: members.ensemble, tokens: input.tokens, bytes: input.bytes, stride: stride,
+                                         group: ProcessGroup.world)
             results.append(("ensemble(" + ensemble.joined(separator: "+") + ")",
                             members.ensemble.members.reduce(0) { $0 + $1.parameterCount }, report))
         }
+        guard ProcessGroup.world.isRoot else { return }
         if json {
             let objects = results.map { result -> [String: Any] in
                 var object = result.report.json

@@ -20,9 +20,13 @@ final class ProgressPrinter {
         case let .step(step, total, terms, rate, norm, speed, left):
             let order = ["loss", "ce", "kd", "feature", "rkd_distance", "rkd_angle"]
             let shown = order.compactMap { name in terms[name].map { "\(name) \(format($0, 4))" } }
+            // Under mpirun: the sequences per step over all ranks, and the time share of summing gradients.
+            let globalBatch: String = terms["global_batch"].map { "  global batch \(Int($0))" } ?? ""
+            var allreduce: String = terms["allreduce_share"].map { "  allreduce \(format(100 * $0, 1))%" } ?? ""
+            if let wait = terms["allreduce_wait_share"] { allreduce += " + wait \(format(100 * wait, 1))%" }
             let line = "step \(step)/\(total)  " + shown.joined(separator: "  ")
-                + "  lr \(String(format: "%.2e", rate))  |g| \(format(Double(norm), 3))"
-                + "  \(Int(speed)) tok/s  \(duration(left)) left"
+                + "  lr \(String(format: "%.2e", rate))  |g| \(format(Double(norm), 3))" + globalBatch
+                + "  \(Int(speed)) tok/s" + allreduce + "  \(duration(left)) left"
             emit(line, transient: step < total)
         case let .validation(step, terms):
             // A sample of the validation split (the run's fixed batches); `eval` scores all of it.

@@ -61,7 +61,9 @@ struct StudentCommand: ParsableCommand {
         printer.finish()
         try Interrupt.exitIfInterrupted([outcome])
 
-        // The full validation split, as `distill eval` scores it, so the two agree.
+        // The full validation split, as `distill eval` scores it, so the two agree. Under mpirun rank 0
+        // alone reads the student back, once it has written it.
+        guard ProcessGroup.world.isRoot else { return }
         let data = try TokenFile(path: options.data)
         guard data.validationTokens.count >= 2 else { return }
         let teachers = try teacher.map { try TrainingRun.loadTeacher($0, data: data, dataPath: options.data) }

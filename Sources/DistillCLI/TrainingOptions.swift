@@ -22,7 +22,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Validation batches.") var evalBatches: Int = 8
     @Option(help: "Save a checkpoint every N steps (0: only at the end).") var saveEvery: Int = 500
     @Option(help: "Progress line every N steps.") var logEvery: Int = 10
-    @Option(help: "Threads (default: all cores).") var threads: Int?
+    @Option(help: "Threads (default: all cores; under mpirun, the cores shared among the ranks on a machine).") var threads: Int?
     @Flag(help: "Continue from the checkpoint in --output.") var resume = false
 
     func validate() throws {
@@ -67,8 +67,10 @@ struct TrainingOptions: ParsableArguments {
 }
 
 /// Prints a run's progress and one-off lines on standard error.
+/// Under mpirun only rank 0 prints.
 func trainingCallbacks(_ printer: ProgressPrinter) -> TrainingCallbacks {
-    TrainingCallbacks(event: printer.handle, log: { line in
+    guard ProcessGroup.world.isRoot else { return TrainingCallbacks(shouldStop: { Interrupt.isRequested }) }
+    return TrainingCallbacks(event: printer.handle, log: { line in
         printer.finish()
         FileHandle.standardError.write(Data((line + "\n").utf8))
     }, shouldStop: { Interrupt.isRequested })

@@ -68,17 +68,35 @@ public struct BatchSampler: Sendable {
         precondition(batch.batchSize == batchSize && batch.contextLength == contextLength
                      && batch.inputs.count == batchSize * contextLength && batch.targets.count == batchSize * contextLength,
                      "batch shape differs from the sampler's")
+        fill(&batch, keeping: 0..<batchSize)
+    }
+
+    /// Draws the next batch of `batchSize` windows but keeps only the windows of `rows` (one rank's share
+    /// of a data-parallel run's global batch): the generator advances exactly as `next()` advances it.
+    public mutating func next(rows: Range<Int>) -> Batch {
+        precondition(rows.lowerBound >= 0 && rows.upperBound <= batchSize && !rows.isEmpty, "rows outside the batch")
+        var batch = Batch(batchSize: rows.count, contextLength: contextLength,
+                          inputs: [Int32](repeating: 0, count: rows.count * contextLength),
+                          targets: [Int32](repeating: 0, count: rows.count * contextLength),
+                          starts: [Int](repeating: 0, count: rows.count))
+        fill(&batch, keeping: rows)
+        return batch
+    }
+
+    /// Draws `batchSize` window starts and copies the windows of `rows` into `batch` (row `rows.lowerBound` first).
+    private mutating func fill(_ batch: inout Batch, keeping rows: Range<Int>) {
         let window = contextLength + 1
         // Every start from 0 to count − window is possible. The modulo's bias is below 2⁻³⁰ for any
         // real corpus, and unlike Int.random(in:using:) it cannot change between Swift releases.
         let startCount = UInt64(tokens.count - window + 1)
         var windowIDs = [Int32](repeating: 0, count: window)
-        if batch.starts.count != batchSize { batch.starts = [Int](repeating: 0, count: batchSize) }
+        if batch.starts.count != rows.count { batch.starts = [Int](repeating: 0, count: rows.count) }
         for row in 0..<batchSize {
             let start = Int(random.next() % startCount)
-            batch.starts[row] = tokens.tokenRange.lowerBound + start
+            guard rows.contains(row) else { continue }
+            batch.starts[row - rows.lowerBound] = tokens.tokenRange.lowerBound + start
             windowIDs.withUnsafeMutableBufferPointer { tokens.copy(from: start, into: $0) }
-            let offset = row * contextLength
+            let offset = (row - rows.lowerBound) * contextLength
             for position in 0..<contextLength {
                 batch.inputs[offset + position] = windowIDs[position]
                 batch.targets[offset + position] = windowIDs[position + 1]

@@ -3,11 +3,12 @@ import Foundation
 /// Scores `tokens` with an ensemble, whose probability of each token is the weighted mean of its
 /// members' probabilities, windowed exactly as `scoreTokens(model:...)` does (the context is the
 /// shortest member's unless given). An ensemble of one is that model, scored by `scoreTokens` itself.
+/// `group`: the ranks of an mpirun job that share the batches, as in `scoreTokens(model:...)`.
 public func scoreTokens(ensemble: ModelEnsemble, tokens: [Int32], bytes: Int, context: Int? = nil, stride: Int? = nil,
-                        batchSize: Int = 8) throws -> PerplexityReport {
+                        batchSize: Int = 8, group ranks: ProcessGroup = .single) throws -> PerplexityReport {
     if ensemble.members.count == 1 {
         return try scoreTokens(model: ensemble.members[0], tokens: tokens, bytes: bytes, context: context, stride: stride,
-                               batchSize: batchSize)
+                               batchSize: batchSize, group: ranks)
     }
     let window = min(context ?? ensemble.context, ensemble.context)
     let step = stride ?? window
@@ -24,13 +25,19 @@ public func scoreTokens(ensemble: ModelEnsemble, tokens: [Int32], bytes: Int, co
         scoredThrough = begin + length
         begin += step
     }
-    var nll = 0.0, counted = 0, index = 0
+    try agreeOnScoring(ranks, tokens: tokens, bytes: bytes,
+                       model: ensemble.members.map { String(weightsHash(UnsafeBufferPointer($0.parameters)), radix: 16) }.joined(separator: " ")
+                           + " weights \(ensemble.weights)",
+                       windows: "\(window) \(step) \(batchSize)")
+    var nll = 0.0, counted = 0, index = 0, batchNumber = 0
     while index < plans.count {
         var group = [plans[index]]
         while group.count < batchSize, index + group.count < plans.count, plans[index + group.count].length == group[0].length {
             group.append(plans[index + group.count])
         }
         index += group.count
+        batchNumber += 1
+        guard (batchNumber - 1) % ranks.size == ranks.rank else { continue }
         let length = group[0].length
         var inputs = [Int32](), targets = [Int32]()
         for plan in group {
@@ -51,6 +58,11 @@ public func scoreTokens(ensemble: ModelEnsemble, tokens: [Int32], bytes: Int, co
         let scored = targets.filter { $0 >= 0 }.count
         nll += Double(mean) * Double(scored)
         counted += scored
+    }
+    if ranks.size > 1 {
+        let totals = ranks.orderedSum([nll, Double(counted)])
+        nll = totals[0]
+        counted = Int(totals[1])
     }
     return PerplexityReport(tokens: counted, nllSum: nll, bytes: bytes)
 }

@@ -32,8 +32,11 @@ public struct PerplexityReport: Codable, Equatable, Sendable {
 /// starting at `begin` reads tokens[begin ..< begin+T] and predicts tokens[begin+1 ... begin+T]; only the
 /// targets no earlier window scored count, so each token after the first is scored exactly once, and a
 /// stride below the context gives every token more left context. Windows of equal length run as one batch.
+/// `group`: the ranks of an mpirun job that share the work (every rank calls this with the same model and
+/// tokens); they take turns batch by batch, and the totals are summed in double in rank order, so the
+/// total NLL is the one-process figure up to the order of a few double additions.
 public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context: Int? = nil, stride: Int? = nil,
-                        batchSize: Int = 8) throws -> PerplexityReport {
+                        batchSize: Int = 8, group: ProcessGroup = .single) throws -> PerplexityReport {
     let window = min(context ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings)
     let step = stride ?? window
     guard step >= 1 && step <= window else {
@@ -57,31 +60,53 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
         scoredThrough = begin + length
         begin += step
     }
+    try agreeOnScoring(group, tokens: tokens, bytes: bytes, model: String(weightsHash(UnsafeBufferPointer(model.parameters)), radix: 16),
+                       windows: "\(window) \(step) \(batchSize)")
     var nll = 0.0, counted = 0
-    var index = 0
+    var index = 0, batchNumber = 0
     while index < plans.count {
         // Group consecutive windows of the same length into one batch.
-        var group = [plans[index]]
-        while group.count < batchSize, index + group.count < plans.count,
-              plans[index + group.count].length == group[0].length {
-            group.append(plans[index + group.count])
+        var windows = [plans[index]]
+        while windows.count < batchSize, index + windows.count < plans.count,
+              plans[index + windows.count].length == windows[0].length {
+            windows.append(plans[index + windows.count])
         }
-        index += group.count
-        let length = group[0].length
+        index += windows.count
+        batchNumber += 1
+        // The batches are the same as one process's, so each window's figures are too.
+        guard (batchNumber - 1) % group.size == group.rank else { continue }
+        let length = windows[0].length
         var inputs = [Int32](), targets = [Int32]()
-        for plan in group {
+        for plan in windows {
             inputs += tokens[plan.begin ..< plan.begin + length]
             for position in 0..<length {
                 let target = plan.begin + position + 1
                 targets.append(target >= plan.firstNew ? tokens[target] : -1)
             }
         }
-        let batch = Batch(batchSize: group.count, contextLength: length, inputs: inputs, targets: targets)
+        let batch = Batch(batchSize: windows.count, contextLength: length, inputs: inputs, targets: targets)
         let scored = targets.filter { $0 >= 0 }.count
         nll += Double(try meanCrossEntropy(model: model, batch: batch)) * Double(scored)
         counted += scored
     }
+    if group.size > 1 {
+        let totals = group.orderedSum([nll, Double(counted)])
+        nll = totals[0]
+        counted = Int(totals[1])
+    }
     return PerplexityReport(tokens: counted, nllSum: nll, bytes: bytes)
+}
+
+/// Under mpirun, the ranks check that they score the same tokens with the same model and windows
+/// (`ProcessGroup.agree`) before sharing the batches out.
+func agreeOnScoring(_ group: ProcessGroup, tokens: [Int32], bytes: Int, model: String, windows: String) throws {
+    guard group.size > 1 else { return }
+    let tokenHash = tokens.withUnsafeBytes { fnv1a64($0) }
+    try group.agree(["command": "eval", "tokens": "\(tokens.count) \(String(tokenHash, radix: 16)) \(bytes)", "model": model,
+                     "windows": windows]) { name in
+        ["command": "runs another command", "tokens": "scores other tokens (another text or token file)", "model": "scores another model",
+         "windows": "scores other windows (context or stride)"][name] ?? "differs in \(name)"
+    }
 }
 
 /// Errors of evaluation that a user can act on.

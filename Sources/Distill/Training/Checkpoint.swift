@@ -25,10 +25,12 @@ public enum Checkpoint {
         var objective: [String: String]
         /// FNV-1a 64 of the saved weights' floats: binds this state to the weights beside it.
         var weightsHash: String
+        /// Ranks of a data-parallel run (mpirun -np N); absent for one process.
+        var processes: Int?
 
         init(formatVersion: Int = Checkpoint.formatVersion, step: Int, optimizerStep: Int, random: SeededRandom,
              parameters: TrainingParameters, tokenizerHash: String, elapsedSeconds: Double, extraTensors: [String],
-             objective: [String: String], weightsHash: String) {
+             objective: [String: String], weightsHash: String, processes: Int? = nil) {
             self.formatVersion = formatVersion
             self.step = step
             self.optimizerStep = optimizerStep
@@ -39,6 +41,7 @@ public enum Checkpoint {
             self.extraTensors = extraTensors
             self.objective = objective
             self.weightsHash = weightsHash
+            self.processes = processes
         }
     }
 
@@ -53,7 +56,8 @@ public enum Checkpoint {
         guard state.formatVersion == formatVersion else {
             throw TrainingError.cannotResume("\(path) has format \(state.formatVersion), this distill reads \(formatVersion): start a new run")
         }
-        guard state.step >= 0, state.optimizerStep >= 0, state.random.state.count == 4, state.elapsedSeconds.isFinite else {
+        guard state.step >= 0, state.optimizerStep >= 0, state.random.state.count == 4, state.elapsedSeconds.isFinite,
+              (state.processes ?? 1) >= 1 else {
             throw TrainingError.cannotResume("\(path) is damaged: start a new run")
         }
         return state

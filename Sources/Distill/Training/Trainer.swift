@@ -20,14 +20,22 @@ public final class Trainer {
     public let parameters: TrainingParameters
     public let optimizer: AdamW
     /// Optimizer steps done.
-    public private(set) var step = 0
+    public internal(set) var step = 0
     /// Draws the training windows; saved and restored with the checkpoint.
     public var random: SeededRandom
     /// Tokenizer identity of the data, checked on resume.
     public let tokenizerHash: UInt64
-    private var elapsedBefore: Double = 0
+    var elapsedBefore: Double = 0
+    /// The ranks training this model data-parallel (mpirun; see DataParallel.swift): each draws its share
+    /// of every global batch, gradients are summed over them before the step, rank 0 alone writes.
+    public let group: ProcessGroup
+    /// Whether some rank asked to stop, as of the last step's reduction.
+    var stopAgreed = false
+    /// Seconds spent summing gradients over the ranks since the last progress report.
+    var reduceSeconds = 0.0
 
-    public init(model: LlamaModel, objective: TrainingObjective, parameters: TrainingParameters, tokenizerHash: UInt64) throws {
+    public init(model: LlamaModel, objective: TrainingObjective, parameters: TrainingParameters, tokenizerHash: UInt64,
+                group: ProcessGroup = .world) throws {
         try parameters.validate()
         guard parameters.context <= model.config.maxPositionEmbeddings else {
             throw SettingError(.context, "is \(parameters.context), longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
@@ -43,6 +51,7 @@ public final class Trainer {
         self.objective = objective
         self.parameters = parameters
         self.tokenizerHash = tokenizerHash
+        self.group = group
         let total = model.parameterCount + objective.extraTensors.reduce(0) { $0 + $1.values.count }
         optimizer = AdamW(totalCount: total, beta1: parameters.beta1, beta2: parameters.beta2, weightDecay: parameters.weightDecay)
         random = SeededRandom(seed: parameters.seed &+ 0x5EED)
@@ -81,11 +90,14 @@ public final class Trainer {
                                    outputs: [URL], tokenizerModel: String, shouldStop: () -> Bool = { false },
                                    report: (Int, TrainingEvent) -> Void) throws {
         let nextBatches = try trainers.map { trainer -> (inout SeededRandom) throws -> Batch in
-            var sampler = try BatchSampler(tokens: tokens, batchSize: trainer.parameters.batchSize,
+            // Every rank draws the whole global batch from the same generator and keeps its own rows, so
+            // N ranks see exactly the batches one process with N times the batch size sees.
+            let rows = trainer.parameters.batchSize, share = trainer.group.rank * rows ..< (trainer.group.rank + 1) * rows
+            var sampler = try BatchSampler(tokens: tokens, batchSize: rows * trainer.group.size,
                                            contextLength: trainer.parameters.context, random: trainer.random)
             return { random in
                 sampler.random = random
-                let batch = sampler.next()
+                let batch = trainer.group.size == 1 ? sampler.next() : sampler.next(rows: share)
                 random = sampler.random
                 return batch
             }
@@ -98,17 +110,20 @@ public final class Trainer {
                             validation: [Batch], outputs: [URL], tokenizerModel: String, shouldStop: () -> Bool,
                             report: (Int, TrainingEvent) -> Void) throws {
         var clocks = trainers.map { _ in ReportClock() }
+        // Under mpirun only rank 0 reports, and the ranks stop together: a signal reaches each at its own
+        // moment, so the decision travels with the gradients (any rank's request stops all after that step).
+        let parallel = trainers.contains { $0.group.size > 1 }
         while trainers.contains(where: { $0.step < $0.parameters.steps }) {
-            if shouldStop() {
+            if parallel ? trainers.contains(where: \.stopAgreed) : shouldStop() {
                 for (index, trainer) in trainers.enumerated() {
                     try trainer.saveCheckpoint(to: outputs[index], tokenizerModel: tokenizerModel,
                                                elapsed: Date().timeIntervalSince(clocks[index].start))
-                    report(index, .interrupted(step: trainer.step))
+                    if trainer.group.isRoot { report(index, .interrupted(step: trainer.step)) }
                 }
                 return
             }
             for (index, trainer) in trainers.enumerated() where trainer.step < trainer.parameters.steps {
-                let result = try trainer.optimizerStep(nextBatch: nextBatches[index])
+                let result = try trainer.optimizerStep(nextBatch: nextBatches[index], stopRequested: parallel && shouldStop())
                 try trainer.afterStep(result, clock: &clocks[index], validation: validation, output: outputs[index],
                                       tokenizerModel: tokenizerModel) { report(index, $0) }
             }
@@ -135,17 +150,21 @@ public final class Trainer {
     }
 
     /// One optimizer step: the micro-batches' gradients added up, clipped, and applied by AdamW.
-    func optimizerStep(nextBatch: (inout SeededRandom) throws -> Batch) throws -> StepResult {
+    /// Under mpirun the gradients and terms are summed over the ranks first (`stopRequested`: this rank's
+    /// wish to stop, shared with the others in the same reduction).
+    func optimizerStep(nextBatch: (inout SeededRandom) throws -> Batch, stopRequested: Bool = false) throws -> StepResult {
         let segments = self.segments
         model.zeroGradients()
         for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
         var terms: [String: Double] = [:]
-        let scale = 1 / Float(parameters.accumulationSteps)
+        // The mean over the global batch: each rank's share of it weighs 1/N.
+        let scale = 1 / Float(parameters.accumulationSteps * group.size)
         for _ in 0..<parameters.accumulationSteps {
             let batch = try nextBatch(&random)
             let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)
             for (name, value) in micro { terms[name, default: 0] += value / Double(parameters.accumulationSteps) }
         }
+        if group.size > 1 { terms = reduceAcrossRanks(terms, stopRequested: stopRequested) }
         // Stop before a non-finite step reaches the weights; the last checkpoint stays as it was.
         guard let loss = terms["loss"], loss.isFinite else { throw TrainingError.diverged(step: step + 1, what: "loss") }
         let norm = clipGradientNorm(segments, maxNorm: parameters.gradientClip)
@@ -160,7 +179,7 @@ public final class Trainer {
     /// Reports progress, validates and saves after a step, as the run's cadence says.
     func afterStep(_ result: StepResult, clock: inout ReportClock, validation: [Batch], output: URL,
                    tokenizerModel: String, report: (TrainingEvent) -> Void) throws {
-        let tokensPerStep = parameters.batchSize * parameters.context * parameters.accumulationSteps
+        let tokensPerStep = parameters.batchSize * parameters.context * parameters.accumulationSteps * group.size
         clock.windowSteps += 1
         let last = step == parameters.steps
         if step % max(1, parameters.logEvery) == 0 || last {
@@ -169,16 +188,31 @@ public final class Trainer {
             clock.windowStart = Date()
             clock.windowSteps = 0
             let left = Double((parameters.steps - step) * tokensPerStep) / max(speed, 1e-9)
-            report(.step(step: step, total: parameters.steps, terms: result.terms, learningRate: result.learningRate,
-                         gradientNorm: result.gradientNorm, tokensPerSecond: speed, secondsLeft: left))
-            MetricsLog.append(["kind": "train", "step": step, "lr": Double(result.learningRate),
-                           "grad_norm": Double(result.gradientNorm), "tokens_per_second": speed]
-                .merging(result.terms) { a, _ in a }, to: output)
+            var terms = result.terms
+            if group.size > 1 {
+                // Sequences per optimizer step over all ranks, and the share of the time spent summing gradients.
+                terms["global_batch"] = Double(parameters.batchSize * parameters.accumulationSteps * group.size)
+                terms["allreduce_share"] = reduceSeconds / max(seconds, 1e-9)
+                reduceSeconds = 0
+                if ProcessGroup.separatesWaiting {
+                    terms["allreduce_wait_share"] = group.waitingSeconds / max(seconds, 1e-9)
+                    group.waitingSeconds = 0
+                }
+            }
+            if group.isRoot {
+                report(.step(step: step, total: parameters.steps, terms: terms, learningRate: result.learningRate,
+                             gradientNorm: result.gradientNorm, tokensPerSecond: speed, secondsLeft: left))
+                MetricsLog.append(["kind": "train", "step": step, "lr": Double(result.learningRate),
+                               "grad_norm": Double(result.gradientNorm), "tokens_per_second": speed]
+                    .merging(terms) { a, _ in a }, to: output)
+            }
         }
         if (parameters.evalEvery > 0 && step % parameters.evalEvery == 0) || last, !validation.isEmpty {
             let terms = try evaluate(validation)
-            report(.validation(step: step, terms: terms))
-            MetricsLog.append(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
+            if group.isRoot {
+                report(.validation(step: step, terms: terms))
+                MetricsLog.append(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
+            }
         }
         if (parameters.saveEvery > 0 && step % parameters.saveEvery == 0) || last {
             try saveCheckpoint(to: output, tokenizerModel: tokenizerModel, elapsed: Date().timeIntervalSince(clock.start))
@@ -187,11 +221,15 @@ public final class Trainer {
     }
 
     /// Validation terms averaged over `batches`, plus perplexity from the mean cross-entropy.
+    /// Under mpirun each rank scores its rows of every batch and the terms are averaged over the ranks.
     public func evaluate(_ batches: [Batch]) throws -> [String: Double] {
+        let split = group.size > 1 && batches.allSatisfy { $0.batchSize % group.size == 0 }
         var totals: [String: Double] = [:]
         for batch in batches {
-            for (name, value) in try objective.evaluate(model: model, batch: batch) { totals[name, default: 0] += value }
+            let share = split ? batch.rows(group.rank * batch.batchSize / group.size, count: batch.batchSize / group.size) : batch
+            for (name, value) in try objective.evaluate(model: model, batch: share) { totals[name, default: 0] += value }
         }
+        if split { totals = meanOverRanks(totals) }
         var terms = totals.mapValues { $0 / Double(max(batches.count, 1)) }
         if let ce = terms["ce"] { terms["perplexity"] = exp(ce) }
         return terms
@@ -201,7 +239,10 @@ public final class Trainer {
 
     /// Writes the resume state (under `training/`, swapped in atomically) and then the model (top level,
     /// for `sample`/`eval`).
+    /// Under mpirun every rank calls it: the ranks check that they hold the same weights, rank 0 writes.
     public func saveCheckpoint(to directory: URL, tokenizerModel: String, elapsed: Double = 0) throws {
+        try checkRanksAgreeOnWeights()
+        guard group.isRoot else { return }
         let weights = model.parameters
         var optimizerTensors = [
             SafetensorsTensor(name: "adamw.first_moment", shape: [optimizer.firstMoment.count], values: optimizer.firstMoment),
@@ -213,7 +254,8 @@ public final class Trainer {
         let state = Checkpoint.State(step: step, optimizerStep: optimizer.step, random: random, parameters: parameters,
                                      tokenizerHash: String(tokenizerHash, radix: 16), elapsedSeconds: elapsedBefore + elapsed,
                                      extraTensors: objective.extraTensors.map(\.name), objective: objective.identity,
-                                     weightsHash: String(weightsHash(UnsafeBufferPointer(weights)), radix: 16))
+                                     weightsHash: String(weightsHash(UnsafeBufferPointer(weights)), radix: 16),
+                                     processes: group.size > 1 ? group.size : nil)
         try Checkpoint.write(state: state, weights: ModelDirectory.tensors(of: model), optimizer: optimizerTensors, to: directory)
         try ModelDirectory.save(model, tokenizerModel: tokenizerModel, to: directory)
     }
@@ -223,6 +265,11 @@ public final class Trainer {
     /// the reporting cadence may change) and that the state belongs to the weights beside it.
     public func resume(from directory: URL) throws {
         let (state, stateFolder) = try Checkpoint.read(from: directory)
+        let saved = state.processes ?? 1
+        guard saved == group.size else {
+            throw TrainingError.cannotResume("the checkpoint was trained by \(saved) process\(saved == 1 ? "" : "es") and this run has "
+                + "\(group.size): each step's batches depend on the number, so resume with \(saved == 1 ? "one process (no mpirun)" : "mpirun -np \(saved)")")
+        }
         try Checkpoint.checkCompatible(saved: state, parameters: parameters, objective: objective.identity,
                                        tokenizerHash: tokenizerHash)
         guard state.extraTensors == objective.extraTensors.map(\.name) else {

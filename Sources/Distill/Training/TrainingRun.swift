@@ -271,13 +271,18 @@ public enum TrainingRun {
     public struct ClaimedOutput {
         public let url: URL
         public let resume: Bool
-        let lock: OutputLock
+        /// nil on the ranks of a data-parallel run other than 0, which never write.
+        let lock: OutputLock?
     }
 
     /// Checks and locks `request.output`: it must not be or hold one of the run's inputs (data,
     /// tokenizer, config, `reads`), must not hold a model that is not a run of ours, and must not hold a
     /// run unless `resume` continues it.
+    /// Under mpirun only rank 0 claims the output: the other ranks never write.
     public static func claimOutput(_ request: TrainingRequest, reads: [OutputGuard.Role]) throws -> ClaimedOutput {
+        guard ProcessGroup.world.isRoot else {
+            return ClaimedOutput(url: URL(fileURLWithPath: request.output), resume: request.resume, lock: nil)
+        }
         var inputs = [OutputGuard.Role(Setting.data.rawValue, request.data)] + reads
         if let tokenizer = request.tokenizer { inputs.append(OutputGuard.Role(Setting.tokenizer.rawValue, tokenizer)) }
         if let config = request.config { inputs.append(OutputGuard.Role(Setting.config.rawValue, config)) }
@@ -301,13 +306,29 @@ public enum TrainingRun {
     }
 
     /// Resumes or starts `trainers` in their outputs, runs them in lockstep, and reports.
+    /// Under mpirun (`trainers[0].group`): the ranks first check that they run the same thing, rank 0
+    /// alone reads a checkpoint and sends it to the others, and only rank 0 reports.
     public static func execute(_ trainers: [Trainer], outputs: [ClaimedOutput], inputs: Inputs,
                                callbacks: [TrainingCallbacks]) throws -> [TrainingOutcome] {
+        let group = trainers[0].group
+        let callbacks = group.isRoot ? callbacks : callbacks.map { TrainingCallbacks(shouldStop: $0.shouldStop) }
+        if group.size > 1 {
+            try group.agree(fingerprint(trainers, outputs: outputs, data: inputs.data), describe: describeDifference)
+        }
         for (index, trainer) in trainers.enumerated() where outputs[index].resume {
-            try trainer.resume(from: outputs[index].url)
+            try group.together { if group.isRoot { try trainer.resume(from: outputs[index].url) } }
+            trainer.shareState()
             callbacks[index].log("resumed \(outputs[index].url.path) at step \(trainer.step) of \(trainer.parameters.steps)")
         }
-        let validation = try validationBatches(data: inputs.data, parameters: trainers[0].parameters)
+        // Validation batches of the global batch size: each rank scores its rows of them.
+        var global = trainers[0].parameters
+        global.batchSize *= group.size
+        let validation = try group.together { try validationBatches(data: inputs.data, parameters: global) }
+        if group.size > 1 {
+            let p = trainers[0].parameters
+            callbacks[0].log("data-parallel over \(group.size) processes: global batch \(p.batchSize) × \(p.accumulationSteps) × \(group.size) "
+                + "= \(p.batchSize * p.accumulationSteps * group.size) sequences of \(p.context) tokens per step")
+        }
         if validation.isEmpty {
             callbacks[0].log("warning: the validation split has \(inputs.data.validationTokens.count) tokens, fewer than one window of "
                 + "\(trainers[0].parameters.context + 1); no validation")
@@ -326,7 +347,7 @@ public enum TrainingRun {
         let seconds = Date().timeIntervalSince(started)
         return trainers.enumerated().map { index, trainer in
             let p = trainer.parameters
-            let tokens = Double((trainer.step - startSteps[index]) * p.batchSize * p.context * p.accumulationSteps)
+            let tokens = Double((trainer.step - startSteps[index]) * p.batchSize * p.context * p.accumulationSteps * group.size)
             return TrainingOutcome(output: outputs[index].url, parameterCount: trainer.model.parameterCount, step: trainer.step,
                                    totalSteps: p.steps, interrupted: trainer.step < p.steps,
                                    seconds: trainer.secondsBeforeResume + seconds, tokensPerSecond: tokens / max(seconds, 1e-9))

@@ -1,0 +1,306 @@
+import XCTest
+import Distill
+
+/// A rank's share of a global batch: the generator advances as for the whole batch.
+final class BatchSharingTests: XCTestCase {
+    func testRowsOfTheGlobalBatchAdvanceTheGeneratorLikeTheWholeBatch() throws {
+        let data = try TokenFile(path: try TestCorpus.files().data)
+        var whole = try BatchSampler(tokens: data.trainTokens, batchSize: 6, contextLength: 8, seed: 5)
+        var shares = (0..<3).map { _ in whole }
+        for _ in 0..<4 {
+            let batch = whole.next()
+            for rank in 0..<3 {
+                let share = shares[rank].next(rows: rank * 2 ..< rank * 2 + 2)
+                XCTAssertEqual(share, batch.rows(rank * 2, count: 2))
+                XCTAssertEqual(shares[rank].random, whole.random)
+            }
+        }
+    }
+}
+
+/// `mpirun -np 2 distill ...`: data-parallel training and eval against one process, and what happens
+/// when the ranks disagree, die, or resume with another number of ranks. Skipped without Open MPI.
+final class DataParallelTests: XCTestCase {
+    static let mpirun: URL? = (ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin").split(separator: ":")
+        .map { URL(fileURLWithPath: String($0)).appendingPathComponent("mpirun") }
+        .first { FileManager.default.isExecutableFile(atPath: $0.path) }
+
+    var executable: URL { CommandLineTests.executable }
+
+    override func setUpWithError() throws {
+        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: executable.path), "the distill executable was not built next to the tests")
+        try XCTSkipIf(Self.mpirun == nil, "mpirun is not installed (Debian: apt-get install openmpi-bin): the MPI tests are skipped")
+    }
+
+    /// Root in CI containers; shared-memory copies without ptrace rights (Docker) need single copy off.
+    static let mpirunFlags = ["--allow-run-as-root", "--oversubscribe", "--mca", "btl_vader_single_copy_mechanism", "none"]
+
+    /// `mpirun -np ranks distill arguments`.
+    func mpi(_ ranks: Int, _ arguments: [String]) throws -> ProcessResult {
+        try runProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", String(ranks), executable.path] + arguments)
+    }
+
+    func plain(_ arguments: [String]) throws -> ProcessResult { try runProcess(executable, arguments) }
+
+    /// The flags of a tiny run; `batch` is per rank.
+    func runFlags(_ corpus: TestCorpus.Files, batch: Int, steps: Int) -> [String] {
+        ["--data", corpus.data, "--context", "32", "--batch-size", String(batch), "--steps", String(steps), "--warmup", "2",
+         "--eval-batches", "1", "--log-every", "1", "--eval-every", "10", "--threads", "1", "--seed", "3"]
+    }
+
+    /// Relative L2 distance between two model directories' weights.
+    func weightDifference(_ a: String, _ b: String) throws -> Double {
+        let first = try ModelDirectory.load(URL(fileURLWithPath: a)), second = try ModelDirectory.load(URL(fileURLWithPath: b))
+        XCTAssertEqual(first.parameterCount, second.parameterCount)
+        var difference = 0.0, norm = 0.0
+        for (x, y) in zip(first.parameters, second.parameters) {
+            difference += Double(x - y) * Double(x - y)
+            norm += Double(x) * Double(x)
+        }
+        return (difference / norm).squareRoot()
+    }
+
+    func errorLines(_ result: ProcessResult) -> [Substring] {
+        result.transcript.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+    }
+
+    /// 2 ranks with batch 2 end where 1 process with batch 4 ends after 20 AdamW steps; rank 0 alone prints
+    /// and writes, and the progress line gives the global batch.
+    func testTwoRanksTrainLikeOneProcessWithTheGlobalBatch() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-train")
+        let one = scratch.appendingPathComponent("one").path, two = scratch.appendingPathComponent("two").path
+        let single = try plain(["train", "--output", one, "--preset", "tiny"] + runFlags(corpus, batch: 4, steps: 20))
+        XCTAssertEqual(single.status, 0, single.errors)
+        let parallel = try mpi(2, ["train", "--output", two, "--preset", "tiny"] + runFlags(corpus, batch: 2, steps: 20))
+        XCTAssertEqual(parallel.status, 0, parallel.transcript)
+        let difference = try weightDifference(one, two)
+        XCTAssertLessThan(difference, 1e-5)
+        let steps = parallel.errors.split(separator: "\n").filter { $0.hasPrefix("step ") }
+        XCTAssertEqual(steps.count, 20, parallel.errors)
+        XCTAssertTrue(steps.allSatisfy { $0.contains("global batch 4") && $0.contains("allreduce") }, parallel.errors)
+        XCTAssertTrue(parallel.errors.contains("global batch 2 × 1 × 2 = 4"), parallel.errors)
+        let metrics = try String(contentsOfFile: two + "/metrics.jsonl", encoding: .utf8)
+        XCTAssertEqual(metrics.split(separator: "\n").filter { $0.contains("\"kind\":\"train\"") }.count, 20, metrics)
+        // The validation figures are the global batch's, as one process computes them.
+        func validation(_ text: String) -> [Substring] { text.split(separator: "\n").filter { $0.hasPrefix("validation sample") } }
+        XCTAssertEqual(validation(parallel.errors), validation(single.errors))
+    }
+
+    /// Distillation with accumulation: 2 ranks × batch 1 × 2 micro-batches against 1 process × batch 2 × 2.
+    func testTwoRanksDistilLikeOneProcess() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-student")
+        let teacher = scratch.appendingPathComponent("teacher").path
+        let trained = try plain(["train", "--output", teacher, "--preset", "tiny"] + runFlags(corpus, batch: 2, steps: 3))
+        XCTAssertEqual(trained.status, 0, trained.errors)
+        let one = scratch.appendingPathComponent("one").path, two = scratch.appendingPathComponent("two").path
+        let student = ["student", "--teacher", teacher, "--preset", "tiny-student", "--accumulation", "2", "--temperature", "2",
+                       "--feature-weight", "1"]
+        let single = try plain(student + ["--output", one] + runFlags(corpus, batch: 2, steps: 10))
+        XCTAssertEqual(single.status, 0, single.errors)
+        let parallel = try mpi(2, student + ["--output", two] + runFlags(corpus, batch: 1, steps: 10))
+        XCTAssertEqual(parallel.status, 0, parallel.transcript)
+        XCTAssertLessThan(try weightDifference(one, two), 1e-5)
+        XCTAssertEqual(parallel.output.split(separator: "\n").filter { $0.hasPrefix("validation perplexity") }.count, 1, parallel.output)
+    }
+
+    /// Mutual learning: both peers match.
+    func testTwoRanksTrainMutualPeersLikeOneProcess() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-mutual")
+        func mutual(_ name: String) -> [String] {
+            ["mutual", "--output", scratch.appendingPathComponent(name + "-a").path,
+             "--peer-output", scratch.appendingPathComponent(name + "-b").path, "--preset", "tiny-student"]
+        }
+        let single = try plain(mutual("one") + runFlags(corpus, batch: 4, steps: 6))
+        XCTAssertEqual(single.status, 0, single.errors)
+        let parallel = try mpi(2, mutual("two") + runFlags(corpus, batch: 2, steps: 6))
+        XCTAssertEqual(parallel.status, 0, parallel.transcript)
+        for peer in ["a", "b"] {
+            XCTAssertLessThan(try weightDifference(scratch.appendingPathComponent("one-" + peer).path,
+                                                   scratch.appendingPathComponent("two-" + peer).path), 1e-5, peer)
+        }
+    }
+
+    /// `eval` splits the windows over the ranks and sums the totals in double: the same total NLL.
+    func testEvalUnderTwoRanksGivesTheSameTotal() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-eval")
+        let model = scratch.appendingPathComponent("model").path
+        let trained = try plain(["train", "--output", model, "--preset", "tiny"] + runFlags(corpus, batch: 2, steps: 3))
+        XCTAssertEqual(trained.status, 0, trained.errors)
+        // A short text scored with overlapping windows: windows of several lengths, spread over the ranks.
+        let text = scratch.appendingPathComponent("short.txt")
+        try TestCorpus.grammarText(lines: 200, seed: 8).write(to: text, atomically: true, encoding: .utf8)
+        for source in [["--data", corpus.data], ["--text", text.path, "--stride", "12"]] {
+            let arguments = ["eval", "--model", model, "--json", "--threads", "1"] + source
+            let single = try plain(arguments), parallel = try mpi(2, arguments)
+            XCTAssertEqual(single.status, 0, single.errors)
+            XCTAssertEqual(parallel.status, 0, parallel.transcript)
+            func figures(_ result: ProcessResult) throws -> (Double, Int) {
+                let object = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any]
+                return (try XCTUnwrap(object?["nll_sum"] as? Double), try XCTUnwrap(object?["tokens"] as? Int))
+            }
+            let (nll1, tokens1) = try figures(single), (nll2, tokens2) = try figures(parallel)
+            XCTAssertEqual(tokens1, tokens2)
+            XCTAssertLessThanOrEqual(abs(nll1 - nll2) / abs(nll1), 1e-9, "\(nll1) vs \(nll2)")
+        }
+    }
+
+    /// A rank started in another directory reads other files: one line from rank 0, non-zero exit, no hang.
+    func testRanksThatDisagreeStopWithOneLine() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-disagree")
+        let directories = ["a", "b", "empty"].map { scratch.appendingPathComponent($0) }
+        for directory in directories { try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true) }
+        // Same tokenizer and name, other text.
+        try FileManager.default.copyItem(atPath: corpus.data, toPath: directories[0].appendingPathComponent("data.tok").path)
+        let otherText = scratch.appendingPathComponent("other.txt")
+        try TestCorpus.grammarText(lines: 3000, seed: 99).write(to: otherText, atomically: true, encoding: .utf8)
+        _ = try TokenFile.prepare(tokenizer: Tokenizer(modelPath: corpus.tokenizer), inputs: [otherText.path],
+                                  output: directories[1].appendingPathComponent("data.tok").path, valFraction: 0.1)
+        func job(_ second: URL, extra: [String] = []) throws -> ProcessResult {
+            let arguments = ["train", "--data", "data.tok", "--tokenizer", corpus.tokenizer, "--output", "model", "--preset", "tiny-student",
+                             "--context", "32", "--batch-size", "2", "--steps", "2", "--threads", "1"]
+            let command = Self.mpirunFlags + ["-np", "1", "--wdir", directories[0].path, executable.path] + arguments
+                + [":", "-np", "1", "--wdir", second.path, executable.path] + arguments + extra
+            return try runProcess(try XCTUnwrap(Self.mpirun), command)
+        }
+        let cases: [(URL, [String], String)] = [
+            (directories[1], [], "rank 1 reads another token file than rank 0"),
+            (directories[2], [], "rank 1: token file data.tok does not exist"),
+            (directories[0], ["--lr", "0.002"], "rank 1 has other training settings"),
+            (directories[0], ["--seed", "2"], "rank 1 builds another model"),
+        ]
+        for (second, extra, phrase) in cases {
+            try? FileManager.default.removeItem(at: directories[0].appendingPathComponent("model"))
+            let result = try job(second, extra: extra)
+            XCTAssertNotEqual(result.status, 0, phrase)
+            XCTAssertEqual(errorLines(result).count, 1, result.transcript)
+            XCTAssertTrue(result.transcript.contains(phrase), "'\(phrase)' not in: \(result.transcript)")
+        }
+    }
+
+    /// A checkpoint remembers how many ranks made it: another number is refused with one line.
+    func testResumeWithAnotherNumberOfRanksIsRefused() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-resume")
+        let two = scratch.appendingPathComponent("two").path, one = scratch.appendingPathComponent("one").path
+        let flags = ["--preset", "tiny-student"] + runFlags(corpus, batch: 2, steps: 2)
+        XCTAssertEqual(try mpi(2, ["train", "--output", two] + flags).status, 0)
+        XCTAssertEqual(try plain(["train", "--output", one] + flags).status, 0)
+        let more = ["--steps", "3", "--resume"]
+        let alone = try plain(["train", "--output", two] + flags + more)
+        XCTAssertNotEqual(alone.status, 0)
+        XCTAssertEqual(errorLines(alone).count, 1, alone.transcript)
+        XCTAssertTrue(alone.errors.contains("trained by 2 processes") && alone.errors.contains("mpirun -np 2"), alone.errors)
+        let together = try mpi(2, ["train", "--output", one] + flags + more)
+        XCTAssertNotEqual(together.status, 0)
+        XCTAssertEqual(errorLines(together).count, 1, together.transcript)
+        XCTAssertTrue(together.transcript.contains("trained by 1 process and this run has 2"), together.transcript)
+        XCTAssertEqual(try mpi(2, ["train", "--output", two] + flags + more).status, 0)
+    }
+
+    /// A rank killed mid-run ends the job (mpirun exits non-zero; a job still running after two minutes
+    /// counts as a hang), the last checkpoint is complete, and resuming it with 2 ranks ends with the
+    /// weights of an uninterrupted 2-rank run, bit for bit.
+    func testADeadRankEndsTheJobAndItsCheckpointResumesExactly() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-kill")
+        func arguments(_ output: URL) -> [String] {
+            ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "2"] + runFlags(corpus, batch: 2, steps: 40)
+        }
+        let reference = scratch.appendingPathComponent("reference"), killed = scratch.appendingPathComponent("killed")
+        let straight = try mpi(2, arguments(reference))
+        XCTAssertEqual(straight.status, 0, straight.transcript)
+
+        let job = Process()
+        job.executableURL = try XCTUnwrap(Self.mpirun)
+        job.arguments = Self.mpirunFlags + ["-np", "2", executable.path] + arguments(killed)
+        job.standardOutput = FileHandle.nullDevice
+        job.standardError = FileHandle.nullDevice
+        try job.run()
+        let state = killed.appendingPathComponent("training/state.json").path
+        while job.isRunning && !FileManager.default.fileExists(atPath: state) { usleep(10_000) }
+        XCTAssertTrue(job.isRunning, "the job ended before its first checkpoint")
+        let rankOne = try XCTUnwrap(Self.children(of: job.processIdentifier).first { Self.rank(of: $0) == 1 }, "no rank 1 process")
+        kill(rankOne, SIGKILL)
+        var waited = 0
+        while job.isRunning && waited < 120_000 { usleep(10_000); waited += 10 }
+        if job.isRunning {
+            kill(job.processIdentifier, SIGKILL)
+            XCTFail("the job still ran two minutes after rank 1 died")
+        }
+        job.waitUntilExit()
+        XCTAssertNotEqual(job.terminationStatus, 0)
+        let resumed = try mpi(2, arguments(killed) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.transcript)
+        XCTAssertTrue(resumed.errors.contains("resumed"), resumed.errors)
+        XCTAssertEqual(try Data(contentsOf: killed.appendingPathComponent("model.safetensors")),
+                       try Data(contentsOf: reference.appendingPathComponent("model.safetensors")))
+    }
+
+    /// SIGTERM to one rank reaches the others with the next step's gradients: every rank stops after that
+    /// step, rank 0 saves, the job exits 130, and the checkpoint resumes.
+    func testATerminatedRankStopsEveryRankAfterASave() throws {
+        let corpus = try TestCorpus.files()
+        let output = try TestCorpus.scratch("mpi-term").appendingPathComponent("model")
+        let arguments = ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "0"]
+            + runFlags(corpus, batch: 2, steps: 1_000_000)
+        let job = Process()
+        job.executableURL = try XCTUnwrap(Self.mpirun)
+        job.arguments = Self.mpirunFlags + ["-np", "2", executable.path] + arguments
+        job.standardOutput = FileHandle.nullDevice
+        job.standardError = FileHandle.nullDevice
+        try job.run()
+        // The first progress line is in metrics.jsonl: the ranks are training.
+        let metrics = output.appendingPathComponent("metrics.jsonl").path
+        while job.isRunning && !FileManager.default.fileExists(atPath: metrics) { usleep(10_000) }
+        let rankOne = try XCTUnwrap(Self.children(of: job.processIdentifier).first { Self.rank(of: $0) == 1 }, "no rank 1 process")
+        kill(rankOne, SIGTERM)
+        var waited = 0
+        while job.isRunning && waited < 120_000 { usleep(10_000); waited += 10 }
+        if job.isRunning {
+            kill(job.processIdentifier, SIGKILL)
+            XCTFail("the job still ran two minutes after rank 1 was asked to stop")
+        }
+        job.waitUntilExit()
+        XCTAssertEqual(job.terminationStatus, 130)
+        let state = try JSONSerialization.jsonObject(with: Data(contentsOf: output.appendingPathComponent("training/state.json"))) as? [String: Any]
+        let step = try XCTUnwrap(state?["step"] as? Int)
+        XCTAssertGreaterThan(step, 0)
+        let resumed = try mpi(2, ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "0"]
+                              + runFlags(corpus, batch: 2, steps: step + 1) + ["--resume"])
+        XCTAssertEqual(resumed.status, 0, resumed.transcript)
+    }
+
+    /// Commands that cannot share their work refuse to run several times over under mpirun.
+    func testOnlyParallelCommandsRunUnderMPI() throws {
+        let corpus = try TestCorpus.files()
+        let output = try TestCorpus.scratch("mpi-prepare").appendingPathComponent("out.tok").path
+        let result = try mpi(2, ["prepare", "--tokenizer", corpus.tokenizer, "--input", corpus.text.path, "--output", output])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertEqual(errorLines(result).count, 1, result.transcript)
+        XCTAssertTrue(result.transcript.contains("distill prepare runs as one process"), result.transcript)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: output))
+    }
+
+    // MARK: processes
+
+    static func children(of pid: Int32) -> [Int32] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.flatMap { task -> [Int32] in
+            let text = (try? String(contentsOfFile: "/proc/\(pid)/task/\(task)/children", encoding: .utf8)) ?? ""
+            return text.split(separator: " ").compactMap { Int32($0) }
+        }
+    }
+
+    /// OMPI_COMM_WORLD_RANK in a process's environment.
+    static func rank(of pid: Int32) -> Int? {
+        guard let environment = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return nil }
+        let prefix = "OMPI_COMM_WORLD_RANK="
+        return environment.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+            .first { $0.hasPrefix(prefix) }.flatMap { Int($0.dropFirst(prefix.count)) }
+    }
+}
