@@ -141,6 +141,7 @@ public final class Trainer {
         for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
         var terms: [String: Double] = [:]
         let scale = 1 / Float(parameters.accumulationSteps)
+        objective.prepare(step: step, totalSteps: parameters.steps)
         for _ in 0..<parameters.accumulationSteps {
             let batch = try nextBatch(&random)
             let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)
