@@ -4,6 +4,7 @@ import Foundation
 
 extension DivergenceName: ExpressibleByArgument {}
 extension FeatureDistance: ExpressibleByArgument {}
+extension KDSchedule: ExpressibleByArgument {}
 
 /// The one place where library settings meet command-line flags: library errors name a `Setting`, and
 /// the message a user reads names the flag they typed.

@@ -88,6 +88,10 @@ struct LogitOptions: ParsableArguments {
     @Option(help: "α of skew KL and skew reverse KL.") var skewAlpha: Float = Divergence.defaultAlpha
     @Flag(help: "Do not multiply the KD term by τ².") var noTauSquared = false
     @Option(help: "Keep the teacher's K most likely tokens per position (renormalised).") var teacherTopK: Int?
+    @Option(help: "CE/KD weights over the run: constant, kd-to-ce (CE weight 0 → --ce-weight: pure KD first), ce-to-kd (KD weight 0 → --kd-weight: pure CE first); linear in the step.")
+    var kdSchedule: KDSchedule = .constant
+    @Option(help: "Anneal τ from START at the first step to END at the last: START:END[:linear|cosine] (linear unless said), e.g. 4:1; replaces --temperature.")
+    var temperatureSchedule: String?
 
     func validate() throws {
         try Flags.requireFinite([(ceWeight, .ceWeight), (kdWeight, .kdWeight), (temperature, .temperature), (beta, .beta),
@@ -95,12 +99,15 @@ struct LogitOptions: ParsableArguments {
         try Flags.translatingSettings { try settings().validate() }
     }
 
-    /// CE and KD weights and the divergence; the other terms off.
+    /// CE and KD weights, the divergence and the schedules; the other terms off.
     func settings() throws -> DistillationSettings {
         var settings = DistillationSettings()
         settings.weights = DistillationWeights(ce: ceWeight, kd: kdWeight)
+        let temperatureSchedule = try temperatureSchedule.map { text in try Flags.translatingSettings { try TemperatureSchedule(parsing: text) } }
         settings.logits = LogitDistillation(divergence: try Flags.translatingSettings { try Divergence(divergence, beta: beta, alpha: skewAlpha) },
-                                            temperature: temperature ?? 2, tauSquared: !noTauSquared, teacherTopK: teacherTopK)
+                                            temperature: temperature ?? temperatureSchedule?.end ?? 2, tauSquared: !noTauSquared,
+                                            teacherTopK: teacherTopK)
+        settings.schedule = DistillationSchedule(kd: kdSchedule, temperature: temperatureSchedule)
         return settings
     }
 }

@@ -8,12 +8,20 @@ public struct DistillationSettings: Sendable {
     /// Student block ↔ teacher block pairs for feature distillation (used when weights.feature > 0).
     public var layerMap: LayerMap?
     public var featureDistance: FeatureDistance = .l1
+    /// The CE/KD weights and the temperature over the run (constant unless asked); `weights` and
+    /// `logits.temperature` are the values it ends at.
+    public var schedule = DistillationSchedule()
 
     public init() {}
 
     public func validate() throws {
         try weights.validate()
         try logits.validate()
+        try schedule.validate(weights)
+        // The schedule's end is the run's temperature; a different fixed one is a contradiction.
+        if let annealed = schedule.temperature, annealed.end != logits.temperature {
+            throw SettingError(.temperatureSchedule, "conflicts with temperature \(logits.temperature): the schedule ends at \(annealed.end); give one of them")
+        }
     }
 }
 
@@ -30,6 +38,8 @@ public final class DistillationObjective: TrainingObjective {
     public let settings: DistillationSettings
     /// The members' weights in the ensemble target, adding up to 1 (nil: equal weights).
     public let teacherWeights: [Float]?
+    /// The settings of the current step: `settings` moved along its schedule by `prepare(step:totalSteps:)`.
+    public private(set) var current: DistillationSettings
     public let extraTensors: [TrainableTensor]
     private let dLogits = ScratchBuffer()                // [B·T, V]
     private var dHidden: [Int: ScratchBuffer] = [:]      // student block → [B·T, Cs]
@@ -52,6 +62,7 @@ public final class DistillationObjective: TrainingObjective {
         }
         self.teachers = teachers
         self.settings = settings
+        current = settings
         teacherHashes = teachers.map { String(weightsHash(UnsafeBufferPointer($0.parameters)), radix: 16) }
         var projections: [TrainableTensor] = []
         if settings.weights.feature > 0, let map = settings.layerMap {
@@ -89,7 +100,13 @@ public final class DistillationObjective: TrainingObjective {
             case .skewKL(let alpha), .skewReverseKL(let alpha): result[Setting.skewAlpha.rawValue] = "\(alpha)"
             default: break
             }
+            if let temperature = settings.schedule.temperature {
+                result[Setting.temperatureSchedule.rawValue] = "\(temperature)"
+                result[Setting.temperature.rawValue] = nil
+            }
         }
+        // Only a schedule that moves is named, so checkpoints from before schedules existed still resume.
+        if settings.schedule.kd != .constant { result[Setting.kdSchedule.rawValue] = settings.schedule.kd.rawValue }
         if w.feature > 0 {
             result[Setting.layerMap.rawValue] = settings.layerMap.map { "\($0)" } ?? "uniform"
             result[Setting.featureDistance.rawValue] = settings.featureDistance.rawValue
@@ -116,6 +133,12 @@ public final class DistillationObjective: TrainingObjective {
         }
     }
 
+    /// Moves the weights and the temperature to their scheduled values for optimizer step `step`.
+    public func prepare(step: Int, totalSteps: Int) {
+        guard !settings.schedule.isConstant else { return }
+        current = settings.schedule.settings(settings, progress: DistillationSchedule.progress(step: step, totalSteps: totalSteps))
+    }
+
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
         try terms(student: model, batch: batch, gradientScale: gradientScale, backward: true)
     }
@@ -128,7 +151,7 @@ public final class DistillationObjective: TrainingObjective {
 
     /// Every active term on one batch; with `backward`, gradients go into the student and projections.
     private func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
-        let weights = settings.weights, rows = batch.batchSize * batch.contextLength
+        let weights = current.weights, rows = batch.batchSize * batch.contextLength
         let vocab = student.config.vocabSize, cs = student.config.hiddenSize, ct = teacher.config.hiddenSize
         let pairs = weights.feature > 0 ? settings.layerMap?.pairs ?? [] : []
         let rkd = weights.rkdDistance > 0 || weights.rkdAngle > 0
@@ -152,7 +175,7 @@ public final class DistillationObjective: TrainingObjective {
             try logitLossesForwardBackward(
                 dStudentLogits: dLogitsPointer, studentLogits: studentOut.logits,
                 teacherLogits: teacherLogits, targets: targets.baseAddress,
-                rows: rows, vocab: vocab, distillation: settings.logits, crossEntropyWeight: weights.ce,
+                rows: rows, vocab: vocab, distillation: current.logits, crossEntropyWeight: weights.ce,
                 distillationWeight: weights.kd, gradientScale: scale)
         }
         result["ce"] = Double(losses.crossEntropy)
@@ -234,11 +257,11 @@ public final class DistillationObjective: TrainingObjective {
         let out = ensembleLogits.zeroed(rows * vocab)
         if let teacherWeights {
             temperedMixture(out: out, members: members, weights: teacherWeights, rows: rows, vocab: vocab,
-                            temperature: settings.logits.temperature, scratch: ensembleScratch)
+                            temperature: current.logits.temperature, scratch: ensembleScratch)
             return UnsafePointer(out)
         }
         let scratch = ensembleScratch.zeroed(Compute.threads * vocab)
-        let tau = settings.logits.temperature, workers = Compute.threads
+        let tau = current.logits.temperature, workers = Compute.threads
         members.withUnsafeBufferPointer { pointers in
             // Each worker takes a contiguous range of rows and its own scratch row.
             parallelFor(workers) { worker in

@@ -37,6 +37,14 @@ public protocol TrainingObjective: AnyObject {
     func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double]
     /// Validation terms on one batch, no gradients ("ce" is the student's cross-entropy in nats).
     func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double]
+    /// Called before each optimizer step with its 0-based index: a scheduled objective sets the weights
+    /// of that step. It must depend on nothing else, so that a resumed run is exact.
+    func prepare(step: Int, totalSteps: Int)
+}
+
+extension TrainingObjective {
+    /// Most objectives do not change over a run.
+    public func prepare(step: Int, totalSteps: Int) {}
 }
 
 /// Plain next-token cross-entropy.

@@ -14,6 +14,7 @@ public enum Setting: String, Sendable, CaseIterable, Codable {
     case featureWeight = "feature_weight", layerMap = "layer_map", featureDistance = "feature_distance"
     case rkdDistanceWeight = "rkd_distance_weight", rkdAngleWeight = "rkd_angle_weight"
     case initFromTeacher = "init_from_teacher"
+    case kdSchedule = "kd_schedule", temperatureSchedule = "temperature_schedule"
     // Mutual learning.
     case peerOutput = "peer_output", peerPreset = "peer_preset", peerConfig = "peer_config"
     case peer

@@ -159,6 +159,7 @@ public final class Trainer {
         var terms: [String: Double] = [:]
         // The mean over the global batch: each rank's share of it weighs 1/N.
         let scale = 1 / Float(parameters.accumulationSteps * group.size)
+        objective.prepare(step: step, totalSteps: parameters.steps)
         for _ in 0..<parameters.accumulationSteps {
             let batch = try nextBatch(&random)
             let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)

@@ -405,7 +405,9 @@ public enum TrainingRun {
     public static func describe(_ settings: DistillationSettings) -> [String] {
         let w = settings.weights
         var terms = ["ce \(w.ce)"]
-        if w.kd > 0 { terms.append("kd \(w.kd) (\(settings.logits.divergence), τ \(settings.logits.temperature))") }
+        let tau = settings.schedule.temperature.map { "τ \($0.start) → \($0.end)" } ?? "τ \(settings.logits.temperature)"
+        if w.kd > 0 { terms.append("kd \(w.kd) (\(settings.logits.divergence), \(tau))") }
+        if settings.schedule.kd != .constant { terms.append("schedule \(settings.schedule.kd.rawValue)") }
         if w.feature > 0 { terms.append("feature \(w.feature) (\(settings.featureDistance), \(settings.layerMap.map { "\($0)" } ?? "uniform"))") }
         if w.rkdDistance > 0 { terms.append("rkd distance \(w.rkdDistance)") }
         if w.rkdAngle > 0 { terms.append("rkd angle \(w.rkdAngle)") }
