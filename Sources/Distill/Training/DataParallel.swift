@@ -70,7 +70,10 @@ extension Batch {
     /// `count` sequences starting at sequence `first`.
     public func rows(_ first: Int, count: Int) -> Batch {
         let range = first * contextLength ..< (first + count) * contextLength
-        return Batch(batchSize: count, contextLength: contextLength, inputs: Array(inputs[range]), targets: Array(targets[range]))
+        // Rows that came from a token file keep their positions (a cached teacher needs them).
+        let positions = starts.count == batchSize ? Array(starts[first ..< first + count]) : []
+        return Batch(batchSize: count, contextLength: contextLength, inputs: Array(inputs[range]), targets: Array(targets[range]),
+                     starts: positions)
     }
 }
 
