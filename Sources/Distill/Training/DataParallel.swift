@@ -67,10 +67,11 @@ extension Trainer {
 }
 
 extension Batch {
-    /// `count` sequences starting at sequence `first`.
+    /// `count` sequences starting at sequence `first` (with their starts in the token file, if known).
     public func rows(_ first: Int, count: Int) -> Batch {
         let range = first * contextLength ..< (first + count) * contextLength
-        return Batch(batchSize: count, contextLength: contextLength, inputs: Array(inputs[range]), targets: Array(targets[range]))
+        return Batch(batchSize: count, contextLength: contextLength, inputs: Array(inputs[range]), targets: Array(targets[range]),
+                     starts: starts.isEmpty ? [] : Array(starts[first ..< first + count]))
     }
 }
 
