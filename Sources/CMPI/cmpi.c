@@ -19,6 +19,8 @@ static int (*p_comm_rank)(handle, int *);
 static int (*p_comm_size)(handle, int *);
 static int (*p_allreduce)(const void *, void *, int, handle, handle, handle);
 static int (*p_allgather)(const void *, int, handle, void *, int, handle, handle);
+static int (*p_gather)(const void *, int, handle, void *, int, handle, int, handle);
+static int (*p_gatherv)(const void *, int, handle, void *, const int *, const int *, handle, int, handle);
 static int (*p_bcast)(void *, int, handle, int, handle);
 static int (*p_barrier)(handle);
 static int (*p_abort)(handle, int);
@@ -43,6 +45,7 @@ int cmpi_init(const char *library, char *error, size_t capacity) {
         {(void **)&p_finalize, "MPI_Finalize"}, {(void **)&p_comm_rank, "MPI_Comm_rank"},
         {(void **)&p_comm_size, "MPI_Comm_size"}, {(void **)&p_allreduce, "MPI_Allreduce"},
         {(void **)&p_allgather, "MPI_Allgather"}, {(void **)&p_bcast, "MPI_Bcast"},
+        {(void **)&p_gather, "MPI_Gather"}, {(void **)&p_gatherv, "MPI_Gatherv"},
         {(void **)&p_barrier, "MPI_Barrier"}, {(void **)&p_abort, "MPI_Abort"},
         {&comm_world, "ompi_mpi_comm_world"}, {&type_float, "ompi_mpi_float"}, {&type_double, "ompi_mpi_double"},
         {&type_byte, "ompi_mpi_byte"}, {&op_sum, "ompi_mpi_op_sum"},
@@ -94,6 +97,15 @@ int cmpi_allreduce_sum_double(double *values, size_t count) {
 int cmpi_allgather(const void *send, void *receive, size_t bytes) {
     if (bytes > INT_MAX) return -1;
     return p_allgather(send, (int)bytes, type_byte, receive, (int)bytes, type_byte, comm_world);
+}
+
+int cmpi_gather_lengths(const long long *length, long long *lengths, int root) {
+    return p_gather(length, 8, type_byte, lengths, 8, type_byte, root, comm_world);
+}
+
+int cmpi_gatherv(const void *send, size_t bytes, void *receive, const int *counts, const int *offsets, int root) {
+    if (bytes > INT_MAX) return -1;
+    return p_gatherv(send, (int)bytes, type_byte, receive, counts, offsets, type_byte, root, comm_world);
 }
 
 int cmpi_broadcast(void *buffer, size_t bytes, int root) {

@@ -46,7 +46,10 @@ struct CacheTeacherCommand: ParsableCommand {
         let live = isatty(STDERR_FILENO) == 1
         var lastLine = Date.distantPast
         Interrupt.install()
-        let summary = try Flags.translatingSettings { try TeacherCacheBuilder.build(teachers: teacher, data: data, output: output, settings: settings, progress: { progress in
+        // Under mpirun the ranks share the passes and rank 0 writes (and alone prints).
+        let group = ProcessGroup.world
+        let summary = try Flags.translatingSettings { try TeacherCacheBuilder.build(teachers: teacher, data: data, output: output, settings: settings,
+                                                                                    group: group, progress: { progress in
             // A live line on a terminal; otherwise a line every 10 seconds.
             guard live || Date().timeIntervalSince(lastLine) > 10 else { return }
             lastLine = Date()
@@ -55,6 +58,8 @@ struct CacheTeacherCommand: ParsableCommand {
                               duration(progress.secondsLeft))
             FileHandle.standardError.write(Data((live ? "\r\u{1B}[2K" + line : line + "\n").utf8))
         }, shouldStop: { Interrupt.isRequested }) }
+        if !summary.complete && !group.isRoot { throw ExitCode(130) }
+        guard group.isRoot else { return }
         if live { FileHandle.standardError.write(Data("\n".utf8)) }
         if summary.alreadyBuilt {
             print("\(output) is already this cache: \(summary.positions) positions, "

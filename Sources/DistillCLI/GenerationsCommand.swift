@@ -42,6 +42,7 @@ struct GenerationsCommand: ParsableCommand {
         }
         printer.finish()
         try Interrupt.exitIfInterrupted(outcome.generations)
+        guard ProcessGroup.world.isRoot else { return }
         for line in outcome.text { print(line) }
         if let file = outcome.tableFile { print("wrote \(file.path)") }
     }

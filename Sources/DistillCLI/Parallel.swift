@@ -10,6 +10,8 @@ extension TrainCommand: ParallelCommand {}
 extension StudentCommand: ParallelCommand {}
 extension MutualCommand: ParallelCommand {}
 extension EvalCommand: ParallelCommand {}
+extension GenerationsCommand: ParallelCommand {}
+extension CacheTeacherCommand: ParallelCommand {}
 
 /// How `distill` runs as one rank of an mpirun job. Without mpirun nothing here loads MPI or changes
 /// what a command does.
@@ -32,8 +34,8 @@ enum Parallel {
             if let launch, launch.size != 1 {
                 guard command is ParallelCommand else {
                     let name = type(of: command).configuration.commandName ?? "this command"
-                    throw CommandError("distill \(name) runs as one process; under mpirun with several, only train, student, mutual "
-                        + "and eval run (their work is split over the ranks)")
+                    throw CommandError("distill \(name) runs as one process; under mpirun with several, only train, student, mutual, "
+                        + "generations, cache-teacher and eval run (their work is split over the ranks)")
                 }
                 group = try ProcessGroup.joinWorld()
                 rank = group.rank

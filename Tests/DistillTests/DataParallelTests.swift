@@ -43,8 +43,8 @@ final class DataParallelTests: XCTestCase {
     func plain(_ arguments: [String]) throws -> ProcessResult { try runProcess(executable, arguments) }
 
     /// The flags of a tiny run; `batch` is per rank.
-    func runFlags(_ corpus: TestCorpus.Files, batch: Int, steps: Int) -> [String] {
-        ["--data", corpus.data, "--context", "32", "--batch-size", String(batch), "--steps", String(steps), "--warmup", "2",
+    func runFlags(_ corpus: TestCorpus.Files, batch: Int, steps: Int, data: String? = nil) -> [String] {
+        ["--data", data ?? corpus.data, "--context", "32", "--batch-size", String(batch), "--steps", String(steps), "--warmup", "2",
          "--eval-batches", "1", "--log-every", "1", "--eval-every", "10", "--threads", "1", "--seed", "3"]
     }
 
@@ -121,6 +121,61 @@ final class DataParallelTests: XCTestCase {
             XCTAssertLessThan(try weightDifference(scratch.appendingPathComponent("one-" + peer).path,
                                                    scratch.appendingPathComponent("two-" + peer).path), 1e-5, peer)
         }
+    }
+
+    /// `cache-teacher` under 2 and 3 ranks writes the cache one process writes, byte for byte (samples and
+    /// top-K), and a student trained from it on 2 ranks matches one process.
+    func testCacheTeacherUnderRanksIsByteIdentical() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-cache")
+        // A short token file of the corpus's tokenizer: every position of both splits is cached.
+        let text = scratch.appendingPathComponent("short.txt"), data = scratch.appendingPathComponent("short.tok").path
+        try TestCorpus.grammarText(lines: 400, seed: 5).write(to: text, atomically: true, encoding: .utf8)
+        _ = try TokenFile.prepare(tokenizer: Tokenizer(modelPath: corpus.tokenizer), inputs: [text.path], output: data, valFraction: 0.1)
+        let teacher = scratch.appendingPathComponent("teacher").path
+        let trained = try plain(["train", "--output", teacher, "--preset", "tiny-student", "--tokenizer", corpus.tokenizer]
+                                + runFlags(corpus, batch: 2, steps: 3, data: data))
+        XCTAssertEqual(trained.status, 0, trained.errors)
+        for (mode, ranks) in [(["--samples", "8"], [2, 3]), (["--top-k", "5"], [2])] {
+            func build(_ name: String, ranks: Int) throws -> Data {
+                let output = scratch.appendingPathComponent(name).path
+                let arguments = ["cache-teacher", "--teacher", teacher, "--data", data, "--output", output, "--temperature", "2",
+                                 "--threads", "1"] + mode
+                let result = ranks == 1 ? try plain(arguments) : try mpi(ranks, arguments)
+                XCTAssertEqual(result.status, 0, result.transcript)
+                XCTAssertEqual(result.output.split(separator: "\n").filter { $0.hasPrefix("wrote") }.count, 1, result.output)
+                return try Data(contentsOf: URL(fileURLWithPath: output))
+            }
+            let single = try build("one-\(mode[0])", ranks: 1)
+            for count in ranks {
+                XCTAssertTrue(try build("ranks-\(count)-\(mode[0])", ranks: count) == single, "\(mode) under \(count) ranks")
+            }
+        }
+        let cache = scratch.appendingPathComponent("one---samples").path
+        let student = ["student", "--teacher-cache", cache, "--preset", "tiny-student", "--temperature", "2", "--tokenizer", corpus.tokenizer]
+        let one = scratch.appendingPathComponent("student-one").path, two = scratch.appendingPathComponent("student-two").path
+        let single = try plain(student + ["--output", one] + runFlags(corpus, batch: 4, steps: 8, data: data))
+        XCTAssertEqual(single.status, 0, single.errors)
+        let parallel = try mpi(2, student + ["--output", two] + runFlags(corpus, batch: 2, steps: 8, data: data))
+        XCTAssertEqual(parallel.status, 0, parallel.transcript)
+        XCTAssertLessThan(try weightDifference(one, two), 1e-5)
+    }
+
+    /// Born-again generations on 2 ranks: each generation matches one process's, the table is written once.
+    func testGenerationsUnderTwoRanksMatchOneProcess() throws {
+        let corpus = try TestCorpus.files()
+        let scratch = try TestCorpus.scratch("mpi-generations")
+        let command = ["generations", "--count", "2", "--preset", "tiny-student"]
+        let one = scratch.appendingPathComponent("one").path, two = scratch.appendingPathComponent("two").path
+        let single = try plain(command + ["--output", one] + runFlags(corpus, batch: 4, steps: 5))
+        XCTAssertEqual(single.status, 0, single.errors)
+        let parallel = try mpi(2, command + ["--output", two] + runFlags(corpus, batch: 2, steps: 5))
+        XCTAssertEqual(parallel.status, 0, parallel.transcript)
+        for generation in ["gen-1", "gen-2"] {
+            XCTAssertLessThan(try weightDifference(one + "/" + generation, two + "/" + generation), 1e-5, generation)
+        }
+        XCTAssertEqual(parallel.output.split(separator: "\n").filter { $0.hasPrefix("ensemble") }.count, 1, parallel.output)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: two + "/generations.json"))
     }
 
     /// `eval` splits the windows over the ranks and sums the totals in double: the same total NLL.

@@ -20,6 +20,11 @@ int cmpi_allreduce_sum_float(float *values, size_t count);
 int cmpi_allreduce_sum_double(double *values, size_t count);
 /// Every rank's `bytes` bytes of `send`, in rank order, into `receive` (size × bytes).
 int cmpi_allgather(const void *send, void *receive, size_t bytes);
+/// Every rank's `length` into rank `root`'s `lengths` (size entries; MPI_Gather).
+int cmpi_gather_lengths(const long long *length, long long *lengths, int root);
+/// Every rank's `bytes` bytes of `send` into rank `root`'s `receive`, rank r's at `offsets[r]` with
+/// `counts[r]` bytes (MPI_Gatherv; counts and offsets matter on the root only).
+int cmpi_gatherv(const void *send, size_t bytes, void *receive, const int *counts, const int *offsets, int root);
 /// `bytes` bytes of `buffer` from rank `root` to every rank.
 int cmpi_broadcast(void *buffer, size_t bytes, int root);
 int cmpi_barrier(void);

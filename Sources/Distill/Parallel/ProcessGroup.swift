@@ -140,6 +140,28 @@ public final class ProcessGroup: @unchecked Sendable {
         return (0..<size).map { Array(all[$0 * width ..< $0 * width + Int(lengths[$0])]) }
     }
 
+    /// Every rank's `bytes`, in rank order, on rank `root` (nil on the others): MPI_Gather of the
+    /// lengths, then MPI_Gatherv of the bytes.
+    public func gather(_ bytes: [UInt8], to root: Int) -> [[UInt8]]? {
+        guard size > 1 else { return [bytes] }
+        var own = Int64(bytes.count)
+        var lengths = [Int64](repeating: 0, count: size)
+        timed { check(cmpi_gather_lengths(&own, &lengths, Int32(root)), "MPI_Gather") }
+        var counts = lengths.map { Int32(clamping: $0) }
+        var offsets = [Int32](repeating: 0, count: size)
+        for index in counts.indices.dropFirst() { offsets[index] = offsets[index - 1] &+ counts[index - 1] }
+        let total = rank == root ? Int(lengths.reduce(0, +)) : 0
+        guard total <= Int(Int32.max) else {
+            check(-1, "MPI_Gatherv of \(total) bytes (more than 2 GB at once)")
+            return nil
+        }
+        var all = [UInt8](repeating: 0, count: max(total, 1))
+        var sending = bytes
+        timed { check(cmpi_gatherv(&sending, bytes.count, &all, &counts, &offsets, Int32(root)), "MPI_Gatherv") }
+        guard rank == root else { return nil }
+        return (0..<size).map { Array(all[Int(offsets[$0]) ..< Int(offsets[$0]) + Int(counts[$0])]) }
+    }
+
     /// Every rank's doubles, summed in rank order: the same sum, bit for bit, on every rank and for any
     /// reduction algorithm MPI picks (a total that must match a one-process run closely, like `eval`'s).
     public func orderedSum(_ values: [Double]) -> [Double] {

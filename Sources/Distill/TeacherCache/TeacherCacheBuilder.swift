@@ -56,8 +56,9 @@ public struct TeacherCacheSummary: Sendable {
 public enum TeacherCacheBuilder {
     /// Loads the teachers from model directories, checks that they and the data share one tokenizer,
     /// and builds `output` (continuing an interrupted build of the same settings).
+    /// `group`: the ranks of an mpirun job that share the work (see the other `build`).
     public static func build(teachers paths: [String], data dataPath: String, output: String, settings: TeacherCacheSettings,
-                             progress: (TeacherCacheProgress) -> Void = { _ in },
+                             group: ProcessGroup = .single, progress: (TeacherCacheProgress) -> Void = { _ in },
                              shouldStop: () -> Bool = { false }) throws -> TeacherCacheSummary {
         guard !paths.isEmpty else { throw EnsembleError.noMembers }
         try OutputGuard.refuseOverlap(output: .init("--output", output),
@@ -76,12 +77,17 @@ public enum TeacherCacheBuilder {
             }
             models.append(model)
         }
-        return try build(teachers: models, data: data, output: output, settings: settings, progress: progress, shouldStop: shouldStop)
+        return try build(teachers: models, data: data, output: output, settings: settings, group: group, progress: progress,
+                         shouldStop: shouldStop)
     }
 
     /// Builds `output` from loaded teachers over `data` (both splits).
+    /// Under mpirun (`group`, every rank calling this with the same teachers and data) the forward passes
+    /// are shared out: in each round rank r scores pass round·N + r, and rank 0 gathers the records and
+    /// writes them in file order, alone, so the file is byte for byte the one a single process writes
+    /// (with the same threads per process: the logits' last bits depend on the thread count).
     public static func build(teachers: [LlamaModel], data: TokenFile, output: String, settings: TeacherCacheSettings,
-                             progress: (TeacherCacheProgress) -> Void = { _ in },
+                             group ranks: ProcessGroup = .single, progress: (TeacherCacheProgress) -> Void = { _ in },
                              shouldStop: () -> Bool = { false }) throws -> TeacherCacheSummary {
         let started = Date()
         let ensemble = try ModelEnsemble(members: teachers, weights: settings.teacherWeights)
@@ -102,58 +108,99 @@ public enum TeacherCacheBuilder {
             tokenizerHash: data.tokenizerHash, teacherHash: teacherHash(teachers, weights: ensemble.weights), seed: settings.seed,
             windowsPerPass: max(1, min(8, Int(1e9 / max(perWindow, 1)))))
 
-        // A finished cache of the same build is kept as it is; anything else is not overwritten.
-        if FileManager.default.fileExists(atPath: output) {
-            if let existing = try? TeacherCache(path: output), existing.header.binding == header.binding {
-                return TeacherCacheSummary(path: output, positions: existing.tokenCount, bytes: existing.byteCount, resumedFrom: existing.tokenCount,
-                                           complete: true, alreadyBuilt: true, seconds: 0, tokensPerSecond: 0)
+        if ranks.size > 1 {
+            try ranks.agree(["command": "cache-teacher", "cache": header.binding.map { String($0, radix: 16) }.joined()]) { _ in
+                "builds another cache (other data, teachers or settings)"
             }
-            throw TeacherCacheError.outputExists(output)
         }
-        try AtomicFile.ensureDirectory(URL(fileURLWithPath: output).deletingLastPathComponent())
-        let writer = try TeacherCacheWriter(path: output, header: header)
-        let resumedFrom = writer.positionsDone
-        let plan = WindowPlan(data: data, window: window, windowsPerPass: writer.header.windowsPerPass)
+        // A finished cache of the same build is kept as it is; anything else is not overwritten. Only
+        // rank 0 looks at the output and writes it.
+        var finished: TeacherCacheSummary?, openedWriter: TeacherCacheWriter?
+        try ranks.together {
+            guard ranks.isRoot else { return }
+            if FileManager.default.fileExists(atPath: output) {
+                if let existing = try? TeacherCache(path: output), existing.header.binding == header.binding {
+                    finished = TeacherCacheSummary(path: output, positions: existing.tokenCount, bytes: existing.byteCount, resumedFrom: existing.tokenCount,
+                                                   complete: true, alreadyBuilt: true, seconds: 0, tokensPerSecond: 0)
+                    return
+                }
+                throw TeacherCacheError.outputExists(output)
+            }
+            try AtomicFile.ensureDirectory(URL(fileURLWithPath: output).deletingLastPathComponent())
+            openedWriter = try TeacherCacheWriter(path: output, header: header)
+        }
+        // Rank 0 tells the others where the build stands.
+        var standing: [Int64] = [finished == nil ? 0 : 1, Int64(openedWriter?.positionsDone ?? 0)]
+        standing.withUnsafeMutableBytes { ranks.broadcast($0) }
+        if standing[0] == 1 {
+            return finished ?? TeacherCacheSummary(path: output, positions: data.tokenCount, bytes: 0, resumedFrom: data.tokenCount,
+                                                   complete: true, alreadyBuilt: true, seconds: 0, tokensPerSecond: 0)
+        }
+        let resumedFrom = Int(standing[1])
+        let plan = WindowPlan(data: data, window: window, windowsPerPass: header.windowsPerPass)
         var next = resumedFrom
         var lastCommit = Date()
 
         /// Empty records up to `position` (only a split's first token may be skipped).
         func emitEmpty(upTo position: Int) {
+            guard let writer = openedWriter else { return }
             while next < position {
                 precondition(!writer.header.hasHistory(next), "position \(next) was not scored")
                 writer.append(TeacherCacheRecord())
                 next += 1
             }
         }
+        func stopped(complete: Bool) throws -> TeacherCacheSummary {
+            guard let writer = openedWriter else {
+                return TeacherCacheSummary(path: output, positions: data.tokenCount, bytes: 0, resumedFrom: resumedFrom, complete: complete,
+                                           alreadyBuilt: false, seconds: Date().timeIntervalSince(started), tokensPerSecond: 0)
+            }
+            if complete { try writer.finish() } else { try writer.commit() }
+            return summary(writer, output: output, resumedFrom: resumedFrom, complete: complete, started: started)
+        }
 
         var inputs: [Int32] = []
-        for group in plan.groups where group.lastTarget >= resumedFrom {
-            if shouldStop() {
-                try writer.commit()
-                return summary(writer, output: output, resumedFrom: resumedFrom, complete: false, started: started)
-            }
-            let length = group.windows[0].length
-            inputs.removeAll(keepingCapacity: true)
-            for window in group.windows {
-                for offset in 0..<length { inputs.append(data.token(at: window.begin + offset)) }
-            }
-            let logits = inputs.withUnsafeBufferPointer {
-                ensemble.logits(tokens: $0.baseAddress!, batch: group.windows.count, length: length, temperature: settings.temperature)
-            }
-            // Rows whose target is new to this window and not written yet, in file order.
-            var rows: [(row: Int, position: Int)] = []
-            for (index, window) in group.windows.enumerated() {
-                for t in 0..<length {
-                    let position = window.begin + t + 1
-                    if position >= window.firstNew && position >= next { rows.append((index * length + t, position)) }
+        let passes = plan.groups.filter { $0.lastTarget >= resumedFrom }
+        var round = 0
+        while round * ranks.size < passes.count {
+            // Every rank stops at the same round when any was asked to.
+            var stop = [shouldStop() ? 1.0 : 0]
+            ranks.sum(&stop)
+            if stop[0] > 0 { return try stopped(complete: false) }
+            let index = round * ranks.size + ranks.rank
+            round += 1
+            var scored: [(position: Int, record: TeacherCacheRecord)] = []
+            if index < passes.count {
+                let group = passes[index]
+                let length = group.windows[0].length
+                inputs.removeAll(keepingCapacity: true)
+                for window in group.windows {
+                    for offset in 0..<length { inputs.append(data.token(at: window.begin + offset)) }
                 }
+                let logits = inputs.withUnsafeBufferPointer {
+                    ensemble.logits(tokens: $0.baseAddress!, batch: group.windows.count, length: length, temperature: settings.temperature)
+                }
+                // Rows whose target is new to this window and not written yet, in file order (a pass's new
+                // targets all follow the earlier passes', so only a resumed build's first pass skips some).
+                var rows: [(row: Int, position: Int)] = []
+                for (index, window) in group.windows.enumerated() {
+                    for t in 0..<length {
+                        let position = window.begin + t + 1
+                        if position >= window.firstNew && position >= resumedFrom { rows.append((index * length + t, position)) }
+                    }
+                }
+                let records = mapRowChunks(rows: rows.count, rowsPerChunk: 32) { range -> [TeacherCacheRecord] in
+                    var scorer = RowScorer(vocab: vocab, mode: header.mode, temperature: settings.temperature, seed: settings.seed)
+                    return range.map { scorer.record(logits: logits + rows[$0].row * vocab, position: rows[$0].position) }
+                }.flatMap { $0 }
+                scored = zip(rows, records).map { ($0.position, $1) }
             }
-            let records = mapRowChunks(rows: rows.count, rowsPerChunk: 32) { range -> [TeacherCacheRecord] in
-                var scorer = RowScorer(vocab: vocab, mode: header.mode, temperature: settings.temperature, seed: settings.seed)
-                return range.map { scorer.record(logits: logits + rows[$0].row * vocab, position: rows[$0].position) }
-            }.flatMap { $0 }
-            for (entry, record) in zip(rows, records) {
-                emitEmpty(upTo: entry.position)
+            // Rank 0 writes the round's passes in order.
+            let parts = ranks.size == 1 ? [scored]
+                : ranks.gather(TeacherCacheRecord.encode(scored), to: 0).map { $0.map(TeacherCacheRecord.decode) }
+            guard let writer = openedWriter, let parts else { continue }
+            for (position, record) in parts.joined() {
+                emitEmpty(upTo: position)
                 writer.append(record)
                 next += 1
             }
@@ -167,8 +214,7 @@ public enum TeacherCacheBuilder {
         }
         emitEmpty(upTo: data.tokenCount)
         ensemble.releaseActivations()
-        try writer.finish()
-        return summary(writer, output: output, resumedFrom: resumedFrom, complete: true, started: started)
+        return try stopped(complete: true)
     }
 
     /// A hash of the members' configs and weights and of the ensemble weights: what the cache's
@@ -196,6 +242,7 @@ public enum TeacherCacheBuilder {
         return (record.ids, record.values, record.rest)
     }
 
+    /// What `build` reports from rank 0's writer.
     private static func summary(_ writer: TeacherCacheWriter, output: String, resumedFrom: Int, complete: Bool,
                                 started: Date) -> TeacherCacheSummary {
         let path = complete ? output : writer.partialPath
@@ -340,5 +387,42 @@ struct RowScorer {
             record.rest = Float(outside / total)
         }
         return record
+    }
+}
+
+extension TeacherCacheRecord {
+    /// Records with their positions as bytes, to gather them on rank 0 of an mpirun job: per record the
+    /// position, the entry count, the ids, the values and the rest.
+    static func encode(_ records: [(position: Int, record: TeacherCacheRecord)]) -> [UInt8] {
+        var bytes: [UInt8] = []
+        func append<T>(_ value: T) { withUnsafeBytes(of: value) { bytes.append(contentsOf: $0) } }
+        for (position, record) in records {
+            append(Int64(position))
+            append(Int32(record.ids.count))
+            for id in record.ids { append(id) }
+            for value in record.values { append(value) }
+            append(record.rest)
+        }
+        return bytes
+    }
+
+    static func decode(_ bytes: [UInt8]) -> [(position: Int, record: TeacherCacheRecord)] {
+        var records: [(position: Int, record: TeacherCacheRecord)] = []
+        bytes.withUnsafeBytes { raw in
+            var offset = 0
+            func read<T>(_ type: T.Type) -> T {
+                defer { offset += MemoryLayout<T>.size }
+                return raw.loadUnaligned(fromByteOffset: offset, as: T.self)
+            }
+            while offset < raw.count {
+                let position = Int(read(Int64.self)), count = Int(read(Int32.self))
+                var record = TeacherCacheRecord()
+                record.ids = (0..<count).map { _ in read(Int32.self) }
+                record.values = (0..<count).map { _ in read(Float.self) }
+                record.rest = read(Float.self)
+                records.append((position, record))
+            }
+        }
+        return records
     }
 }

@@ -73,7 +73,9 @@ public enum BornAgain {
 
     /// Trains the generations that are missing or unfinished, then scores each and their ensemble on the
     /// full validation split (as `distill eval` does) and writes `DIR/generations.json`.
-    /// `callbacks(k)` receives generation k's events.
+    /// `callbacks(k)` receives generation k's events. Under mpirun every generation trains data-parallel
+    /// and the ranks share the scoring; the later generations read the earlier ones as teachers, so
+    /// every rank must see the output directory (one machine, or a shared file system).
     public static func run(_ request: GenerationsRequest, callbacks: (Int) -> TrainingCallbacks) throws -> GenerationsOutcome {
         guard request.count >= 1 else { throw SettingError(.count, "must be at least 1 (got \(request.count))") }
         try request.settings.validate()
@@ -90,7 +92,8 @@ public enum BornAgain {
         }) {
             throw SettingError(.output, "\(root) already holds generation \(existing): resume it, or choose another output")
         }
-        try AtomicFile.ensureDirectory(URL(fileURLWithPath: root))
+        let ranks = ProcessGroup.world
+        if ranks.isRoot { try AtomicFile.ensureDirectory(URL(fileURLWithPath: root)) }
         var shape = request.training
         // One architecture for all: the preset is fixed here, not chosen from the teacher's width.
         if shape.preset == nil && shape.config == nil { shape.preset = shape.defaultPreset }
@@ -110,23 +113,25 @@ public enum BornAgain {
                                                                              settings: request.settings), callbacks: callbacks(k))
             }
             outcomes.append(outcome)
+            // Rank 0 has written generation k before any rank loads it as a teacher.
+            ranks.barrier()
             if outcome.interrupted { return GenerationsOutcome(generations: outcomes, table: [], tableFile: nil) }
         }
 
         let tokens = Array(inputs.data.validationTokens), bytes = inputs.data.validationByteCount
         let models = try (1...request.count).map { try ModelDirectory.load(URL(fileURLWithPath: directory(root, generation: $0))) }
         var table = try models.enumerated().map { index, model -> GenerationScore in
-            let report = try scoreTokens(model: model, tokens: tokens, bytes: bytes)
+            let report = try scoreTokens(model: model, tokens: tokens, bytes: bytes, group: ranks)
             return GenerationScore(name: "gen-\(index + 1)", parameters: model.parameterCount, tokens: report.tokens,
                                    perplexity: report.perplexity, bitsPerByte: report.bitsPerByte)
         }
-        let ensemble = try scoreTokens(ensemble: ModelEnsemble(members: models), tokens: tokens, bytes: bytes)
+        let ensemble = try scoreTokens(ensemble: ModelEnsemble(members: models), tokens: tokens, bytes: bytes, group: ranks)
         table.append(GenerationScore(name: "ensemble", parameters: models.reduce(0) { $0 + $1.parameterCount }, tokens: ensemble.tokens,
                                      perplexity: ensemble.perplexity, bitsPerByte: ensemble.bitsPerByte))
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
         let file = URL(fileURLWithPath: root).appendingPathComponent(tableFile)
-        try AtomicFile.write(try encoder.encode(["generations": table]), to: file)
+        if ranks.isRoot { try AtomicFile.write(try encoder.encode(["generations": table]), to: file) }
         return GenerationsOutcome(generations: outcomes, table: table, tableFile: file)
     }
 }

@@ -67,13 +67,12 @@ extension Trainer {
 }
 
 extension Batch {
-    /// `count` sequences starting at sequence `first`.
+    /// `count` sequences starting at sequence `first` (with their starts in the token file, if known).
     public func rows(_ first: Int, count: Int) -> Batch {
         let range = first * contextLength ..< (first + count) * contextLength
         // Rows that came from a token file keep their positions (a cached teacher needs them).
-        let positions = starts.count == batchSize ? Array(starts[first ..< first + count]) : []
         return Batch(batchSize: count, contextLength: contextLength, inputs: Array(inputs[range]), targets: Array(targets[range]),
-                     starts: positions)
+                     starts: starts.count == batchSize ? Array(starts[first ..< first + count]) : [])
     }
 }
 

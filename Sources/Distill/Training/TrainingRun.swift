@@ -335,7 +335,7 @@ public enum TrainingRun {
         }
         // A run killed after its last checkpoint but while writing the model beside it resumes with
         // nothing left to train: write the model again so the directory matches its checkpoint.
-        for (index, trainer) in trainers.enumerated() where outputs[index].resume && trainer.step >= trainer.parameters.steps {
+        for (index, trainer) in trainers.enumerated() where group.isRoot && outputs[index].resume && trainer.step >= trainer.parameters.steps {
             try ModelDirectory.save(trainer.model, tokenizerModel: inputs.tokenizerModel, to: outputs[index].url)
         }
         let startSteps = trainers.map(\.step)
