@@ -27,9 +27,10 @@ enum Parallel {
         } catch {
             // Every rank parsed the same arguments and found the same mistake.
             if rank == 0 { DistillCommand.exit(withError: error) }
-            exit(DistillCommand.exitCode(for: error).rawValue)
+            awaitRankZero(exitCode: DistillCommand.exitCode(for: error).rawValue)
         }
         var group = ProcessGroup.world
+        var joined = false
         do {
             if let launch, launch.size != 1 {
                 guard command is ParallelCommand else {
@@ -38,6 +39,7 @@ enum Parallel {
                         + "generations, cache-teacher and eval run (their work is split over the ranks)")
                 }
                 group = try ProcessGroup.joinWorld()
+                joined = true
                 rank = group.rank
                 // Ranks on one machine share its cores (--threads overrides this in the command).
                 Compute.setThreads(group.threadsPerRank)
@@ -55,6 +57,8 @@ enum Parallel {
             let metBefore = group.hasMet
             group.shareFailure(DistillCommand.message(for: error))
             if rank == 0 { DistillCommand.exit(withError: error) }
+            // Refused before joining the others: every rank found the same mistake, rank 0 reports it.
+            if launch != nil && !joined { awaitRankZero(exitCode: 1) }
             // After that, a failure every rank meets alike is rank 0's to report; another is this rank's own
             // (its exit makes mpirun end the job).
             if metBefore && !(error is ParallelError) && !isShared(error) {
@@ -62,6 +66,15 @@ enum Parallel {
             }
             exit(1)
         }
+    }
+
+    /// A rank other than 0 that found, without MPI, the mistake rank 0 reports. Exiting at once with an
+    /// error would make mpirun kill rank 0 before its line is written; so it waits for mpirun to end the
+    /// job when rank 0 exits, and exits by itself only if that never comes.
+    static func awaitRankZero(exitCode: Int32) -> Never {
+        if exitCode == 0 { exit(0) }  // --help and the like: nothing to report
+        sleep(60)
+        exit(exitCode)
     }
 
     /// Failures that follow from the reduced gradients, so that every rank meets them at the same step.
