@@ -22,6 +22,7 @@ struct MutualCommand: ParsableCommand {
 
     func validate() throws {
         if peerPreset != nil && peerConfig != nil { throw CommandError("give --peer-preset or --peer-config, not both") }
+        try Flags.translatingSettings { try logits.settings(defaults: DistillationSettings()).validate() }
     }
 
     func run() throws {
@@ -35,7 +36,7 @@ struct MutualCommand: ParsableCommand {
         let printers = [ProgressPrinter(label: "[1] ", live: false), ProgressPrinter(label: "[2] ", live: false)]
         defer { printers.forEach { $0.finish() } }
         let outcomes = try Flags.translatingSettings {
-            try TrainingRun.mutual([first, second], settings: try logits.settings(), callbacks: printers.map(trainingCallbacks))
+            try TrainingRun.mutual([first, second], settings: try logits.settings(defaults: DistillationSettings()), callbacks: printers.map(trainingCallbacks))
         }
         try Interrupt.exitIfInterrupted(outcomes)
     }
