@@ -31,7 +31,7 @@ struct GenerationsCommand: ParsableCommand {
         let printer = ProgressPrinter()
         defer { printer.finish() }
         let request = GenerationsRequest(training: options.request(defaultPreset: "tiny-student"), count: count,
-                                         settings: try logits.settings(), teachers: teachWith)
+                                         settings: try logits.settings(defaults: .student), teachers: teachWith)
         let outcome = try Flags.translatingSettings {
             try BornAgain.run(request) { generation in
                 var callbacks = trainingCallbacks(printer)

@@ -29,6 +29,7 @@ struct MutualCommand: ParsableCommand {
         where values.count > 1 && values.count != peerOutput.count {
             throw CommandError("\(flag) is given \(values.count) times for \(peerOutput.count) --peer-output: give it once, or once per peer")
         }
+        try Flags.translatingSettings { try logits.settings(defaults: DistillationSettings()).validate() }
     }
 
     /// The value of a per-peer flag for peer `index` (0-based among the --peer-output ones).
@@ -49,7 +50,7 @@ struct MutualCommand: ParsableCommand {
         let printers = peers.indices.map { ProgressPrinter(label: "[\($0 + 1)] ", live: false) }
         defer { printers.forEach { $0.finish() } }
         let outcomes = try Flags.translatingSettings {
-            try TrainingRun.mutual(peers, settings: try logits.settings(), callbacks: printers.map(trainingCallbacks))
+            try TrainingRun.mutual(peers, settings: try logits.settings(defaults: DistillationSettings()), callbacks: printers.map(trainingCallbacks))
         }
         try Interrupt.exitIfInterrupted(outcomes)
     }

@@ -35,7 +35,7 @@ struct StudentCommand: ParsableCommand {
     }
 
     func settings() throws -> DistillationSettings {
-        var settings = try logits.settings()
+        var settings = try logits.settings(defaults: .student)
         settings.weights.feature = featureWeight
         settings.weights.rkdDistance = rkdDistanceWeight
         settings.weights.rkdAngle = rkdAngleWeight
@@ -80,9 +80,9 @@ struct StudentCommand: ParsableCommand {
 
 /// The logit terms' flags, shared by `student` and `mutual`.
 struct LogitOptions: ParsableArguments {
-    @Option(help: "Weight of the cross-entropy with the true next tokens.") var ceWeight: Float = 1
-    @Option(help: "Weight of the logit distillation term.") var kdWeight: Float = 1
-    @Option(help: "Softmax temperature of both models for KD (default 2; with a teacher cache, the cache's).") var temperature: Float?
+    @Option(help: "Weight of the cross-entropy with the true next tokens (default: 0 for student, 1 for mutual).") var ceWeight: Float?
+    @Option(help: "Weight of the logit distillation term (default 1).") var kdWeight: Float?
+    @Option(help: "Softmax temperature of both models for KD (default: 1 for student, 2 for mutual; with a teacher cache, the cache's).") var temperature: Float?
     @Option(help: "Divergence between the teacher's and the student's distributions.") var divergence: DivergenceName = .forwardKL
     @Option(help: "β of the generalised JSD (0: forward KL, 1: reverse KL).") var beta: Float = Divergence.defaultBeta
     @Option(help: "α of skew KL and skew reverse KL.") var skewAlpha: Float = Divergence.defaultAlpha
@@ -96,16 +96,16 @@ struct LogitOptions: ParsableArguments {
     func validate() throws {
         try Flags.requireFinite([(ceWeight, .ceWeight), (kdWeight, .kdWeight), (temperature, .temperature), (beta, .beta),
                                  (skewAlpha, .skewAlpha)])
-        try Flags.translatingSettings { try settings().validate() }
     }
 
-    /// CE and KD weights, the divergence and the schedules; the other terms off.
-    func settings() throws -> DistillationSettings {
+    /// CE and KD weights, the divergence and the schedules, each flag not given taken from `defaults`
+    /// (`DistillationSettings.student` for `student`, `DistillationSettings()` for `mutual`); the other terms off.
+    func settings(defaults: DistillationSettings) throws -> DistillationSettings {
         var settings = DistillationSettings()
-        settings.weights = DistillationWeights(ce: ceWeight, kd: kdWeight)
+        settings.weights = DistillationWeights(ce: ceWeight ?? defaults.weights.ce, kd: kdWeight ?? defaults.weights.kd)
         let temperatureSchedule = try temperatureSchedule.map { text in try Flags.translatingSettings { try TemperatureSchedule(parsing: text) } }
         settings.logits = LogitDistillation(divergence: try Flags.translatingSettings { try Divergence(divergence, beta: beta, alpha: skewAlpha) },
-                                            temperature: temperature ?? temperatureSchedule?.end ?? 2, tauSquared: !noTauSquared,
+                                            temperature: temperature ?? temperatureSchedule?.end ?? defaults.logits.temperature, tauSquared: !noTauSquared,
                                             teacherTopK: teacherTopK)
         settings.schedule = DistillationSchedule(kd: kdSchedule, temperature: temperatureSchedule)
         return settings

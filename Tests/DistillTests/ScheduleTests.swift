@@ -140,7 +140,7 @@ extension CommandLineTests {
         try expectError(base + ["--temperature-schedule", "0:1"], mentions: "--temperature-schedule needs temperatures in")
         try expectError(base + ["--temperature-schedule", "four:one"], mentions: "--temperature-schedule must be START:END")
         try expectError(base + ["--kd-schedule", "kd-to-ce", "--ce-weight", "0"], mentions: "--kd-schedule kd-to-ce")
-        try expectError(base + ["--kd-schedule", "ce-to-kd", "--kd-weight", "0"], mentions: "--kd-schedule ce-to-kd")
+        try expectError(base + ["--kd-schedule", "ce-to-kd", "--ce-weight", "1", "--kd-weight", "0"], mentions: "--kd-schedule ce-to-kd")
         try expectError(base + ["--kd-schedule", "sideways"], mentions: "kd-schedule")
     }
 }

@@ -30,8 +30,9 @@ extension CommandLineTests {
         XCTAssertEqual(first.status, 0, first.error)
         let resume = base + ["--steps", "4", "--resume"]
         try expectError(resume + ["--kd-weight", "0.5"], mentions: "--kd-weight")
-        try expectError(resume + ["--ce-weight", "0"], mentions: "--ce-weight")
-        try expectError(resume + ["--temperature", "1"], mentions: "--temperature")
+        // Values other than `student`'s defaults (CE weight 0, τ 1).
+        try expectError(resume + ["--ce-weight", "1"], mentions: "--ce-weight")
+        try expectError(resume + ["--temperature", "2"], mentions: "--temperature")
         try expectError(resume + ["--divergence", "reverse-kl"], mentions: "--divergence")
         try expectError(resume + ["--teacher-top-k", "5"], mentions: "--teacher-top-k")
         try expectError(resume + ["--feature-weight", "1"], mentions: "--feature-weight")

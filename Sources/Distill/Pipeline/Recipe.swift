@@ -508,8 +508,10 @@ struct RecipeParser {
         try only("peers", [.mutual])
         try only("init_from_teacher", [.kd, .kdFeature, .kdRelational])
 
-        var settings = DistillationSettings()
-        settings.weights = DistillationWeights(ce: 1, kd: kind == .baseline ? 0 : 1)
+        // A student that learns from a teacher starts from `distill student`'s defaults (KD alone at τ = 1,
+        // chosen by the sweep); mutual peers from `distill mutual`'s (CE + τ²·KD at τ = 2).
+        var settings = kind == .mutual || kind == .baseline ? DistillationSettings() : .student
+        if kind == .baseline { settings.weights = DistillationWeights(ce: 1, kd: 0) }
         if var logits = try reader.object("logits") {
             if let v = try logits.number("ce_weight") { settings.weights.ce = Float(v) }
             if let v = try logits.number("kd_weight") { settings.weights.kd = Float(v) }
