@@ -19,22 +19,26 @@ enum Flags {
     /// A role in an `OutputGuard` error: a setting's raw value becomes its flag, and so does any other
     /// role (`input`, `model`), since every path a command reads or writes comes from a flag.
     static func name(role: String) -> String {
-        Setting(rawValue: role).map(name) ?? "--" + role.replacingOccurrences(of: "_", with: "-")
+        if role.hasPrefix("--") { return role }  // a command's own role, already a flag
+        return Setting(rawValue: role).map(name) ?? "--" + role.replacingOccurrences(of: "_", with: "-")
+    }
+
+    /// A library error as the user of the command line reads it: every setting it names spelt as its flag.
+    /// Every error a command ends with passes through here (Parallel.main).
+    static func userFacing(_ error: Error) -> Error {
+        switch error {
+        case let error as NamesSettings: return CommandError(error.message(naming: name))
+        case let IOError.wouldOverwrite(output, path, input, inputPath):
+            return IOError.wouldOverwrite(output: name(role: output), path: path, input: name(role: input), inputPath: inputPath)
+        case let IOError.sharedOutput(first, firstPath, second, secondPath):
+            return IOError.sharedOutput(name(role: first), firstPath, name(role: second), secondPath)
+        default: return error
+        }
     }
 
     /// Runs a command's work, turning library errors that name a setting into one line that names the flag.
     static func translatingSettings<T>(_ body: () throws -> T) throws -> T {
-        do { return try body() } catch let error as SettingError {
-            throw CommandError(error.message(naming: name(error.setting)))
-        } catch let error as IOError {
-            switch error {
-            case let .wouldOverwrite(output, path, input, inputPath):
-                throw IOError.wouldOverwrite(output: name(role: output), path: path, input: name(role: input), inputPath: inputPath)
-            case let .sharedOutput(first, firstPath, second, secondPath):
-                throw IOError.sharedOutput(name(role: first), firstPath, name(role: second), secondPath)
-            default: throw error
-            }
-        }
+        do { return try body() } catch { throw userFacing(error) }
     }
 
     /// Refuses NaN and infinities for float flags, before any work.

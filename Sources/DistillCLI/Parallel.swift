@@ -47,7 +47,8 @@ enum Parallel {
             try command.run()
             group.finish()
             exit(0)
-        } catch {
+        } catch let libraryError {
+            let error = Flags.userFacing(libraryError)
             if error is ExitCode {
                 // A saved interrupt (130): every rank got here at the same step.
                 group.finish()

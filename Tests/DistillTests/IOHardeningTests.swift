@@ -242,7 +242,7 @@ final class IOHardeningTests: XCTestCase {
         assertThrows(EvaluationError.noValidationSplit(output, tokens: 0)) {
             _ = try EvaluationTokens(validationSplitOf: output, tokenizer: tokenizer)
         }
-        XCTAssertTrue(EvaluationError.noValidationSplit(output, tokens: 0).description.contains("--val-fraction"))
+        XCTAssertTrue(EvaluationError.noValidationSplit(output, tokens: 0).message(naming: { "--" + $0.rawValue }).contains("--val_fraction"))
     }
 
     func testJSONOutputWritesNonFiniteNumbersAsNull() throws {

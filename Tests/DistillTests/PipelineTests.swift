@@ -90,7 +90,7 @@ final class PipelineTests: XCTestCase {
         _ = try self.run(try Self.recipe(in: scratch, students: Self.students), run)
 
         let edited = Self.students.replacingOccurrences(of: #"{"name": "kd", "kind": "kd"}"#,
-                                                        with: #"{"name": "kd", "kind": "kd", "logits": {"temperature": 1}}"#)
+                                                        with: #"{"name": "kd", "kind": "kd", "logits": {"temperature": 2}}"#)
         let (changed, _) = try self.run(try Self.recipe(in: scratch, students: edited), run)
         XCTAssertEqual(changed.ran, ["student-kd", "eval-kd", "samples-kd"])
 
@@ -273,7 +273,7 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(second.report.models, first.report.models)
 
         // A cached student with another temperature needs another cache; the others stay.
-        let warmer = students.replacingOccurrences(of: #""cache": {"samples": 4}}"#, with: #""cache": {"samples": 4}, "logits": {"temperature": 1}}"#)
+        let warmer = students.replacingOccurrences(of: #""cache": {"samples": 4}}"#, with: #""cache": {"samples": 4}, "logits": {"temperature": 2}}"#)
         let (third, _) = try self.run(try Self.recipe(in: scratch, students: warmer, text: text.path), run)
         XCTAssertEqual(third.ran.filter { !$0.hasPrefix("cache-") }, ["student-cached", "eval-cached", "samples-cached"])
         XCTAssertEqual(third.ran.filter { $0.hasPrefix("cache-") }.count, 1)

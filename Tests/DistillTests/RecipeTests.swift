@@ -43,17 +43,18 @@ final class RecipeTests: XCTestCase {
         XCTAssertEqual(recipe.students[1].context, 32)
         XCTAssertEqual(recipe.students[0].settings.weights.kd, 0, "a baseline learns from labels alone")
         XCTAssertEqual(recipe.students[1].settings.weights.kd, 1)
-        XCTAssertEqual(recipe.students[1].settings.logits.temperature, 2)
+        XCTAssertEqual(recipe.students[1].settings.weights.ce, 0, "distill student's defaults, chosen by the sweep")
+        XCTAssertEqual(recipe.students[1].settings.logits.temperature, 1)
     }
 
     func testNormalFormIgnoresFormattingAndExplicitDefaults() throws {
         let plain = try Recipe.decode(recipeText(), baseDirectory: base)
         let explicit = try Recipe.decode(recipeText(students: """
             [{"name": "baseline", "kind": "baseline", "training": {"steps": 4}},
-             {"kind": "kd", "name": "kd", "logits": {"divergence": "forward-kl", "temperature": 2.0, "ce_weight": 1, "tau_squared": true}}]
+             {"kind": "kd", "name": "kd", "logits": {"divergence": "forward-kl", "temperature": 1.0, "ce_weight": 0, "tau_squared": true}}]
             """), baseDirectory: base)
         XCTAssertEqual(plain.normalized.canonicalText, explicit.normalized.canonicalText)
-        let changed = try Recipe.decode(recipeText(students: #"[{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd", "logits": {"temperature": 1}}]"#),
+        let changed = try Recipe.decode(recipeText(students: #"[{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd", "logits": {"temperature": 2}}]"#),
                                         baseDirectory: base)
         XCTAssertEqual(plain.students[0].normalized, changed.students[0].normalized)
         XCTAssertNotEqual(plain.students[1].normalized, changed.students[1].normalized)

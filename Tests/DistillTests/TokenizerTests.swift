@@ -244,7 +244,7 @@ final class TokenizerTests: XCTestCase {
             XCTAssertGreaterThan(maximum, 259)
             XCTAssertLessThan(maximum, 5000)
             XCTAssertTrue(TokenizerError.vocabularyTooLarge(requested: requested, maximum: maximum)
-                .description.contains("lower --vocab-size"))
+                .description.contains("lower vocab_size"))
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: output))
     }

@@ -1,5 +1,5 @@
 /// Errors of token files and batches, each a one-line message a user can act on.
-public enum DataError: Error, CustomStringConvertible, Equatable {
+public enum DataError: NamesSettings, Equatable {
     /// The token file does not exist.
     case missingTokenFile(String)
     /// The token file cannot be opened or mapped.
@@ -29,14 +29,14 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
     /// The output token file cannot be written.
     case unwritableOutput(String, reason: String)
 
-    public var description: String {
+    public func message(naming name: (Setting) -> String) -> String {
         switch self {
         case .missingTokenFile(let path):
             return "token file \(path) does not exist: make it with `distill prepare` or check the path"
         case .unreadableTokenFile(let path, let reason):
             return "cannot read token file \(path) (\(reason)): check its permissions"
         case .tokenFileIsFolder(let path):
-            return "\(path) is a folder, not a token file: give the file written by `distill prepare --output`"
+            return "\(path) is a folder, not a token file: give the file written by `distill prepare`"
         case .notATokenFile(let path):
             return "\(path) is not a distill token file (wrong magic): pass a file written by `distill prepare`"
         case .unsupportedVersion(let path, let found, let supported):
@@ -50,11 +50,11 @@ public enum DataError: Error, CustomStringConvertible, Equatable {
         case .tokenizerMismatch(let tokenFile, let tokenizer):
             return "token file \(tokenFile) was not made with tokenizer \(tokenizer): prepare the data again with this tokenizer, or pass the one it was made with"
         case .invalidValidationFraction(let fraction):
-            return "validation fraction \(fraction) is outside [0, 1): use e.g. --val-fraction 0.1, or 0 for no validation split"
+            return "validation fraction \(fraction) is outside [0, 1): use e.g. \(name(.valFraction)) 0.1, or 0 for no validation split"
         case .tooFewLinesToSplit:
-            return "the text has a single line, so it cannot be split into training and validation text at a line boundary: add lines or use --val-fraction 0"
+            return "the text has a single line, so it cannot be split into training and validation text at a line boundary: add lines or use \(name(.valFraction)) 0"
         case .splitTooShort(let split, let tokens, let needed):
-            return "the \(split) split has \(tokens) tokens but one window needs \(needed): lower --context or add text"
+            return "the \(split) split has \(tokens) tokens but one window needs \(needed): lower \(name(.context)) or add text"
         case .invalidBatchShape(let batchSize, let contextLength):
             return "batch size \(batchSize) and context length \(contextLength) must both be at least 1"
         case .unwritableOutput(let path, let reason):

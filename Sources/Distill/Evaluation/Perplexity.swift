@@ -110,7 +110,7 @@ func agreeOnScoring(_ group: ProcessGroup, tokens: [Int32], bytes: Int, model: S
 }
 
 /// Errors of evaluation that a user can act on.
-public enum EvaluationError: Error, CustomStringConvertible, Equatable {
+public enum EvaluationError: NamesSettings, Equatable {
     case badStride(Int, context: Int)
     case tooShort(Int)
     case notText(String)
@@ -118,16 +118,16 @@ public enum EvaluationError: Error, CustomStringConvertible, Equatable {
     /// A token file whose validation split holds fewer than two tokens.
     case noValidationSplit(String, tokens: Int)
 
-    public var description: String {
+    public func message(naming name: (Setting) -> String) -> String {
         switch self {
-        case .badStride(let stride, let context): return "--stride must be between 1 and the context (\(context)), got \(stride)"
+        case .badStride(let stride, let context): return "\(name(.stride)) must be between 1 and the context (\(context)), got \(stride)"
         case .tooShort(let count): return "the text has \(count) token(s); at least 2 are needed to score anything"
         case .notText(let path): return "\(path) is not UTF-8 text: give a text file"
         case let .windowTooLarge(length, needed, available):
             return String(format: "a scoring window of %d tokens needs about %.1f GB of activations but this machine has %.1f GB: give a shorter context",
                           length, needed, available)
         case .noValidationSplit(let path, let tokens):
-            return "token file \(path) has \(tokens) validation token(s), too few to score: prepare it with a validation split (`distill prepare --val-fraction 0.1`), or score a text with --text"
+            return "token file \(path) has \(tokens) validation token(s), too few to score: prepare it with a validation split (`distill prepare \(name(.valFraction)) 0.1`), or score a text with \(name(.text))"
         }
     }
 }

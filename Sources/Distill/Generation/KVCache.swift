@@ -37,21 +37,19 @@ public final class KVCacheSession {
 }
 
 /// Errors of text generation that a user can act on.
-public enum GenerationError: Error, CustomStringConvertible, Equatable {
+public enum GenerationError: NamesSettings, Equatable {
     case contextFull(Int)
     case badToken(Int)
     case promptTooLong(tokens: Int, context: Int)
     case emptyPrompt
-    case invalidSetting(String)
 
-    public var description: String {
+    public func message(naming name: (Setting) -> String) -> String {
         switch self {
         case .contextFull(let n): return "the model's context of \(n) tokens is full"
         case .badToken(let id): return "token id \(id) is outside the model's vocabulary"
         case .promptTooLong(let tokens, let context):
             return "the prompt is \(tokens) tokens but the model's context is \(context): shorten the prompt"
-        case .emptyPrompt: return "the prompt encodes to no tokens and the tokenizer has no BOS token: give a --prompt"
-        case .invalidSetting(let why): return why
+        case .emptyPrompt: return "the prompt encodes to no tokens and the tokenizer has no BOS token: give a \(name(.prompt))"
         }
     }
 }

@@ -10,11 +10,11 @@ public struct Sampler {
 
     public init(temperature: Float = 0.8, topK: Int? = nil, topP: Float? = nil, seed: UInt64 = 0) throws {
         guard temperature >= 0, temperature.isFinite else {
-            throw GenerationError.invalidSetting("--temperature must be 0 (greedy) or positive, got \(temperature)")
+            throw SettingError(.temperature, "must be 0 (greedy) or positive, got \(temperature)")
         }
-        if let topK, topK < 1 { throw GenerationError.invalidSetting("--top-k must be at least 1, got \(topK)") }
+        if let topK, topK < 1 { throw SettingError(.topK, "must be at least 1, got \(topK)") }
         if let topP, !(topP > 0 && topP <= 1) {
-            throw GenerationError.invalidSetting("--top-p must be in (0, 1], got \(topP)")
+            throw SettingError(.topP, "must be in (0, 1], got \(topP)")
         }
         self.temperature = temperature
         self.topK = topK

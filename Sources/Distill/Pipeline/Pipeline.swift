@@ -80,7 +80,7 @@ public final class Pipeline {
                            callbacks: PipelineCallbacks = PipelineCallbacks()) throws -> PipelineOutcome {
         let runURL = URL(fileURLWithPath: output).standardizedFileURL
         let plan = try Plan(recipe: recipe, searchRoots: searchRoots, log: callbacks.log)
-        try OutputGuard.refuseOverlap(output: OutputGuard.Role("--output", runURL.path), inputs: plan.inputs)
+        try OutputGuard.refuseOverlap(output: OutputGuard.Role("output", runURL.path), inputs: plan.inputs)
         try RunDirectory.prepare(runURL)
         let pipeline = try Pipeline(recipe: recipe, run: runURL, callbacks: callbacks)
         return try pipeline.execute(plan)
@@ -271,6 +271,8 @@ public final class Pipeline {
         let outcomes: [TrainingOutcome]
         do { outcomes = try train(resume) } catch let error as SettingError {
             throw RecipeError("\(field).\(Plan.field(error.setting))", error.problem)
+        } catch let error as NamesSettings {
+            throw RecipeError(field, error.message(naming: { "`\(field).\(Plan.field($0))`" }))
         }
         if outcomes.contains(where: \.interrupted) {
             interrupted = true

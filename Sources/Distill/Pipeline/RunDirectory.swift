@@ -1,7 +1,7 @@
 import Foundation
 
 /// Errors of `distill run` and `distill report` that are not a recipe field's.
-public enum PipelineError: Error, CustomStringConvertible, Equatable {
+public enum PipelineError: NamesSettings, Equatable {
     case unreadable(String, String)
     case notARunDirectory(String)
     case otherSchema(path: String, found: Int, expected: Int)
@@ -9,15 +9,15 @@ public enum PipelineError: Error, CustomStringConvertible, Equatable {
     case defaultCorpus(String)
     case notAvailableYet(field: String, kind: String, reason: String)
 
-    public var description: String {
+    public func message(naming name: (Setting) -> String) -> String {
         switch self {
         case let .unreadable(path, reason): return "cannot read \(path): \(reason)"
         case .notARunDirectory(let path):
-            return "\(path) is not empty and holds no run.json, so it is not a distill run directory: choose a new or empty --output"
+            return "\(path) is not empty and holds no run.json, so it is not a distill run directory: choose a new or empty \(name(.output))"
         case let .otherSchema(path, found, expected):
             return "\(path) was made by recipe schema \(found) and this distill uses schema \(expected): "
-                + "give a new --output (or delete \(path) to start over)"
-        case let .damagedRun(path, why): return "\(path) is damaged: \(why); give a new --output"
+                + "give a new \(name(.output)) (or delete \(path) to start over)"
+        case let .damagedRun(path, why): return "\(path) is damaged: \(why); give a new \(name(.output))"
         case .defaultCorpus(let why): return "the default corpus (the King James Bible) is missing: \(why)"
         case let .notAvailableYet(field, kind, reason):
             return "\(field): \(kind) students are not available yet in this distill (\(reason)); remove the student or use kind \"kd\""

@@ -108,8 +108,3 @@ enum Fingerprint {
         return StageStore.hex(fnv1a64(Data(parts.joined(separator: "\n").utf8)))
     }
 }
-
-/// FNV-1a 64 of `data`.
-func fnv1a64(_ data: Data) -> UInt64 {
-    data.withUnsafeBytes { fnv1a64($0) }
-}

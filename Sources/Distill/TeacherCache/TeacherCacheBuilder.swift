@@ -61,10 +61,9 @@ public enum TeacherCacheBuilder {
                              group: ProcessGroup = .single, progress: (TeacherCacheProgress) -> Void = { _ in },
                              shouldStop: () -> Bool = { false }) throws -> TeacherCacheSummary {
         guard !paths.isEmpty else { throw EnsembleError.noMembers }
-        try OutputGuard.refuseOverlap(output: .init("--output", output),
-                                      inputs: [.init("--data", dataPath)] + paths.map { .init("--teacher", $0) })
-        try OutputGuard.refuseOverlap(output: .init("--output", TeacherCacheWriter.partialPath(for: output)),
-                                      inputs: [.init("--data", dataPath)] + paths.map { .init("--teacher", $0) })
+        let inputs = [OutputGuard.Role("data", dataPath)] + paths.map { OutputGuard.Role("teacher", $0) }
+        try OutputGuard.refuseOverlap(output: .init("output", output), inputs: inputs)
+        try OutputGuard.refuseOverlap(output: .init("output", TeacherCacheWriter.partialPath(for: output)), inputs: inputs)
         let data = try TokenFile(path: dataPath)
         try data.checkTokenRange()
         var models: [LlamaModel] = []

@@ -1,7 +1,7 @@
 import Foundation
 
 /// What can be wrong with a teacher cache, its build or its use; every message says what to do.
-public enum TeacherCacheError: Error, CustomStringConvertible, Equatable, Sendable {
+public enum TeacherCacheError: NamesSettings, Equatable, Sendable {
     /// The cache file does not exist or cannot be read.
     case unreadable(String, reason: String)
     /// The file does not start with the cache's magic bytes.
@@ -19,7 +19,7 @@ public enum TeacherCacheError: Error, CustomStringConvertible, Equatable, Sendab
     /// The output exists and is not this build's finished cache.
     case outputExists(String)
 
-    public var description: String {
+    public func message(naming name: (Setting) -> String) -> String {
         switch self {
         case let .unreadable(path, reason): return "cannot read the teacher cache \(path): \(reason)"
         case .notACache(let path): return "\(path) is not a teacher cache (made by `distill cache-teacher`)"
@@ -34,7 +34,7 @@ public enum TeacherCacheError: Error, CustomStringConvertible, Equatable, Sendab
         case .foreignPartial(let path):
             return "\(path) holds an unfinished build with other settings (teacher, data, temperature, mode or seed): delete it, or rerun with that build's settings"
         case .outputExists(let path):
-            return "\(path) already exists and is not the finished cache of these settings: choose another --output or delete it"
+            return "\(path) already exists and is not the finished cache of these settings: choose another \(name(.output)) or delete it"
         }
     }
 }

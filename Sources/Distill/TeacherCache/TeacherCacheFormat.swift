@@ -240,15 +240,6 @@ enum TeacherCacheFormat {
     }
 }
 
-/// FNV-1a 64 continued from `hash` over `bytes` (start from `fnvOffsetBasis`), so a file written
-/// in pieces is hashed as it goes.
-func fnv1a64(continuing hash: UInt64, _ bytes: UnsafeRawBufferPointer) -> UInt64 {
-    var hash = hash
-    for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
-    return hash
-}
-
-let fnvOffsetBasis: UInt64 = 0xCBF2_9CE4_8422_2325
 
 /// A 64-bit mix (SplitMix64's finaliser): spreads nearby inputs over the whole range.
 func mix64(_ value: UInt64) -> UInt64 {

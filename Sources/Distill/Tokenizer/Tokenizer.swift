@@ -241,11 +241,3 @@ public final class Tokenizer: @unchecked Sendable {
     }
 }
 
-/// FNV-1a, 64-bit: a fast, stable fingerprint (not a cryptographic hash).
-func fnv1a64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
-    var hash: UInt64 = 0xCBF2_9CE4_8422_2325
-    for byte in bytes {
-        hash = (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01B3
-    }
-    return hash
-}

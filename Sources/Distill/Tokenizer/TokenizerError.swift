@@ -1,6 +1,6 @@
 /// Errors of the text → tokens stage: reading input text, loading and training tokenizers. Each
 /// message is one line that says what went wrong and what to do about it.
-public enum TokenizerError: Error, CustomStringConvertible, Equatable {
+public enum TokenizerError: NamesSettings, Equatable {
     /// No input path was given.
     case noInput
     /// An input path does not exist.
@@ -38,10 +38,10 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
     /// A token id that is not in the vocabulary.
     case idOutOfRange(id: Int32, vocabSize: Int)
 
-    public var description: String {
+    public func message(naming name: (Setting) -> String) -> String {
         switch self {
         case .noInput:
-            return "no input text given: pass --input with a file, a folder of .txt files or -"
+            return "no input text given: pass \(name(.input)) with a file, a folder of .txt files or -"
         case .missingInput(let path):
             return "input \(path) does not exist: check the path"
         case .emptyInput(let path):
@@ -63,15 +63,15 @@ public enum TokenizerError: Error, CustomStringConvertible, Equatable {
         case .invalidModel(let path, let reason):
             return "\(path) is not a SentencePiece model (\(reason)): pass the .model file written by `distill tokenizer train`"
         case .vocabularyTooLarge(let requested, let maximum):
-            return "vocabulary size \(requested) is too large for this corpus (at most \(maximum)): lower --vocab-size or add text"
+            return "vocabulary size \(requested) is too large for this corpus (at most \(maximum)): lower \(name(.vocabSize)) or add text"
         case .vocabularyTooSmall(let requested, let minimum):
-            return "vocabulary size \(requested) is too small for this corpus's characters plus 256 byte pieces (at least \(minimum)): raise --vocab-size"
+            return "vocabulary size \(requested) is too small for this corpus's characters plus 256 byte pieces (at least \(minimum)): raise \(name(.vocabSize))"
         case .invalidVocabularySize(let size):
-            return "vocabulary size \(size) is not usable: choose a --vocab-size of at least 260"
+            return "vocabulary size \(size) is not usable: choose a \(name(.vocabSize)) of at least 260"
         case .noUsableLines:
             return "SentencePiece found no usable line in the input: give text with several ordinary lines"
         case .nothingToMerge:
-            return "the text has no two characters side by side, so BPE has nothing to merge: add text or use --model-type unigram"
+            return "the text has no two characters side by side, so BPE has nothing to merge: add text or use \(name(.modelType)) unigram"
         case .trainingFailed(let message):
             return "tokenizer training failed: \(message)"
         case .idOutOfRange(let id, let vocabSize):

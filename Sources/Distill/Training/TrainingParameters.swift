@@ -71,24 +71,18 @@ public struct TrainingParameters: Codable, Equatable, Sendable {
 
 /// Errors of training runs that a user can act on.
 public enum TrainingError: Error, CustomStringConvertible, Equatable {
-    case invalidSetting(String)
     case cannotResume(String)
     case tokenizerMismatch(String)
     /// The loss or the gradient norm (`what`) stopped being finite at `step`; nothing of that step was saved.
     case diverged(step: Int, what: String)
-    /// Another live process is training into the same directory.
-    case locked(String)
 
     public var description: String {
         switch self {
-        case .invalidSetting(let why): return why
         case .cannotResume(let why): return "cannot resume: \(why)"
         case .tokenizerMismatch(let why): return why
         case let .diverged(step, what):
             return "the \(what) became NaN or infinite at step \(step); stopped without saving it (the last checkpoint is kept): "
                 + "lower the learning rate or raise the warm-up"
-        case .locked(let path):
-            return "\(path) is in use by another distill run (see its .lock): wait for it to finish, or choose another output"
         }
     }
 }

@@ -32,7 +32,7 @@ public final class CachedTeacherObjective: TrainingObjective {
             throw SettingError(.divergence, "is \(settings.logits.divergence.name), which needs the teacher's full distribution, but a teacher cache holds a sparse target: use forward-kl (or the soft cross-entropy), or a live teacher")
         }
         if settings.logits.teacherTopK != nil {
-            throw SettingError(.teacherTopK, "cuts a live teacher's distribution; a cache's targets are fixed when it is built (cache-teacher --top-k)")
+            throw SettingError(.teacherTopK, "cuts a live teacher's distribution; a cache's targets are fixed when it is built (its top-K setting)")
         }
         let weights = settings.weights
         for (setting, weight) in [(Setting.featureWeight, weights.feature), (.rkdDistanceWeight, weights.rkdDistance),

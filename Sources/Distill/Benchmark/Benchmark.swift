@@ -11,10 +11,18 @@ public struct BenchmarkReport: Codable, Sendable {
     public var trainModelGFLOPS: Double
     public var trainUtilisation: Double
     public var distillTokensPerSecond: Double?
+    /// A forward pass keeping nothing for backward (a teacher, `eval`, `cache-teacher`).
+    public var inferenceTokensPerSecond: Double
+    public var inferenceModelGFLOPS: Double
+    public var inferenceUtilisation: Double
     public var generationTokensPerSecond: Double
+    /// Greedy generation with one thread (where llama.cpp does best).
+    public var generationOneThreadTokensPerSecond: Double
     public var parameters: Int
     public var studentParameters: Int?
     public var peakResidentMB: Double
+    /// Peak resident memory while each workload ran (`training`, `distillation`, `inference`, `generation`).
+    public var peakResidentMBByWorkload: [String: Double]
 }
 
 /// The benchmark's workloads, on random tokens (no corpus needed).
@@ -94,6 +102,19 @@ public enum Benchmark {
         return Double(batch * context) / seconds
     }
 
+    /// Median tokens/s of a forward pass that keeps nothing for backward, over a [batch, context] batch.
+    public static func inferenceSpeed(config: LlamaConfig, batch: Int, context: Int, repeats: Int) throws -> Double {
+        let model = try LlamaModel(config: config, seed: 1)
+        var random = SeededRandom(seed: 7)
+        let data = randomBatch(vocab: config.vocabSize, batch: batch, length: context, random: &random)
+        let seconds = median(repeats: repeats) {
+            data.inputs.withUnsafeBufferPointer { tokens in
+                _ = model.forward(tokens: tokens.baseAddress!, batch: batch, length: context, keepForBackward: false)
+            }
+        }
+        return Double(batch * context) / seconds
+    }
+
     /// Median tokens/s of greedy decoding with the KV cache: batch 1, an 8-token prompt, 120 new tokens.
     public static func generationSpeed(config: LlamaConfig, repeats: Int) throws -> Double {
         let model = try LlamaModel(config: config, seed: 1)
@@ -105,6 +126,12 @@ public enum Benchmark {
             produced = try generate(session: session, prompt: prompt, maxTokens: 120, sampler: &sampler).count
         }
         return Double(produced) / seconds
+    }
+
+    /// Resets the peak resident memory to the current one (Linux's clear_refs), so that the next
+    /// `peakResidentMB` is the peak of what runs in between.
+    public static func resetPeakResident() {
+        try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
     }
 
     /// Peak resident memory of this process so far, in MB (VmHWM).
@@ -127,20 +154,44 @@ extension Benchmark {
             + "OpenBLAS kernels \(BLASKernels.coreName)\(chosen)")
         let gflops = sgemmRate()
         say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512): %.1f GFLOP/s", gflops))
-        let train = try trainingSpeed(config: teacher, batch: batch, context: context, repeats: repeats)
+        let setupPeak = peakResidentMB()  // the sgemm probe's matrices
+        var peaks: [String: Double] = [:]
+        // Each workload's own peak: the counter is reset before it starts.
+        func measured<T>(_ workload: String, _ body: () throws -> T) rethrows -> T {
+            resetPeakResident()
+            let result = try body()
+            peaks[workload] = peakResidentMB()
+            return result
+        }
+        let train = try measured("training") { try trainingSpeed(config: teacher, batch: batch, context: context, repeats: repeats) }
         let modelRate = train * trainingFLOPsPerToken(teacher, context: context) / 1e9
-        say(String(format: "training (%@, %d params): %.0f tokens/s, %.1f GFLOP/s, utilisation %.0f%%", preset,
-                   ParameterLayout(config: teacher).count, train, modelRate, 100 * modelRate / gflops))
-        let distill = try distillationSpeed(teacher: teacher, student: student, batch: batch, context: context, repeats: repeats)
-        say(String(format: "distillation (%@ teacher forward + %@-student forward/backward, CE + τ²·KL): %.0f tokens/s",
-                   preset, preset, distill))
-        let generation = try generationSpeed(config: teacher, repeats: repeats)
-        say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s", generation))
-        let peak = peakResidentMB()
-        say(String(format: "peak resident memory: %.0f MB", peak))
+        say(String(format: "training (%@, %d params): %.0f tokens/s, %.1f GFLOP/s, utilisation %.0f%%, peak %.0f MB", preset,
+                   ParameterLayout(config: teacher).count, train, modelRate, 100 * modelRate / gflops, peaks["training"] ?? 0))
+        let distill = try measured("distillation") {
+            try distillationSpeed(teacher: teacher, student: student, batch: batch, context: context, repeats: repeats)
+        }
+        say(String(format: "distillation (%@ teacher forward + %@-student forward/backward, CE + τ²·KL): %.0f tokens/s, peak %.0f MB",
+                   preset, preset, distill, peaks["distillation"] ?? 0))
+        let inference = try measured("inference") { try inferenceSpeed(config: teacher, batch: batch, context: context, repeats: repeats) }
+        // A forward pass is a third of a training step's FLOPs.
+        let inferenceRate = inference * trainingFLOPsPerToken(teacher, context: context) / 3 / 1e9
+        say(String(format: "teacher inference (forward, nothing kept for backward): %.0f tokens/s, %.1f GFLOP/s, utilisation %.0f%%, peak %.0f MB",
+                   inference, inferenceRate, 100 * inferenceRate / gflops, peaks["inference"] ?? 0))
+        let generation = try measured("generation") { try generationSpeed(config: teacher, repeats: repeats) }
+        let threads = Compute.threads
+        Compute.setThreads(1)
+        let generationOneThread = try generationSpeed(config: teacher, repeats: repeats)
+        Compute.setThreads(threads)
+        say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s; on 1 thread %.0f tokens/s; peak %.0f MB",
+                   generation, generationOneThread, peaks["generation"] ?? 0))
+        let peak = max(setupPeak, peaks.values.max() ?? 0)
+        say(String(format: "peak resident memory: %.0f MB (%.0f MB by the sgemm probe)", peak, setupPeak))
         return BenchmarkReport(preset: preset, threads: Compute.threads, blasCore: BLASKernels.coreName, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
                                trainModelGFLOPS: modelRate, trainUtilisation: modelRate / gflops, distillTokensPerSecond: distill,
-                               generationTokensPerSecond: generation, parameters: ParameterLayout(config: teacher).count,
-                               studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak)
+                               inferenceTokensPerSecond: inference, inferenceModelGFLOPS: inferenceRate,
+                               inferenceUtilisation: inferenceRate / gflops, generationTokensPerSecond: generation,
+                               generationOneThreadTokensPerSecond: generationOneThread, parameters: ParameterLayout(config: teacher).count,
+                               studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak,
+                               peakResidentMBByWorkload: peaks)
     }
 }

@@ -83,7 +83,7 @@ extension TrainingRun {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys]
         func text<T: Encodable>(_ value: T) -> String { (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "?" }
-        func hash(_ string: String) -> String { String(string.utf8.reduce(UInt64(0xCBF2_9CE4_8422_2325)) { ($0 ^ UInt64($1)) &* 0x100_0000_01B3 }, radix: 16) }
+        func hash(_ string: String) -> String { String(fnv1a64(Data(string.utf8)), radix: 16) }
         var print = ["command": "training", "program": DistillVersion.string, "data": dataFingerprint(data)]
         for (index, trainer) in trainers.enumerated() {
             print["model \(index)"] = text(trainer.model.config) + " " + String(weightsHash(UnsafeBufferPointer(trainer.model.parameters)), radix: 16)

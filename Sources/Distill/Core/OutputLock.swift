@@ -14,7 +14,7 @@ public final class OutputLock {
         guard fd >= 0 else { throw IOError.unwritable(directory.path) }
         guard flock(fd, LOCK_EX | LOCK_NB) == 0 else {
             close(fd)
-            throw TrainingError.locked(directory.path)
+            throw IOError.locked(directory.path)
         }
         // The holder's pid, for a person who looks; the lock itself is the flock.
         let pid = "\(getpid())\n"

@@ -20,11 +20,25 @@ public enum Setting: String, Sendable, CaseIterable, Codable {
     case peer
     // Cached teachers and born-again generations.
     case teacherCache = "teacher_cache", samples, topK = "top_k", count, teachWith = "teach_with"
+    // Tokenizer, token files, evaluation and sampling.
+    case input, vocabSize = "vocab_size", modelType = "model_type", valFraction = "val_fraction"
+    case text, stride, prompt, topP = "top_p"
+}
+
+/// An error whose message names settings. Each front end spells a setting the way its user gave it: the
+/// CLI as its flag (`--vocab-size`), a recipe as its field (`tokenizer.vocab_size`); `description`
+/// uses the setting's own name.
+public protocol NamesSettings: Error, CustomStringConvertible {
+    func message(naming name: (Setting) -> String) -> String
+}
+
+extension NamesSettings {
+    public var description: String { message(naming: \.rawValue) }
 }
 
 /// A value of one setting that a run cannot use. `problem` reads after the setting's name, e.g.
 /// "must be positive (got 0)"; the CLI prints it after the flag (`--steps must be positive (got 0)`).
-public struct SettingError: Error, CustomStringConvertible, Equatable, Sendable {
+public struct SettingError: NamesSettings, Equatable, Sendable {
     public let setting: Setting
     public let problem: String
 
@@ -36,7 +50,7 @@ public struct SettingError: Error, CustomStringConvertible, Equatable, Sendable 
     /// The message with the setting called `name` (a flag, a recipe field).
     public func message(naming name: String) -> String { "\(name) \(problem)" }
 
-    public var description: String { message(naming: setting.rawValue) }
+    public func message(naming name: (Setting) -> String) -> String { message(naming: name(setting)) }
 
     /// Refuses a value that is not a finite number (NaN or ±infinity).
     public static func requireFinite(_ value: Float, _ setting: Setting) throws {

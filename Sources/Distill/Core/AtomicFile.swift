@@ -107,6 +107,8 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
     /// An output (setting, path) that is, holds or lies inside an input (setting, path).
     case wouldOverwrite(output: String, path: String, input: String, inputPath: String)
     case sharedOutput(String, String, String, String)
+    /// Another live process is writing into the same directory.
+    case locked(String)
 
     public var description: String {
         switch self {
@@ -119,6 +121,8 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
             return "\(output) \(path) would overwrite \(input) \(inputPath): choose another \(output)"
         case let .sharedOutput(first, firstPath, second, secondPath):
             return "\(first) \(firstPath) and \(second) \(secondPath) are the same place: give each its own directory"
+        case .locked(let path):
+            return "\(path) is in use by another distill run (see its .lock): wait for it to finish, or choose another output"
         }
     }
 }
