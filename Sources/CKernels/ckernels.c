@@ -136,3 +136,14 @@ CLONES void ck_adamw(float *param, float *m, float *v, const float *grad, size_t
         param[i] -= lr * mhat / (sqrtf(vhat) + eps);
     }
 }
+
+int ck_cpu_has_avx512(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512cd");
+}
+
+int ck_cpu_has_avx2(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}

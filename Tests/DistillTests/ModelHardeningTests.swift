@@ -231,8 +231,9 @@ final class ModelHardeningTests: XCTestCase {
 
     // MARK: layers point one way
 
-    /// Kernels know sizes, not configs; Model knows nothing of files or tokenizers (IO reads and writes
-    /// models, never the other way round).
+    /// Kernels know sizes, not configs; Model knows nothing of files, tokenizers or data (IO reads and
+    /// writes models, never the other way round); Core knows no layer above it; the training loop knows
+    /// no objective, run or evaluation by name; evaluation does not reach into training.
     func testLayersPointOneWay() throws {
         let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("Sources/Distill")
@@ -249,7 +250,12 @@ final class ModelHardeningTests: XCTestCase {
         let rules: [(folder: String, forbidden: [String])] = [
             ("Kernels", ["LlamaConfig", "LlamaModel", "ParameterLayout"]),
             ("Model", ["Safetensors", "HFModelDirectory", "HFExport", "HFLlamaTensors", "GGUF", "Tokenizer", "AtomicFile",
-                       "MappedFile", "IOError", "ModelDirectory"]),
+                       "MappedFile", "IOError", "ModelDirectory", "TokenFile", "Batch"]),
+            // Core is under every layer; Training's loop knows objectives only by their protocol.
+            ("Core", ["LlamaConfig", "LlamaModel", "Tokenizer", "TokenFile", "Trainer", "ModelDirectory", "Distillation"]),
+            ("Training", ["TrainingRun", "DistillationObjective", "DistillationSettings", "TeacherCache", "scoreTokens",
+                          "PerplexityReport", "ModelEnsemble"]),
+            ("Evaluation", ["Trainer(", "TrainingRun", "Checkpoint"]),
         ]
         for rule in rules {
             for (file, line) in try code(in: rule.folder) {

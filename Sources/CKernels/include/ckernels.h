@@ -45,4 +45,9 @@ void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
               float bias_correction1, float bias_correction2);
 
 #include "ck_losses.h"
+/// Whether this CPU runs AVX-512 (F, BW, DQ, VL, CD: OpenBLAS's SkylakeX kernels) and AVX2 with FMA
+/// (its Haswell kernels).
+int ck_cpu_has_avx512(void);
+int ck_cpu_has_avx2(void);
+
 #endif

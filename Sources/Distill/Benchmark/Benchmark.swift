@@ -149,7 +149,9 @@ extension Benchmark {
     /// All figures of `distill bench`, printing each line through `say` as it is measured.
     public static func run(preset: String, teacher: LlamaConfig, student: LlamaConfig, batch: Int, context: Int,
                            repeats: Int, say: (String) -> Void) throws -> BenchmarkReport {
-        let chosen = ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
+        let environment = ProcessInfo.processInfo.environment
+        let chosen = environment["DISTILL_CHOSE_OPENBLAS_CORETYPE"] != nil ? " (chosen by distill for this CPU)"
+            : environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
         say("preset \(preset): vocab \(teacher.vocabSize), context \(context), batch \(batch), threads \(Compute.threads), "
             + "OpenBLAS kernels \(BLASKernels.coreName)\(chosen)")
         let gflops = sgemmRate()

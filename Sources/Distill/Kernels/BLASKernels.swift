@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 
 /// Which kernels OpenBLAS runs. It picks them by CPU model when it loads, unless `OPENBLAS_CORETYPE`
 /// says otherwise; the choice matters (on this project's AMD machine its AVX-512 "Cooperlake" kernels
@@ -8,5 +9,21 @@ public enum BLASKernels {
     public static var coreName: String {
         guard let name = openblas_get_corename() else { return "unknown" }
         return String(cString: name)
+    }
+
+    /// OpenBLAS cores with AVX-512 kernels, and with AVX2 kernels (at least).
+    static let avx512Cores: Set<String> = ["SkylakeX", "Cooperlake", "SapphireRapids"]
+    static let avx2Cores: Set<String> = avx512Cores.union(["Haswell", "Zen", "SkylakeX"])
+
+    /// The OpenBLAS core type this CPU can run that is better than the one OpenBLAS chose, if any.
+    /// An OpenBLAS older than the CPU does not recognise it and falls back to its SSE3 "Prescott" kernels:
+    /// Debian 12's 0.3.21 does so on Sapphire and Emerald Rapids Xeons, where its sgemm then runs at a
+    /// third of the SkylakeX kernels' rate. OpenBLAS reads `OPENBLAS_CORETYPE` only when it loads, so the
+    /// command line sets it and starts again (`DistillCommand.main`).
+    public static var betterCoreType: String? {
+        let chosen = coreName
+        if ck_cpu_has_avx512() != 0 && !avx512Cores.contains(chosen) { return "SkylakeX" }
+        if ck_cpu_has_avx2() != 0 && !avx2Cores.contains(chosen) { return "Haswell" }
+        return nil
     }
 }

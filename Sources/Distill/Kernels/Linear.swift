@@ -67,6 +67,14 @@ public enum Compute {
         openblas_set_num_threads(Int32(threads))
     }
 
+    /// Runs `body` with `count` threads for our loops and OpenBLAS, then restores the setting.
+    public static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
+        let saved = threads
+        setThreads(count)
+        defer { setThreads(saved) }
+        return try body()
+    }
+
     static func withSingleThreadedBLAS<R>(_ body: () -> R) -> R {
         openblas_set_num_threads(1)
         defer { openblas_set_num_threads(Int32(threads)) }
