@@ -11,7 +11,8 @@ struct ProcessResult {
 
 /// Runs `executable` with `arguments` and waits for it. Standard error goes to a temporary file, so a
 /// child that writes much to both streams cannot block on a full pipe.
-func runProcess(_ executable: URL, _ arguments: [String], currentDirectory: URL? = nil) throws -> ProcessResult {
+func runProcess(_ executable: URL, _ arguments: [String], currentDirectory: URL? = nil,
+                environment: [String: String]? = nil) throws -> ProcessResult {
     let errorsURL = FileManager.default.temporaryDirectory.appendingPathComponent("distill-stderr-\(UUID().uuidString)")
     guard FileManager.default.createFile(atPath: errorsURL.path, contents: nil) else {
         throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: errorsURL.path])
@@ -22,6 +23,7 @@ func runProcess(_ executable: URL, _ arguments: [String], currentDirectory: URL?
     process.executableURL = executable
     process.arguments = arguments
     if let currentDirectory { process.currentDirectoryURL = currentDirectory }
+    if let environment { process.environment = environment }
     let pipe = Pipe()
     process.standardOutput = pipe
     process.standardError = errorsHandle

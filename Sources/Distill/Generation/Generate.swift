@@ -9,11 +9,11 @@ public func generate(session: KVCacheSession, prompt: [Int32], maxTokens: Int, s
     guard prompt.count <= session.capacity else {
         throw GenerationError.promptTooLong(tokens: prompt.count, context: session.capacity)
     }
-    session.reset()
-    for token in prompt { try session.feed(token) }
-    var history = prompt, produced: [Int32] = []
-    let vocab = session.model.config.vocabSize
     return try Compute.withThreads(decodeThreads(session.model)) {
+        session.reset()
+        for token in prompt { try session.feed(token) }
+        var history = prompt, produced: [Int32] = []
+        let vocab = session.model.config.vocabSize
         while produced.count < maxTokens {
             let next = Int32(sampler.sample(session.logits, count: vocab))
             if next == stopToken { break }
@@ -33,8 +33,8 @@ public func generate(session: KVCacheSession, prompt: [Int32], maxTokens: Int, s
     }
 }
 
-/// Threads for decoding one token at a time. Each step is a string of matrix-vector products of the
-/// model's width, too small to share: below `singleThreadDecodeParameters` parameters a second thread
+/// Threads for decoding one token at a time (the prompt too: it is fed a token at a time). Each step is
+/// a string of matrix-vector products of the model's width, too small to share: below `singleThreadDecodeParameters` parameters a second thread
 /// costs more in hand-offs than it gives (`distill bench`, `tiny` preset on 2 cores: 4,685 tokens/s on 1
 /// thread against 903 on 2 with the other core busy; README, *Measured figures*).
 func decodeThreads(_ model: LlamaModel) -> Int {
