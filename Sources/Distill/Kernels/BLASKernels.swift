@@ -20,8 +20,10 @@ public enum BLASKernels {
     /// Debian 12's 0.3.21 does so on Sapphire and Emerald Rapids Xeons, where its sgemm then runs at a
     /// third of the SkylakeX kernels' rate. OpenBLAS reads `OPENBLAS_CORETYPE` only when it loads, so the
     /// command line sets it and starts again (`DistillCommand.main`).
-    public static var betterCoreType: String? {
-        let chosen = coreName
+    public static var betterCoreType: String? { betterCoreType(than: coreName) }
+
+    /// The OpenBLAS core type this CPU can run that is better than `chosen`, if any.
+    public static func betterCoreType(than chosen: String) -> String? {
         if ck_cpu_has_avx512() != 0 && !avx512Cores.contains(chosen) { return "SkylakeX" }
         if ck_cpu_has_avx2() != 0 && !avx2Cores.contains(chosen) { return "Haswell" }
         return nil
