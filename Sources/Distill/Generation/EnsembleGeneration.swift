@@ -52,26 +52,9 @@ public func generate(ensemble: EnsembleSession, prompt: [Int32], maxTokens: Int,
         return try generate(session: ensemble.sessions[0], prompt: prompt, maxTokens: maxTokens, sampler: &sampler,
                             stopToken: stopToken, onToken: onToken)
     }
-    guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
-    guard prompt.count <= ensemble.capacity else {
-        throw GenerationError.promptTooLong(tokens: prompt.count, context: ensemble.capacity)
-    }
-    ensemble.reset()
-    for token in prompt { try ensemble.feed(token) }
-    var history = prompt, produced: [Int32] = []
-    while produced.count < maxTokens {
-        let next = Int32(sampler.sample(ensemble.logits, count: ensemble.vocabSize))
-        if next == stopToken { break }
-        produced.append(next)
-        history.append(next)
-        onToken(next)
-        if produced.count == maxTokens { break }
-        if ensemble.position >= ensemble.capacity {
-            ensemble.reset()
-            for token in history.suffix(max(1, ensemble.capacity / 2)) { try ensemble.feed(token) }
-        } else {
-            try ensemble.feed(next)
-        }
-    }
-    return produced
+    return try generate(stream: ensemble, prompt: prompt, maxTokens: maxTokens, sampler: &sampler, stopToken: stopToken, onToken: onToken)
+}
+
+extension EnsembleSession: TokenStream {
+    var parameterCount: Int { sessions.reduce(0) { $0 + $1.model.parameterCount } }
 }

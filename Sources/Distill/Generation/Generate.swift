@@ -5,28 +5,53 @@
 @discardableResult
 public func generate(session: KVCacheSession, prompt: [Int32], maxTokens: Int, sampler: inout Sampler,
                      stopToken: Int32? = nil, onToken: (Int32) -> Void = { _ in }) throws -> [Int32] {
+    try generate(stream: session, prompt: prompt, maxTokens: maxTokens, sampler: &sampler, stopToken: stopToken, onToken: onToken)
+}
+
+/// A model, or an ensemble of models, fed one token at a time; after each `feed`, `logits` holds the
+/// next-token logits.
+protocol TokenStream: AnyObject {
+    /// Tokens fed so far.
+    var position: Int { get }
+    /// The most positions it holds (the context).
+    var capacity: Int { get }
+    var vocabSize: Int { get }
+    var logits: UnsafeMutablePointer<Float> { get }
+    /// Parameters that run for each token (how many threads are worth it follows from it).
+    var parameterCount: Int { get }
+    func reset()
+    func feed(_ token: Int32) throws
+}
+
+extension KVCacheSession: TokenStream {
+    var vocabSize: Int { model.config.vocabSize }
+    var parameterCount: Int { model.parameterCount }
+}
+
+/// The one decoding loop of `generate(session:)` and `generate(ensemble:)`.
+func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler: inout Sampler,
+              stopToken: Int32?, onToken: (Int32) -> Void) throws -> [Int32] {
     guard !prompt.isEmpty else { throw GenerationError.emptyPrompt }
-    guard prompt.count <= session.capacity else {
-        throw GenerationError.promptTooLong(tokens: prompt.count, context: session.capacity)
+    guard prompt.count <= stream.capacity else {
+        throw GenerationError.promptTooLong(tokens: prompt.count, context: stream.capacity)
     }
-    return try Compute.withThreads(decodeThreads(session.model)) {
-        session.reset()
-        for token in prompt { try session.feed(token) }
+    return try Compute.withThreads(decodeThreads(parameters: stream.parameterCount)) {
+        stream.reset()
+        for token in prompt { try stream.feed(token) }
         var history = prompt, produced: [Int32] = []
-        let vocab = session.model.config.vocabSize
         while produced.count < maxTokens {
-            let next = Int32(sampler.sample(session.logits, count: vocab))
+            let next = Int32(sampler.sample(stream.logits, count: stream.vocabSize))
             if next == stopToken { break }
             produced.append(next)
             history.append(next)
             onToken(next)
             if produced.count == maxTokens { break }
-            if session.position >= session.capacity {
+            if stream.position >= stream.capacity {
                 // Keep the most recent half of the context (at least one token) and refill the cache.
-                session.reset()
-                for token in history.suffix(max(1, session.capacity / 2)) { try session.feed(token) }
+                stream.reset()
+                for token in history.suffix(max(1, stream.capacity / 2)) { try stream.feed(token) }
             } else {
-                try session.feed(next)
+                try stream.feed(next)
             }
         }
         return produced
@@ -37,8 +62,8 @@ public func generate(session: KVCacheSession, prompt: [Int32], maxTokens: Int, s
 /// a string of matrix-vector products of the model's width, too small to share: below `singleThreadDecodeParameters` parameters a second thread
 /// costs more in hand-offs than it gives (`distill bench`, `tiny` preset on 2 cores: 4,685 tokens/s on 1
 /// thread against 903 on 2 with the other core busy; README, *Measured figures*).
-func decodeThreads(_ model: LlamaModel) -> Int {
-    model.parameterCount < singleThreadDecodeParameters ? 1 : Compute.threads
+func decodeThreads(parameters: Int) -> Int {
+    parameters < singleThreadDecodeParameters ? 1 : Compute.threads
 }
 
 /// Models up to this size decode on one thread.
