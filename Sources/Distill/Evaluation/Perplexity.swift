@@ -37,7 +37,22 @@ public struct PerplexityReport: Codable, Equatable, Sendable {
 /// total NLL is the one-process figure up to the order of a few double additions.
 public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context: Int? = nil, stride: Int? = nil,
                         batchSize: Int = 8, group: ProcessGroup = .single) throws -> PerplexityReport {
-    let window = min(context ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings)
+    try scoreWindows(tokens: tokens, bytes: bytes, window: min(context ?? model.config.maxPositionEmbeddings, model.config.maxPositionEmbeddings),
+                     stride: stride, batchSize: batchSize, group: group,
+                     activationBytes: { model.activationBytes(batch: 1, length: $0, keepForBackward: false) },
+                     identity: String(weightsHash(UnsafeBufferPointer(model.parameters)), radix: 16)) { batch in
+        try meanCrossEntropy(model: model, batch: batch)
+    }
+}
+
+/// The windows, batches and rank sharing of both `scoreTokens`: plans the windows of `window` tokens
+/// advanced by `stride`, groups windows of equal length into batches, gives each rank its turns and sums
+/// `meanCrossEntropy` (mean CE of a batch's counted targets; −1 targets are not counted) over them.
+/// `activationBytes(length)` is the memory of one window's forward pass; `identity` names the model for
+/// the ranks' agreement.
+func scoreWindows(tokens: [Int32], bytes: Int, window: Int, stride: Int?, batchSize: Int, group: ProcessGroup,
+                  activationBytes: (Int) -> Double, identity: String,
+                  meanCrossEntropy: (Batch) throws -> Float) throws -> PerplexityReport {
     let step = stride ?? window
     guard step >= 1 && step <= window else {
         throw EvaluationError.badStride(step, context: window)
@@ -45,7 +60,7 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
     guard tokens.count >= 2 else { throw EvaluationError.tooShort(tokens.count) }
     // Several windows share a forward pass, within about 1 GB of activations (attention is T² per window).
     // A text shorter than the context needs only its own length.
-    let perWindow = model.activationBytes(batch: 1, length: min(window, tokens.count - 1), keepForBackward: false)
+    let perWindow = activationBytes(min(window, tokens.count - 1))
     let memory = Double(ProcessInfo.processInfo.physicalMemory)
     guard perWindow < 0.8 * memory else {
         throw EvaluationError.windowTooLarge(min(window, tokens.count - 1), gigabytes: perWindow / 1e9, available: memory / 1e9)
@@ -60,8 +75,7 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
         scoredThrough = begin + length
         begin += step
     }
-    try agreeOnScoring(group, tokens: tokens, bytes: bytes, model: String(weightsHash(UnsafeBufferPointer(model.parameters)), radix: 16),
-                       windows: "\(window) \(step) \(batchSize)")
+    try agreeOnScoring(group, tokens: tokens, bytes: bytes, model: identity, windows: "\(window) \(step) \(batchSize)")
     var nll = 0.0, counted = 0
     var index = 0, batchNumber = 0
     while index < plans.count {
@@ -86,7 +100,7 @@ public func scoreTokens(model: LlamaModel, tokens: [Int32], bytes: Int, context:
         }
         let batch = Batch(batchSize: windows.count, contextLength: length, inputs: inputs, targets: targets)
         let scored = targets.filter { $0 >= 0 }.count
-        nll += Double(try meanCrossEntropy(model: model, batch: batch)) * Double(scored)
+        nll += Double(try meanCrossEntropy(batch)) * Double(scored)
         counted += scored
     }
     if group.size > 1 {
