@@ -60,7 +60,7 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
 
 /// Threads for decoding one token at a time (the prompt too: it is fed a token at a time). Each step is
 /// a string of matrix-vector products of the model's width, too small to share: below `singleThreadDecodeParameters` parameters a second thread
-/// costs more in hand-offs than it gives (`distill bench`, `tiny` preset on 2 cores: 4,685 tokens/s on 1
+/// costs more in hand-offs than it gives (one `distill bench` run, `tiny` preset on 2 cores: 4,685 tokens/s on 1
 /// thread against 903 on 2 with the other core busy; README, *Measured figures*).
 func decodeThreads(parameters: Int) -> Int {
     parameters < singleThreadDecodeParameters ? 1 : Compute.threads
