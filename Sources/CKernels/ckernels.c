@@ -31,7 +31,7 @@ CLONES void ck_exp_inplace(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = fast_expf(x[i]);
 }
 
-CLONES void ck_softmax_prefix(float *row, size_t valid, size_t n) {
+CLONES void ck_softmax_prefix_keeping(float *row, size_t valid, size_t n, float *maximum_out, float *inverse_out) {
 #pragma clang fp reassociate(on)
     float maximum = -INFINITY;
     for (size_t i = 0; i < valid; i++) maximum = row[i] > maximum ? row[i] : maximum;
@@ -42,6 +42,21 @@ CLONES void ck_softmax_prefix(float *row, size_t valid, size_t n) {
         sum += e;
     }
     float inverse = 1.0f / sum;
+    for (size_t i = 0; i < valid; i++) row[i] *= inverse;
+    for (size_t i = valid; i < n; i++) row[i] = 0.0f;
+    *maximum_out = maximum;
+    *inverse_out = inverse;
+}
+
+void ck_softmax_prefix(float *row, size_t valid, size_t n) {
+    float maximum, inverse;
+    ck_softmax_prefix_keeping(row, valid, n, &maximum, &inverse);
+}
+
+CLONES void ck_softmax_prefix_recompute(float *row, size_t valid, size_t n, float maximum, float inverse) {
+#pragma clang fp reassociate(on)
+    // The same two passes as the forward, so that the same scores give the same probabilities.
+    for (size_t i = 0; i < valid; i++) row[i] = fast_expf(row[i] - maximum);
     for (size_t i = 0; i < valid; i++) row[i] *= inverse;
     for (size_t i = valid; i < n; i++) row[i] = 0.0f;
 }
@@ -95,15 +110,15 @@ CLONES void ck_swiglu_forward(float *h, const float *gateUp, size_t rows, size_t
     }
 }
 
-CLONES void ck_swiglu_backward(float *dgateUp, const float *dh, const float *gateUp, size_t rows, size_t hidden) {
+CLONES void ck_swiglu_backward_inplace(float *gateUp, const float *dh, size_t rows, size_t hidden) {
     for (size_t r = 0; r < rows; r++) {
-        const float *gate = gateUp + r * 2 * hidden, *up = gate + hidden, *dhr = dh + r * hidden;
-        float *dgate = dgateUp + r * 2 * hidden, *dup = dgate + hidden;
+        float *gate = gateUp + r * 2 * hidden, *up = gate + hidden;
+        const float *dhr = dh + r * hidden;
         for (size_t i = 0; i < hidden; i++) {
-            float s = sigmoid(gate[i]);
-            float silu = gate[i] * s;
-            dup[i] = dhr[i] * silu;
-            dgate[i] = dhr[i] * up[i] * s * (1.0f + gate[i] * (1.0f - s));
+            // Both inputs are read before either gradient is written over them.
+            float g = gate[i], u = up[i], s = sigmoid(g);
+            up[i] = dhr[i] * g * s;
+            gate[i] = dhr[i] * u * s * (1.0f + g * (1.0f - s));
         }
     }
 }

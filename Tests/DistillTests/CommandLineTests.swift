@@ -40,7 +40,7 @@ final class CommandLineTests: XCTestCase {
         try expectError(["train", "--data", corpus.text.path, "--output", scratch.appendingPathComponent("m").path], mentions: "token file")
         try expectError(["train", "--data", corpus.data, "--output", "/proc/distill-cannot-write", "--steps", "1"], mentions: "write")
         try expectError(["train", "--data", corpus.data, "--output", scratch.appendingPathComponent("huge").path,
-                         "--preset", "tiny-student", "--context", "200000", "--steps", "1"], mentions: "lower the batch size or the context")
+                         "--preset", "tiny-student", "--context", "2000000", "--steps", "1"], mentions: "lower the batch size or the context")
 
         // A small trained model to break in various ways.
         let model = scratch.appendingPathComponent("model")

@@ -5,9 +5,9 @@ import Distill
 final class ModelGradientTests: XCTestCase {
     /// Tiny shapes with grouped-query heads, an untied head, and weights large enough that every
     /// nonlinearity (softmax, SiLU, RMSNorm) is far from linear.
-    static func tinyConfig(tied: Bool = false, context: Int = 8) -> LlamaConfig {
-        LlamaConfig(hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: 2,
-                    numKeyValueHeads: 1, vocabSize: 11, maxPositionEmbeddings: context, tieWordEmbeddings: tied)
+    static func tinyConfig(tied: Bool = false, context: Int = 8, heads: Int = 2, kvHeads: Int = 1) -> LlamaConfig {
+        LlamaConfig(hiddenSize: 8, intermediateSize: 12, numHiddenLayers: 2, numAttentionHeads: heads,
+                    numKeyValueHeads: kvHeads, vocabSize: 11, maxPositionEmbeddings: context, tieWordEmbeddings: tied)
     }
 
     static func model(_ config: LlamaConfig, seed: UInt64 = 1) throws -> LlamaModel {
@@ -21,8 +21,8 @@ final class ModelGradientTests: XCTestCase {
 
     /// loss = Σ logits·R + Σ hidden(block 0)·S + Σ finalHidden·U: a linear read-out, so d loss/d output
     /// is R, S, U, and the check isolates the model's own backward.
-    func checkGradients(tied: Bool, batch: Int = 2, length: Int = 5) throws {
-        let config = Self.tinyConfig(tied: tied, context: max(8, length))
+    func checkGradients(tied: Bool, batch: Int = 2, length: Int = 5, heads: Int = 2, kvHeads: Int = 1) throws {
+        let config = Self.tinyConfig(tied: tied, context: max(8, length), heads: heads, kvHeads: kvHeads)
         let model = try Self.model(config)
         let rows = batch * length, c = config.hiddenSize
         var random = SeededRandom(seed: 7)
@@ -81,6 +81,72 @@ final class ModelGradientTests: XCTestCase {
     func testGradientsTied() throws { try checkGradients(tied: true) }
     /// Long enough for attention's causal blocks of 64 query rows to come in three pieces.
     func testGradientsLongSequence() throws { try checkGradients(tied: false, batch: 1, length: 130) }
+    /// Attention recomputes its probabilities in backward: one head, a length (70) that leaves a short
+    /// last block of query rows.
+    func testGradientsOneHeadTwoBlocks() throws { try checkGradients(tied: true, batch: 1, length: 70, heads: 1, kvHeads: 1) }
+
+    /// A batch's gradient is the sum of its sequences' (the work is split over threads by sequence and
+    /// head): checked exactly enough (1e-6 of the largest) to catch a row or a head written twice, one head,
+    /// T = 70, where finite differences are too coarse.
+    func testBatchGradientIsTheSumOfItsSequences() throws {
+        let config = Self.tinyConfig(tied: false, context: 70, heads: 1, kvHeads: 1)
+        let length = 70, vocab = config.vocabSize
+        var random = SeededRandom(seed: 7)
+        let tokens: [Int32] = (0..<2 * length).map { _ in Int32(random.next() % UInt64(vocab)) }
+        let readLogits = (0..<2 * length * vocab).map { _ in random.nextGaussian() }
+        func gradients(rows: Range<Int>) throws -> [Float] {
+            let model = try Self.model(config)
+            model.zeroGradients()
+            model.forward(tokens: Array(tokens[rows]), batch: rows.count / length, length: length)
+            model.backward(dLogits: Array(readLogits[(rows.lowerBound * vocab)..<(rows.upperBound * vocab)]))
+            return Array(model.gradients!)
+        }
+        let both = try gradients(rows: 0..<(2 * length))
+        let first = try gradients(rows: 0..<length), second = try gradients(rows: length..<(2 * length))
+        for tensor in try Self.model(config).layout.tensors {
+            var worst: Float = 0, size: Float = 0
+            for i in tensor.offset..<(tensor.offset + tensor.count) {
+                worst = max(worst, abs(both[i] - first[i] - second[i]))
+                size = max(size, abs(both[i]))
+            }
+            XCTAssertGreaterThan(size, 0, tensor.name)
+            XCTAssertLessThan(worst, 1e-6 * size, tensor.name)
+        }
+    }
+
+    /// The training step takes the LM head a chunk of rows at a time (`headInChunks`); its loss and every
+    /// gradient are those of the whole [B·T, V] logits, with several chunks, a short last one and
+    /// targets that do not count.
+    func testChunkedHeadEqualsWholeLogits() throws {
+        let config = Self.tinyConfig(tied: true, context: 200, heads: 2, kvHeads: 2)
+        let batch = 3, length = 200, rows = batch * length  // 600 rows: chunks of 256, 256, 88
+        var random = SeededRandom(seed: 11)
+        let inputs = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
+        let targets = (0..<rows).map { row in row % 7 == 3 ? -1 : Int32(random.next() % UInt64(config.vocabSize)) }
+        let data = Batch(batchSize: batch, contextLength: length, inputs: inputs, targets: targets)
+
+        let whole = try Self.model(config)
+        whole.zeroGradients()
+        let output = whole.forward(tokens: inputs, batch: batch, length: length)
+        var dLogits = [Float](repeating: 0, count: rows * config.vocabSize)
+        let wholeLoss = try targets.withUnsafeBufferPointer { targets in
+            try crossEntropyForwardBackward(dLogits: &dLogits, logits: output.logits, targets: targets.baseAddress!,
+                                            rows: rows, vocab: config.vocabSize, gradientScale: 0.5)
+        }
+        whole.backward(dLogits: dLogits)
+
+        let chunked = try Self.model(config)
+        chunked.zeroGradients()
+        let terms = try CrossEntropyObjective().trainStep(model: chunked, batch: data, gradientScale: 0.5)
+        XCTAssertEqual(terms["loss"]!, Double(wholeLoss), accuracy: 1e-6 * Double(wholeLoss))
+        var largest: Float = 0, size: Float = 0
+        for i in 0..<whole.parameterCount {
+            largest = max(largest, abs(whole.gradients![i] - chunked.gradients![i]))
+            size = max(size, abs(whole.gradients![i]))
+        }
+        XCTAssertGreaterThan(size, 0)
+        XCTAssertLessThan(largest, 1e-5 * size, "largest gradient difference \(largest) of \(size)")
+    }
 
     /// Changing a later token never changes an earlier position's logits.
     func testCausalMask() throws {

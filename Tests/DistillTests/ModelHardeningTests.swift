@@ -78,15 +78,23 @@ final class ModelHardeningTests: XCTestCase {
         // Every buffer's size is a multiple of 16 floats here, so no padding enters the count.
         let batch = 2, length = 8, rows = batch * length, c = 16, f = 32, layers = 3, qkv = 16 + 2 * 2 * 4
         let threads = Compute.threads
-        let perBlock = rows * (4 * c + qkv + 3 * f + 2) + batch * 4 * length * length
-        let shared = rows * c * (layers + 1) + rows * (c + 1 + config.vocabSize)
-        let backward = rows * (3 * c + qkv + 3 * f) + threads * length * length
+        // Per block: qkv, attention output, the stream after attention, gate/up, two rstd rows and each
+        // attention row's softmax maximum and 1/sum (no [T, T] probabilities).
+        let perBlock = rows * (qkv + 2 * c + 2 * f + 2) + batch * 4 * length * 2
+        // The residual stream, the final norm, the logits; the normed input and SwiGLU output that all
+        // blocks share; attention's per-thread scratch of two 64-row blocks.
+        let shared = rows * c * (layers + 1) + rows * (c + 1 + config.vocabSize) + rows * (c + f) + threads * 2 * 64 * length
+        let backward = rows * (3 * c + qkv + f)
         let tokens = rows
         let training = 4 * (layers * perBlock + shared + backward + tokens)
         let inference = 4 * (perBlock + shared + tokens)
         XCTAssertEqual(model.activationBytes(batch: batch, length: length), Double(training))
         XCTAssertEqual(model.activationBytes(batch: batch, length: length, keepForBackward: false), Double(inference))
         let inputs = [Int32](repeating: 3, count: rows)
+        // A pass that takes the head in chunks never allocates the whole logits.
+        let chunked = try LlamaModel(config: config, seed: 1)
+        chunked.forwardHidden(tokens: inputs, batch: batch, length: length)
+        XCTAssertEqual(chunked.activationBytesHeld, training - 4 * rows * config.vocabSize)
         model.forward(tokens: inputs, batch: batch, length: length, keepForBackward: false)
         XCTAssertEqual(model.activationBytesHeld, inference)
         model.forward(tokens: inputs, batch: batch, length: length)

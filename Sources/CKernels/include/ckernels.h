@@ -13,6 +13,12 @@ void ck_exp_inplace(float *x, size_t n);
 /// Only the first `valid` entries of a row take part; the rest are set to 0 (causal mask).
 void ck_softmax_prefix(float *row, size_t valid, size_t n);
 
+/// ck_softmax_prefix that also returns the row's maximum and 1/sum, from which
+/// ck_softmax_prefix_recompute rebuilds the same probabilities (bitwise) from the same scores: attention
+/// keeps these two floats per row for backward instead of the [T, T] probabilities.
+void ck_softmax_prefix_keeping(float *row, size_t valid, size_t n, float *maximum, float *inverse);
+void ck_softmax_prefix_recompute(float *row, size_t valid, size_t n, float maximum, float inverse);
+
 /// Backward of a softmax row: dx[i] = p[i] * (dp[i] - sum_j p[j] dp[j]), written over dp.
 void ck_softmax_backward_row(float *dp, const float *p, size_t n);
 
@@ -27,8 +33,9 @@ void ck_rmsnorm_backward(float *dx, float *dweight, const float *dout, const flo
 /// SwiGLU forward: h[N,F] = silu(gateUp[n, 0..F]) * gateUp[n, F..2F] (gate and up side by side).
 void ck_swiglu_forward(float *h, const float *gateUp, size_t rows, size_t hidden);
 
-/// SwiGLU backward: writes dgateUp[N,2F] (overwrites) from dh[N,F].
-void ck_swiglu_backward(float *dgateUp, const float *dh, const float *gateUp, size_t rows, size_t hidden);
+/// SwiGLU backward, written over its input: gateUp [N, 2F] holds gate and up on entry and their
+/// gradients from dh [N, F] on return (the training pass keeps no other copy of gateUp's gradient).
+void ck_swiglu_backward_inplace(float *gateUp, const float *dh, size_t rows, size_t hidden);
 
 /// y[i] += x[i]
 void ck_add_inplace(float *y, const float *x, size_t n);

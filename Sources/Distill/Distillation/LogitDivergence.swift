@@ -170,6 +170,20 @@ public struct LogitLosses: Sendable, Equatable {
     }
 }
 
+/// The batch that a chunk of rows belongs to, for losses taken a chunk at a time (the LM head in
+/// chunks): the means and their gradients are over the whole batch's rows and counted rows, so that the
+/// chunks' results add up to the batch's.
+public struct BatchShare: Sendable {
+    public let rows: Int
+    public let countedRows: Int
+
+    /// The share of a batch whose targets are `targets` (rows with a target < 0 are not counted).
+    public init(targets: UnsafeBufferPointer<Int32>) {
+        rows = targets.count
+        countedRows = targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
+    }
+}
+
 /// Cross-entropy and logit distillation in one pass over each row, forward and backward.
 ///
 /// Returns CE = mean over rows with `targets[r] ≥ 0` of −log softmax(s)[target] and
@@ -178,6 +192,8 @@ public struct LogitLosses: Sendable, Equatable {
 /// respect to the raw student logits (the 1/τ of the softmax included). For gradient accumulation over
 /// k micro-batches pass gradientScale = 1/k. `targets` may be nil when crossEntropyWeight is 0 and
 /// `teacherLogits` nil when distillationWeight is 0; a term whose input is given is always reported.
+/// With `meanOver`, these rows are a chunk of that batch: both means (and gradients) divide by the
+/// batch's counts, so the chunks' losses add up to the batch's.
 public func logitLossesForwardBackward(
     dStudentLogits: UnsafeMutablePointer<Float>?,  // [rows, vocab], accumulated into
     studentLogits: UnsafePointer<Float>,  // [rows, vocab]
@@ -186,7 +202,8 @@ public func logitLossesForwardBackward(
     rows: Int, vocab: Int,
     distillation: LogitDistillation,
     crossEntropyWeight: Float, distillationWeight: Float,
-    gradientScale: Float
+    gradientScale: Float,
+    meanOver batchShare: BatchShare? = nil
 ) throws -> LogitLosses {
     try distillation.validate()
     guard rows >= 0, vocab >= 1 else {
@@ -220,8 +237,10 @@ public func logitLossesForwardBackward(
     // A K that covers the vocabulary is the full distribution: skip the selection altogether.
     let topK = distillation.teacherTopK.flatMap { $0 < vocab ? $0 : nil }
     let floorTeacher = topK != nil && kind == .reverse
-    let ceGradScale: Float = countedRows > 0 ? gradientScale * crossEntropyWeight / Float(countedRows) : 0
-    let kdGradScale = gradientScale * distillationWeight * kdFactor * invTau / Float(rows)
+    // Means over these rows, or over the whole batch these rows are a chunk of.
+    let ceDenominator = batchShare?.countedRows ?? countedRows, kdDenominator = batchShare?.rows ?? rows
+    let ceGradScale: Float = ceDenominator > 0 ? gradientScale * crossEntropyWeight / Float(ceDenominator) : 0
+    let kdGradScale = gradientScale * distillationWeight * kdFactor * invTau / Float(kdDenominator)
     let ceGradient = dStudentLogits != nil && targets != nil && ceGradScale != 0
     let kdGradient = dStudentLogits != nil && teacherLogits != nil && kdGradScale != 0
 
@@ -321,8 +340,8 @@ public func logitLossesForwardBackward(
         kdTotal += partial.kd
     }
     return LogitLosses(
-        crossEntropy: countedRows > 0 ? Float(ceTotal / Double(countedRows)) : 0,
-        distillation: teacherLogits == nil ? 0 : Float(Double(kdFactor) * kdTotal / Double(rows)),
+        crossEntropy: ceDenominator > 0 ? Float(ceTotal / Double(ceDenominator)) : 0,
+        distillation: teacherLogits == nil ? 0 : Float(Double(kdFactor) * kdTotal / Double(kdDenominator)),
         countedRows: countedRows)
 }
 
@@ -352,12 +371,13 @@ public func crossEntropyForwardBackward(
     logits: UnsafePointer<Float>,  // [rows, vocab]
     targets: UnsafePointer<Int32>,  // [rows], < 0 = ignored
     rows: Int, vocab: Int,
-    gradientScale: Float
+    gradientScale: Float,
+    meanOver batchShare: BatchShare? = nil
 ) throws -> Float {
     try logitLossesForwardBackward(
         dStudentLogits: dLogits, studentLogits: logits, teacherLogits: nil, targets: targets,
         rows: rows, vocab: vocab, distillation: LogitDistillation(),
-        crossEntropyWeight: 1, distillationWeight: 0, gradientScale: gradientScale
+        crossEntropyWeight: 1, distillationWeight: 0, gradientScale: gradientScale, meanOver: batchShare
     ).crossEntropy
 }
 

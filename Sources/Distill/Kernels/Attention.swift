@@ -4,77 +4,109 @@ import CKernels
 // Causal multi-head attention over the fused qkv buffer [B·T, C + 2·KVd], with H query heads and KV
 // key/value heads of width d (C = H·d, KVd = KV·d): query heads at column h·d, key heads at C + g·d,
 // value heads at C + KVd + g·d. Query head h reads key/value head h / (H / KV) (grouped-query
-// attention). Scores and probabilities are [T, T] per (b, h).
+// attention).
+//
+// Memory: scores are computed a block of query rows at a time into a per-thread scratch
+// [attentionBlock, T], and only each row's softmax maximum and 1/sum are kept for backward ([B, H, T, 2]),
+// which recomputes the block's probabilities from the same scores. Kept state grows as B·H·T, not
+// B·H·T², and the scratch as threads·T.
 
 /// Query rows per block of the causal products.
 let attentionBlock = 64
 
-/// out[B·T, C] = softmax(mask(Q Kᵀ / √d)) V per head; keeps probabilities [B, H, T, T] for backward.
-func attentionForward(out: UnsafeMutablePointer<Float>, probabilities: UnsafeMutablePointer<Float>,
-                      qkv: UnsafePointer<Float>, batch: Int, length: Int, heads: Int, kvHeads: Int, headDim d: Int) {
-    let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
-    let scale = 1 / Float(d).squareRoot(), t = length
-    parallelFor(batch * heads) { job in
-        let b = job / heads, h = job % heads, g = h / (heads / kvHeads)
-        let q = qkv + b * t * stride + h * d
-        let k = qkv + b * t * stride + c + g * d
-        let v = qkv + b * t * stride + c + kvWidth + g * d
-        let p = probabilities + job * t * t
-        // Causal: query rows [r0, r1) only see keys [0, r1), so each block of rows multiplies only the
-        // columns it can see (about 5/8 of the full T×T work at T = 256). Entries right of a block stay
-        // as they are and are never read: the softmax writes zeros over them.
-        for r0 in Swift.stride(from: 0, to: t, by: attentionBlock) {
-            let r1 = min(r0 + attentionBlock, t), rows = Int32(r1 - r0)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, Int32(r1), Int32(d),
-                        scale, q + r0 * stride, Int32(stride), k, Int32(stride), 0, p + r0 * t, Int32(t))
-            for row in r0..<r1 { ck_softmax_prefix(p + row * t, row + 1, t) }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(d), Int32(r1),
-                        1, p + r0 * t, Int32(t), v, Int32(stride), 0, out + (b * t + r0) * c + h * d, Int32(c))
+/// Floats of scratch attention needs per thread: a block of probabilities and one of their gradients.
+func attentionScratchPerThread(length: Int) -> Int { saturatingProduct(2, attentionBlock, length) }
+
+/// Runs `body(worker, jobs)` on the cores, the jobs 0..<count split into contiguous ranges, with
+/// OpenBLAS on one thread meanwhile (each worker calls it on its own small products).
+private func forEachWorker(jobs count: Int, _ body: (Int, Range<Int>) -> Void) {
+    let workers = min(Compute.threads, count)
+    guard workers > 1 else {
+        body(0, 0..<count)
+        return
+    }
+    Compute.withSingleThreadedBLAS {
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            body(worker, (count * worker / workers)..<(count * (worker + 1) / workers))
         }
     }
 }
 
-/// Accumulates dqkv [B·T, C + 2·KVd] (gradient w.r.t. the rotated q and k, and v) from dOut [B·T, C].
-/// Work is split by (batch, key/value head) so that heads sharing keys never write the same rows at once.
+/// out[B·T, C] = softmax(mask(Q Kᵀ / √d)) V per head; writes each row's softmax maximum and 1/sum to
+/// rowStats [B, H, T, 2] for backward. scratch: [threads, 2·attentionBlock, T].
+func attentionForward(out: UnsafeMutablePointer<Float>, rowStats: UnsafeMutablePointer<Float>,
+                      scratch: UnsafeMutablePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, length: Int,
+                      heads: Int, kvHeads: Int, headDim d: Int) {
+    let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
+    let scale = 1 / Float(d).squareRoot(), t = length
+    forEachWorker(jobs: batch * heads) { worker, jobs in
+        let p = scratch + worker * attentionScratchPerThread(length: t)  // [attentionBlock, T]
+        for job in jobs {
+            let b = job / heads, h = job % heads, g = h / (heads / kvHeads)
+            let q = qkv + b * t * stride + h * d
+            let k = qkv + b * t * stride + c + g * d
+            let v = qkv + b * t * stride + c + kvWidth + g * d
+            let stats = rowStats + job * t * 2
+            // Causal: query rows [r0, r1) only see keys [0, r1), so each block of rows multiplies only the
+            // columns it can see (about 5/8 of the full T×T work at T = 256).
+            for r0 in Swift.stride(from: 0, to: t, by: attentionBlock) {
+                let r1 = min(r0 + attentionBlock, t), rows = Int32(r1 - r0)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, Int32(r1), Int32(d),
+                            scale, q + r0 * stride, Int32(stride), k, Int32(stride), 0, p, Int32(t))
+                for row in r0..<r1 {
+                    ck_softmax_prefix_keeping(p + (row - r0) * t, row + 1, r1, stats + 2 * row, stats + 2 * row + 1)
+                }
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(d), Int32(r1),
+                            1, p, Int32(t), v, Int32(stride), 0, out + (b * t + r0) * c + h * d, Int32(c))
+            }
+        }
+    }
+}
+
+/// Accumulates dqkv [B·T, C + 2·KVd] (gradient w.r.t. the rotated q and k, and v) from dOut [B·T, C],
+/// recomputing each block's probabilities from qkv and rowStats [B, H, T, 2].
+/// scratch: [threads, 2·attentionBlock, T]. Work is split by (batch, key/value head) so that heads
+/// sharing keys never write the same rows at once.
 func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
-                       probabilities: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
+                       rowStats: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
                        scratch: UnsafeMutablePointer<Float>, batch: Int, length: Int, heads: Int, kvHeads: Int,
                        headDim d: Int) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let group = heads / kvHeads, scale = 1 / Float(d).squareRoot(), t = length
-    let workers = min(Compute.threads, batch * kvHeads)
-    Compute.withSingleThreadedBLAS {
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            let dScores = scratch + worker * t * t
-            let first = batch * kvHeads * worker / workers, last = batch * kvHeads * (worker + 1) / workers
-            for job in first..<last {
-                let b = job / kvHeads, g = job % kvHeads
-                let k = qkv + b * t * stride + c + g * d, v = k + kvWidth
-                let dk = dqkv + b * t * stride + c + g * d, dv = dk + kvWidth
-                for h in (g * group)..<((g + 1) * group) {
-                    let q = qkv + b * t * stride + h * d, dq = dqkv + b * t * stride + h * d
-                    let p = probabilities + (b * heads + h) * t * t
-                    let dO = dOut + b * t * c + h * d
-                    for r0 in Swift.stride(from: 0, to: t, by: attentionBlock) {
-                        // Query rows [r0, r1) against the keys [0, r1) they can see, as in the forward.
-                        let r1 = min(r0 + attentionBlock, t), rows = Int32(r1 - r0), seen = Int32(r1)
-                        let pBlock = p + r0 * t, dSBlock = dScores + r0 * t
-                        // dP = dO Vᵀ;  dV += Pᵀ dO
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, seen, Int32(d),
-                                    1, dO + r0 * c, Int32(c), v, Int32(stride), 0, dSBlock, Int32(t))
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seen, Int32(d), rows,
-                                    1, pBlock, Int32(t), dO + r0 * c, Int32(c), 1, dv, Int32(stride))
-                        // dS = P ⊙ (dP − rowsum(P ⊙ dP)); masked entries have P = 0 and stay 0.
-                        for row in r0..<r1 {
-                            ck_softmax_backward_row(dScores + row * t, p + row * t, row + 1)
-                            (dScores + row * t + row + 1).update(repeating: 0, count: r1 - row - 1)
-                        }
-                        // dQ += scale · dS K;  dK += scale · dSᵀ Q
-                        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(d), seen,
-                                    scale, dSBlock, Int32(t), k, Int32(stride), 1, dq + r0 * stride, Int32(stride))
-                        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seen, Int32(d), rows,
-                                    scale, dSBlock, Int32(t), q + r0 * stride, Int32(stride), 1, dk, Int32(stride))
+    forEachWorker(jobs: batch * kvHeads) { worker, jobs in
+        let p = scratch + worker * attentionScratchPerThread(length: t)  // [attentionBlock, T]
+        let dScores = p + attentionBlock * t                             // [attentionBlock, T]
+        for job in jobs {
+            let b = job / kvHeads, g = job % kvHeads
+            let k = qkv + b * t * stride + c + g * d, v = k + kvWidth
+            let dk = dqkv + b * t * stride + c + g * d, dv = dk + kvWidth
+            for h in (g * group)..<((g + 1) * group) {
+                let q = qkv + b * t * stride + h * d, dq = dqkv + b * t * stride + h * d
+                let stats = rowStats + (b * heads + h) * t * 2
+                let dO = dOut + b * t * c + h * d
+                for r0 in Swift.stride(from: 0, to: t, by: attentionBlock) {
+                    // Query rows [r0, r1) against the keys [0, r1) they can see, as in the forward.
+                    let r1 = min(r0 + attentionBlock, t), rows = Int32(r1 - r0), seen = Int32(r1)
+                    // P again: the forward's scores, then its softmax from the kept maximum and 1/sum.
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, seen, Int32(d),
+                                scale, q + r0 * stride, Int32(stride), k, Int32(stride), 0, p, Int32(t))
+                    for row in r0..<r1 {
+                        ck_softmax_prefix_recompute(p + (row - r0) * t, row + 1, r1, stats[2 * row], stats[2 * row + 1])
                     }
+                    // dP = dO Vᵀ;  dV += Pᵀ dO
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, seen, Int32(d),
+                                1, dO + r0 * c, Int32(c), v, Int32(stride), 0, dScores, Int32(t))
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seen, Int32(d), rows,
+                                1, p, Int32(t), dO + r0 * c, Int32(c), 1, dv, Int32(stride))
+                    // dS = P ⊙ (dP − rowsum(P ⊙ dP)); masked entries have P = 0, so dS is 0 there.
+                    for row in r0..<r1 {
+                        ck_softmax_backward_row(dScores + (row - r0) * t, p + (row - r0) * t, Int(seen))
+                    }
+                    // dQ += scale · dS K;  dK += scale · dSᵀ Q
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(d), seen,
+                                scale, dScores, Int32(t), k, Int32(stride), 1, dq + r0 * stride, Int32(stride))
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seen, Int32(d), rows,
+                                scale, dScores, Int32(t), q + r0 * stride, Int32(stride), 1, dk, Int32(stride))
                 }
             }
         }

@@ -5,20 +5,17 @@
 struct ActivationSizes {
     /// One block's buffers, in `BlockActivations` order.
     struct Block {
-        let attentionNormed: Int    // [B·T, C]
         let attentionRstd: Int      // [B·T]
         let qkv: Int                // [B·T, C + 2·KVd]
-        let probabilities: Int      // [B, H, T, T]
+        let attentionRowStats: Int  // [B, H, T, 2]
         let attentionOut: Int       // [B·T, C]
         let attentionResidual: Int  // [B·T, C]
-        let mlpNormed: Int          // [B·T, C]
         let mlpRstd: Int            // [B·T]
         let gateUp: Int             // [B·T, 2F]
-        let swiglu: Int             // [B·T, F]
 
         var total: Int {
-            saturatingSum([attentionNormed, attentionRstd, qkv, probabilities, attentionOut, attentionResidual,
-                           mlpNormed, mlpRstd, gateUp, swiglu].map(ActivationSizes.padded))
+            saturatingSum([attentionRstd, qkv, attentionRowStats, attentionOut, attentionResidual, mlpRstd, gateUp]
+                .map(ActivationSizes.padded))
         }
     }
 
@@ -27,17 +24,21 @@ struct ActivationSizes {
     let residualCount: Int   // L + 1
     let block: Block
     let blockCount: Int      // L when kept for backward, else 1 (shared)
+    // Shared by all blocks and recomputed in backward (cheap element-wise work): the normed input of
+    // attention and of the MLP, and the SwiGLU output.
+    let normed: Int          // [B·T, C]
+    let swiglu: Int          // [B·T, F]
     let finalNormed: Int     // [B·T, C]
     let finalRstd: Int       // [B·T]
-    let logits: Int          // [B·T, V]
+    let logits: Int          // [B·T, V], allocated apart and only when the head runs whole
     // Backward scratch shared by all blocks; none for inference.
     let dResidual: Int       // [B·T, C]
     let scratchNormed: Int   // [B·T, C]
     let dAttentionOut: Int   // [B·T, C]
     let dQKV: Int            // [B·T, C + 2·KVd]
-    let dGateUp: Int         // [B·T, 2F]
     let dSwiglu: Int         // [B·T, F]
-    let dScores: Int         // [threads, T, T]
+    // Attention's per-thread scratch, forward and backward.
+    let attentionScratch: Int  // [threads, 2·attentionBlock, T]
 
     init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int) {
         let rows = saturatingProduct(batch, length), c = config.hiddenSize, f = config.intermediateSize
@@ -45,11 +46,13 @@ struct ActivationSizes {
         tokens = rows
         residual = saturatingProduct(rows, c)
         residualCount = config.numHiddenLayers + 1
-        block = Block(attentionNormed: residual, attentionRstd: rows, qkv: saturatingProduct(rows, qkvWidth),
-                      probabilities: saturatingProduct(batch, config.numAttentionHeads, length, length),
-                      attentionOut: residual, attentionResidual: residual, mlpNormed: residual, mlpRstd: rows,
-                      gateUp: saturatingProduct(rows, 2, f), swiglu: saturatingProduct(rows, f))
+        block = Block(attentionRstd: rows, qkv: saturatingProduct(rows, qkvWidth),
+                      attentionRowStats: saturatingProduct(batch, config.numAttentionHeads, length, 2),
+                      attentionOut: residual, attentionResidual: residual, mlpRstd: rows,
+                      gateUp: saturatingProduct(rows, 2, f))
         blockCount = perBlock ? config.numHiddenLayers : 1
+        normed = residual
+        swiglu = saturatingProduct(rows, f)
         finalNormed = residual
         finalRstd = rows
         logits = saturatingProduct(rows, config.vocabSize)
@@ -58,9 +61,8 @@ struct ActivationSizes {
         scratchNormed = scratch * residual
         dAttentionOut = scratch * residual
         dQKV = scratch * block.qkv
-        dGateUp = scratch * block.gateUp
-        dSwiglu = scratch * block.swiglu
-        dScores = saturatingProduct(scratch, threads, length, length)
+        dSwiglu = scratch * swiglu
+        attentionScratch = saturatingProduct(threads, attentionScratchPerThread(length: length))
     }
 
     /// Each buffer starts on a 64-byte boundary of the allocation, as separate allocations would.
@@ -69,12 +71,12 @@ struct ActivationSizes {
     /// Floats of all the buffers `Activations` carves, padding included.
     var floatCount: Int {
         saturatingSum([saturatingProduct(Self.padded(residual), residualCount), saturatingProduct(block.total, blockCount)]
-                      + [finalNormed, finalRstd, logits, dResidual, scratchNormed, dAttentionOut, dQKV, dGateUp, dSwiglu,
-                         dScores].map(Self.padded))
+                      + [normed, swiglu, finalNormed, finalRstd, dResidual, scratchNormed, dAttentionOut, dQKV, dSwiglu,
+                         attentionScratch].map(Self.padded))
     }
 
-    /// Bytes of every buffer, the tokens included.
-    var bytes: Int { saturatingProduct(saturatingSum([floatCount, tokens]), 4) }
+    /// Bytes of every buffer, the tokens and the whole logits included (the most a pass may hold).
+    var bytes: Int { saturatingProduct(saturatingSum([floatCount, tokens, logits]), 4) }
 }
 
 /// The buffers of one forward/backward pass for a batch shape, carved in one allocation from the sizes
@@ -90,16 +92,21 @@ final class Activations {
     private let blocks: [BlockActivations]
     let finalNormed: UnsafeMutablePointer<Float>      // [B·T, C]
     let finalRstd: UnsafeMutablePointer<Float>        // [B·T]
-    let logits: UnsafeMutablePointer<Float>           // [B·T, V]
+    /// [B·T, V], allocated on first use: a caller that takes the head in chunks never needs it.
+    private(set) lazy var logits: UnsafeMutablePointer<Float> = {
+        let buffer = alignedFloats(max(sizes.logits, 1))
+        logitsAllocated = true
+        return buffer
+    }()
+    private var logitsAllocated = false
 
     // Backward scratch, shared by all blocks.
     let dResidual: UnsafeMutablePointer<Float>        // [B·T, C]
     let scratchNormed: UnsafeMutablePointer<Float>    // [B·T, C]
     let dAttentionOut: UnsafeMutablePointer<Float>    // [B·T, C]
     let dQKV: UnsafeMutablePointer<Float>             // [B·T, C + 2·KVd]
-    let dGateUp: UnsafeMutablePointer<Float>          // [B·T, 2F]
     let dSwiglu: UnsafeMutablePointer<Float>          // [B·T, F]
-    let dScores: UnsafeMutablePointer<Float>          // [threads, T, T]
+    let attentionScratch: UnsafeMutablePointer<Float> // [threads, 2·attentionBlock, T]
 
     init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads) {
         self.batch = batch
@@ -109,8 +116,7 @@ final class Activations {
         let sizes = ActivationSizes(config: config, batch: batch, length: length, perBlock: perBlock, threads: threads)
         self.sizes = sizes
         let total = sizes.floatCount
-        let base = UnsafeMutablePointer<Float>.allocate(capacity: max(total, 1))
-        base.initialize(repeating: 0, count: max(total, 1))
+        let base = alignedFloats(max(total, 1))
         storage = base
         var cursor = 0
         func take(_ count: Int) -> UnsafeMutablePointer<Float> {
@@ -120,48 +126,49 @@ final class Activations {
         tokens = .allocate(capacity: max(sizes.tokens, 1))
         residual = (0..<sizes.residualCount).map { _ in take(sizes.residual) }
         let block = sizes.block
+        let normed = take(sizes.normed), swiglu = take(sizes.swiglu)
         blocks = (0..<sizes.blockCount).map { _ in
             BlockActivations(
-                attentionNormed: take(block.attentionNormed), attentionRstd: take(block.attentionRstd), qkv: take(block.qkv),
-                probabilities: take(block.probabilities), attentionOut: take(block.attentionOut),
-                attentionResidual: take(block.attentionResidual), mlpNormed: take(block.mlpNormed),
-                mlpRstd: take(block.mlpRstd), gateUp: take(block.gateUp), swiglu: take(block.swiglu))
+                attentionNormed: normed, attentionRstd: take(block.attentionRstd), qkv: take(block.qkv),
+                attentionRowStats: take(block.attentionRowStats), attentionOut: take(block.attentionOut),
+                attentionResidual: take(block.attentionResidual), mlpNormed: normed,
+                mlpRstd: take(block.mlpRstd), gateUp: take(block.gateUp), swiglu: swiglu)
         }
         finalNormed = take(sizes.finalNormed)
         finalRstd = take(sizes.finalRstd)
-        logits = take(sizes.logits)
         dResidual = take(sizes.dResidual)
         scratchNormed = take(sizes.scratchNormed)
         dAttentionOut = take(sizes.dAttentionOut)
         dQKV = take(sizes.dQKV)
-        dGateUp = take(sizes.dGateUp)
         dSwiglu = take(sizes.dSwiglu)
-        dScores = take(sizes.dScores)
+        attentionScratch = take(sizes.attentionScratch)
         // Every buffer is carved from the table, and the table's sum is what was carved.
         precondition(cursor == total, "activation buffers and ActivationSizes disagree")
     }
 
     func block(_ layer: Int) -> BlockActivations { blocks[perBlock ? layer : 0] }
 
-    /// Bytes held (equal to `sizes.bytes`).
-    var bytes: Int { sizes.bytes }
+    /// Bytes held: `sizes.bytes`, less the logits until they are first used.
+    var bytes: Int { logitsAllocated ? sizes.bytes : sizes.bytes - 4 * sizes.logits }
 
     deinit {
         storage.deallocate()
         tokens.deallocate()
+        if logitsAllocated { logits.deallocate() }
     }
 }
 
-/// What one block keeps for its backward pass.
+/// What one block keeps for its backward pass. The normed inputs and the SwiGLU output are one buffer
+/// shared by all blocks, which backward recomputes (`LlamaModel.blockBackward`).
 struct BlockActivations {
-    let attentionNormed: UnsafeMutablePointer<Float>   // [B·T, C]
+    let attentionNormed: UnsafeMutablePointer<Float>   // [B·T, C], shared
     let attentionRstd: UnsafeMutablePointer<Float>     // [B·T]
     let qkv: UnsafeMutablePointer<Float>               // [B·T, C + 2·KVd], q and k after rotation
-    let probabilities: UnsafeMutablePointer<Float>     // [B, H, T, T]
+    let attentionRowStats: UnsafeMutablePointer<Float> // [B, H, T, 2], softmax maximum and 1/sum per row
     let attentionOut: UnsafeMutablePointer<Float>      // [B·T, C], heads side by side
     let attentionResidual: UnsafeMutablePointer<Float> // [B·T, C], the stream after attention
-    let mlpNormed: UnsafeMutablePointer<Float>         // [B·T, C]
+    let mlpNormed: UnsafeMutablePointer<Float>         // [B·T, C], shared (the same buffer as attentionNormed)
     let mlpRstd: UnsafeMutablePointer<Float>           // [B·T]
-    let gateUp: UnsafeMutablePointer<Float>            // [B·T, 2F]
-    let swiglu: UnsafeMutablePointer<Float>            // [B·T, F]
+    let gateUp: UnsafeMutablePointer<Float>            // [B·T, 2F]; backward overwrites it with its gradient
+    let swiglu: UnsafeMutablePointer<Float>            // [B·T, F], shared
 }

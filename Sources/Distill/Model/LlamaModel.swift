@@ -15,6 +15,8 @@ public final class LlamaModel {
     /// cos/sin of the positions used so far; grows with them, up to the context.
     private(set) var rope: RotaryTable
     private var activations: Activations?
+    /// `headInChunks`' logits and their gradient.  [headChunkRows, V] each
+    private let headChunk = ScratchBuffer(), headChunkGradient = ScratchBuffer()
 
     /// A new model for training, with weights drawn from N(0, 0.02²) (Hugging Face's `initializer_range`)
     /// and unit norm gains. Refuses a config whose weights, gradients and optimizer state cannot fit in
@@ -108,15 +110,64 @@ public final class LlamaModel {
     @discardableResult
     public func forward(tokens: UnsafePointer<Int32>, batch: Int, length: Int,
                         captureLayers: Set<Int> = [], keepForBackward: Bool = true) -> Output {
+        let acts = forwardWithoutHead(tokens: tokens, batch: batch, length: length, keepForBackward: keepForBackward)
+        linearForward(acts.logits, acts.finalNormed, parameters.baseAddress! + layout.lmHead,
+                      rows: batch * length, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
+        return Output(logits: acts.logits, hidden: captured(captureLayers, acts), finalHidden: acts.finalNormed,
+                      batch: batch, length: length)
+    }
+
+    /// Runs the model on `tokens` [B, T] up to the final norm, leaving the LM head to `headInChunks`, so
+    /// that the [B·T, V] logits are never held whole. Returns the captured hidden states.
+    @discardableResult
+    public func forwardHidden(tokens: UnsafePointer<Int32>, batch: Int, length: Int, captureLayers: Set<Int> = [],
+                              keepForBackward: Bool = true) -> [Int: UnsafeMutablePointer<Float>] {
+        captured(captureLayers, forwardWithoutHead(tokens: tokens, batch: batch, length: length, keepForBackward: keepForBackward))
+    }
+
+    private func forwardWithoutHead(tokens: UnsafePointer<Int32>, batch: Int, length: Int, keepForBackward: Bool) -> Activations {
         precondition(length <= config.maxPositionEmbeddings, "sequence longer than the context")
         let acts = activationsFor(batch: batch, length: length, perBlock: keepForBackward)
-        forward(tokens: tokens, batch: batch, length: length, startPosition: 0, cache: nil, into: acts)
+        forward(tokens: tokens, batch: batch, length: length, startPosition: 0, cache: nil, into: acts, head: false)
+        return acts
+    }
+
+    private func captured(_ layers: Set<Int>, _ acts: Activations) -> [Int: UnsafeMutablePointer<Float>] {
         var hidden: [Int: UnsafeMutablePointer<Float>] = [:]
-        for layer in captureLayers where layer >= 0 && layer < config.numHiddenLayers {
+        for layer in layers where layer >= 0 && layer < config.numHiddenLayers {
             hidden[layer] = acts.residual[layer + 1]
         }
-        return Output(logits: acts.logits, hidden: hidden, finalHidden: acts.finalNormed,
-                      batch: batch, length: length)
+        return hidden
+    }
+
+    /// Rows per chunk of `headInChunks`: a [256, V] chunk of logits and one of their gradient stay in
+    /// cache, and the products are still large enough for OpenBLAS's kernels.
+    public static let headChunkRows = 256
+
+    /// The LM head over the final hidden states of the last `forwardHidden` (or `forward`), a chunk of
+    /// rows at a time: for each chunk, logits [n, V] = finalHidden[rows] · W_headᵀ, then
+    /// `body(rows, logits, dLogits)`, where dLogits [n, V] (zeroed; nil without `backward`) takes
+    /// d loss/d logits of those rows. With `backward`, the head's backward then accumulates dW_head and
+    /// adds d finalHidden into `dFinalHidden` [B·T, C]; pass that to `backward(dLogits: nil, dFinalHidden:)`.
+    public func headInChunks(dFinalHidden: UnsafeMutablePointer<Float>?,
+                             _ body: (Range<Int>, UnsafePointer<Float>, UnsafeMutablePointer<Float>?) throws -> Void) rethrows {
+        guard let acts = activations else { preconditionFailure("headInChunks needs a forward pass") }
+        let c = config.hiddenSize, vocab = config.vocabSize, rows = acts.batch * acts.length
+        let weights = parameters.baseAddress! + layout.lmHead
+        if dFinalHidden != nil && gradients == nil { zeroGradients() }
+        let chunk = min(Self.headChunkRows, rows)
+        let logits = headChunk.zeroed(chunk * vocab)
+        let dLogits = dFinalHidden == nil ? nil : headChunkGradient.zeroed(chunk * vocab)
+        for start in stride(from: 0, to: rows, by: chunk) {
+            let n = min(chunk, rows - start), hidden = acts.finalNormed + start * c
+            linearForward(logits, hidden, weights, rows: n, inFeatures: c, outFeatures: vocab)
+            if let dLogits { dLogits.update(repeating: 0, count: n * vocab) }
+            try body(start..<(start + n), logits, dLogits)
+            if let dLogits, let dFinalHidden {
+                linearBackward(dx: dFinalHidden + start * c, dWeight: gradients!.baseAddress! + layout.lmHead, dy: dLogits,
+                               x: hidden, weight: weights, rows: n, inFeatures: c, outFeatures: vocab)
+            }
+        }
     }
 
     /// The forward pass, written once for training, evaluation and generation: embedding lookup, the
@@ -124,7 +175,7 @@ public final class LlamaModel {
     /// starting at position 0; with one, they are positions startPosition..<startPosition+length of one
     /// sequence whose earlier keys and values the cache holds (and to which it adds these).
     func forward(tokens: UnsafePointer<Int32>, batch: Int, length: Int, startPosition: Int, cache: KeyValueCache?,
-                 into acts: Activations) {
+                 into acts: Activations, head: Bool = true) {
         precondition(cache == nil || batch == 1, "a key/value cache holds one sequence")
         let end = startPosition + length
         precondition(end <= config.maxPositionEmbeddings, "sequence longer than the context")
@@ -142,19 +193,22 @@ public final class LlamaModel {
         }
         for layer in 0..<config.numHiddenLayers {
             blockForward(layer: layer, acts: acts.block(layer), input: acts.residual[layer], output: acts.residual[layer + 1],
+                         scratch: acts.attentionScratch,
                          batch: batch, length: length, startPosition: startPosition, cache: cache, keepForBackward: acts.perBlock)
         }
         ck_rmsnorm_forward(acts.finalNormed, acts.finalRstd, acts.residual[config.numHiddenLayers],
                            weights + layout.finalNorm, rows, c, config.rmsNormEps)
-        linearForward(acts.logits, acts.finalNormed, weights + layout.lmHead,
-                      rows: rows, inFeatures: c, outFeatures: config.vocabSize)
+        if head {
+            linearForward(acts.logits, acts.finalNormed, weights + layout.lmHead,
+                          rows: rows, inFeatures: c, outFeatures: config.vocabSize)
+        }
     }
 
     /// One decoder block: output [B·T, C] = block(input [B·T, C]). With a cache, attention reads the
     /// earlier positions' keys and values from it and nothing is kept for backward.
     private func blockForward(layer: Int, acts: BlockActivations, input: UnsafeMutablePointer<Float>,
-                              output: UnsafeMutablePointer<Float>, batch: Int, length: Int, startPosition: Int,
-                              cache: KeyValueCache?, keepForBackward: Bool) {
+                              output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, batch: Int,
+                              length: Int, startPosition: Int, cache: KeyValueCache?, keepForBackward: Bool) {
         let c = config.hiddenSize, f = config.intermediateSize, rows = batch * length
         let heads = config.numAttentionHeads, kvHeads = config.numKeyValueHeads, d = config.headDim
         let qkvWidth = c + 2 * kvHeads * d
@@ -171,8 +225,8 @@ public final class LlamaModel {
                                    values: cache.values(layer: layer), scores: cache.scores, start: startPosition,
                                    length: length, heads: heads, kvHeads: kvHeads, headDim: d)
         } else {
-            attentionForward(out: acts.attentionOut, probabilities: acts.probabilities, qkv: acts.qkv,
-                             batch: batch, length: length, heads: heads, kvHeads: kvHeads, headDim: d)
+            attentionForward(out: acts.attentionOut, rowStats: acts.attentionRowStats, scratch: scratch,
+                             qkv: acts.qkv, batch: batch, length: length, heads: heads, kvHeads: kvHeads, headDim: d)
         }
         output.update(from: input, count: rows * c)
         linearForward(output, acts.attentionOut, weights + block.output, rows: rows, inFeatures: c, outFeatures: c, accumulate: true)
@@ -180,14 +234,19 @@ public final class LlamaModel {
         // MLP half: output += down(silu(gate(norm(x))) * up(norm(x)))
         ck_rmsnorm_forward(acts.mlpNormed, acts.mlpRstd, output, weights + block.mlpNorm, rows, c, config.rmsNormEps)
         linearForward(acts.gateUp, acts.mlpNormed, weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f)
-        let parts = min(Compute.threads, rows)
-        parallelFor(parts) { part in
-            let start = rows * part / parts, end = rows * (part + 1) / parts
-            ck_swiglu_forward(acts.swiglu + start * f, acts.gateUp + start * 2 * f, end - start, f)
-        }
+        swigluForward(acts.swiglu, acts.gateUp, rows: rows)
         // The residual before the MLP must survive for backward: keep it in `attentionResidual`.
         if keepForBackward { acts.attentionResidual.update(from: output, count: rows * c) }
         linearForward(output, acts.swiglu, weights + block.down, rows: rows, inFeatures: f, outFeatures: c, accumulate: true)
+    }
+
+    /// swiglu [N, F] = silu(gate) ⊙ up from gateUp [N, 2F], the rows split over the cores.
+    private func swigluForward(_ swiglu: UnsafeMutablePointer<Float>, _ gateUp: UnsafePointer<Float>, rows: Int) {
+        let f = config.intermediateSize, parts = min(Compute.threads, rows)
+        parallelFor(parts) { part in
+            let start = rows * part / parts, end = rows * (part + 1) / parts
+            ck_swiglu_forward(swiglu + start * f, gateUp + start * 2 * f, end - start, f)
+        }
     }
 
     // MARK: backward
@@ -238,14 +297,19 @@ public final class LlamaModel {
         let grads = gradients!.baseAddress!, weights = UnsafeMutablePointer(parameters.baseAddress!)
 
         // MLP: d swiglu = dOut · W_down; d gateUp; d mlpNormed; through the norm into dResidual.
-        let dSwiglu = scratch.dSwiglu, dGateUp = scratch.dGateUp, dNormed = scratch.scratchNormed
+        // The SwiGLU output and the normed input are recomputed (all blocks share one buffer for each),
+        // and gateUp's gradient is written over gateUp, which nothing reads after this.
+        let dSwiglu = scratch.dSwiglu, dGateUp = acts.gateUp, dNormed = scratch.scratchNormed
+        swigluForward(acts.swiglu, acts.gateUp, rows: rows)
         dSwiglu.update(repeating: 0, count: rows * f)
         linearBackward(dx: dSwiglu, dWeight: grads + block.down, dy: dResidual, x: acts.swiglu,
                        weight: weights + block.down, rows: rows, inFeatures: f, outFeatures: c)
         parallelFor(Compute.threads) { part in
             let start = rows * part / Compute.threads, end = rows * (part + 1) / Compute.threads
-            ck_swiglu_backward(dGateUp + start * 2 * f, dSwiglu + start * f, acts.gateUp + start * 2 * f, end - start, f)
+            ck_swiglu_backward_inplace(dGateUp + start * 2 * f, dSwiglu + start * f, end - start, f)
         }
+        ck_rmsnorm_forward(acts.mlpNormed, acts.mlpRstd, acts.attentionResidual, weights + block.mlpNorm,
+                           rows, c, config.rmsNormEps)
         dNormed.update(repeating: 0, count: rows * c)
         linearBackward(dx: dNormed, dWeight: grads + block.gateUp, dy: dGateUp, x: acts.mlpNormed,
                        weight: weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f)
@@ -258,11 +322,13 @@ public final class LlamaModel {
         linearBackward(dx: dAttention, dWeight: grads + block.output, dy: dResidual, x: acts.attentionOut,
                        weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c)
         dQKV.update(repeating: 0, count: rows * qkvWidth)
-        attentionBackward(dqkv: dQKV, dOut: dAttention, probabilities: acts.probabilities, qkv: acts.qkv,
-                          scratch: scratch.dScores, batch: scratch.batch, length: scratch.length,
+        attentionBackward(dqkv: dQKV, dOut: dAttention, rowStats: acts.attentionRowStats, qkv: acts.qkv,
+                          scratch: scratch.attentionScratch, batch: scratch.batch, length: scratch.length,
                           heads: config.numAttentionHeads, kvHeads: config.numKeyValueHeads, headDim: config.headDim)
         rope.apply(dQKV, rowStride: qkvWidth, batch: scratch.batch, length: scratch.length, startPosition: 0,
                    queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: true)
+        ck_rmsnorm_forward(acts.attentionNormed, acts.attentionRstd, input, weights + block.attentionNorm,
+                           rows, c, config.rmsNormEps)
         dNormed.update(repeating: 0, count: rows * c)
         linearBackward(dx: dNormed, dWeight: grads + block.qkv, dy: dQKV, x: acts.attentionNormed,
                        weight: weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth)

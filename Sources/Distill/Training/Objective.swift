@@ -51,19 +51,25 @@ extension TrainingObjective {
 public final class CrossEntropyObjective: TrainingObjective {
     public var extraTensors: [TrainableTensor] { [] }
     public var identity: [String: String] { ["objective": "cross-entropy"] }
-    private let dLogits = ScratchBuffer()  // [B·T, V]
+    private let dFinalHidden = ScratchBuffer()  // [B·T, C]
 
     public init() {}
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
         let rows = batch.batchSize * batch.contextLength, vocab = model.config.vocabSize
-        let output = model.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength)
-        let d = dLogits.zeroed(rows * vocab)
-        let loss = try batch.targets.withUnsafeBufferPointer { targets in
-            try crossEntropyForwardBackward(dLogits: d, logits: output.logits, targets: targets.baseAddress!,
-                                            rows: rows, vocab: vocab, gradientScale: gradientScale)
+        model.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength)
+        let dFinal = dFinalHidden.zeroed(rows * model.config.hiddenSize)
+        var loss: Float = 0
+        try batch.targets.withUnsafeBufferPointer { targets in
+            let share = BatchShare(targets: targets)
+            // The head a chunk of rows at a time: the [B·T, V] logits are never held whole.
+            try model.headInChunks(dFinalHidden: dFinal) { chunk, logits, dLogits in
+                loss += try crossEntropyForwardBackward(dLogits: dLogits, logits: logits,
+                                                        targets: targets.baseAddress! + chunk.lowerBound, rows: chunk.count,
+                                                        vocab: vocab, gradientScale: gradientScale, meanOver: share)
+            }
         }
-        model.backward(dLogits: d)
+        model.backward(dLogits: nil, dFinalHidden: dFinal)
         return ["loss": Double(loss), "ce": Double(loss)]
     }
 

@@ -5,7 +5,7 @@ public final class ScratchBuffer {
     public private(set) var count: Int
 
     public init() {
-        pointer = .allocate(capacity: 1)
+        pointer = alignedFloats(1)
         count = 0
     }
 
@@ -16,10 +16,20 @@ public final class ScratchBuffer {
     public func zeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
         if count > self.count {
             pointer.deallocate()
-            pointer = .allocate(capacity: count)
+            pointer = alignedFloats(count)
             self.count = count
         }
         pointer.update(repeating: 0, count: count)
         return pointer
     }
+}
+
+/// `count` zeroed floats starting on a 64-byte boundary (free with `deallocate()`). The vectorised
+/// reductions of the kernels split a row by its alignment, so a buffer whose alignment depended on the
+/// allocator would make sums differ in the last bit from one process to the next.
+func alignedFloats(_ count: Int) -> UnsafeMutablePointer<Float> {
+    let floats = UnsafeMutableRawPointer.allocate(byteCount: count * MemoryLayout<Float>.stride, alignment: 64)
+        .bindMemory(to: Float.self, capacity: count)
+    floats.initialize(repeating: 0, count: count)
+    return floats
 }
