@@ -31,19 +31,24 @@ CLONES void ck_exp_inplace(float *x, size_t n) {
     for (size_t i = 0; i < n; i++) x[i] = fast_expf(x[i]);
 }
 
+// The softmax loops run over the whole row with the mask as a select, not over its first `valid`
+// entries: attention's rows are 64 wide, so they vectorise with no scalar tail, whose fast_expf calls
+// cost more than the masked lanes.
 CLONES void ck_softmax_prefix_keeping(float *row, size_t valid, size_t n, float *maximum_out, float *inverse_out) {
 #pragma clang fp reassociate(on)
     float maximum = -INFINITY;
-    for (size_t i = 0; i < valid; i++) maximum = row[i] > maximum ? row[i] : maximum;
+    for (size_t i = 0; i < n; i++) {
+        float x = i < valid ? row[i] : -INFINITY;
+        maximum = x > maximum ? x : maximum;
+    }
     float sum = 0.0f;
-    for (size_t i = 0; i < valid; i++) {
-        float e = fast_expf(row[i] - maximum);
+    for (size_t i = 0; i < n; i++) {
+        float e = i < valid ? fast_expf(row[i] - maximum) : 0.0f;
         row[i] = e;
         sum += e;
     }
     float inverse = 1.0f / sum;
-    for (size_t i = 0; i < valid; i++) row[i] *= inverse;
-    for (size_t i = valid; i < n; i++) row[i] = 0.0f;
+    for (size_t i = 0; i < n; i++) row[i] *= inverse;
     *maximum_out = maximum;
     *inverse_out = inverse;
 }
@@ -55,10 +60,9 @@ void ck_softmax_prefix(float *row, size_t valid, size_t n) {
 
 CLONES void ck_softmax_prefix_recompute(float *row, size_t valid, size_t n, float maximum, float inverse) {
 #pragma clang fp reassociate(on)
-    // The same two passes as the forward, so that the same scores give the same probabilities.
-    for (size_t i = 0; i < valid; i++) row[i] = fast_expf(row[i] - maximum);
-    for (size_t i = 0; i < valid; i++) row[i] *= inverse;
-    for (size_t i = valid; i < n; i++) row[i] = 0.0f;
+    // The same element-wise steps as the forward, so that the same scores give the same probabilities.
+    for (size_t i = 0; i < n; i++) row[i] = i < valid ? fast_expf(row[i] - maximum) : 0.0f;
+    for (size_t i = 0; i < n; i++) row[i] *= inverse;
 }
 
 CLONES void ck_softmax_backward_row(float *dp, const float *p, size_t n) {

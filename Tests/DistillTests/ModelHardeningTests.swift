@@ -84,7 +84,7 @@ final class ModelHardeningTests: XCTestCase {
         // The residual stream, the final norm, the logits; the normed input and SwiGLU output that all
         // blocks share; attention's per-thread scratch of two 64-row blocks.
         let shared = rows * c * (layers + 1) + rows * (c + 1 + config.vocabSize) + rows * (c + f) + threads * 2 * 64 * length
-        let backward = rows * (3 * c + qkv + f)
+        let backward = rows * (3 * c + qkv)
         let tokens = rows
         let training = 4 * (layers * perBlock + shared + backward + tokens)
         let inference = 4 * (perBlock + shared + tokens)

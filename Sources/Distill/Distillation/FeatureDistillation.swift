@@ -119,12 +119,10 @@ public func featureDistillationForwardBackward(
     distance: FeatureDistance, gradientScale: Float
 ) -> Float {
     guard tokens > 0, studentWidth > 0, teacherWidth > 0 else { return 0 }
-    let n = Int32(tokens), ds = Int32(studentWidth), dt = Int32(teacherWidth)
     let projected = UnsafeMutablePointer<Float>.allocate(capacity: tokens * teacherWidth)  // [tokens, Dt]
     defer { projected.deallocate() }
     // y = Zs·Wᵀ
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, dt, ds, 1, studentHidden, ds, projection, ds,
-                0, projected, dt)
+    linearForward(projected, studentHidden, projection, rows: tokens, inFeatures: studentWidth, outFeatures: teacherWidth)
 
     let wantsGradient = dStudentHidden != nil || dProjection != nil
     // Overwritten row by row with ∂loss/∂y before the two products below.
@@ -180,16 +178,9 @@ public func featureDistillationForwardBackward(
         }
     }
     if let dProjected {
-        if let dStudentHidden {
-            // dZs += dy·W
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, ds, dt, 1, dProjected, dt, projection, ds,
-                        1, dStudentHidden, ds)
-        }
-        if let dProjection {
-            // dW += dyᵀ·Zs
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, dt, ds, n, 1, dProjected, dt, studentHidden, ds,
-                        1, dProjection, ds)
-        }
+        // dZs += dy·W;  dW += dyᵀ·Zs
+        linearBackward(dx: dStudentHidden, dWeight: dProjection, dy: dProjected, x: studentHidden, weight: projection,
+                       rows: tokens, inFeatures: studentWidth, outFeatures: teacherWidth)
     }
     return Float(total / Double(tokens))
 }

@@ -17,18 +17,16 @@ let attentionBlock = 64
 /// Floats of scratch attention needs per thread: a block of probabilities and one of their gradients.
 func attentionScratchPerThread(length: Int) -> Int { saturatingProduct(2, attentionBlock, length) }
 
-/// Runs `body(worker, jobs)` on the cores, the jobs 0..<count split into contiguous ranges, with
-/// OpenBLAS on one thread meanwhile (each worker calls it on its own small products).
+/// Runs `body(worker, jobs)` on the cores, the jobs 0..<count split into contiguous ranges (each worker
+/// calls OpenBLAS, single-threaded, on its own small products).
 private func forEachWorker(jobs count: Int, _ body: (Int, Range<Int>) -> Void) {
     let workers = min(Compute.threads, count)
     guard workers > 1 else {
         body(0, 0..<count)
         return
     }
-    Compute.withSingleThreadedBLAS {
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            body(worker, (count * worker / workers)..<(count * (worker + 1) / workers))
-        }
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        body(worker, (count * worker / workers)..<(count * (worker + 1) / workers))
     }
 }
 

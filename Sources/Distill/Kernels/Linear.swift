@@ -1,8 +1,37 @@
 import CBLAS
 import Dispatch
+import Foundation
 
 // Matrix products of the model, all through OpenBLAS. Weights use PyTorch's nn.Linear layout
 // W[out, in], so y = x · Wᵀ.
+//
+// Threads: OpenBLAS always runs on one thread, and the products are split over the cores by rows of
+// their output here (`sgemm`). With OpenBLAS's own threads beside ours (attention, the element-wise
+// kernels, the loss), its idle workers spun in sched_yield for a fifth of a training step; with one
+// pool the cores do only work. Every output element is still one single-threaded dot product, so the
+// result does not depend on the split or the thread count.
+
+/// Rows of the output below which a product is not split (the hand-off costs more than it saves).
+let minimumRowsPerThread = 32
+
+/// C[M, N] = alpha · op(A) · op(B) + beta · C, row-major, with op(A) [M, K] and op(B) [K, N]; the M
+/// rows of C are split over the cores, each part one single-threaded OpenBLAS call.
+func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+           a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
+           c: UnsafeMutablePointer<Float>, ldc: Int) {
+    func product(_ rows: Range<Int>) {
+        // Rows of op(A) are rows of A, or columns of A when it is transposed.
+        let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
+        cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
+                    Int32(rows.count), Int32(n), Int32(k), alpha, aStart, Int32(lda), b, Int32(ldb), beta,
+                    c + rows.lowerBound * ldc, Int32(ldc))
+    }
+    let workers = min(Compute.threads, m / minimumRowsPerThread)
+    guard workers > 1 else { return product(0..<m) }
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        product((m * worker / workers)..<(m * (worker + 1) / workers))
+    }
+}
 
 /// y[N, out] = x[N, in] · W[out, in]ᵀ  (overwrites y, or adds when `accumulate`).
 @inline(__always)
@@ -14,72 +43,63 @@ func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, 
                     x, 1, accumulate ? 1 : 0, y, 1)
         return
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(rows), Int32(outFeatures), Int32(inFeatures),
-                1, x, Int32(inFeatures), weight, Int32(inFeatures), accumulate ? 1 : 0, y, Int32(outFeatures))
+    sgemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x, lda: inFeatures,
+          b: weight, ldb: inFeatures, beta: accumulate ? 1 : 0, c: y, ldc: outFeatures)
 }
 
-/// Accumulates dx[N, in] += dy[N, out] · W[out, in] and dW[out, in] += dy[N, out]ᵀ · x[N, in].
-/// Either output may be nil (a frozen weight, or an input that needs no gradient).
+/// Accumulates dx[N, in] += dy[N, out] · W[out, in] (or overwrites dx, `overwritingDx`) and
+/// dW[out, in] += dy[N, out]ᵀ · x[N, in]. Either output may be nil (a frozen weight, or an input that
+/// needs no gradient).
 @inline(__always)
 func linearBackward(dx: UnsafeMutablePointer<Float>?, dWeight: UnsafeMutablePointer<Float>?,
                     dy: UnsafePointer<Float>, x: UnsafePointer<Float>, weight: UnsafePointer<Float>,
-                    rows: Int, inFeatures: Int, outFeatures: Int) {
+                    rows: Int, inFeatures: Int, outFeatures: Int, overwritingDx: Bool = false) {
     if let dx {
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(rows), Int32(inFeatures), Int32(outFeatures),
-                    1, dy, Int32(outFeatures), weight, Int32(inFeatures), 1, dx, Int32(inFeatures))
+        sgemm(transposeA: false, transposeB: false, m: rows, n: inFeatures, k: outFeatures, alpha: 1, a: dy, lda: outFeatures,
+              b: weight, ldb: inFeatures, beta: overwritingDx ? 0 : 1, c: dx, ldc: inFeatures)
     }
     if let dWeight {
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(outFeatures), Int32(inFeatures), Int32(rows),
-                    1, dy, Int32(outFeatures), x, Int32(inFeatures), 1, dWeight, Int32(inFeatures))
+        sgemm(transposeA: true, transposeB: false, m: outFeatures, n: inFeatures, k: rows, alpha: 1, a: dy, lda: outFeatures,
+              b: x, ldb: inFeatures, beta: 1, c: dWeight, ldc: inFeatures)
     }
 }
 
 /// Runs `body(i)` for i in 0..<count on the machine's cores. Work is split into contiguous chunks so
-/// that results written per index never race; OpenBLAS is set to one thread meanwhile, so that the two
-/// levels of threads do not fight over the cores.
+/// that results written per index never race.
 func parallelFor(_ count: Int, _ body: (Int) -> Void) {
     let workers = min(Compute.threads, count)
     if workers <= 1 {
         for i in 0..<count { body(i) }
         return
     }
-    Compute.withSingleThreadedBLAS {
-        DispatchQueue.concurrentPerform(iterations: workers) { worker in
-            let start = count * worker / workers, end = count * (worker + 1) / workers
-            for i in start..<end { body(i) }
-        }
+    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+        let start = count * worker / workers, end = count * (worker + 1) / workers
+        for i in start..<end { body(i) }
     }
 }
 
 /// Thread settings shared by the kernels.
 public enum Compute {
-    /// Threads used by our own loops and by OpenBLAS (defaults to the number of cores).
+    /// Threads used by our own loops, the products' split included (defaults to the number of cores).
+    /// OpenBLAS itself always runs on one thread (see `sgemm`).
     nonisolated(unsafe) public static var threads: Int = {
-        let cores = ProcessInfo.processInfo.activeProcessorCount
-        openblas_set_num_threads(Int32(cores))
-        return cores
+        openblas_set_num_threads(1)
+        return ProcessInfo.processInfo.activeProcessorCount
     }()
 
-    /// Sets the threads for our loops and OpenBLAS alike.
+    /// Sets the threads for our loops and products.
     public static func setThreads(_ count: Int) {
         // A safety net under the commands' own checks: Int32 conversion and per-thread buffers stay sane.
         threads = min(max(1, count), 1024)
-        openblas_set_num_threads(Int32(threads))
+        openblas_set_num_threads(1)
     }
 
-    /// Runs `body` with `count` threads for our loops and OpenBLAS, then restores the setting.
+    /// Runs `body` with `count` threads, then restores the setting.
     public static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
         let saved = threads
         setThreads(count)
         defer { setThreads(saved) }
         return try body()
     }
-
-    static func withSingleThreadedBLAS<R>(_ body: () -> R) -> R {
-        openblas_set_num_threads(1)
-        defer { openblas_set_num_threads(Int32(threads)) }
-        return body()
-    }
 }
 
-import Foundation

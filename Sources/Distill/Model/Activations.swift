@@ -36,7 +36,6 @@ struct ActivationSizes {
     let scratchNormed: Int   // [B·T, C]
     let dAttentionOut: Int   // [B·T, C]
     let dQKV: Int            // [B·T, C + 2·KVd]
-    let dSwiglu: Int         // [B·T, F]
     // Attention's per-thread scratch, forward and backward.
     let attentionScratch: Int  // [threads, 2·attentionBlock, T]
 
@@ -61,7 +60,6 @@ struct ActivationSizes {
         scratchNormed = scratch * residual
         dAttentionOut = scratch * residual
         dQKV = scratch * block.qkv
-        dSwiglu = scratch * swiglu
         attentionScratch = saturatingProduct(threads, attentionScratchPerThread(length: length))
     }
 
@@ -71,7 +69,7 @@ struct ActivationSizes {
     /// Floats of all the buffers `Activations` carves, padding included.
     var floatCount: Int {
         saturatingSum([saturatingProduct(Self.padded(residual), residualCount), saturatingProduct(block.total, blockCount)]
-                      + [normed, swiglu, finalNormed, finalRstd, dResidual, scratchNormed, dAttentionOut, dQKV, dSwiglu,
+                      + [normed, swiglu, finalNormed, finalRstd, dResidual, scratchNormed, dAttentionOut, dQKV,
                          attentionScratch].map(Self.padded))
     }
 
@@ -105,7 +103,6 @@ final class Activations {
     let scratchNormed: UnsafeMutablePointer<Float>    // [B·T, C]
     let dAttentionOut: UnsafeMutablePointer<Float>    // [B·T, C]
     let dQKV: UnsafeMutablePointer<Float>             // [B·T, C + 2·KVd]
-    let dSwiglu: UnsafeMutablePointer<Float>          // [B·T, F]
     let attentionScratch: UnsafeMutablePointer<Float> // [threads, 2·attentionBlock, T]
 
     init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads) {
@@ -140,7 +137,6 @@ final class Activations {
         scratchNormed = take(sizes.scratchNormed)
         dAttentionOut = take(sizes.dAttentionOut)
         dQKV = take(sizes.dQKV)
-        dSwiglu = take(sizes.dSwiglu)
         attentionScratch = take(sizes.attentionScratch)
         // Every buffer is carved from the table, and the table's sum is what was carved.
         precondition(cursor == total, "activation buffers and ActivationSizes disagree")
@@ -170,5 +166,5 @@ struct BlockActivations {
     let mlpNormed: UnsafeMutablePointer<Float>         // [B·T, C], shared (the same buffer as attentionNormed)
     let mlpRstd: UnsafeMutablePointer<Float>           // [B·T]
     let gateUp: UnsafeMutablePointer<Float>            // [B·T, 2F]; backward overwrites it with its gradient
-    let swiglu: UnsafeMutablePointer<Float>            // [B·T, F], shared
+    let swiglu: UnsafeMutablePointer<Float>            // [B·T, F], shared; backward writes its gradient over it
 }

@@ -297,30 +297,30 @@ public final class LlamaModel {
         let grads = gradients!.baseAddress!, weights = UnsafeMutablePointer(parameters.baseAddress!)
 
         // MLP: d swiglu = dOut · W_down; d gateUp; d mlpNormed; through the norm into dResidual.
-        // The SwiGLU output and the normed input are recomputed (all blocks share one buffer for each),
-        // and gateUp's gradient is written over gateUp, which nothing reads after this.
-        let dSwiglu = scratch.dSwiglu, dGateUp = acts.gateUp, dNormed = scratch.scratchNormed
+        // The SwiGLU output and the normed input are recomputed (all blocks share one buffer for each).
+        // Buffers are reused once dead: d swiglu goes over the SwiGLU output once dW_down has read it, and
+        // gateUp's gradient over gateUp.
+        let dSwiglu = acts.swiglu, dGateUp = acts.gateUp, dNormed = scratch.scratchNormed
         swigluForward(acts.swiglu, acts.gateUp, rows: rows)
-        dSwiglu.update(repeating: 0, count: rows * f)
-        linearBackward(dx: dSwiglu, dWeight: grads + block.down, dy: dResidual, x: acts.swiglu,
+        linearBackward(dx: nil, dWeight: grads + block.down, dy: dResidual, x: acts.swiglu,
                        weight: weights + block.down, rows: rows, inFeatures: f, outFeatures: c)
+        linearBackward(dx: dSwiglu, dWeight: nil, dy: dResidual, x: acts.swiglu,
+                       weight: weights + block.down, rows: rows, inFeatures: f, outFeatures: c, overwritingDx: true)
         parallelFor(Compute.threads) { part in
             let start = rows * part / Compute.threads, end = rows * (part + 1) / Compute.threads
             ck_swiglu_backward_inplace(dGateUp + start * 2 * f, dSwiglu + start * f, end - start, f)
         }
         ck_rmsnorm_forward(acts.mlpNormed, acts.mlpRstd, acts.attentionResidual, weights + block.mlpNorm,
                            rows, c, config.rmsNormEps)
-        dNormed.update(repeating: 0, count: rows * c)
         linearBackward(dx: dNormed, dWeight: grads + block.gateUp, dy: dGateUp, x: acts.mlpNormed,
-                       weight: weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f)
+                       weight: weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f, overwritingDx: true)
         ck_rmsnorm_backward(dResidual, grads + block.mlpNorm, dNormed, acts.attentionResidual,
                             weights + block.mlpNorm, acts.mlpRstd, rows, c)
 
         // Attention: d attentionOut = dResidual · W_o; through attention and rope into dqkv.
         let dAttention = scratch.dAttentionOut, dQKV = scratch.dQKV
-        dAttention.update(repeating: 0, count: rows * c)
         linearBackward(dx: dAttention, dWeight: grads + block.output, dy: dResidual, x: acts.attentionOut,
-                       weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c)
+                       weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c, overwritingDx: true)
         dQKV.update(repeating: 0, count: rows * qkvWidth)
         attentionBackward(dqkv: dQKV, dOut: dAttention, rowStats: acts.attentionRowStats, qkv: acts.qkv,
                           scratch: scratch.attentionScratch, batch: scratch.batch, length: scratch.length,
@@ -329,9 +329,8 @@ public final class LlamaModel {
                    queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: true)
         ck_rmsnorm_forward(acts.attentionNormed, acts.attentionRstd, input, weights + block.attentionNorm,
                            rows, c, config.rmsNormEps)
-        dNormed.update(repeating: 0, count: rows * c)
         linearBackward(dx: dNormed, dWeight: grads + block.qkv, dy: dQKV, x: acts.attentionNormed,
-                       weight: weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth)
+                       weight: weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth, overwritingDx: true)
         ck_rmsnorm_backward(dResidual, grads + block.attentionNorm, dNormed, input,
                             weights + block.attentionNorm, acts.attentionRstd, rows, c)
     }
