@@ -21,6 +21,30 @@ final class GenerationTests: XCTestCase {
         XCTAssertLessThan(largest, 1e-4)
     }
 
+    /// Two threads decode as a team (products split by output rows, attention by heads); every logit is
+    /// still computed by one thread, so each step's logits are bitwise those of one thread. The shapes
+    /// are wide enough for every product to be split, with grouped-query heads.
+    func testDecodeTeamGivesTheLogitsOfOneThread() throws {
+        let config = LlamaConfig(hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 130, maxPositionEmbeddings: 40)
+        let model = try LlamaModel(config: config, seed: 3)
+        func logits(threads: Int) throws -> [[Float]] {
+            try Compute.withThreads(threads) {
+                let session = KVCacheSession(model: model)
+                var sampler = try Sampler(temperature: 0)
+                var steps: [[Float]] = []
+                // 60 tokens: past the context of 40, so the cache restarts once on the way.
+                try generate(session: session, prompt: [5, 9, 2], maxTokens: 60, sampler: &sampler) { _ in
+                    steps.append(Array(UnsafeBufferPointer(start: session.logits, count: config.vocabSize)))
+                }
+                return steps
+            }
+        }
+        let one = try logits(threads: 1), two = try logits(threads: 2)
+        XCTAssertEqual(one.count, 60)
+        XCTAssertEqual(one, two)
+    }
+
     func testGreedyIsDeterministicAndSamplingRepeatsForASeed() throws {
         let model = try ModelGradientTests.model(ModelGradientTests.tinyConfig())
         let session = KVCacheSession(model: model)

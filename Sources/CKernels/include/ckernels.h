@@ -51,6 +51,16 @@ void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
               float lr, float beta1, float beta2, float eps, float decay,
               float bias_correction1, float bias_correction2);
 
+/// Two threads for a decoding loop: `ck_team_run` runs task(context, 0) on the caller and
+/// task(context, 1) on a helper thread that spins waiting for work (sleeping after a while idle), and
+/// returns when both are done. For products of a few microseconds, where waking a sleeping thread per
+/// product would cost as much as the product.
+typedef struct ck_team ck_team;
+typedef void (*ck_team_task)(void *context, int part);
+ck_team *ck_team_create(void);
+void ck_team_destroy(ck_team *team);
+void ck_team_run(ck_team *team, ck_team_task task, void *context);
+
 #include "ck_losses.h"
 /// Whether this CPU runs AVX-512 (F, BW, DQ, VL, CD: OpenBLAS's SkylakeX kernels) and AVX2 with FMA
 /// (its Haswell kernels).

@@ -55,6 +55,4 @@ public func generate(ensemble: EnsembleSession, prompt: [Int32], maxTokens: Int,
     return try generate(stream: ensemble, prompt: prompt, maxTokens: maxTokens, sampler: &sampler, stopToken: stopToken, onToken: onToken)
 }
 
-extension EnsembleSession: TokenStream {
-    var parameterCount: Int { sessions.reduce(0) { $0 + $1.model.parameterCount } }
-}
+extension EnsembleSession: TokenStream {}

@@ -17,15 +17,12 @@ protocol TokenStream: AnyObject {
     var capacity: Int { get }
     var vocabSize: Int { get }
     var logits: UnsafeMutablePointer<Float> { get }
-    /// Parameters that run for each token (how many threads are worth it follows from it).
-    var parameterCount: Int { get }
     func reset()
     func feed(_ token: Int32) throws
 }
 
 extension KVCacheSession: TokenStream {
     var vocabSize: Int { model.config.vocabSize }
-    var parameterCount: Int { model.parameterCount }
 }
 
 /// The one decoding loop of `generate(session:)` and `generate(ensemble:)`.
@@ -35,7 +32,7 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
     guard prompt.count <= stream.capacity else {
         throw GenerationError.promptTooLong(tokens: prompt.count, context: stream.capacity)
     }
-    return try Compute.withThreads(decodeThreads(parameters: stream.parameterCount)) {
+    return try Compute.withDecodeTeam {
         stream.reset()
         for token in prompt { try stream.feed(token) }
         var history = prompt, produced: [Int32] = []
@@ -57,14 +54,3 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
         return produced
     }
 }
-
-/// Threads for decoding one token at a time (the prompt too: it is fed a token at a time). Each step is
-/// a string of matrix-vector products of the model's width, too small to share: below `singleThreadDecodeParameters` parameters a second thread
-/// costs more in hand-offs than it gives (one `distill bench` run, `tiny` preset on 2 cores: 4,685 tokens/s on 1
-/// thread against 903 on 2 with the other core busy; README, *Measured figures*).
-func decodeThreads(parameters: Int) -> Int {
-    parameters < singleThreadDecodeParameters ? 1 : Compute.threads
-}
-
-/// Models up to this size decode on one thread.
-let singleThreadDecodeParameters = 32_000_000

@@ -116,7 +116,8 @@ import Dispatch
 /// Attention of `length` new rows of one sequence, at positions start..<start+length, against a key/value
 /// cache: the rows' keys and values (from qkv [length, C + 2·KVd]) are written to `keys` and `values`
 /// [positions, KVd] first, then query row r sees the cached positions [0, start + r]. out: [length, C].
-/// Nothing is kept for backward. `scores` holds at least start + length floats.
+/// Nothing is kept for backward. `scores` holds at least 2·(start + length) floats (one row per thread of
+/// a decode team, which splits the heads).
 func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer<Float>,
                             keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>,
                             scores: UnsafeMutablePointer<Float>, start: Int, length: Int,
@@ -129,14 +130,21 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
     }
     for r in 0..<length {
         let seen = start + r + 1
-        for h in 0..<heads {
-            let g = h / group
-            // scores[0..<seen] = K[0..<seen, g] · q_h / √d, then softmax, then Σ p·V.
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(seen), Int32(d), scale, keys + g * d, Int32(kvWidth),
-                        qkv + r * stride + h * d, 1, 0, scores, 1)
-            ck_softmax_prefix(scores, seen, seen)
-            cblas_sgemv(CblasRowMajor, CblasTrans, Int32(seen), Int32(d), 1, values + g * d, Int32(kvWidth),
-                        scores, 1, 0, out + r * c + h * d, 1)
+        func attend(_ headRange: Range<Int>, scores: UnsafeMutablePointer<Float>) {
+            for h in headRange {
+                let g = h / group
+                // scores[0..<seen] = K[0..<seen, g] · q_h / √d, then softmax, then Σ p·V.
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(seen), Int32(d), scale, keys + g * d, Int32(kvWidth),
+                            qkv + r * stride + h * d, 1, 0, scores, 1)
+                ck_softmax_prefix(scores, seen, seen)
+                cblas_sgemv(CblasRowMajor, CblasTrans, Int32(seen), Int32(d), 1, values + g * d, Int32(kvWidth),
+                            scores, 1, 0, out + r * c + h * d, 1)
+            }
+        }
+        if let team = Compute.decodeTeam, heads >= 2 {
+            team.run { part in attend((heads * part / 2)..<(heads * (part + 1) / 2), scores: scores + part * seen) }
+        } else {
+            attend(0..<heads, scores: scores)
         }
     }
 }

@@ -39,8 +39,16 @@ func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, 
                    rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
     if rows == 1 {
         // One row (a decoding step) is a matrix–vector product; OpenBLAS's sgemm does not switch to gemv.
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outFeatures), Int32(inFeatures), 1, weight, Int32(inFeatures),
-                    x, 1, accumulate ? 1 : 0, y, 1)
+        func product(_ outputs: Range<Int>) {
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outputs.count), Int32(inFeatures), 1,
+                        weight + outputs.lowerBound * inFeatures, Int32(inFeatures), x, 1, accumulate ? 1 : 0,
+                        y + outputs.lowerBound, 1)
+        }
+        if let team = Compute.decodeTeam, outFeatures >= 2 * minimumRowsPerThread {
+            team.run { part in product((outFeatures * part / 2)..<(outFeatures * (part + 1) / 2)) }
+        } else {
+            product(0..<outFeatures)
+        }
         return
     }
     sgemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x, lda: inFeatures,

@@ -11,7 +11,7 @@ final class KeyValueCache {
     private(set) var capacity = 0
     private var keys: UnsafeMutablePointer<Float>     // [L, capacity, KVd]
     private var values: UnsafeMutablePointer<Float>   // [L, capacity, KVd]
-    /// Attention scores of one query row.  [capacity]
+    /// Attention scores of one query row, for each of two threads.  [2, capacity]
     private(set) var scores: UnsafeMutablePointer<Float>
 
     init(layers: Int, width: Int, limit: Int) {
@@ -34,7 +34,8 @@ final class KeyValueCache {
 
     /// Bytes the cache would hold for `positions`.
     func bytes(positions: Int) -> Int {
-        saturatingProduct(saturatingSum([saturatingProduct(2, layers, positions, width), positions]), MemoryLayout<Float>.size)
+        saturatingProduct(saturatingSum([saturatingProduct(2, layers, positions, width), saturatingProduct(2, positions)]),
+                          MemoryLayout<Float>.size)
     }
 
     /// Makes room for positions 0..<count (count ≤ limit), keeping the first `filled` positions of every
@@ -58,7 +59,7 @@ final class KeyValueCache {
         scores.deallocate()
         keys = newKeys
         values = newValues
-        scores = .allocate(capacity: newCapacity)
+        scores = .allocate(capacity: 2 * newCapacity)
         capacity = newCapacity
     }
 }
