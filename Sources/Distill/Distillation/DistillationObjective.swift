@@ -56,7 +56,6 @@ public final class DistillationObjective: TrainingObjective {
     /// The settings of the current step: `settings` moved along its schedule by `prepare(step:totalSteps:)`.
     public private(set) var current: DistillationSettings
     public let extraTensors: [TrainableTensor]
-    private let dLogits = ScratchBuffer()                // [B·T, V]
     private var dHidden: [Int: ScratchBuffer] = [:]      // student block → [B·T, Cs]
     private let dFinal = ScratchBuffer()                 // [B·T, Cs]
     private let dEmbedding = ScratchBuffer()             // [B, Cs]
@@ -178,26 +177,34 @@ public final class DistillationObjective: TrainingObjective {
         let teacherOut = teacher.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
                                          captureLayers: Set(pairs.map(\.teacher)), keepForBackward: false)
         let teacherLogits = weights.kd > 0 ? try ensembleTarget(first: teacherOut.logits, batch: batch) : nil
-        let studentOut = student.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
-                                         captureLayers: Set(pairs.map(\.student)), keepForBackward: backward)
+        let studentOut = student.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
+                                               captureLayers: Set(pairs.map(\.student)), keepForBackward: backward)
         var result: [String: Double] = [:]
         var total = 0.0
 
-        // Logits: CE and the divergence in one pass per row.
+        // Logits: CE and the divergence in one pass per row, the student's head a chunk of rows at a time
+        // (its [B·T, V] logits and their gradient are never held whole); d finalHidden gathers the head's
+        // gradient and the relational terms'.
         let logitGradient = backward && (weights.ce > 0 || weights.kd > 0)
-        let dLogitsPointer = logitGradient ? dLogits.zeroed(rows * vocab) : nil
-        let losses = try batch.targets.withUnsafeBufferPointer { targets in
-            try logitLossesForwardBackward(
-                dStudentLogits: dLogitsPointer, studentLogits: studentOut.logits,
-                teacherLogits: teacherLogits, targets: targets.baseAddress,
-                rows: rows, vocab: vocab, distillation: current.logits, crossEntropyWeight: weights.ce,
-                distillationWeight: weights.kd, gradientScale: scale)
+        let dFinalPointer = backward ? dFinal.zeroed(rows * cs) : nil
+        var crossEntropy: Float = 0, distillation: Float = 0
+        try batch.targets.withUnsafeBufferPointer { targets in
+            let share = BatchShare(targets: targets)
+            try student.headInChunks(dFinalHidden: logitGradient ? dFinalPointer : nil) { chunk, logits, dLogits in
+                let losses = try logitLossesForwardBackward(
+                    dStudentLogits: dLogits, studentLogits: logits,
+                    teacherLogits: teacherLogits.map { $0 + chunk.lowerBound * vocab }, targets: targets.baseAddress! + chunk.lowerBound,
+                    rows: chunk.count, vocab: vocab, distillation: current.logits, crossEntropyWeight: weights.ce,
+                    distillationWeight: weights.kd, gradientScale: scale, meanOver: share)
+                crossEntropy += losses.crossEntropy
+                distillation += losses.distillation
+            }
         }
-        result["ce"] = Double(losses.crossEntropy)
-        total += Double(weights.ce) * Double(losses.crossEntropy)
+        result["ce"] = Double(crossEntropy)
+        total += Double(weights.ce) * Double(crossEntropy)
         if weights.kd > 0 {
-            result["kd"] = Double(losses.distillation)
-            total += Double(weights.kd) * Double(losses.distillation)
+            result["kd"] = Double(distillation)
+            total += Double(weights.kd) * Double(distillation)
         }
 
         // Hidden states: one projection per pair, averaged over pairs.
@@ -246,15 +253,14 @@ public final class DistillationObjective: TrainingObjective {
                 result[name] = Double(value)
                 total += Double(weight) * Double(value)
             }
-            if let dEmbeddingPointer {
-                meanPoolBackward(dHidden: dFinal.zeroed(rows * cs), dOut: dEmbeddingPointer, batch: b, tokens: t, width: cs)
+            if let dEmbeddingPointer, let dFinalPointer {
+                meanPoolBackward(dHidden: dFinalPointer, dOut: dEmbeddingPointer, batch: b, tokens: t, width: cs)
             }
         }
         result["loss"] = total
 
         if backward {
-            student.backward(dLogits: dLogitsPointer, dHidden: hiddenGradients,
-                             dFinalHidden: rkd ? UnsafePointer(dFinal.pointer) : nil)
+            student.backward(dLogits: nil, dHidden: hiddenGradients, dFinalHidden: dFinalPointer.map { UnsafePointer($0) })
         }
         return result
     }

@@ -117,12 +117,21 @@ public final class LlamaModel {
                       batch: batch, length: length)
     }
 
+    /// What `forwardHidden` keeps: `Output` without the logits.
+    public struct HiddenStates {
+        /// block index → [B·T, C], the residual stream after that block (before the final norm)
+        public let hidden: [Int: UnsafeMutablePointer<Float>]
+        /// [B·T, C], after the final norm
+        public let finalHidden: UnsafeMutablePointer<Float>
+    }
+
     /// Runs the model on `tokens` [B, T] up to the final norm, leaving the LM head to `headInChunks`, so
-    /// that the [B·T, V] logits are never held whole. Returns the captured hidden states.
+    /// that the [B·T, V] logits are never held whole.
     @discardableResult
     public func forwardHidden(tokens: UnsafePointer<Int32>, batch: Int, length: Int, captureLayers: Set<Int> = [],
-                              keepForBackward: Bool = true) -> [Int: UnsafeMutablePointer<Float>] {
-        captured(captureLayers, forwardWithoutHead(tokens: tokens, batch: batch, length: length, keepForBackward: keepForBackward))
+                              keepForBackward: Bool = true) -> HiddenStates {
+        let acts = forwardWithoutHead(tokens: tokens, batch: batch, length: length, keepForBackward: keepForBackward)
+        return HiddenStates(hidden: captured(captureLayers, acts), finalHidden: acts.finalNormed)
     }
 
     private func forwardWithoutHead(tokens: UnsafePointer<Int32>, batch: Int, length: Int, keepForBackward: Bool) -> Activations {
