@@ -36,11 +36,15 @@ CLONES void ck_exp_inplace(float *x, size_t n) {
 // cost more than the masked lanes.
 CLONES void ck_softmax_prefix_keeping(float *row, size_t valid, size_t n, float *maximum_out, float *inverse_out) {
 #pragma clang fp reassociate(on)
+    // Sixteen running maxima: a plain max reduction does not vectorise (NaN ordering), this does.
+    float lanes[16];
+    for (int l = 0; l < 16; l++) lanes[l] = -INFINITY;
+    size_t i = 0;
+    for (; i + 16 <= valid; i += 16)
+        for (int l = 0; l < 16; l++) lanes[l] = row[i + l] > lanes[l] ? row[i + l] : lanes[l];
     float maximum = -INFINITY;
-    for (size_t i = 0; i < n; i++) {
-        float x = i < valid ? row[i] : -INFINITY;
-        maximum = x > maximum ? x : maximum;
-    }
+    for (int l = 0; l < 16; l++) maximum = lanes[l] > maximum ? lanes[l] : maximum;
+    for (; i < valid; i++) maximum = row[i] > maximum ? row[i] : maximum;
     float sum = 0.0f;
     for (size_t i = 0; i < n; i++) {
         float e = i < valid ? fast_expf(row[i] - maximum) : 0.0f;

@@ -14,12 +14,18 @@ public final class ScratchBuffer {
     /// The buffer with room for `count` values, all zero.
     @discardableResult
     public func zeroed(_ count: Int) -> UnsafeMutablePointer<Float> {
+        let buffer = reserved(count)
+        buffer.update(repeating: 0, count: count)
+        return buffer
+    }
+
+    /// The buffer with room for `count` values, left as they are (for a caller that writes them all).
+    public func reserved(_ count: Int) -> UnsafeMutablePointer<Float> {
         if count > self.count {
             pointer.deallocate()
             pointer = alignedFloats(count)
             self.count = count
         }
-        pointer.update(repeating: 0, count: count)
         return pointer
     }
 }

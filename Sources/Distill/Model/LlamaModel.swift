@@ -165,8 +165,9 @@ public final class LlamaModel {
         let weights = parameters.baseAddress! + layout.lmHead
         if dFinalHidden != nil && gradients == nil { zeroGradients() }
         let chunk = min(Self.headChunkRows, rows)
-        let logits = headChunk.zeroed(chunk * vocab)
-        let dLogits = dFinalHidden == nil ? nil : headChunkGradient.zeroed(chunk * vocab)
+        // Both are written for every chunk: the logits by their product, the gradient zeroed for `body`.
+        let logits = headChunk.reserved(chunk * vocab)
+        let dLogits = dFinalHidden == nil ? nil : headChunkGradient.reserved(chunk * vocab)
         for start in stride(from: 0, to: rows, by: chunk) {
             let n = min(chunk, rows - start), hidden = acts.finalNormed + start * c
             linearForward(logits, hidden, weights, rows: n, inFeatures: c, outFeatures: vocab)

@@ -39,14 +39,25 @@ public final class AdamW {
         step += 1
         let correction1 = 1 - Float(Double(beta1).power(step))
         let correction2 = 1 - Float(Double(beta2).power(step))
-        var offset = 0
+        let total = segments.reduce(0) { $0 + $1.count }
         firstMoment.withUnsafeMutableBufferPointer { m in
             secondMoment.withUnsafeMutableBufferPointer { v in
-                for segment in segments {
-                    ck_adamw(segment.parameters, m.baseAddress! + offset, v.baseAddress! + offset, segment.gradients,
-                             segment.count, learningRate, beta1, beta2, epsilon,
-                             segment.decays ? learningRate * weightDecay : 0, correction1, correction2)
-                    offset += segment.count
+                let m = m.baseAddress!, v = v.baseAddress!
+                // The concatenated elements split evenly over the cores; each element's update is the
+                // same whoever computes it.
+                parallelFor(Compute.threads) { part in
+                    let first = total * part / Compute.threads, end = total * (part + 1) / Compute.threads
+                    var offset = 0
+                    for segment in segments {
+                        let start = max(first, offset), stop = min(end, offset + segment.count)
+                        if start < stop {
+                            let local = start - offset
+                            ck_adamw(segment.parameters + local, m + start, v + start, segment.gradients + local,
+                                     stop - start, learningRate, beta1, beta2, epsilon,
+                                     segment.decays ? learningRate * weightDecay : 0, correction1, correction2)
+                        }
+                        offset += segment.count
+                    }
                 }
             }
         }
