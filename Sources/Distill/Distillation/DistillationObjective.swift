@@ -59,6 +59,7 @@ public final class DistillationObjective: TrainingObjective {
     private var dHidden: [Int: ScratchBuffer] = [:]      // student block → [B·T, Cs]
     private let dFinal = ScratchBuffer()                 // [B·T, Cs]
     private let dEmbedding = ScratchBuffer()             // [B, Cs]
+    private let teacherChunk = ScratchBuffer()           // [headChunkRows, V], the one teacher's logits
     private let ensembleLogits = ScratchBuffer()         // [B·T, V], with several teachers
     private let ensembleScratch = ScratchBuffer()        // [threads, V]
 
@@ -174,9 +175,27 @@ public final class DistillationObjective: TrainingObjective {
                                                   minimum: weights.rkdAngle > 0 ? 3 : 2)
         }
 
-        let teacherOut = teacher.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
-                                         captureLayers: Set(pairs.map(\.teacher)), keepForBackward: false)
-        let teacherLogits = weights.kd > 0 ? try ensembleTarget(first: teacherOut.logits, batch: batch) : nil
+        // One teacher: its head is taken a chunk of rows at a time beside the student's (below). An
+        // ensemble's target mixes whole distributions and is built at once.
+        let teacherCapture = Set(pairs.map(\.teacher))
+        let teacherOut: LlamaModel.HiddenStates
+        var wholeTarget: UnsafePointer<Float>? = nil
+        if teachers.count == 1 {
+            teacherOut = teacher.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
+                                               captureLayers: teacherCapture, keepForBackward: false)
+        } else {
+            let whole = teacher.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
+                                        captureLayers: teacherCapture, keepForBackward: false)
+            teacherOut = LlamaModel.HiddenStates(hidden: whole.hidden, finalHidden: whole.finalHidden)
+            if weights.kd > 0 { wholeTarget = try ensembleTarget(first: whole.logits, batch: batch) }
+        }
+        func teacherLogits(_ chunk: Range<Int>) -> UnsafePointer<Float>? {
+            guard weights.kd > 0 else { return nil }
+            if let wholeTarget { return wholeTarget + chunk.lowerBound * vocab }
+            let logits = teacherChunk.reserved(chunk.count * vocab)
+            teacher.headLogits(rows: chunk, into: logits)
+            return UnsafePointer(logits)
+        }
         let studentOut = student.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
                                                captureLayers: Set(pairs.map(\.student)), keepForBackward: backward)
         var result: [String: Double] = [:]
@@ -193,7 +212,7 @@ public final class DistillationObjective: TrainingObjective {
             try student.headInChunks(dFinalHidden: logitGradient ? dFinalPointer : nil) { chunk, logits, dLogits in
                 let losses = try logitLossesForwardBackward(
                     dStudentLogits: dLogits, studentLogits: logits,
-                    teacherLogits: teacherLogits.map { $0 + chunk.lowerBound * vocab }, targets: targets.baseAddress! + chunk.lowerBound,
+                    teacherLogits: teacherLogits(chunk), targets: targets.baseAddress! + chunk.lowerBound,
                     rows: chunk.count, vocab: vocab, distillation: current.logits, crossEntropyWeight: weights.ce,
                     distillationWeight: weights.kd, gradientScale: scale, meanOver: share)
                 crossEntropy += losses.crossEntropy

@@ -170,7 +170,7 @@ public final class LlamaModel {
         let dLogits = dFinalHidden == nil ? nil : headChunkGradient.reserved(chunk * vocab)
         for start in stride(from: 0, to: rows, by: chunk) {
             let n = min(chunk, rows - start), hidden = acts.finalNormed + start * c
-            linearForward(logits, hidden, weights, rows: n, inFeatures: c, outFeatures: vocab)
+            headLogits(rows: start..<(start + n), into: logits)
             if let dLogits { dLogits.update(repeating: 0, count: n * vocab) }
             try body(start..<(start + n), logits, dLogits)
             if let dLogits, let dFinalHidden {
@@ -178,6 +178,16 @@ public final class LlamaModel {
                                x: hidden, weight: weights, rows: n, inFeatures: c, outFeatures: vocab)
             }
         }
+    }
+
+    /// Logits [n, V] of `rows` (n of them) of the last forward pass's final hidden states: a teacher's
+    /// head taken a chunk at a time beside its student's.
+    public func headLogits(rows: Range<Int>, into logits: UnsafeMutablePointer<Float>) {
+        guard let acts = activations, rows.upperBound <= acts.batch * acts.length else {
+            preconditionFailure("headLogits needs a forward pass over those rows")
+        }
+        linearForward(logits, acts.finalNormed + rows.lowerBound * config.hiddenSize, parameters.baseAddress! + layout.lmHead,
+                      rows: rows.count, inFeatures: config.hiddenSize, outFeatures: config.vocabSize)
     }
 
     /// The forward pass, written once for training, evaluation and generation: embedding lookup, the
