@@ -46,7 +46,7 @@ extension DistillationSettings {
 /// relational terms use the first teacher. Feature distillation owns
 /// one learned projection per layer pair (student width → teacher width), trained with the student and
 /// saved in its training state, not in its weights.
-public final class DistillationObjective: TrainingObjective {
+public final class DistillationObjective: TermwiseObjective {
     public let teachers: [LlamaModel]
     /// The teacher whose hidden states the feature and relational terms match.
     public var teacher: LlamaModel { teachers[0] }
@@ -154,18 +154,8 @@ public final class DistillationObjective: TrainingObjective {
         current = settings.schedule.settings(settings, progress: DistillationSchedule.progress(step: step, totalSteps: totalSteps))
     }
 
-    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
-        try terms(student: model, batch: batch, gradientScale: gradientScale, backward: true)
-    }
-
-    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
-        var result = try terms(student: model, batch: batch, gradientScale: 0, backward: false)
-        result["loss"] = nil
-        return result
-    }
-
     /// Every active term on one batch; with `backward`, gradients go into the student and projections.
-    private func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
         let weights = current.weights, rows = batch.batchSize * batch.contextLength
         let vocab = student.config.vocabSize, cs = student.config.hiddenSize, ct = teacher.config.hiddenSize
         let pairs = weights.feature > 0 ? settings.layerMap?.pairs ?? [] : []

@@ -15,7 +15,7 @@ public enum CachedTargetLoss: String, Sendable, Equatable, CaseIterable {
 /// KD's), or the teacher's top K with the remaining mass as one more outcome (the student's mass
 /// outside the K tokens is compared with it). No teacher runs. Batches must carry their rows' file
 /// positions (`Batch.starts`), which `BatchSampler` fills.
-public final class CachedTeacherObjective: TrainingObjective {
+public final class CachedTeacherObjective: TermwiseObjective {
     public let cache: TeacherCache
     public let settings: DistillationSettings
     public let loss: CachedTargetLoss
@@ -66,17 +66,7 @@ public final class CachedTeacherObjective: TrainingObjective {
         return result
     }
 
-    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
-        try terms(student: model, batch: batch, gradientScale: gradientScale, backward: true)
-    }
-
-    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
-        var result = try terms(student: model, batch: batch, gradientScale: 0, backward: false)
-        result["loss"] = nil
-        return result
-    }
-
-    private func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
         let rows = batch.batchSize * batch.contextLength, vocab = student.config.vocabSize, t = batch.contextLength
         let weights = settings.weights
         try checkPositions(batch)

@@ -47,6 +47,26 @@ extension TrainingObjective {
     public func prepare(step: Int, totalSteps: Int) {}
 }
 
+/// An objective written as one function of its terms, forward and, with `backward`, backward: a training
+/// step is that function with gradients, validation the same without them (and without the total).
+public protocol TermwiseObjective: TrainingObjective {
+    /// Every active term on one batch ("loss" is their weighted total); with `backward`, accumulates
+    /// gradientScale × gradients into the student and the extra tensors.
+    func terms(student: LlamaModel, batch: Batch, gradientScale: Float, backward: Bool) throws -> [String: Double]
+}
+
+extension TermwiseObjective {
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+        try terms(student: model, batch: batch, gradientScale: gradientScale, backward: true)
+    }
+
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+        var result = try terms(student: model, batch: batch, gradientScale: 0, backward: false)
+        result["loss"] = nil
+        return result
+    }
+}
+
 /// Plain next-token cross-entropy.
 public final class CrossEntropyObjective: TrainingObjective {
     public var extraTensors: [TrainableTensor] { [] }
