@@ -146,6 +146,14 @@ final class ModelGradientTests: XCTestCase {
         }
         XCTAssertGreaterThan(size, 0)
         XCTAssertLessThan(largest, 1e-5 * size, "largest gradient difference \(largest) of \(size)")
+
+        // A target outside the vocabulary in the second chunk is named by its row in the batch.
+        var bad = targets
+        bad[300] = Int32(config.vocabSize)
+        XCTAssertThrowsError(try CrossEntropyObjective().trainStep(
+            model: chunked, batch: Batch(batchSize: batch, contextLength: length, inputs: inputs, targets: bad), gradientScale: 1)) {
+            XCTAssertEqual($0 as? DistillationError, .targetOutOfRange(row: 300, target: Int32(config.vocabSize), vocab: config.vocabSize))
+        }
     }
 
     /// Changing a later token never changes an earlier position's logits.

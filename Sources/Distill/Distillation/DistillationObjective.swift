@@ -198,7 +198,7 @@ public final class DistillationObjective: TermwiseObjective {
         let dFinalPointer = backward ? dFinal.zeroed(rows * cs) : nil
         var crossEntropy: Float = 0, distillation: Float = 0
         try batch.targets.withUnsafeBufferPointer { targets in
-            let share = BatchShare(targets: targets)
+            let share = try BatchShare(targets: targets, vocab: vocab)
             try student.headInChunks(dFinalHidden: logitGradient ? dFinalPointer : nil) { chunk, logits, dLogits in
                 let losses = try logitLossesForwardBackward(
                     dStudentLogits: dLogits, studentLogits: logits,

@@ -177,10 +177,16 @@ public struct BatchShare: Sendable {
     public let rows: Int
     public let countedRows: Int
 
-    /// The share of a batch whose targets are `targets` (rows with a target < 0 are not counted).
-    public init(targets: UnsafeBufferPointer<Int32>) {
+    /// The share of a batch whose targets are `targets` (rows with a target < 0 are not counted); refuses
+    /// a target outside the vocabulary, naming its row in the batch (a chunk would name its own row).
+    public init(targets: UnsafeBufferPointer<Int32>, vocab: Int) throws {
         rows = targets.count
-        countedRows = targets.reduce(0) { $0 + ($1 >= 0 ? 1 : 0) }
+        var counted = 0
+        for (row, target) in targets.enumerated() where target >= 0 {
+            guard Int(target) < vocab else { throw DistillationError.targetOutOfRange(row: row, target: target, vocab: vocab) }
+            counted += 1
+        }
+        countedRows = counted
     }
 }
 

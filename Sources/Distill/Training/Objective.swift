@@ -76,19 +76,8 @@ public final class CrossEntropyObjective: TrainingObjective {
     public init() {}
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
-        let rows = batch.batchSize * batch.contextLength, vocab = model.config.vocabSize
-        model.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength)
-        let dFinal = dFinalHidden.zeroed(rows * model.config.hiddenSize)
-        var loss: Float = 0
-        try batch.targets.withUnsafeBufferPointer { targets in
-            let share = BatchShare(targets: targets)
-            // The head a chunk of rows at a time: the [B·T, V] logits are never held whole.
-            try model.headInChunks(dFinalHidden: dFinal) { chunk, logits, dLogits in
-                loss += try crossEntropyForwardBackward(dLogits: dLogits, logits: logits,
-                                                        targets: targets.baseAddress! + chunk.lowerBound, rows: chunk.count,
-                                                        vocab: vocab, gradientScale: gradientScale, meanOver: share)
-            }
-        }
+        let dFinal = dFinalHidden.zeroed(batch.batchSize * batch.contextLength * model.config.hiddenSize)
+        let loss = try crossEntropy(model: model, batch: batch, gradientScale: gradientScale, dFinalHidden: dFinal)
         model.backward(dLogits: nil, dFinalHidden: dFinal)
         return ["loss": Double(loss), "ce": Double(loss)]
     }
@@ -100,9 +89,25 @@ public final class CrossEntropyObjective: TrainingObjective {
 
 /// Mean next-token cross-entropy (nats) of `model` on a batch, with no backward state kept.
 public func meanCrossEntropy(model: LlamaModel, batch: Batch) throws -> Float {
-    let output = model.forward(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength, keepForBackward: false)
-    return try batch.targets.withUnsafeBufferPointer { targets in
-        try crossEntropyForwardBackward(dLogits: nil, logits: output.logits, targets: targets.baseAddress!,
-                                    rows: batch.batchSize * batch.contextLength, vocab: model.config.vocabSize, gradientScale: 0)
+    try crossEntropy(model: model, batch: batch, gradientScale: 0, dFinalHidden: nil)
+}
+
+/// Forward pass and mean cross-entropy of a batch, the LM head a chunk of rows at a time so that the
+/// [B·T, V] logits are never held whole. With `dFinalHidden` [B·T, C] the pass keeps what backward
+/// needs, the head's backward runs, and d finalHidden is added there (for `backward(dLogits: nil,
+/// dFinalHidden:)`).
+private func crossEntropy(model: LlamaModel, batch: Batch, gradientScale: Float,
+                          dFinalHidden: UnsafeMutablePointer<Float>?) throws -> Float {
+    model.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
+                        keepForBackward: dFinalHidden != nil)
+    var loss: Float = 0
+    try batch.targets.withUnsafeBufferPointer { targets in
+        let share = try BatchShare(targets: targets, vocab: model.config.vocabSize)
+        try model.headInChunks(dFinalHidden: dFinalHidden) { chunk, logits, dLogits in
+            loss += try crossEntropyForwardBackward(dLogits: dLogits, logits: logits, targets: targets.baseAddress! + chunk.lowerBound,
+                                                    rows: chunk.count, vocab: model.config.vocabSize,
+                                                    gradientScale: gradientScale, meanOver: share)
+        }
     }
+    return loss
 }
