@@ -109,14 +109,16 @@ public enum Benchmark {
         return Double(batch * context) / seconds
     }
 
-    /// Median tokens/s of a forward pass that keeps nothing for backward, over a [batch, context] batch.
+    /// Median tokens/s of a forward pass that keeps nothing for backward, over a [batch, context] batch,
+    /// its LM head in chunks of rows as `eval` and a live teacher take it (every logit is computed).
     public static func inferenceSpeed(config: LlamaConfig, batch: Int, context: Int, repeats: Int) throws -> Double {
         let model = try LlamaModel(config: config, seed: 1)
         var random = SeededRandom(seed: 7)
         let data = randomBatch(vocab: config.vocabSize, batch: batch, length: context, random: &random)
         let seconds = median(repeats: repeats) {
             data.inputs.withUnsafeBufferPointer { tokens in
-                _ = model.forward(tokens: tokens.baseAddress!, batch: batch, length: context, keepForBackward: false)
+                model.forwardHidden(tokens: tokens.baseAddress!, batch: batch, length: context, keepForBackward: false)
+                model.headInChunks(dFinalHidden: nil) { _, _, _ in }
             }
         }
         return Double(batch * context) / seconds
