@@ -82,6 +82,9 @@ struct ActivationSizes {
 /// once in all otherwise (a teacher keeps nothing).
 final class Activations {
     let batch: Int, length: Int, perBlock: Bool, threads: Int
+    /// Set by a backward pass, cleared by a forward one: backward writes gradients over some of the kept
+    /// state (gate/up, the SwiGLU output), so it may run only once per forward pass.
+    var backwardDone = false
     let sizes: ActivationSizes
     private let storage: UnsafeMutablePointer<Float>
 

@@ -155,7 +155,7 @@ public final class LlamaModel {
 
     /// The LM head over the final hidden states of the last `forwardHidden` (or `forward`), a chunk of
     /// rows at a time: for each chunk, logits [n, V] = finalHidden[rows] · W_headᵀ, then
-    /// `body(rows, logits, dLogits)`, where dLogits [n, V] (zeroed; nil without `backward`) takes
+    /// `body(rows, logits, dLogits)`, where dLogits [n, V] (zeroed; nil without `dFinalHidden`) takes
     /// d loss/d logits of those rows. With `backward`, the head's backward then accumulates dW_head and
     /// adds d finalHidden into `dFinalHidden` [B·T, C]; pass that to `backward(dLogits: nil, dFinalHidden:)`.
     public func headInChunks(dFinalHidden: UnsafeMutablePointer<Float>?,
@@ -205,6 +205,7 @@ public final class LlamaModel {
 
         // Embedding lookup: residual[0][n] = E[token[n]]; the tokens are kept for the embedding's backward.
         acts.tokens.update(from: tokens, count: rows)
+        acts.backwardDone = false
         let residual0 = acts.residual[0]
         for n in 0..<rows {
             let token = Int(tokens[n])
@@ -271,14 +272,16 @@ public final class LlamaModel {
 
     // MARK: backward
 
-    /// Accumulates parameter gradients for the last forward pass (which must have kept its state).
+    /// Accumulates parameter gradients for the last forward pass (which must have kept its state); once
+    /// per forward pass, since it writes gradients over part of that state.
     /// Gradient enters at the logits `dLogits` [B·T, V], at any captured hidden state `dHidden[layer]`
     /// [B·T, C], and at the final normed hidden states `dFinalHidden` [B·T, C]. Any may be absent.
     public func backward(dLogits: UnsafePointer<Float>?, dHidden: [Int: UnsafePointer<Float>] = [:],
                          dFinalHidden: UnsafePointer<Float>? = nil) {
-        guard let acts = activations, acts.perBlock else {
-            preconditionFailure("backward needs a forward pass with keepForBackward")
+        guard let acts = activations, acts.perBlock, !acts.backwardDone else {
+            preconditionFailure("backward needs a forward pass with keepForBackward, and runs once per forward pass")
         }
+        acts.backwardDone = true
         if gradients == nil { zeroGradients() }
         let grads = gradients!.baseAddress!, weights = UnsafeMutablePointer(parameters.baseAddress!)
         let c = config.hiddenSize, rows = acts.batch * acts.length, vocab = config.vocabSize
