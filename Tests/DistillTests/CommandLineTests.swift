@@ -52,6 +52,9 @@ final class CommandLineTests: XCTestCase {
         let longPrompt = String(repeating: "the king saw the city. ", count: 40)
         try expectError(["sample", "--model", model.path, "--prompt", longPrompt], mentions: "context")
         try expectError(["sample", "--model", model.path, "--temperature", "-1"], mentions: "temperature")
+        try expectError(["sample", "--model", model.path, "--precision", "f64"], mentions: "precision")
+        let halfSample = try run(["sample", "--model", model.path, "--precision", "bf16", "--max-tokens", "5", "--temperature", "0"])
+        XCTAssertEqual(halfSample.status, 0, halfSample.error)
         try expectError(["eval", "--model", scratch.path, "--text", corpus.text.path], mentions: "config.json")
 
         // Another tokenizer's data for this model.

@@ -45,6 +45,50 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(one, two)
     }
 
+    /// Decoding with a bf16 or f16 copy of the weights gives the logits of the f32 model whose weights
+    /// were rounded the same way (the kernel widens them exactly; only the order of the sums differs),
+    /// on widths that are not multiples of the kernel's 16 lanes or 4 rows; and two threads split it
+    /// as the team does, bitwise.
+    func testSixteenBitWeightsDecodeAsTheRoundedModel() throws {
+        let awkward = LlamaConfig(hiddenSize: 40, intermediateSize: 70, numHiddenLayers: 2, numAttentionHeads: 4,
+                                  numKeyValueHeads: 2, vocabSize: 131, maxPositionEmbeddings: 40)
+        let even = LlamaConfig(hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2, numAttentionHeads: 4,
+                               numKeyValueHeads: 4, vocabSize: 256, maxPositionEmbeddings: 40, tieWordEmbeddings: false)
+        for config in [awkward, even] {
+            let model = try LlamaModel(config: config, seed: 11)
+            for precision in [FloatFormat.bf16, .f16] {
+                let round = precision == .bf16
+                    ? { ReducedPrecision.float(fromBF16: ReducedPrecision.bf16(from: $0)) }
+                    : { ReducedPrecision.float(fromF16: ReducedPrecision.f16(from: $0)) }
+                let rounded = try model.parameters.map(round).withUnsafeBufferPointer {
+                    try LlamaModel(config: config, parameters: $0)
+                }
+                func logits(_ session: KVCacheSession, threads: Int) throws -> [[Float]] {
+                    try Compute.withThreads(threads) {
+                        var sampler = try Sampler(temperature: 0)
+                        var steps: [[Float]] = []
+                        try generate(session: session, prompt: [5, 9, 2], maxTokens: 30, sampler: &sampler) { _ in
+                            steps.append(Array(UnsafeBufferPointer(start: session.logits, count: config.vocabSize)))
+                        }
+                        return steps
+                    }
+                }
+                let half = try logits(KVCacheSession(model: model, precision: precision), threads: 1)
+                let reference = try logits(KVCacheSession(model: rounded), threads: 1)
+                let unrounded = try logits(KVCacheSession(model: model), threads: 1)
+                func largestDifference(_ a: [[Float]], _ b: [[Float]]) -> Float {
+                    zip(a.joined(), b.joined()).map { abs($0 - $1) }.max() ?? .infinity
+                }
+                let toRounded = largestDifference(half, reference), toF32 = largestDifference(half, unrounded)
+                print("\(precision) decoding: largest logit difference \(toRounded) to the rounded model, \(toF32) to f32")
+                XCTAssertEqual(half.count, 30)
+                XCTAssertLessThan(toRounded, 2e-5, "\(precision)")
+                XCTAssertGreaterThan(toF32, 10 * toRounded, "\(precision) decoding should read the rounded weights")
+                XCTAssertEqual(try logits(KVCacheSession(model: model, precision: precision), threads: 2), half, "\(precision)")
+            }
+        }
+    }
+
     func testGreedyIsDeterministicAndSamplingRepeatsForASeed() throws {
         let model = try ModelGradientTests.model(ModelGradientTests.tinyConfig())
         let session = KVCacheSession(model: model)

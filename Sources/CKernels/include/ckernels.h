@@ -61,6 +61,15 @@ ck_team *ck_team_create(void);
 void ck_team_destroy(ck_team *team);
 void ck_team_run(ck_team *team, ck_team_task task, void *context);
 
+/// The 16-bit weight formats of ck_linear_half.
+enum { CK_HALF_BF16 = 0, CK_HALF_F16 = 1 };
+
+/// y[r, o] = x[r, ·] · w[o, ·] for r < rows, o < out (added to y when `accumulate`), with x [rows, in]
+/// and w [out, in] as bfloat16 or IEEE half bits (`format`), widened exactly to float; y's rows are
+/// `ldy` apart. Each output is one dot product in a fixed order, whatever part of w a caller passes.
+void ck_linear_half(float *y, size_t ldy, const float *x, const uint16_t *w, int format, size_t rows, size_t in,
+                    size_t out, int accumulate);
+
 #include "ck_losses.h"
 /// Whether this CPU runs AVX-512 (F, BW, DQ, VL, CD: OpenBLAS's SkylakeX kernels) and AVX2 with FMA
 /// (its Haswell kernels).

@@ -18,6 +18,9 @@ public struct BenchmarkReport: Codable, Sendable {
     public var generationTokensPerSecond: Double
     /// Greedy generation with one thread (where llama.cpp does best).
     public var generationOneThreadTokensPerSecond: Double
+    /// Greedy generation reading a bf16 or f16 copy of the weights (`sample --precision`), with all
+    /// threads and with one; keys "bf16", "f16", "bf16 1 thread", "f16 1 thread".
+    public var generationTokensPerSecondBy16BitWeights: [String: Double]
     public var parameters: Int
     public var studentParameters: Int?
     public var peakResidentMB: Double
@@ -124,10 +127,11 @@ public enum Benchmark {
         return Double(batch * context) / seconds
     }
 
-    /// Median tokens/s of greedy decoding with the KV cache: batch 1, an 8-token prompt, 120 new tokens.
-    public static func generationSpeed(config: LlamaConfig, repeats: Int) throws -> Double {
+    /// Median tokens/s of greedy decoding with the KV cache: batch 1, an 8-token prompt, 120 new tokens,
+    /// the weights read as `precision`.
+    public static func generationSpeed(config: LlamaConfig, repeats: Int, precision: FloatFormat = .f32) throws -> Double {
         let model = try LlamaModel(config: config, seed: 1)
-        let session = KVCacheSession(model: model)
+        let session = KVCacheSession(model: model, precision: precision)
         var sampler = try Sampler(temperature: 0)
         let prompt: [Int32] = (0..<8).map { Int32($0 * 37 % config.vocabSize) }
         var produced = 0
@@ -189,19 +193,27 @@ extension Benchmark {
         say(String(format: "teacher inference (forward, nothing kept for backward): %.0f tokens/s, %.1f GFLOP/s, utilisation %.0f%%, peak %.0f MB",
                    inference, inferenceRate, 100 * inferenceRate / gflops, peaks["inference"] ?? 0))
         let generation = try measured("generation") { try generationSpeed(config: teacher, repeats: repeats) }
-        let threads = Compute.threads
-        Compute.setThreads(1)
-        let generationOneThread = try generationSpeed(config: teacher, repeats: repeats)
-        Compute.setThreads(threads)
+        let generationOneThread = try Compute.withThreads(1) { try generationSpeed(config: teacher, repeats: repeats) }
         say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s; on 1 thread %.0f tokens/s; peak %.0f MB",
                    generation, generationOneThread, peaks["generation"] ?? 0))
+        var halfGeneration: [String: Double] = [:]
+        for precision in [FloatFormat.bf16, .f16] {
+            let name = precision.rawValue
+            halfGeneration[name] = try generationSpeed(config: teacher, repeats: repeats, precision: precision)
+            halfGeneration[name + " 1 thread"] = try Compute.withThreads(1) {
+                try generationSpeed(config: teacher, repeats: repeats, precision: precision)
+            }
+            say(String(format: "  with %@ weights: %.0f tokens/s; on 1 thread %.0f tokens/s", name,
+                       halfGeneration[name] ?? 0, halfGeneration[name + " 1 thread"] ?? 0))
+        }
         let peak = max(setupPeak, peaks.values.max() ?? 0)
         say(String(format: "peak resident memory: %.0f MB (%.0f MB by the sgemm probe)", peak, setupPeak))
         return BenchmarkReport(preset: preset, threads: Compute.threads, blasCore: BLASKernels.coreName, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
                                trainModelGFLOPS: modelRate, trainUtilisation: modelRate / gflops, distillTokensPerSecond: distill,
                                inferenceTokensPerSecond: inference, inferenceModelGFLOPS: inferenceRate,
                                inferenceUtilisation: inferenceRate / gflops, generationTokensPerSecond: generation,
-                               generationOneThreadTokensPerSecond: generationOneThread, parameters: ParameterLayout(config: teacher).count,
+                               generationOneThreadTokensPerSecond: generationOneThread,
+                               generationTokensPerSecondBy16BitWeights: halfGeneration, parameters: ParameterLayout(config: teacher).count,
                                studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak,
                                peakResidentMBByWorkload: peaks)
     }

@@ -12,8 +12,9 @@ public final class EnsembleSession {
     private let scratch: UnsafeMutablePointer<Float>
     public let vocabSize: Int
 
-    public init(ensemble: ModelEnsemble) {
-        sessions = ensemble.members.map { KVCacheSession(model: $0) }
+    /// One session per member, each over its f32 weights or a 16-bit copy (`precision`).
+    public init(ensemble: ModelEnsemble, precision: FloatFormat = .f32) {
+        sessions = ensemble.members.map { KVCacheSession(model: $0, precision: precision) }
         weights = ensemble.weights
         vocabSize = ensemble.vocabSize
         logits = .allocate(capacity: vocabSize)

@@ -8,11 +8,16 @@ public final class KVCacheSession {
     private let cache: KeyValueCache
     /// The buffers of a one-token forward pass.
     private let activations: Activations
+    /// The 16-bit copy of the weights that decoding reads, if it was asked for.
+    public let halfWeights: HalfPrecisionWeights?
     /// Next-token logits after the last `feed`.  [V]
     public var logits: UnsafeMutablePointer<Float> { activations.logits }
 
-    public init(model: LlamaModel) {
+    /// A session over `model`'s f32 weights, or over a bf16/f16 copy of them (`precision`): decoding
+    /// reads half the bytes per token and runs up to twice as fast, with the rounded weights' logits.
+    public init(model: LlamaModel, precision: FloatFormat = .f32) {
         self.model = model
+        halfWeights = precision == .f32 ? nil : HalfPrecisionWeights(model: model, format: precision)
         let config = model.config
         cache = KeyValueCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim,
                               limit: config.maxPositionEmbeddings)
@@ -31,7 +36,8 @@ public final class KVCacheSession {
         guard token >= 0 && Int(token) < model.config.vocabSize else { throw GenerationError.badToken(Int(token)) }
         try cache.reserve(position + 1, filled: position)
         var token = token
-        model.forward(tokens: &token, batch: 1, length: 1, startPosition: position, cache: cache, into: activations)
+        model.forward(tokens: &token, batch: 1, length: 1, startPosition: position, cache: cache, into: activations,
+                      halfWeights: halfWeights)
         position += 1
     }
 }

@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 import Dispatch
 import Foundation
 
@@ -39,20 +40,36 @@ func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, 
                    rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
     if rows == 1 {
         // One row (a decoding step) is a matrix–vector product; OpenBLAS's sgemm does not switch to gemv.
-        func product(_ outputs: Range<Int>) {
+        splitDecodingOutputs(outFeatures) { outputs in
             cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(outputs.count), Int32(inFeatures), 1,
                         weight + outputs.lowerBound * inFeatures, Int32(inFeatures), x, 1, accumulate ? 1 : 0,
                         y + outputs.lowerBound, 1)
-        }
-        if let team = Compute.decodeTeam, outFeatures >= 2 * minimumRowsPerThread {
-            team.run { part in product((outFeatures * part / 2)..<(outFeatures * (part + 1) / 2)) }
-        } else {
-            product(0..<outFeatures)
         }
         return
     }
     sgemm(transposeA: false, transposeB: true, m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x, lda: inFeatures,
           b: weight, ldb: inFeatures, beta: accumulate ? 1 : 0, c: y, ldc: outFeatures)
+}
+
+/// y[N, out] = x[N, in] · W[out, in]ᵀ with W as 16-bit floats (`format`: a `ck_linear_half` code), for
+/// decoding with `HalfPrecisionWeights`; overwrites y, or adds when `accumulate`.
+func linearForwardHalf(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<UInt16>,
+                       format: Int32, rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
+    splitDecodingOutputs(outFeatures) { outputs in
+        ck_linear_half(y + outputs.lowerBound, outFeatures, x, weight + outputs.lowerBound * inFeatures, format,
+                       rows, inFeatures, outputs.count, accumulate ? 1 : 0)
+    }
+}
+
+/// Runs `product` over the output features 0..<count: halves on the two threads of the decode team when
+/// one is active and the product is big enough, else all of them on this thread.
+@inline(__always)
+private func splitDecodingOutputs(_ count: Int, _ product: (Range<Int>) -> Void) {
+    if let team = Compute.decodeTeam, count >= 2 * minimumRowsPerThread {
+        team.run { part in product((count * part / 2)..<(count * (part + 1) / 2)) }
+    } else {
+        product(0..<count)
+    }
 }
 
 /// Accumulates dx[N, in] += dy[N, out] · W[out, in] (or overwrites dx, `overwritingDx`) and

@@ -1,0 +1,180 @@
+#include "ckernels.h"
+#include <immintrin.h>
+#include <string.h>
+
+// Matrix–vector products over weights stored as 16-bit floats, for decoding: one token's step reads
+// every weight once and does two flops per weight, so its speed is the memory's, and 16-bit weights
+// halve the bytes. Each weight is widened exactly to float in registers and the products and sums are
+// float, so the result is that of an f32 product over the rounded weights, up to the order of the sums.
+// Debian's OpenBLAS is built without its bfloat16 routines (sbgemv), hence this kernel of our own.
+//
+// Every output is one dot product in a fixed order (16 or 8 lanes over k, the tail after), so the
+// result does not depend on how the outputs are split between threads.
+
+static inline float widen_bf16(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline float widen_f16(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, mantissa = h & 0x3FF, bits;
+    int exponent = (h >> 10) & 0x1F;
+    if (exponent == 0) {
+        float magnitude = (float)mantissa * 0x1p-24f; // subnormal half: exact as a normal float
+        memcpy(&bits, &magnitude, sizeof bits);
+        bits |= sign;
+    } else if (exponent == 0x1F) {
+        bits = sign | 0x7F800000u | (mantissa << 13);
+    } else {
+        bits = sign | ((uint32_t)(exponent - 15 + 127) << 23) | (mantissa << 13);
+    }
+    float value;
+    memcpy(&value, &bits, sizeof value);
+    return value;
+}
+
+static inline float widen(uint16_t h, int format) { return format == CK_HALF_BF16 ? widen_bf16(h) : widen_f16(h); }
+
+// MARK: AVX-512: 16 lanes, four output rows at a time.
+
+__attribute__((target("avx512f"))) static inline __m512 widen16(const uint16_t *p, int format) {
+    __m256i halves = _mm256_loadu_si256((const __m256i *)p);
+    if (format == CK_HALF_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+    return _mm512_cvtph_ps(halves);
+}
+
+__attribute__((always_inline, target("avx512f"))) static inline void
+linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out,
+              int accumulate, const int format) {
+    size_t vectorised = in / 16 * 16;
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * in;
+        float *yr = y + r * ldy;
+        size_t o = 0;
+        for (; o + 4 <= out; o += 4) {
+            const uint16_t *w0 = w + o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+            __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+            for (size_t k = 0; k < vectorised; k += 16) {
+                __m512 xv = _mm512_loadu_ps(xr + k);
+                s0 = _mm512_fmadd_ps(widen16(w0 + k, format), xv, s0);
+                s1 = _mm512_fmadd_ps(widen16(w1 + k, format), xv, s1);
+                s2 = _mm512_fmadd_ps(widen16(w2 + k, format), xv, s2);
+                s3 = _mm512_fmadd_ps(widen16(w3 + k, format), xv, s3);
+            }
+            float d0 = _mm512_reduce_add_ps(s0), d1 = _mm512_reduce_add_ps(s1);
+            float d2 = _mm512_reduce_add_ps(s2), d3 = _mm512_reduce_add_ps(s3);
+            for (size_t k = vectorised; k < in; k++) {
+                d0 += widen(w0[k], format) * xr[k];
+                d1 += widen(w1[k], format) * xr[k];
+                d2 += widen(w2[k], format) * xr[k];
+                d3 += widen(w3[k], format) * xr[k];
+            }
+            if (accumulate) { yr[o] += d0; yr[o + 1] += d1; yr[o + 2] += d2; yr[o + 3] += d3; }
+            else { yr[o] = d0; yr[o + 1] = d1; yr[o + 2] = d2; yr[o + 3] = d3; }
+        }
+        for (; o < out; o++) {
+            const uint16_t *w0 = w + o * in;
+            __m512 s0 = _mm512_setzero_ps();
+            for (size_t k = 0; k < vectorised; k += 16)
+                s0 = _mm512_fmadd_ps(widen16(w0 + k, format), _mm512_loadu_ps(xr + k), s0);
+            float d0 = _mm512_reduce_add_ps(s0);
+            for (size_t k = vectorised; k < in; k++) d0 += widen(w0[k], format) * xr[k];
+            yr[o] = accumulate ? yr[o] + d0 : d0;
+        }
+    }
+}
+
+__attribute__((target("avx512f"))) static void
+linear_avx512_bf16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
+    linear_avx512(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_BF16);
+}
+
+__attribute__((target("avx512f"))) static void
+linear_avx512_f16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
+    linear_avx512(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_F16);
+}
+
+// MARK: AVX2 with FMA (and F16C for halves): 8 lanes, one output row at a time.
+
+__attribute__((target("avx2,fma,f16c"))) static inline __m256 widen8(const uint16_t *p, int format) {
+    __m128i halves = _mm_loadu_si128((const __m128i *)p);
+    if (format == CK_HALF_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(halves), 16));
+    return _mm256_cvtph_ps(halves);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+__attribute__((always_inline, target("avx2,fma,f16c"))) static inline void
+linear_avx2(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out,
+            int accumulate, const int format) {
+    size_t vectorised = in / 8 * 8;
+    for (size_t r = 0; r < rows; r++) {
+        const float *xr = x + r * in;
+        float *yr = y + r * ldy;
+        for (size_t o = 0; o < out; o++) {
+            const uint16_t *w0 = w + o * in;
+            __m256 s0 = _mm256_setzero_ps();
+            for (size_t k = 0; k < vectorised; k += 8)
+                s0 = _mm256_fmadd_ps(widen8(w0 + k, format), _mm256_loadu_ps(xr + k), s0);
+            float d0 = sum8(s0);
+            for (size_t k = vectorised; k < in; k++) d0 += widen(w0[k], format) * xr[k];
+            yr[o] = accumulate ? yr[o] + d0 : d0;
+        }
+    }
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void
+linear_avx2_bf16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
+    linear_avx2(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_BF16);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void
+linear_avx2_f16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
+    linear_avx2(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_F16);
+}
+
+// MARK: baseline
+
+static void linear_plain(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out,
+                         int accumulate, int format) {
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t o = 0; o < out; o++) {
+            float d = 0;
+            for (size_t k = 0; k < in; k++) d += widen(w[o * in + k], format) * x[r * in + k];
+            y[r * ldy + o] = accumulate ? y[r * ldy + o] + d : d;
+        }
+    }
+}
+
+static int simd_level(void) {
+    static int level = -1; // 2: AVX-512, 1: AVX2 + FMA + F16C, 0: neither (a benign race: same value)
+    if (level < 0) {
+        __builtin_cpu_init();
+        level = __builtin_cpu_supports("avx512f") ? 2
+              : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) ? 1 : 0;
+    }
+    return level;
+}
+
+void ck_linear_half(float *y, size_t ldy, const float *x, const uint16_t *w, int format, size_t rows, size_t in,
+                    size_t out, int accumulate) {
+    switch (simd_level()) {
+    case 2:
+        if (format == CK_HALF_BF16) linear_avx512_bf16(y, ldy, x, w, rows, in, out, accumulate);
+        else linear_avx512_f16(y, ldy, x, w, rows, in, out, accumulate);
+        break;
+    case 1:
+        if (format == CK_HALF_BF16) linear_avx2_bf16(y, ldy, x, w, rows, in, out, accumulate);
+        else linear_avx2_f16(y, ldy, x, w, rows, in, out, accumulate);
+        break;
+    default:
+        linear_plain(y, ldy, x, w, rows, in, out, accumulate, format);
+    }
+}
