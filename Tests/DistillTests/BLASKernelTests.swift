@@ -20,6 +20,9 @@ final class BLASKernelTests: XCTestCase {
         for key in ["inferenceTokensPerSecond", "generationOneThreadTokensPerSecond", "peakResidentMBByWorkload"] {
             XCTAssertNotNil(figures[key], key)
         }
+        let halfGeneration = try XCTUnwrap(figures["generationTokensPerSecondBy16BitWeights"] as? [String: Double])
+        XCTAssertEqual(Set(halfGeneration.keys), ["bf16", "f16", "bf16 1 thread", "f16 1 thread"])
+        XCTAssertTrue(halfGeneration.values.allSatisfy { $0 > 0 }, "\(halfGeneration)")
 
         XCTAssertNil(BLASKernels.betterCoreType(than: "SkylakeX"), "no x86 core beats SkylakeX here")
         XCTAssertNotEqual(BLASKernels.betterCoreType(than: "Prescott"), "Prescott")

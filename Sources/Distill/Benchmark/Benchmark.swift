@@ -24,7 +24,8 @@ public struct BenchmarkReport: Codable, Sendable {
     public var parameters: Int
     public var studentParameters: Int?
     public var peakResidentMB: Double
-    /// Peak resident memory while each workload ran (`training`, `distillation`, `inference`, `generation`).
+    /// Peak resident memory while each workload ran (`training`, `distillation`, `inference`, `generation`,
+    /// `generation bf16`, `generation f16`).
     public var peakResidentMBByWorkload: [String: Double]
 }
 
@@ -199,7 +200,9 @@ extension Benchmark {
         var halfGeneration: [String: Double] = [:]
         for precision in [FloatFormat.bf16, .f16] {
             let name = precision.rawValue
-            halfGeneration[name] = try generationSpeed(config: teacher, repeats: repeats, precision: precision)
+            halfGeneration[name] = try measured("generation \(name)") {
+                try generationSpeed(config: teacher, repeats: repeats, precision: precision)
+            }
             halfGeneration[name + " 1 thread"] = try Compute.withThreads(1) {
                 try generationSpeed(config: teacher, repeats: repeats, precision: precision)
             }
