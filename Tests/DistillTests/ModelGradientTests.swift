@@ -114,6 +114,38 @@ final class ModelGradientTests: XCTestCase {
         }
     }
 
+    /// The products, attention and element-wise passes split their rows and heads over the compute
+    /// team's threads, but every output is computed whole by one thread: logits and gradients are
+    /// bitwise the same on 1, 2, 3 and 4 threads (the team grows with the count; 3 and 4 oversubscribe
+    /// two cores, which must stay correct and finish).
+    func testThreadCountsGiveBitwiseTheSameResult() throws {
+        let config = LlamaConfig(hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 200, maxPositionEmbeddings: 70)
+        let batch = 3, length = 70, rows = batch * length
+        var random = SeededRandom(seed: 5)
+        let tokens = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
+        let readLogits = (0..<rows * config.vocabSize).map { _ in random.nextGaussian() }
+        func run(threads: Int) throws -> (logits: [Float], gradients: [Float]) {
+            try Compute.withThreads(threads) {
+                let model = try Self.model(config)
+                model.zeroGradients()
+                let acts = model.forward(tokens: tokens, batch: batch, length: length)
+                let logits = Array(UnsafeBufferPointer(start: acts.logits, count: rows * config.vocabSize))
+                model.backward(dLogits: readLogits)
+                return (logits, Array(model.gradients!))
+            }
+        }
+        let one = try run(threads: 1)
+        XCTAssertTrue(one.gradients.contains { $0 != 0 })
+        for threads in 2...4 {
+            let other = try run(threads: threads)
+            let logitsDiffer = zip(other.logits, one.logits).filter { $0 != $1 }.count
+            let gradientsDiffer = zip(other.gradients, one.gradients).filter { $0 != $1 }.count
+            XCTAssertEqual(logitsDiffer, 0, "logits that differ on \(threads) threads")
+            XCTAssertEqual(gradientsDiffer, 0, "gradients that differ on \(threads) threads")
+        }
+    }
+
     /// The training step takes the LM head a chunk of rows at a time (`headInChunks`); its loss and every
     /// gradient are those of the whole [B·T, V] logits, with several chunks, a short last one and
     /// targets that do not count.

@@ -51,15 +51,16 @@ void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
               float lr, float beta1, float beta2, float eps, float decay,
               float bias_correction1, float bias_correction2);
 
-/// Two threads for a decoding loop: `ck_team_run` runs task(context, 0) on the caller and
-/// task(context, 1) on a helper thread that spins waiting for work (sleeping after a while idle), and
-/// returns when both are done. For products of a few microseconds, where waking a sleeping thread per
-/// product would cost as much as the product.
+/// The caller and `helpers` threads that share the parallel steps of the model (team.c says why they
+/// spin between steps). ck_team_run runs task(context, 0) on the caller and task(context, i) on helper
+/// i for i in 1..<parts, and returns 1 when all are done; it returns 0 at once, running nothing, when
+/// the team is busy with another step (a nested or concurrent call) or parts exceeds helpers + 1.
 typedef struct ck_team ck_team;
 typedef void (*ck_team_task)(void *context, int part);
-ck_team *ck_team_create(void);
+ck_team *ck_team_create(int helpers);
 void ck_team_destroy(ck_team *team);
-void ck_team_run(ck_team *team, ck_team_task task, void *context);
+int ck_team_helpers(const ck_team *team);
+int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts);
 
 /// The 16-bit weight formats of ck_linear_half.
 enum { CK_HALF_BF16 = 0, CK_HALF_F16 = 1 };

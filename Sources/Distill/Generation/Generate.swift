@@ -32,25 +32,23 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
     guard prompt.count <= stream.capacity else {
         throw GenerationError.promptTooLong(tokens: prompt.count, context: stream.capacity)
     }
-    return try Compute.withDecodeTeam {
-        stream.reset()
-        for token in prompt { try stream.feed(token) }
-        var history = prompt, produced: [Int32] = []
-        while produced.count < maxTokens {
-            let next = Int32(sampler.sample(stream.logits, count: stream.vocabSize))
-            if next == stopToken { break }
-            produced.append(next)
-            history.append(next)
-            onToken(next)
-            if produced.count == maxTokens { break }
-            if stream.position >= stream.capacity {
-                // Keep the most recent half of the context (at least one token) and refill the cache.
-                stream.reset()
-                for token in history.suffix(max(1, stream.capacity / 2)) { try stream.feed(token) }
-            } else {
-                try stream.feed(next)
-            }
+    stream.reset()
+    for token in prompt { try stream.feed(token) }
+    var history = prompt, produced: [Int32] = []
+    while produced.count < maxTokens {
+        let next = Int32(sampler.sample(stream.logits, count: stream.vocabSize))
+        if next == stopToken { break }
+        produced.append(next)
+        history.append(next)
+        onToken(next)
+        if produced.count == maxTokens { break }
+        if stream.position >= stream.capacity {
+            // Keep the most recent half of the context (at least one token) and refill the cache.
+            stream.reset()
+            for token in history.suffix(max(1, stream.capacity / 2)) { try stream.feed(token) }
+        } else {
+            try stream.feed(next)
         }
-        return produced
     }
+    return produced
 }

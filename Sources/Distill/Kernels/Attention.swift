@@ -25,7 +25,7 @@ private func forEachWorker(jobs count: Int, _ body: (Int, Range<Int>) -> Void) {
         body(0, 0..<count)
         return
     }
-    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+    Compute.parallel(workers) { worker in
         body(worker, (count * worker / workers)..<(count * (worker + 1) / workers))
     }
 }
@@ -116,11 +116,11 @@ import Dispatch
 /// Attention of `length` new rows of one sequence, at positions start..<start+length, against a key/value
 /// cache: the rows' keys and values (from qkv [length, C + 2·KVd]) are written to `keys` and `values`
 /// [positions, KVd] first, then query row r sees the cached positions [0, start + r]. out: [length, C].
-/// Nothing is kept for backward. `scores` holds at least 2·(start + length) floats (one row per thread of
-/// a decode team, which splits the heads).
+/// Nothing is kept for backward. `scores` holds scoreRows·(start + length) floats: one row per thread,
+/// the heads split over up to `scoreRows` threads.
 func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer<Float>,
                             keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>,
-                            scores: UnsafeMutablePointer<Float>, start: Int, length: Int,
+                            scores: UnsafeMutablePointer<Float>, scoreRows: Int, start: Int, length: Int,
                             heads: Int, kvHeads: Int, headDim d: Int) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let group = heads / kvHeads, scale = 1 / Float(d).squareRoot()
@@ -141,10 +141,9 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
                             scores, 1, 0, out + r * c + h * d, 1)
             }
         }
-        if let team = Compute.decodeTeam, heads >= 2 {
-            team.run { part in attend((heads * part / 2)..<(heads * (part + 1) / 2), scores: scores + part * seen) }
-        } else {
-            attend(0..<heads, scores: scores)
+        let parts = min(Compute.threads, heads, scoreRows)
+        Compute.parallel(parts) { part in
+            attend((heads * part / parts)..<(heads * (part + 1) / parts), scores: scores + part * seen)
         }
     }
 }

@@ -7,7 +7,7 @@ import Foundation
 // W[out, in], so y = x · Wᵀ.
 //
 // Threads: OpenBLAS always runs on one thread, and the products are split over the cores by rows of
-// their output here (`sgemm`). With OpenBLAS's own threads beside ours (attention, the element-wise
+// their output here (`sgemm`, on the `ComputeTeam`). With OpenBLAS's own threads beside ours (attention, the element-wise
 // kernels, the loss), its idle workers spun in sched_yield for a fifth of a training step; with one
 // pool the cores do only work. Every output element is still one single-threaded dot product, so the
 // result does not depend on the split or the thread count.
@@ -15,8 +15,15 @@ import Foundation
 /// Rows of the output below which a product is not split (the hand-off costs more than it saves).
 let minimumRowsPerThread = 32
 
+/// Multiply-adds up to which OpenBLAS (0.3.21, SkylakeX and later kernels) may take its small-matrix
+/// kernel, which sums in another order than its blocked one.
+let openBLASSmallProductLimit = 1_000_000
+
 /// C[M, N] = alpha · op(A) · op(B) + beta · C, row-major, with op(A) [M, K] and op(B) [K, N]; the M
-/// rows of C are split over the cores, each part one single-threaded OpenBLAS call.
+/// rows of C are split over the cores, each part one single-threaded OpenBLAS call. A product at most
+/// `openBLASSmallProductLimit` is not split, and a larger one only into parts above it, so that no
+/// part crosses into the small-matrix kernel: then the result is bitwise the same on any number of
+/// threads.
 func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
            c: UnsafeMutablePointer<Float>, ldc: Int) {
@@ -27,11 +34,10 @@ func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Fl
                     Int32(rows.count), Int32(n), Int32(k), alpha, aStart, Int32(lda), b, Int32(ldb), beta,
                     c + rows.lowerBound * ldc, Int32(ldc))
     }
-    let workers = min(Compute.threads, m / minimumRowsPerThread)
+    var workers = min(Compute.threads, m / minimumRowsPerThread)
+    while workers > 1 && (m / workers) * n * k <= openBLASSmallProductLimit { workers -= 1 }
     guard workers > 1 else { return product(0..<m) }
-    DispatchQueue.concurrentPerform(iterations: workers) { worker in
-        product((m * worker / workers)..<(m * (worker + 1) / workers))
-    }
+    Compute.parallel(workers) { worker in product(alignedPart(worker, of: workers, splitting: m)) }
 }
 
 /// y[N, out] = x[N, in] · W[out, in]ᵀ  (overwrites y, or adds when `accumulate`).
@@ -61,15 +67,22 @@ func linearForwardHalf(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
     }
 }
 
-/// Runs `product` over the output features 0..<count: halves on the two threads of the decode team when
-/// one is active and the product is big enough, else all of them on this thread.
+/// Runs `product` over the output features 0..<count of a decoding step, split over the cores (at
+/// least `minimumRowsPerThread` rows each) as `sgemm` splits a product's rows.
 @inline(__always)
 private func splitDecodingOutputs(_ count: Int, _ product: (Range<Int>) -> Void) {
-    if let team = Compute.decodeTeam, count >= 2 * minimumRowsPerThread {
-        team.run { part in product((count * part / 2)..<(count * (part + 1) / 2)) }
-    } else {
-        product(0..<count)
-    }
+    let parts = min(Compute.threads, count / minimumRowsPerThread)
+    guard parts > 1 else { return product(0..<count) }
+    Compute.parallel(parts) { part in product(alignedPart(part, of: parts, splitting: count)) }
+}
+
+/// Part `part` of 0..<count split into `parts` nearly equal ranges whose inner bounds are multiples of
+/// 16 (count ≥ 16·parts). OpenBLAS works on rows in groups of a few (4 to 16) and may sum a last,
+/// partial group in another order; with aligned bounds every row falls in the same group as in the
+/// whole product, so a split product is bitwise the whole one.
+func alignedPart(_ part: Int, of parts: Int, splitting count: Int) -> Range<Int> {
+    func bound(_ index: Int) -> Int { index == parts ? count : count * index / parts / 16 * 16 }
+    return bound(part)..<bound(part + 1)
 }
 
 /// Accumulates dx[N, in] += dy[N, out] · W[out, in] (or overwrites dx, `overwritingDx`) and
@@ -97,7 +110,7 @@ func parallelFor(_ count: Int, _ body: (Int) -> Void) {
         for i in 0..<count { body(i) }
         return
     }
-    DispatchQueue.concurrentPerform(iterations: workers) { worker in
+    Compute.parallel(workers) { worker in
         let start = count * worker / workers, end = count * (worker + 1) / workers
         for i in start..<end { body(i) }
     }

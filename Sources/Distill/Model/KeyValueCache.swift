@@ -11,8 +11,10 @@ final class KeyValueCache {
     private(set) var capacity = 0
     private var keys: UnsafeMutablePointer<Float>     // [L, capacity, KVd]
     private var values: UnsafeMutablePointer<Float>   // [L, capacity, KVd]
-    /// Attention scores of one query row, for each of two threads.  [2, capacity]
+    /// Attention scores of one query row, for each of up to `scoreRows` threads.  [scoreRows, capacity]
     private(set) var scores: UnsafeMutablePointer<Float>
+    /// Threads the scores have room for (the thread count when the cache last grew).
+    private(set) var scoreRows = 1
 
     init(layers: Int, width: Int, limit: Int) {
         self.layers = layers
@@ -34,7 +36,7 @@ final class KeyValueCache {
 
     /// Bytes the cache would hold for `positions`.
     func bytes(positions: Int) -> Int {
-        saturatingProduct(saturatingSum([saturatingProduct(2, layers, positions, width), saturatingProduct(2, positions)]),
+        saturatingProduct(saturatingSum([saturatingProduct(2, layers, positions, width), saturatingProduct(Compute.threads, positions)]),
                           MemoryLayout<Float>.size)
     }
 
@@ -59,7 +61,8 @@ final class KeyValueCache {
         scores.deallocate()
         keys = newKeys
         values = newValues
-        scores = .allocate(capacity: 2 * newCapacity)
+        scoreRows = Compute.threads
+        scores = .allocate(capacity: scoreRows * newCapacity)
         capacity = newCapacity
     }
 }

@@ -265,7 +265,8 @@ public final class LlamaModel {
                    queryHeads: heads, keyHeads: kvHeads, inverse: false)
         if let cache {
             cachedAttentionForward(out: acts.attentionOut, qkv: acts.qkv, keys: cache.keys(layer: layer),
-                                   values: cache.values(layer: layer), scores: cache.scores, start: startPosition,
+                                   values: cache.values(layer: layer), scores: cache.scores, scoreRows: cache.scoreRows,
+                                   start: startPosition,
                                    length: length, heads: heads, kvHeads: kvHeads, headDim: d)
         } else {
             attentionForward(out: acts.attentionOut, rowStats: acts.attentionRowStats, scratch: scratch,

@@ -1,0 +1,58 @@
+import CKernels
+import Dispatch
+import Foundation
+
+/// The threads that run the model's parallel steps: the caller and `helpers` threads of a `ck_team`
+/// (CKernels/team.c), which spin between steps instead of sleeping: a training step has a few hundred
+/// parallel steps and a decoding step about twenty, too short to wake a sleeping thread for each.
+final class ComputeTeam {
+    private let team: OpaquePointer
+    let helpers: Int
+
+    init?(helpers: Int) {
+        guard let team = ck_team_create(Int32(helpers)) else { return nil }
+        self.team = team
+        self.helpers = Int(ck_team_helpers(team))
+    }
+
+    deinit { ck_team_destroy(team) }
+
+    /// Runs body(part) for every part in 0..<parts, part 0 on this thread; returns false, having run
+    /// nothing, when the team is busy with another step (a nested or concurrent call).
+    func run(parts: Int, _ body: (Int) -> Void) -> Bool {
+        withoutActuallyEscaping(body) { body in
+            var task = body
+            return withUnsafeMutablePointer(to: &task) { pointer in
+                ck_team_run(team, { context, part in
+                    context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(Int(part))
+                }, pointer, Int32(parts)) == 1
+            }
+        }
+    }
+}
+
+extension Compute {
+    private static let teamLock = NSLock()
+    nonisolated(unsafe) private static var sharedTeam: ComputeTeam?
+
+    /// The process's team, with at least parts − 1 helpers (made on first use, and again larger when
+    /// more threads are asked for; a caller still running on the old one keeps it alive until it ends).
+    private static func team(parts: Int) -> ComputeTeam? {
+        teamLock.lock()
+        defer { teamLock.unlock() }
+        if let team = sharedTeam, team.helpers >= parts - 1 { return team }
+        sharedTeam = ComputeTeam(helpers: max(parts, threads) - 1)
+        return sharedTeam
+    }
+
+    /// Runs body(part) for part in 0..<parts on the cores: on the team when it is free, else (a nested
+    /// or concurrent call) on Dispatch's pool.
+    static func parallel(_ parts: Int, _ body: (Int) -> Void) {
+        guard parts > 1 else {
+            if parts == 1 { body(0) }
+            return
+        }
+        if let team = team(parts: parts), team.run(parts: parts, body) { return }
+        DispatchQueue.concurrentPerform(iterations: parts, execute: body)
+    }
+}
