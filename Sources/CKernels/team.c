@@ -10,13 +10,15 @@
 // few hundred such steps and a decoding step about twenty, each of microseconds to milliseconds; a
 // pool that puts its threads to sleep between them pays a futex wake-up and a context switch for each
 // (measured: 5% of a `tiny` forward pass in the scheduler, and the caller waiting on late workers).
-// So the helpers spin between steps, nap after a few milliseconds idle, and block on a condition
-// variable after about a tenth of a second, from which the caller wakes them.
+// So the helpers spin between steps (yielding the core after a while, in case there are more threads
+// than cores), nap after a few milliseconds idle, and block on a condition variable after about a
+// tenth of a second, from which the caller wakes them.
 //
 // The caller posts a step by bumping each needed helper's `posted`; a helper runs its part and stores
 // the same count in `finished`, on which the caller spins.
 
-enum { SPINS_BEFORE_NAPPING = 1 << 16, NAPS_BEFORE_SLEEPING = 2000 };
+// Pauses (~0.3 ms), then yields (~1–2 ms), then 20 µs naps (~0.1 s), then sleep.
+enum { SPINS_BEFORE_YIELDING = 1 << 12, SPINS_BEFORE_NAPPING = (1 << 12) + (1 << 11), NAPS_BEFORE_SLEEPING = 2000 };
 
 struct ck_helper {
     pthread_t thread;
@@ -50,8 +52,10 @@ static unsigned long wait_for_step(struct ck_helper *helper, unsigned long seen)
     unsigned long spins = 0, naps = 0, posted;
     while ((posted = atomic_load_explicit(&helper->posted, memory_order_acquire)) == seen) {
         if (atomic_load_explicit(&team->quit, memory_order_relaxed)) return 0;
-        if (++spins <= SPINS_BEFORE_NAPPING) {
+        if (++spins <= SPINS_BEFORE_YIELDING) {
             cpu_relax();
+        } else if (spins <= SPINS_BEFORE_NAPPING) {
+            sched_yield(); // with more threads than cores, let the thread that has work run
         } else if (++naps <= NAPS_BEFORE_SLEEPING) {
             struct timespec pause = {0, 20000};
             nanosleep(&pause, NULL);
@@ -151,7 +155,7 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
         // With more threads than cores a helper may be waiting for this core: yield after a while.
         unsigned long spins = 0;
         while (atomic_load_explicit(&team->helpers[i].finished, memory_order_acquire) != ticket) {
-            if (++spins < (1u << 12)) cpu_relax();
+            if (++spins < SPINS_BEFORE_YIELDING) cpu_relax();
             else sched_yield();
         }
     }
