@@ -39,7 +39,7 @@ let package = Package(
         // MARK: tests
         .testTarget(
             name: "DistillTests",
-            dependencies: ["Distill"],
+            dependencies: ["Distill", "CKernels"],
             resources: [.copy("Fixtures"), .copy("FuzzSeeds")]
         ),
     ],

@@ -163,9 +163,17 @@ static int simd_level(void) {
     return level;
 }
 
+int ck_linear_half_level(void) { return simd_level(); }
+
 void ck_linear_half(float *y, size_t ldy, const float *x, const uint16_t *w, int format, size_t rows, size_t in,
                     size_t out, int accumulate) {
-    switch (simd_level()) {
+    ck_linear_half_at_level(simd_level(), y, ldy, x, w, format, rows, in, out, accumulate);
+}
+
+void ck_linear_half_at_level(int level, float *y, size_t ldy, const float *x, const uint16_t *w, int format,
+                             size_t rows, size_t in, size_t out, int accumulate) {
+    if (level > simd_level()) level = simd_level();
+    switch (level) {
     case 2:
         if (format == CK_HALF_BF16) linear_avx512_bf16(y, ldy, x, w, rows, in, out, accumulate);
         else linear_avx512_f16(y, ldy, x, w, rows, in, out, accumulate);

@@ -70,6 +70,11 @@ enum { CK_HALF_BF16 = 0, CK_HALF_F16 = 1 };
 /// `ldy` apart. Each output is one dot product in a fixed order, whatever part of w a caller passes.
 void ck_linear_half(float *y, size_t ldy, const float *x, const uint16_t *w, int format, size_t rows, size_t in,
                     size_t out, int accumulate);
+/// The body ck_linear_half runs on this CPU (2: AVX-512, 1: AVX2 with FMA and F16C, 0: plain C), and
+/// ck_linear_half with a chosen body (at most this CPU's), so that a test can check each one.
+int ck_linear_half_level(void);
+void ck_linear_half_at_level(int level, float *y, size_t ldy, const float *x, const uint16_t *w, int format,
+                             size_t rows, size_t in, size_t out, int accumulate);
 
 #include "ck_losses.h"
 /// Whether this CPU runs AVX-512 (F, BW, DQ, VL, CD: OpenBLAS's SkylakeX kernels) and AVX2 with FMA
