@@ -34,7 +34,7 @@ struct SampleCommand: ParsableCommand {
         let tokenizer = loaded.tokenizer
         var promptIDs = tokenizer.encode(prompt ?? "")
         if promptIDs.isEmpty && tokenizer.bosId >= 0 { promptIDs = [tokenizer.bosId] }
-        let session = EnsembleSession(ensemble: ensemble, precision: precision)
+        let session = try EnsembleSession(ensemble: ensemble, precision: precision)
         if let prompt { print(prompt, terminator: "") }
         // Characters spread over several byte pieces appear once complete.
         var decoder = IncrementalDecoder(tokenizer: tokenizer)

@@ -132,7 +132,7 @@ public enum Benchmark {
     /// the weights read as `precision`.
     public static func generationSpeed(config: LlamaConfig, repeats: Int, precision: FloatFormat = .f32) throws -> Double {
         let model = try LlamaModel(config: config, seed: 1)
-        let session = KVCacheSession(model: model, precision: precision)
+        let session = try KVCacheSession(model: model, precision: precision)
         var sampler = try Sampler(temperature: 0)
         let prompt: [Int32] = (0..<8).map { Int32($0 * 37 % config.vocabSize) }
         var produced = 0

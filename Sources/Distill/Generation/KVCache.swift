@@ -13,11 +13,21 @@ public final class KVCacheSession {
     /// Next-token logits after the last `feed`.  [V]
     public var logits: UnsafeMutablePointer<Float> { activations.logits }
 
+    /// A session over `model`'s f32 weights.
+    public convenience init(model: LlamaModel) {
+        self.init(model: model, halfWeights: nil)
+    }
+
     /// A session over `model`'s f32 weights, or over a bf16/f16 copy of them (`precision`): decoding
     /// reads half the bytes per token and runs up to twice as fast, with the rounded weights' logits.
-    public init(model: LlamaModel, precision: FloatFormat = .f32) {
+    /// Refuses a copy that would not fit in memory.
+    public convenience init(model: LlamaModel, precision: FloatFormat) throws {
+        self.init(model: model, halfWeights: precision == .f32 ? nil : try HalfPrecisionWeights(model: model, format: precision))
+    }
+
+    private init(model: LlamaModel, halfWeights: HalfPrecisionWeights?) {
         self.model = model
-        halfWeights = precision == .f32 ? nil : HalfPrecisionWeights(model: model, format: precision)
+        self.halfWeights = halfWeights
         let config = model.config
         cache = KeyValueCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim,
                               limit: config.maxPositionEmbeddings)

@@ -34,6 +34,8 @@ final class ComputeTeam {
 extension Compute {
     private static let teamLock = NSLock()
     nonisolated(unsafe) private static var sharedTeam: ComputeTeam?
+    /// Helpers a team could not be made with (threads refused by the system): not tried again.
+    nonisolated(unsafe) private static var refusedHelpers = Int.max
 
     /// The process's team, with at least parts − 1 helpers (made on first use, and again larger when
     /// more threads are asked for; a caller still running on the old one keeps it alive until it ends).
@@ -41,8 +43,14 @@ extension Compute {
         teamLock.lock()
         defer { teamLock.unlock() }
         if let team = sharedTeam, team.helpers >= parts - 1 { return team }
-        sharedTeam = ComputeTeam(helpers: max(parts, threads) - 1)
-        return sharedTeam
+        let helpers = max(parts, threads) - 1
+        guard helpers < refusedHelpers else { return nil }
+        guard let team = ComputeTeam(helpers: helpers) else {
+            refusedHelpers = helpers
+            return nil
+        }
+        sharedTeam = team
+        return team
     }
 
     /// Runs body(part) for part in 0..<parts on the cores: on the team when it is free, else (a nested

@@ -11,9 +11,14 @@ public final class HalfPrecisionWeights {
     /// The model's parameters rounded to `format` (nearest, ties to even), in its layout.  [P]
     let bits: UnsafeMutableBufferPointer<UInt16>
 
-    /// Rounds `model`'s weights to `format`, which must be 16-bit.
-    public init(model: LlamaModel, format: FloatFormat) {
+    /// Rounds `model`'s weights to `format`, which must be 16-bit; refuses when the copy would not fit
+    /// in this machine's memory beside the model.
+    public init(model: LlamaModel, format: FloatFormat) throws {
         precondition(format != .f32, "HalfPrecisionWeights holds 16-bit weights")
+        let copyBytes = 2 * Double(model.parameters.count), modelBytes = 4 * Double(model.parameters.count)
+        guard modelBytes + copyBytes <= MachineMemory.usableFraction * MachineMemory.physicalBytes else {
+            throw ModelError.insufficientMemory("a \(format.rawValue) copy of the weights for decoding needs \(MachineMemory.describe(copyBytes)) beside the model's \(MachineMemory.describe(modelBytes)); this machine has \(MachineMemory.describe(MachineMemory.physicalBytes)): decode from the f32 weights instead")
+        }
         self.format = format
         bits = .allocate(capacity: model.parameters.count)
         let round = format == .bf16 ? ReducedPrecision.bf16(from:) : ReducedPrecision.f16(from:)

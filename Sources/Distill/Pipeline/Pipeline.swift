@@ -463,7 +463,7 @@ public final class Pipeline {
             let models = try directories.map { try ModelDirectory.load($0) }
             let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
             // One model, or the ensemble's mixture (an ensemble of one generates exactly what its member does).
-            let session = EnsembleSession(ensemble: try ModelEnsemble(members: models))
+            let session = try EnsembleSession(ensemble: try ModelEnsemble(members: models))
             // A short untimed generation first: the first one pays for thread start-up and page faults.
             var warmUp = try Sampler(temperature: 0)
             _ = try generate(ensemble: session, prompt: [max(tokenizer.bosId, 0)], maxTokens: 4, sampler: &warmUp)
