@@ -116,6 +116,14 @@ func parallelFor(_ count: Int, _ body: (Int) -> Void) {
     }
 }
 
+/// Runs `body` on contiguous ranges that cover 0..<rows, one per core with at least `minimumRows` rows
+/// each: for row-wise passes (norms, rotations, activations) whose rows are independent.
+func forEachRowRange(_ rows: Int, minimumRows: Int = 16, _ body: (Range<Int>) -> Void) {
+    let parts = max(1, min(Compute.threads, rows / minimumRows))
+    guard parts > 1 else { return body(0..<rows) }
+    Compute.parallel(parts) { part in body((rows * part / parts)..<(rows * (part + 1) / parts)) }
+}
+
 /// Thread settings shared by the kernels.
 public enum Compute {
     /// Threads used by our own loops, the products' split included (defaults to the number of cores).

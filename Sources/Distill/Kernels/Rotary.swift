@@ -48,15 +48,17 @@ struct RotaryTable {
         let direction: Float = inverse ? -1 : 1
         cos.withUnsafeBufferPointer { cosTable in
             sin.withUnsafeBufferPointer { sinTable in
-                for row in 0..<(batch * length) {
-                    let position = startPosition + row % length
-                    let c = cosTable.baseAddress! + position * half, s = sinTable.baseAddress! + position * half
-                    for head in 0..<heads {
-                        let x = qkv + row * rowStride + head * headDim
-                        for i in 0..<half {
-                            let a = x[i], b = x[i + half], sine = direction * s[i]
-                            x[i] = a * c[i] - b * sine
-                            x[i + half] = b * c[i] + a * sine
+                forEachRowRange(batch * length) { rows in
+                    for row in rows {
+                        let position = startPosition + row % length
+                        let c = cosTable.baseAddress! + position * half, s = sinTable.baseAddress! + position * half
+                        for head in 0..<heads {
+                            let x = qkv + row * rowStride + head * headDim
+                            for i in 0..<half {
+                                let a = x[i], b = x[i + half], sine = direction * s[i]
+                                x[i] = a * c[i] - b * sine
+                                x[i + half] = b * c[i] + a * sine
+                            }
                         }
                     }
                 }

@@ -223,8 +223,8 @@ public final class LlamaModel {
                          batch: batch, length: length, startPosition: startPosition, cache: cache, keepForBackward: acts.perBlock,
                          halfWeights: halfWeights)
         }
-        ck_rmsnorm_forward(acts.finalNormed, acts.finalRstd, acts.residual[config.numHiddenLayers],
-                           weights + layout.finalNorm, rows, c, config.rmsNormEps)
+        rmsnormForward(acts.finalNormed, acts.finalRstd, acts.residual[config.numHiddenLayers],
+                       gain: weights + layout.finalNorm, rows: rows)
         if head {
             project(acts.logits, acts.finalNormed, weightAt: layout.lmHead, rows: rows, inFeatures: c,
                     outFeatures: config.vocabSize, halfWeights: halfWeights)
@@ -257,8 +257,7 @@ public final class LlamaModel {
         let block = layout.blocks[layer], weights = UnsafeMutablePointer(parameters.baseAddress!)
 
         // Attention half: output = input + o_proj(attention(rope(qkv(norm(input)))))
-        ck_rmsnorm_forward(acts.attentionNormed, acts.attentionRstd, input, weights + block.attentionNorm,
-                           rows, c, config.rmsNormEps)
+        rmsnormForward(acts.attentionNormed, acts.attentionRstd, input, gain: weights + block.attentionNorm, rows: rows)
         project(acts.qkv, acts.attentionNormed, weightAt: block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth,
                 halfWeights: halfWeights)
         rope.apply(acts.qkv, rowStride: qkvWidth, batch: batch, length: length, startPosition: startPosition,
@@ -277,7 +276,7 @@ public final class LlamaModel {
                 halfWeights: halfWeights)
 
         // MLP half: output += down(silu(gate(norm(x))) * up(norm(x)))
-        ck_rmsnorm_forward(acts.mlpNormed, acts.mlpRstd, output, weights + block.mlpNorm, rows, c, config.rmsNormEps)
+        rmsnormForward(acts.mlpNormed, acts.mlpRstd, output, gain: weights + block.mlpNorm, rows: rows)
         project(acts.gateUp, acts.mlpNormed, weightAt: block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f,
                 halfWeights: halfWeights)
         swigluForward(acts.swiglu, acts.gateUp, rows: rows)
@@ -289,10 +288,19 @@ public final class LlamaModel {
 
     /// swiglu [N, F] = silu(gate) ⊙ up from gateUp [N, 2F], the rows split over the cores.
     private func swigluForward(_ swiglu: UnsafeMutablePointer<Float>, _ gateUp: UnsafePointer<Float>, rows: Int) {
-        let f = config.intermediateSize, parts = min(Compute.threads, rows)
-        parallelFor(parts) { part in
-            let start = rows * part / parts, end = rows * (part + 1) / parts
-            ck_swiglu_forward(swiglu + start * f, gateUp + start * 2 * f, end - start, f)
+        let f = config.intermediateSize
+        forEachRowRange(rows) { range in
+            ck_swiglu_forward(swiglu + range.lowerBound * f, gateUp + range.lowerBound * 2 * f, range.count, f)
+        }
+    }
+
+    /// out [N, C] = RMSNorm(x [N, C]) · gain, rstd [N] kept for backward; the rows split over the cores.
+    private func rmsnormForward(_ out: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>,
+                                _ x: UnsafePointer<Float>, gain: UnsafePointer<Float>, rows: Int) {
+        let c = config.hiddenSize
+        forEachRowRange(rows) { range in
+            ck_rmsnorm_forward(out + range.lowerBound * c, rstd + range.lowerBound, x + range.lowerBound * c, gain,
+                               range.count, c, config.rmsNormEps)
         }
     }
 
@@ -355,12 +363,10 @@ public final class LlamaModel {
                        weight: weights + block.down, rows: rows, inFeatures: f, outFeatures: c)
         linearBackward(dx: dSwiglu, dWeight: nil, dy: dResidual, x: acts.swiglu,
                        weight: weights + block.down, rows: rows, inFeatures: f, outFeatures: c, overwritingDx: true)
-        parallelFor(Compute.threads) { part in
-            let start = rows * part / Compute.threads, end = rows * (part + 1) / Compute.threads
-            ck_swiglu_backward_inplace(dGateUp + start * 2 * f, dSwiglu + start * f, end - start, f)
+        forEachRowRange(rows) { range in
+            ck_swiglu_backward_inplace(dGateUp + range.lowerBound * 2 * f, dSwiglu + range.lowerBound * f, range.count, f)
         }
-        ck_rmsnorm_forward(acts.mlpNormed, acts.mlpRstd, acts.attentionResidual, weights + block.mlpNorm,
-                           rows, c, config.rmsNormEps)
+        rmsnormForward(acts.mlpNormed, acts.mlpRstd, acts.attentionResidual, gain: weights + block.mlpNorm, rows: rows)
         linearBackward(dx: dNormed, dWeight: grads + block.gateUp, dy: dGateUp, x: acts.mlpNormed,
                        weight: weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f, overwritingDx: true)
         ck_rmsnorm_backward(dResidual, grads + block.mlpNorm, dNormed, acts.attentionResidual,
@@ -376,8 +382,7 @@ public final class LlamaModel {
                           heads: config.numAttentionHeads, kvHeads: config.numKeyValueHeads, headDim: config.headDim)
         rope.apply(dQKV, rowStride: qkvWidth, batch: scratch.batch, length: scratch.length, startPosition: 0,
                    queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: true)
-        ck_rmsnorm_forward(acts.attentionNormed, acts.attentionRstd, input, weights + block.attentionNorm,
-                           rows, c, config.rmsNormEps)
+        rmsnormForward(acts.attentionNormed, acts.attentionRstd, input, gain: weights + block.attentionNorm, rows: rows)
         linearBackward(dx: dNormed, dWeight: grads + block.qkv, dy: dQKV, x: acts.attentionNormed,
                        weight: weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth, overwritingDx: true)
         ck_rmsnorm_backward(dResidual, grads + block.attentionNorm, dNormed, input,
