@@ -86,16 +86,6 @@ linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t ro
     }
 }
 
-__attribute__((target("avx512f"))) static void
-linear_avx512_bf16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
-    linear_avx512(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_BF16);
-}
-
-__attribute__((target("avx512f"))) static void
-linear_avx512_f16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
-    linear_avx512(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_F16);
-}
-
 // MARK: AVX2 with FMA (and F16C for halves): 8 lanes, one output row at a time.
 
 __attribute__((target("avx2,fma,f16c"))) static inline __m256 widen8(const uint16_t *p, int format) {
@@ -130,15 +120,17 @@ linear_avx2(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows
     }
 }
 
-__attribute__((target("avx2,fma,f16c"))) static void
-linear_avx2_bf16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
-    linear_avx2(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_BF16);
-}
-
-__attribute__((target("avx2,fma,f16c"))) static void
-linear_avx2_f16(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out, int accumulate) {
-    linear_avx2(y, ldy, x, w, rows, in, out, accumulate, CK_HALF_F16);
-}
+// One entry per body and format; the format is a constant there, so the compiler drops its branches.
+#define ENTRY(body, features, suffix, format)                                                                    \
+    __attribute__((target(features))) static void body##_##suffix(float *y, size_t ldy, const float *x,           \
+                                                                   const uint16_t *w, size_t rows, size_t in,     \
+                                                                   size_t out, int accumulate) {                  \
+        body(y, ldy, x, w, rows, in, out, accumulate, format);                                                   \
+    }
+ENTRY(linear_avx512, "avx512f", bf16, CK_HALF_BF16)
+ENTRY(linear_avx512, "avx512f", f16, CK_HALF_F16)
+ENTRY(linear_avx2, "avx2,fma,f16c", bf16, CK_HALF_BF16)
+ENTRY(linear_avx2, "avx2,fma,f16c", f16, CK_HALF_F16)
 
 // MARK: baseline
 
