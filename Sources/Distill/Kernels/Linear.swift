@@ -7,9 +7,9 @@ import Foundation
 // W[out, in], so y = x · Wᵀ.
 //
 // Threads: OpenBLAS always runs on one thread, and the products are split over the cores by rows of
-// their output here (`sgemm`, on the `ComputeTeam`). With OpenBLAS's own threads beside ours (attention, the element-wise
-// kernels, the loss), its idle workers spun in sched_yield for a fifth of a training step; with one
-// pool the cores do only work. Every output element is still one single-threaded dot product, so the
+// their output here (`sgemm`, on the `ComputeTeam`). With OpenBLAS's own threads beside ours
+// (attention, the element-wise kernels, the loss), its idle workers spun in sched_yield for a fifth of
+// a training step; with one pool the cores do only work. Every output element is still one single-threaded dot product, so the
 // result does not depend on the split or the thread count.
 
 /// Rows of the output below which a product is not split (the hand-off costs more than it saves).
