@@ -3,7 +3,7 @@ import Distill
 import Foundation
 
 extension ExportFormat: ExpressibleByArgument {}
-extension FloatFormat: ExpressibleByArgument {}
+extension WeightFormat: ExpressibleByArgument {}
 
 /// `distill export`: a model directory as a Hugging Face directory or a llama.cpp GGUF file.
 struct ExportCommand: ParsableCommand {
@@ -14,7 +14,8 @@ struct ExportCommand: ParsableCommand {
     @Option(help: "Model directory (ours or a Hugging Face Llama one with tokenizer.model).") var model: String
     @Option(help: "hf: a Hugging Face directory; gguf: one llama.cpp file.") var format: ExportFormat
     @Option(help: "Output directory (hf) or file (gguf).") var output: String
-    @Option(help: "How weight matrices are stored.") var dtype: FloatFormat = .f32
+    @Option(help: "How weight matrices are stored (q8_0: llama.cpp's 8-bit blocks, GGUF only; matrices whose rows are not a multiple of 32 long stay f16).")
+    var dtype: WeightFormat = .f32
 
     func run() throws {
         RemoveTemporariesOnInterrupt.install()

@@ -16,8 +16,8 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "Keep the smallest set of tokens whose probability reaches P.") var topP: Float?
     @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
     @Option(help: "Threads (default: all cores).") var threads: Int?
-    @Option(help: "Weights read while generating: f32, or a bf16/f16 copy (half the memory traffic per token, up to twice as fast; the logits are the rounded weights').")
-    var precision: FloatFormat = .f32
+    @Option(help: "Weights read while generating: f32, a bf16/f16 copy (half the memory traffic per token), or q8_0 (llama.cpp's 8-bit blocks, a little over a quarter); faster, and the logits are the rounded weights'.")
+    var precision: WeightFormat = .f32
 
     func validate() throws {
         if maxTokens < 0 { throw ValidationError("--max-tokens must be 0 or more") }

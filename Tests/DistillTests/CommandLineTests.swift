@@ -53,8 +53,10 @@ final class CommandLineTests: XCTestCase {
         try expectError(["sample", "--model", model.path, "--prompt", longPrompt], mentions: "context")
         try expectError(["sample", "--model", model.path, "--temperature", "-1"], mentions: "temperature")
         try expectError(["sample", "--model", model.path, "--precision", "f64"], mentions: "precision")
-        let halfSample = try run(["sample", "--model", model.path, "--precision", "bf16", "--max-tokens", "5", "--temperature", "0"])
-        XCTAssertEqual(halfSample.status, 0, halfSample.error)
+        for precision in ["bf16", "q8_0"] {
+            let reducedSample = try run(["sample", "--model", model.path, "--precision", precision, "--max-tokens", "5", "--temperature", "0"])
+            XCTAssertEqual(reducedSample.status, 0, reducedSample.error)
+        }
         try expectError(["eval", "--model", scratch.path, "--text", corpus.text.path], mentions: "config.json")
 
         // Another tokenizer's data for this model.

@@ -45,24 +45,23 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(one, two)
     }
 
-    /// Decoding with a bf16 or f16 copy of the weights gives the logits of the f32 model whose weights
-    /// were rounded the same way (the kernel widens them exactly; only the order of the sums differs),
-    /// on widths that are not multiples of the kernel's 16 lanes or 4 rows; and two threads split it
-    /// as the team does, bitwise.
-    func testSixteenBitWeightsDecodeAsTheRoundedModel() throws {
+    /// Decoding with a bf16, f16 or Q8_0 copy of the weights gives the logits of the f32 model whose
+    /// weights were rounded the same way (the kernels widen them exactly; only the order of the sums
+    /// differs), on widths that are not multiples of the kernels' 16 lanes or 4 rows, with Q8_0 on all
+    /// matrices, on none (rows not a multiple of 32) and on some; and two threads split it as the team
+    /// does, bitwise.
+    func testReducedWeightsDecodeAsTheRoundedModel() throws {
         let awkward = LlamaConfig(hiddenSize: 40, intermediateSize: 70, numHiddenLayers: 2, numAttentionHeads: 4,
                                   numKeyValueHeads: 2, vocabSize: 131, maxPositionEmbeddings: 40)
         let even = LlamaConfig(hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2, numAttentionHeads: 4,
                                numKeyValueHeads: 4, vocabSize: 256, maxPositionEmbeddings: 40, tieWordEmbeddings: false)
-        for config in [awkward, even] {
+        let mixed = LlamaConfig(hiddenSize: 64, intermediateSize: 80, numHiddenLayers: 2, numAttentionHeads: 4,
+                                numKeyValueHeads: 2, vocabSize: 200, maxPositionEmbeddings: 40)
+        for config in [awkward, even, mixed] {
             let model = try LlamaModel(config: config, seed: 11)
-            for precision in [FloatFormat.bf16, .f16] {
-                let round = precision == .bf16
-                    ? { ReducedPrecision.float(fromBF16: ReducedPrecision.bf16(from: $0)) }
-                    : { ReducedPrecision.float(fromF16: ReducedPrecision.f16(from: $0)) }
-                let rounded = try model.parameters.map(round).withUnsafeBufferPointer {
-                    try LlamaModel(config: config, parameters: $0)
-                }
+            for precision in [WeightFormat.bf16, .f16, .q8_0] {
+                let stored = try DecodingWeights(model: model, format: precision).storedParameters(of: model)
+                let rounded = try stored.withUnsafeBufferPointer { try LlamaModel(config: config, parameters: $0) }
                 func logits(_ session: KVCacheSession, threads: Int) throws -> [[Float]] {
                     try Compute.withThreads(threads) {
                         var sampler = try Sampler(temperature: 0)
@@ -80,7 +79,7 @@ final class GenerationTests: XCTestCase {
                     zip(a.joined(), b.joined()).map { abs($0 - $1) }.max() ?? .infinity
                 }
                 let toRounded = largestDifference(half, reference), toF32 = largestDifference(half, unrounded)
-                print("\(precision) decoding: largest logit difference \(toRounded) to the rounded model, \(toF32) to f32")
+                print("\(precision) decoding, width \(config.hiddenSize): largest logit difference \(toRounded) to the rounded model, \(toF32) to f32")
                 XCTAssertEqual(half.count, 30)
                 XCTAssertLessThan(toRounded, 2e-5, "\(precision)")
                 XCTAssertGreaterThan(toF32, 10 * toRounded, "\(precision) decoding should read the rounded weights")

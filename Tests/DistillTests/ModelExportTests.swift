@@ -129,16 +129,48 @@ final class ModelExportTests: XCTestCase {
     func testGGUFHalfPrecisionKeepsNormsInF32() throws {
         let root = try makeTemporaryDirectory(self)
         let source = try makeTinyModelDirectory(in: root)
-        for (dtype, type, fileType) in [(FloatFormat.f16, GGMLType.f16, 1), (.bf16, .bf16, 32)] {
+        for (dtype, type, fileType) in [(WeightFormat.f16, GGMLType.f16, 1), (.bf16, .bf16, 32), (.q8_0, .q8_0, 7)] {
             let url = root.appendingPathComponent("model-\(dtype).gguf")
             try ModelExport.export(modelAt: source.directory, format: .gguf, to: url, dtype: dtype)
             let file = try GGUFFile(url: url)
             XCTAssertEqual(file.value("general.file_type")?.intValue, fileType)
             XCTAssertEqual(file.tensorInfos.count, source.model.layout.tensors.count, "tied: no output.weight")
             for info in file.tensorInfos {
-                XCTAssertEqual(info.type, info.dimensions.count == 1 ? .f32 : type, info.name)
+                // Q8_0 needs rows a multiple of 32 long: ffn_down's 48 stay f16, as llama.cpp's quantizer does.
+                let matrixType = type == .q8_0 && info.dimensions[0] % 32 != 0 ? .f16 : type
+                XCTAssertEqual(info.type, info.dimensions.count == 1 ? .f32 : matrixType, info.name)
             }
         }
+    }
+
+    /// Q8_0 in a GGUF file reads back as the weights 8-bit decoding uses (`DecodingWeights`), matrix by
+    /// matrix, and the quantizer follows llama.cpp's rule on a block worked out by hand.
+    func testGGUFQ8_0HoldsTheWeightsEightBitDecodingReads() throws {
+        var block: [Float] = [127, 0.5, -0.5, 2.5, -2.5, 63.49, 0, -127] + [Float](repeating: 1.25, count: 24)
+        var quants = [Int8](repeating: 0, count: 32)
+        let scale = block.withUnsafeBufferPointer { Q8_0.quantize($0, into: &quants) }
+        XCTAssertEqual(ReducedPrecision.float(fromF16: scale), 1, "d = max|w| / 127")
+        XCTAssertEqual(Array(quants[0..<8]), [127, 1, -1, 3, -3, 63, 0, -127], "rounded half away from zero")
+        XCTAssertEqual(quants[8], 1)
+        block = [Float](repeating: 0, count: 32)
+        XCTAssertEqual(block.withUnsafeBufferPointer { Q8_0.quantize($0, into: &quants) }, 0)
+        XCTAssertEqual(quants, [Int8](repeating: 0, count: 32), "an all-zero block")
+
+        let root = try makeTemporaryDirectory(self)
+        let source = try makeTinyModelDirectory(in: root)
+        let url = root.appendingPathComponent("model-q8_0.gguf")
+        try ModelExport.export(modelAt: source.directory, format: .gguf, to: url, dtype: .q8_0)
+        let file = try GGUFFile(url: url)
+        let stored = try DecodingWeights(model: source.model, format: .q8_0).storedParameters(of: source.model)
+        let layout = source.model.layout
+        for (name, offset, count) in [("token_embd.weight", layout.embedding, source.model.config.vocabSize * 32),
+                                      ("blk.1.ffn_down.weight", layout.blocks[1].down, 32 * 48),
+                                      ("blk.0.ffn_gate.weight", layout.blocks[0].gateUp, 48 * 32)] {
+            XCTAssertEqual(try file.floats(name), Array(stored[offset..<(offset + count)]), name)
+            XCTAssertNotEqual(try file.floats(name), Array(source.model.parameters[offset..<(offset + count)]), "\(name) is rounded")
+        }
+        assertThrows(try ModelExport.export(modelAt: source.directory, format: .hf, to: root.appendingPathComponent("hf"), dtype: .q8_0),
+                     mentioning: ["q8_0", "GGUF"])
     }
 
     func testExportRejectsBadInput() throws {

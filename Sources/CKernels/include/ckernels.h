@@ -76,6 +76,15 @@ int ck_linear_half_level(void);
 void ck_linear_half_at_level(int level, float *y, size_t ldy, const float *x, const uint16_t *w, int format,
                              size_t rows, size_t in, size_t out, int accumulate);
 
+/// y[r, o] = x[r, ·] · w[o, ·] as ck_linear_half, with w [out, in] in llama.cpp's Q8_0 layout: q [out, in]
+/// 8-bit integers and scales [out, in / 32] floats, w[o, k] = scales[o, k / 32] · q[o, k]; in must be a
+/// multiple of 32. Each block's Σ x·q is taken in float, then scaled: one dot product in a fixed order
+/// per output. The body is the one ck_linear_half_level names (AVX-512, AVX2 with FMA, or plain C).
+void ck_linear_q8_0(float *y, size_t ldy, const float *x, const int8_t *q, const float *scales, size_t rows, size_t in,
+                    size_t out, int accumulate);
+void ck_linear_q8_0_at_level(int level, float *y, size_t ldy, const float *x, const int8_t *q, const float *scales,
+                             size_t rows, size_t in, size_t out, int accumulate);
+
 #include "ck_losses.h"
 /// Whether this CPU runs AVX-512 (F, BW, DQ, VL, CD: OpenBLAS's SkylakeX kernels) and AVX2 with FMA
 /// (its Haswell kernels).

@@ -18,14 +18,14 @@ public struct BenchmarkReport: Codable, Sendable {
     public var generationTokensPerSecond: Double
     /// Greedy generation with one thread (where llama.cpp does best).
     public var generationOneThreadTokensPerSecond: Double
-    /// Greedy generation reading a bf16 or f16 copy of the weights (`sample --precision`), with all
-    /// threads and with one; keys "bf16", "f16", "bf16 1 thread", "f16 1 thread".
-    public var generationTokensPerSecondBy16BitWeights: [String: Double]
+    /// Greedy generation reading a bf16, f16 or Q8_0 copy of the weights (`sample --precision`), with
+    /// all threads and with one; keys "bf16", "f16", "q8_0", and each with " 1 thread".
+    public var generationTokensPerSecondByReducedWeights: [String: Double]
     public var parameters: Int
     public var studentParameters: Int?
     public var peakResidentMB: Double
     /// Peak resident memory while each workload ran (`training`, `distillation`, `inference`, `generation`,
-    /// `generation bf16`, `generation f16`).
+    /// `generation bf16`, `generation f16`, `generation q8_0`).
     public var peakResidentMBByWorkload: [String: Double]
 }
 
@@ -130,7 +130,7 @@ public enum Benchmark {
 
     /// Median tokens/s of greedy decoding with the KV cache: batch 1, an 8-token prompt, 120 new tokens,
     /// the weights read as `precision`.
-    public static func generationSpeed(config: LlamaConfig, repeats: Int, precision: FloatFormat = .f32) throws -> Double {
+    public static func generationSpeed(config: LlamaConfig, repeats: Int, precision: WeightFormat = .f32) throws -> Double {
         let model = try LlamaModel(config: config, seed: 1)
         let session = try KVCacheSession(model: model, precision: precision)
         var sampler = try Sampler(temperature: 0)
@@ -197,17 +197,17 @@ extension Benchmark {
         let generationOneThread = try Compute.withThreads(1) { try generationSpeed(config: teacher, repeats: repeats) }
         say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s; on 1 thread %.0f tokens/s; peak %.0f MB",
                    generation, generationOneThread, peaks["generation"] ?? 0))
-        var halfGeneration: [String: Double] = [:]
-        for precision in [FloatFormat.bf16, .f16] {
+        var reducedGeneration: [String: Double] = [:]
+        for precision in [WeightFormat.bf16, .f16, .q8_0] {
             let name = precision.rawValue
-            halfGeneration[name] = try measured("generation \(name)") {
+            reducedGeneration[name] = try measured("generation \(name)") {
                 try generationSpeed(config: teacher, repeats: repeats, precision: precision)
             }
-            halfGeneration[name + " 1 thread"] = try Compute.withThreads(1) {
+            reducedGeneration[name + " 1 thread"] = try Compute.withThreads(1) {
                 try generationSpeed(config: teacher, repeats: repeats, precision: precision)
             }
             say(String(format: "  with %@ weights: %.0f tokens/s; on 1 thread %.0f tokens/s", name,
-                       halfGeneration[name] ?? 0, halfGeneration[name + " 1 thread"] ?? 0))
+                       reducedGeneration[name] ?? 0, reducedGeneration[name + " 1 thread"] ?? 0))
         }
         let peak = max(setupPeak, peaks.values.max() ?? 0)
         say(String(format: "peak resident memory: %.0f MB (%.0f MB by the sgemm probe)", peak, setupPeak))
@@ -216,7 +216,7 @@ extension Benchmark {
                                inferenceTokensPerSecond: inference, inferenceModelGFLOPS: inferenceRate,
                                inferenceUtilisation: inferenceRate / gflops, generationTokensPerSecond: generation,
                                generationOneThreadTokensPerSecond: generationOneThread,
-                               generationTokensPerSecondBy16BitWeights: halfGeneration, parameters: ParameterLayout(config: teacher).count,
+                               generationTokensPerSecondByReducedWeights: reducedGeneration, parameters: ParameterLayout(config: teacher).count,
                                studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak,
                                peakResidentMBByWorkload: peaks)
     }

@@ -12,9 +12,9 @@ public final class EnsembleSession {
     private let scratch: UnsafeMutablePointer<Float>
     public let vocabSize: Int
 
-    /// One session per member, each over its f32 weights or a 16-bit copy (`precision`; refused when
+    /// One session per member, each over its f32 weights or a reduced copy (`precision`; refused when
     /// the copies would not fit in memory).
-    public init(ensemble: ModelEnsemble, precision: FloatFormat = .f32) throws {
+    public init(ensemble: ModelEnsemble, precision: WeightFormat = .f32) throws {
         sessions = try ensemble.members.map { try KVCacheSession(model: $0, precision: precision) }
         weights = ensemble.weights
         vocabSize = ensemble.vocabSize

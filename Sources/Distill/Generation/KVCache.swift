@@ -8,26 +8,26 @@ public final class KVCacheSession {
     private let cache: KeyValueCache
     /// The buffers of a one-token forward pass.
     private let activations: Activations
-    /// The 16-bit copy of the weights that decoding reads, if it was asked for.
-    public let halfWeights: HalfPrecisionWeights?
+    /// The reduced (bf16, f16 or Q8_0) copy of the weights that decoding reads, if it was asked for.
+    public let reducedWeights: DecodingWeights?
     /// Next-token logits after the last `feed`.  [V]
     public var logits: UnsafeMutablePointer<Float> { activations.logits }
 
     /// A session over `model`'s f32 weights.
     public convenience init(model: LlamaModel) {
-        self.init(model: model, halfWeights: nil)
+        self.init(model: model, reducedWeights: nil)
     }
 
-    /// A session over `model`'s f32 weights, or over a bf16/f16 copy of them (`precision`): decoding
-    /// reads half the bytes per token and runs up to twice as fast, with the rounded weights' logits.
-    /// Refuses a copy that would not fit in memory.
-    public convenience init(model: LlamaModel, precision: FloatFormat) throws {
-        self.init(model: model, halfWeights: precision == .f32 ? nil : try HalfPrecisionWeights(model: model, format: precision))
+    /// A session over `model`'s f32 weights, or over a bf16/f16/Q8_0 copy of them (`precision`):
+    /// decoding reads half (a little over a quarter) of the bytes per token and runs faster, with the
+    /// rounded weights' logits. Refuses a copy that would not fit in memory.
+    public convenience init(model: LlamaModel, precision: WeightFormat) throws {
+        self.init(model: model, reducedWeights: precision == .f32 ? nil : try DecodingWeights(model: model, format: precision))
     }
 
-    private init(model: LlamaModel, halfWeights: HalfPrecisionWeights?) {
+    private init(model: LlamaModel, reducedWeights: DecodingWeights?) {
         self.model = model
-        self.halfWeights = halfWeights
+        self.reducedWeights = reducedWeights
         let config = model.config
         cache = KeyValueCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim,
                               limit: config.maxPositionEmbeddings)
@@ -47,7 +47,7 @@ public final class KVCacheSession {
         try cache.reserve(position + 1, filled: position)
         var token = token
         model.forward(tokens: &token, batch: 1, length: 1, startPosition: position, cache: cache, into: activations,
-                      halfWeights: halfWeights)
+                      reducedWeights: reducedWeights)
         position += 1
     }
 }

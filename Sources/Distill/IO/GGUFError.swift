@@ -37,7 +37,7 @@ public enum GGUFError: Error, CustomStringConvertible, Equatable {
         case .missingTensor(let file, let tensor):
             return "\(file): no tensor named '\(tensor)': check the name or the file"
         case .unsupportedTensorType(let file, let tensor, let type):
-            return "\(file): tensor '\(tensor)' has ggml type \(type), which distill reads only as F32 (0), F16 (1) or BF16 (30): dequantize the model first"
+            return "\(file): tensor '\(tensor)' has ggml type \(type), which distill reads only as F32 (0), F16 (1), Q8_0 (8) or BF16 (30): dequantize the model first"
         case .invalidInput(let file, let reason):
             return "\(file): cannot write: \(reason)"
         }

@@ -37,7 +37,7 @@ public enum GGUFExport {
             throw ModelError.mismatch("cannot export GGUF: the \(role) id \(id) is outside the vocabulary of \(tokens.count) tokens")
         }
         // llama.cpp's own numbering of whole-file types (LLAMA_FTYPE_*).
-        let fileTypeNumber: [GGMLType: UInt32] = [.f32: 0, .f16: 1, .bf16: 32]
+        let fileTypeNumber: [GGMLType: UInt32] = [.f32: 0, .f16: 1, .q8_0: 7, .bf16: 32]
         func count(_ value: Int) -> GGUFValue { .uint32(UInt32(clamping: value)) }
         var metadata: [(key: String, value: GGUFValue)] = [
             ("general.architecture", .string("llama")),
@@ -121,6 +121,8 @@ public enum GGUFExport {
 
     /// The model's weights (Hugging Face names and layout) as llama.cpp tensors: renamed, query and key
     /// rows permuted to the interleaved rotary layout, matrices stored as `type`, 1-D norms kept F32.
+    /// Under Q8_0, a matrix whose rows are not a multiple of 32 long is stored as F16, as llama.cpp's
+    /// quantizer does (and `DecodingWeights`).
     public static func llamaTensors(from hfTensors: [SafetensorsTensor], config: LlamaConfig,
                                     type: GGMLType = .f32) throws -> [GGUFTensor] {
         try HFLlamaTensors.checked(hfTensors, config: config).map { tensor in
@@ -133,7 +135,8 @@ public enum GGUFExport {
             } else if name.hasSuffix(".attn_k.weight") {
                 values = try permuteToInterleavedRotary(values, heads: config.numKeyValueHeads, columns: config.hiddenSize)
             }
-            return GGUFTensor(name: name, shape: tensor.shape, values: values, type: tensor.shape.count == 1 ? .f32 : type)
+            let matrixType = type.fits(innermost: tensor.shape.last ?? 0) ? type : .f16
+            return GGUFTensor(name: name, shape: tensor.shape, values: values, type: tensor.shape.count == 1 ? .f32 : matrixType)
         }
     }
 

@@ -1,25 +1,64 @@
 import Foundation
 
-/// The ggml tensor types distill writes and reads as floats, with their numbers in a GGUF file.
+/// The ggml tensor types distill writes and reads, with their numbers in a GGUF file: floats, and Q8_0
+/// (blocks of 32 values along the innermost dimension: an f16 scale d, then 32 signed bytes q; value d·q).
 public enum GGMLType: UInt32, CaseIterable, Sendable {
-    case f32 = 0, f16 = 1, bf16 = 30
+    case f32 = 0, f16 = 1, q8_0 = 8, bf16 = 30
 
-    /// Bytes per element.
-    public var byteWidth: Int { self == .f32 ? 4 : 2 }
+    /// Bytes of a Q8_0 block: the f16 scale and 32 quants.
+    static let q8_0BlockBytes = 2 + Q8_0.blockSize
 
-    var storedEncoding: StoredFloatEncoding {
+    /// Bytes of `elements` values (for Q8_0 a multiple of 32).
+    public func byteCount(elements: Int) -> Int {
         switch self {
-        case .f32: return .f32
-        case .f16: return .f16
-        case .bf16: return .bf16
+        case .f32: return 4 * elements
+        case .f16, .bf16: return 2 * elements
+        case .q8_0: return elements / Q8_0.blockSize * Self.q8_0BlockBytes
         }
     }
 
-    var floatFormat: FloatFormat {
+    /// Whether a tensor whose innermost dimension is `innermost` can be stored as this type.
+    public func fits(innermost: Int) -> Bool { self != .q8_0 || Q8_0.fits(columns: innermost) }
+
+    /// Appends `values` in this type, little-endian (floats rounded to nearest-even when narrowing;
+    /// Q8_0 quantized block by block as llama.cpp does).
+    func append(_ values: [Float], to data: inout Data) {
         switch self {
-        case .f32: return .f32
-        case .f16: return .f16
-        case .bf16: return .bf16
+        case .f32: FloatFormat.f32.append(values, to: &data)
+        case .f16: FloatFormat.f16.append(values, to: &data)
+        case .bf16: FloatFormat.bf16.append(values, to: &data)
+        case .q8_0:
+            var block = [UInt8](repeating: 0, count: Self.q8_0BlockBytes)
+            values.withUnsafeBufferPointer { source in
+                for start in stride(from: 0, to: values.count, by: Q8_0.blockSize) {
+                    block.withUnsafeMutableBytes { bytes in
+                        let quants = bytes.baseAddress!.advanced(by: 2).assumingMemoryBound(to: Int8.self)
+                        let scale = Q8_0.quantize(UnsafeBufferPointer(rebasing: source[start..<(start + Q8_0.blockSize)]), into: quants)
+                        bytes.storeBytes(of: scale.littleEndian, toByteOffset: 0, as: UInt16.self)
+                    }
+                    data.append(contentsOf: block)
+                }
+            }
+        }
+    }
+
+    /// Decodes `count` values starting at `start` (need not be aligned).
+    func decode(_ start: UnsafeRawPointer, count: Int) -> [Float] {
+        switch self {
+        case .f32: return StoredFloatEncoding.f32.decode(start, count: count)
+        case .f16: return StoredFloatEncoding.f16.decode(start, count: count)
+        case .bf16: return StoredFloatEncoding.bf16.decode(start, count: count)
+        case .q8_0:
+            return [Float](unsafeUninitializedCapacity: count) { buffer, initialized in
+                for block in 0..<(count / Q8_0.blockSize) {
+                    let base = start + block * Self.q8_0BlockBytes
+                    let scale = ReducedPrecision.float(fromF16: UInt16(littleEndian: base.loadUnaligned(as: UInt16.self)))
+                    for i in 0..<Q8_0.blockSize {
+                        buffer[block * Q8_0.blockSize + i] = scale * Float(base.load(fromByteOffset: 2 + i, as: Int8.self))
+                    }
+                }
+                initialized = count / Q8_0.blockSize * Q8_0.blockSize
+            }
         }
     }
 }
@@ -45,7 +84,7 @@ public struct GGUFTensorInfo: Equatable, Sendable {
     public let name: String
     /// Sizes in GGUF order: `dimensions[0]` (ggml's `ne[0]`) is the innermost, fastest-varying one.
     public let dimensions: [Int]
-    /// The ggml type number; `type` is nil for types distill does not read (quantized ones).
+    /// The ggml type number; `type` is nil for types distill does not read (quantized ones but Q8_0).
     public let typeCode: UInt32
     /// Byte offset relative to the start of the tensor data.
     public let offset: Int
@@ -118,17 +157,20 @@ public struct GGUFWriter {
         }
         var offset = 0
         for tensor in tensors {
+            guard tensor.type.fits(innermost: tensor.shape.last ?? 0) else {
+                throw GGUFError.invalidInput(file: file, reason: "tensor '\(tensor.name)' of shape \(tensor.shape) cannot be \(tensor.type): its rows are not a multiple of \(Q8_0.blockSize) long")
+            }
             appendString(tensor.name, to: &data)
             data.appendLittleEndian(UInt32(tensor.shape.count))
             for size in tensor.shape.reversed() { data.appendLittleEndian(UInt64(size)) }
             data.appendLittleEndian(tensor.type.rawValue)
             data.appendLittleEndian(UInt64(offset))
-            offset += padded(tensor.values.count * tensor.type.byteWidth)
+            offset += padded(tensor.type.byteCount(elements: tensor.values.count))
         }
         data.append(contentsOf: [UInt8](repeating: 0, count: padded(data.count) - data.count))
         for tensor in tensors {
             let start = data.count
-            tensor.type.floatFormat.append(tensor.values, to: &data)
+            tensor.type.append(tensor.values, to: &data)
             data.append(contentsOf: [UInt8](repeating: 0, count: padded(data.count - start) - (data.count - start)))
         }
         return data
@@ -254,7 +296,7 @@ public final class GGUFFile: @unchecked Sendable {
         return info
     }
 
-    /// A tensor's values as `Float`, row-major (the GGUF dimensions reversed). F32, F16 and BF16 only.
+    /// A tensor's values as `Float`, row-major (the GGUF dimensions reversed). F32, F16, BF16 and Q8_0 only.
     public func floats(_ name: String) throws -> [Float] {
         let info = try tensorInfo(name)
         guard let type = info.type else {
@@ -262,7 +304,7 @@ public final class GGUFFile: @unchecked Sendable {
         }
         // Bounds were checked at open for every float tensor.
         let start = mapping.bytes.baseAddress.unsafelyUnwrapped + dataOffset + info.offset
-        return type.storedEncoding.decode(start, count: info.elementCount)
+        return type.decode(start, count: info.elementCount)
     }
 
     private func validateTensors() throws {
@@ -272,11 +314,14 @@ public final class GGUFFile: @unchecked Sendable {
             func bad(_ reason: String) -> GGUFError { .badTensor(file: file, tensor: info.name, reason: reason) }
             guard names.insert(info.name).inserted else { throw bad("the name appears twice") }
             guard info.offset % alignment == 0 else { throw bad("its offset \(info.offset) is not a multiple of the alignment \(alignment)") }
-            // Quantized types have block layouts distill does not read, so only float tensors get a size.
+            // Other quantized types have block layouts distill does not read, so only its own types get a size.
             guard let type = info.type else { continue }
+            if !type.fits(innermost: info.dimensions.first ?? 0) {
+                throw bad("its innermost size \(info.dimensions.first ?? 0) is not a multiple of \(Q8_0.blockSize), as \(type) needs")
+            }
             let end = dataOffset + info.offset
             guard let elements = checkedElementCount(info.dimensions), elements <= Int.max / 8,
-                  end <= mapping.bytes.count, elements * type.byteWidth <= mapping.bytes.count - end else {
+                  end <= mapping.bytes.count, type.byteCount(elements: elements) <= mapping.bytes.count - end else {
                 throw bad("its \(info.dimensions) \(type) values at data offset \(info.offset) reach past the end of the file (\(mapping.bytes.count) bytes)")
             }
         }

@@ -16,6 +16,8 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
     case vocabularyTooLarge(tokenizer: Int, model: Int, path: String)
     /// An HF export was asked into a directory that holds something other than an earlier export.
     case outputHoldsOtherFiles(String)
+    /// A Hugging Face export was asked with weights in a type only GGUF stores.
+    case notAFloatType(WeightFormat)
 
     public var description: String {
         switch self {
@@ -25,6 +27,8 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
             return "\(path): the tokenizer has \(tokenizer) pieces but the model only \(model) embedding rows: the tokenizer does not belong to this model"
         case .outputHoldsOtherFiles(let path):
             return "\(path) already holds files that are not an earlier `distill export` (another model?): give a new or empty directory"
+        case .notAFloatType(let format):
+            return "\(format.rawValue) is a llama.cpp (GGUF) type: a Hugging Face export stores f32, f16 or bf16 weights"
         }
     }
 }
@@ -41,7 +45,9 @@ public enum ModelExport {
     /// The output may not be, hold or lie inside the model directory (symlinks resolved). An HF
     /// directory is written as one unit (a temporary sibling, then a rename), and replaces an existing
     /// directory only when that is empty or an earlier export.
-    public static func export(modelAt source: URL, format: ExportFormat, to output: URL, dtype: FloatFormat = .f32) throws {
+    public static func export(modelAt source: URL, format: ExportFormat, to output: URL, dtype: WeightFormat = .f32) throws {
+        let floatType = dtype.floatFormat
+        if format == .hf && floatType == nil { throw ExportError.notAFloatType(dtype) }
         let checkpoint = try HFModelDirectory(source)
         let tokenizerModel = try checkpoint.tokenizerModel()
         let tokenizer = try Tokenizer(modelPath: tokenizerModel.path)
@@ -58,7 +64,7 @@ public enum ModelExport {
             try AtomicFile.writeDirectory(output) { directory in
                 try HFExport.write(config: model.config, tensors: ModelDirectory.tensors(of: model),
                                    tokenizerModel: tokenizerModel, specialTokens: ModelDirectory.specialTokens(of: tokenizer),
-                                   to: directory, dtype: dtype, metadata: [exportMarker.key: exportMarker.value])
+                                   to: directory, dtype: floatType ?? .f32, metadata: [exportMarker.key: exportMarker.value])
             }
         case .gguf:
             var isDirectory: ObjCBool = false
@@ -131,12 +137,13 @@ public enum ModelExport {
 }
 
 extension GGMLType {
-    /// The ggml tensor type that stores values as `format`.
-    public init(_ format: FloatFormat) {
+    /// The ggml tensor type that stores weights as `format`.
+    public init(_ format: WeightFormat) {
         switch format {
         case .f32: self = .f32
         case .f16: self = .f16
         case .bf16: self = .bf16
+        case .q8_0: self = .q8_0
         }
     }
 }

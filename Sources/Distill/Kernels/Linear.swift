@@ -58,12 +58,23 @@ func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, 
 }
 
 /// y[N, out] = x[N, in] · W[out, in]ᵀ with W as 16-bit floats (`format`: a `ck_linear_half` code), for
-/// decoding with `HalfPrecisionWeights`; overwrites y, or adds when `accumulate`.
+/// decoding with `DecodingWeights`; overwrites y, or adds when `accumulate`.
 func linearForwardHalf(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<UInt16>,
                        format: Int32, rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
     splitDecodingOutputs(outFeatures) { outputs in
         ck_linear_half(y + outputs.lowerBound, outFeatures, x, weight + outputs.lowerBound * inFeatures, format,
                        rows, inFeatures, outputs.count, accumulate ? 1 : 0)
+    }
+}
+
+/// y[N, out] = x[N, in] · W[out, in]ᵀ with W in Q8_0 (quants [out, in], scales [out, in / 32]), for
+/// decoding with `DecodingWeights`; overwrites y, or adds when `accumulate`.
+func linearForwardQ8_0(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ quants: UnsafePointer<Int8>,
+                       scales: UnsafePointer<Float>, rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
+    let blocks = inFeatures / Q8_0.blockSize
+    splitDecodingOutputs(outFeatures) { outputs in
+        ck_linear_q8_0(y + outputs.lowerBound, outFeatures, x, quants + outputs.lowerBound * inFeatures,
+                       scales + outputs.lowerBound * blocks, rows, inFeatures, outputs.count, accumulate ? 1 : 0)
     }
 }
 

@@ -194,9 +194,9 @@ public final class LlamaModel {
     /// blocks, the final norm and the head, into `acts`. Without a cache the rows are `batch` sequences
     /// starting at position 0; with one, they are positions startPosition..<startPosition+length of one
     /// sequence whose earlier keys and values the cache holds (and to which it adds these).
-    /// With `halfWeights`, the products read that 16-bit copy of the weights (decoding only).
+    /// With `reducedWeights`, the products read that reduced copy of the weights (decoding only).
     func forward(tokens: UnsafePointer<Int32>, batch: Int, length: Int, startPosition: Int, cache: KeyValueCache?,
-                 into acts: Activations, head: Bool = true, halfWeights: HalfPrecisionWeights? = nil) {
+                 into acts: Activations, head: Bool = true, reducedWeights: DecodingWeights? = nil) {
         precondition(cache == nil || batch == 1, "a key/value cache holds one sequence")
         let end = startPosition + length
         precondition(end <= config.maxPositionEmbeddings, "sequence longer than the context")
@@ -211,8 +211,8 @@ public final class LlamaModel {
         for n in 0..<rows {
             let token = Int(tokens[n])
             precondition(token >= 0 && token < config.vocabSize, "token id out of range")
-            if let halfWeights {
-                halfWeights.widen(at: layout.embedding + token * c, count: c, into: residual0 + n * c)
+            if let reducedWeights {
+                reducedWeights.widenRow(token, ofMatrixAt: layout.embedding, into: residual0 + n * c)
             } else {
                 (residual0 + n * c).update(from: weights + layout.embedding + token * c, count: c)
             }
@@ -221,24 +221,24 @@ public final class LlamaModel {
             blockForward(layer: layer, acts: acts.block(layer), input: acts.residual[layer], output: acts.residual[layer + 1],
                          scratch: acts.attentionScratch,
                          batch: batch, length: length, startPosition: startPosition, cache: cache, keepForBackward: acts.perBlock,
-                         halfWeights: halfWeights)
+                         reducedWeights: reducedWeights)
         }
         rmsnormForward(acts.finalNormed, acts.finalRstd, acts.residual[config.numHiddenLayers],
                        gain: weights + layout.finalNorm, rows: rows)
         if head {
             project(acts.logits, acts.finalNormed, weightAt: layout.lmHead, rows: rows, inFeatures: c,
-                    outFeatures: config.vocabSize, halfWeights: halfWeights)
+                    outFeatures: config.vocabSize, reducedWeights: reducedWeights)
         }
     }
 
-    /// y[N, out] = x[N, in] · Wᵀ for the weight matrix at `offset` in the layout: from `halfWeights`
+    /// y[N, out] = x[N, in] · Wᵀ for the weight matrix at `offset` in the layout: from `reducedWeights`
     /// when given, else from the f32 parameters.
     @inline(__always)
     private func project(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, weightAt offset: Int, rows: Int,
-                         inFeatures: Int, outFeatures: Int, accumulate: Bool = false, halfWeights: HalfPrecisionWeights?) {
-        if let halfWeights {
-            linearForwardHalf(y, x, halfWeights.bits.baseAddress! + offset, format: halfWeights.kernelFormat, rows: rows,
-                              inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)
+                         inFeatures: Int, outFeatures: Int, accumulate: Bool = false, reducedWeights: DecodingWeights?) {
+        if let reducedWeights {
+            reducedWeights.project(y, x, matrixAt: offset, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
+                                   accumulate: accumulate)
         } else {
             linearForward(y, x, parameters.baseAddress! + offset, rows: rows, inFeatures: inFeatures,
                           outFeatures: outFeatures, accumulate: accumulate)
@@ -250,7 +250,7 @@ public final class LlamaModel {
     private func blockForward(layer: Int, acts: BlockActivations, input: UnsafeMutablePointer<Float>,
                               output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, batch: Int,
                               length: Int, startPosition: Int, cache: KeyValueCache?, keepForBackward: Bool,
-                              halfWeights: HalfPrecisionWeights?) {
+                              reducedWeights: DecodingWeights?) {
         let c = config.hiddenSize, f = config.intermediateSize, rows = batch * length
         let heads = config.numAttentionHeads, kvHeads = config.numKeyValueHeads, d = config.headDim
         let qkvWidth = c + 2 * kvHeads * d
@@ -259,7 +259,7 @@ public final class LlamaModel {
         // Attention half: output = input + o_proj(attention(rope(qkv(norm(input)))))
         rmsnormForward(acts.attentionNormed, acts.attentionRstd, input, gain: weights + block.attentionNorm, rows: rows)
         project(acts.qkv, acts.attentionNormed, weightAt: block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth,
-                halfWeights: halfWeights)
+                reducedWeights: reducedWeights)
         rope.apply(acts.qkv, rowStride: qkvWidth, batch: batch, length: length, startPosition: startPosition,
                    queryHeads: heads, keyHeads: kvHeads, inverse: false)
         if let cache {
@@ -273,17 +273,17 @@ public final class LlamaModel {
         }
         output.update(from: input, count: rows * c)
         project(output, acts.attentionOut, weightAt: block.output, rows: rows, inFeatures: c, outFeatures: c, accumulate: true,
-                halfWeights: halfWeights)
+                reducedWeights: reducedWeights)
 
         // MLP half: output += down(silu(gate(norm(x))) * up(norm(x)))
         rmsnormForward(acts.mlpNormed, acts.mlpRstd, output, gain: weights + block.mlpNorm, rows: rows)
         project(acts.gateUp, acts.mlpNormed, weightAt: block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f,
-                halfWeights: halfWeights)
+                reducedWeights: reducedWeights)
         swigluForward(acts.swiglu, acts.gateUp, rows: rows)
         // The residual before the MLP must survive for backward: keep it in `attentionResidual`.
         if keepForBackward { acts.attentionResidual.update(from: output, count: rows * c) }
         project(output, acts.swiglu, weightAt: block.down, rows: rows, inFeatures: f, outFeatures: c, accumulate: true,
-                halfWeights: halfWeights)
+                reducedWeights: reducedWeights)
     }
 
     /// swiglu [N, F] = silu(gate) ⊙ up from gateUp [N, 2F], the rows split over the cores.
