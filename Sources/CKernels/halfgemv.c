@@ -57,6 +57,8 @@ linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t ro
             const uint16_t *w0 = w + o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (size_t k = 0; k < vectorised; k += 16) {
+                // The next four rows, ahead of the hardware prefetcher (as in q8gemv.c).
+                for (size_t ahead = 4; ahead < 8; ahead++) _mm_prefetch((const char *)(w0 + ahead * in + k), _MM_HINT_T0);
                 __m512 xv = _mm512_loadu_ps(xr + k);
                 s0 = _mm512_fmadd_ps(widen16(w0 + k, format), xv, s0);
                 s1 = _mm512_fmadd_ps(widen16(w1 + k, format), xv, s1);
