@@ -2,10 +2,12 @@ import XCTest
 import Distill
 
 final class GenerationTests: XCTestCase {
-    /// The KV-cache path gives the same logits as a full forward pass at every position.
+    /// The KV-cache path gives the same logits as a full forward pass at every position, with two
+    /// key/value heads (the cache keeps each head's positions together) shared by four query heads.
     func testKVCacheMatchesFullForward() throws {
-        // 150 positions: the full forward's causal attention works in blocks of 64 query rows.
-        let config = ModelGradientTests.tinyConfig(context: 150)
+        // 150 positions: the full forward's causal attention works in blocks of 64 query rows, and the
+        // cache grows (copying its heads) four times.
+        let config = ModelGradientTests.tinyConfig(context: 150, heads: 4, kvHeads: 2)
         let model = try ModelGradientTests.model(config)
         let tokens: [Int32] = (0..<150).map { Int32(($0 * 7 + 3) % 11) }
         let full = model.forward(tokens: tokens, batch: 1, length: tokens.count, keepForBackward: false)

@@ -29,7 +29,7 @@ public final class KVCacheSession {
         self.model = model
         self.reducedWeights = reducedWeights
         let config = model.config
-        cache = KeyValueCache(layers: config.numHiddenLayers, width: config.numKeyValueHeads * config.headDim,
+        cache = KeyValueCache(layers: config.numHiddenLayers, heads: config.numKeyValueHeads, headDim: config.headDim,
                               limit: config.maxPositionEmbeddings)
         activations = Activations(config: config, batch: 1, length: 1, perBlock: false)
     }

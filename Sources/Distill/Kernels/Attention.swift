@@ -115,18 +115,21 @@ import Dispatch
 
 /// Attention of `length` new rows of one sequence, at positions start..<start+length, against a key/value
 /// cache: the rows' keys and values (from qkv [length, C + 2·KVd]) are written to `keys` and `values`
-/// [positions, KVd] first, then query row r sees the cached positions [0, start + r]. out: [length, C].
+/// [KV, capacity, d] first, then query row r sees the cached positions [0, start + r]. out: [length, C].
 /// Nothing is kept for backward. `scores` holds scoreRows·(start + length) floats: one row per thread,
 /// the heads split over up to `scoreRows` threads.
 func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer<Float>,
-                            keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>,
+                            keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, capacity: Int,
                             scores: UnsafeMutablePointer<Float>, scoreRows: Int, start: Int, length: Int,
                             heads: Int, kvHeads: Int, headDim d: Int) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let group = heads / kvHeads, scale = 1 / Float(d).squareRoot()
+    precondition(start + length <= capacity, "the cache holds \(capacity) positions")
     for r in 0..<length {
-        (keys + (start + r) * kvWidth).update(from: qkv + r * stride + c, count: kvWidth)
-        (values + (start + r) * kvWidth).update(from: qkv + r * stride + c + kvWidth, count: kvWidth)
+        for g in 0..<kvHeads {
+            (keys + (g * capacity + start + r) * d).update(from: qkv + r * stride + c + g * d, count: d)
+            (values + (g * capacity + start + r) * d).update(from: qkv + r * stride + c + kvWidth + g * d, count: d)
+        }
     }
     for r in 0..<length {
         let seen = start + r + 1
@@ -134,10 +137,10 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
             for h in headRange {
                 let g = h / group
                 // scores[0..<seen] = K[0..<seen, g] · q_h / √d, then softmax, then Σ p·V.
-                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(seen), Int32(d), scale, keys + g * d, Int32(kvWidth),
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, Int32(seen), Int32(d), scale, keys + g * capacity * d, Int32(d),
                             qkv + r * stride + h * d, 1, 0, scores, 1)
                 ck_softmax_prefix(scores, seen, seen)
-                cblas_sgemv(CblasRowMajor, CblasTrans, Int32(seen), Int32(d), 1, values + g * d, Int32(kvWidth),
+                cblas_sgemv(CblasRowMajor, CblasTrans, Int32(seen), Int32(d), 1, values + g * capacity * d, Int32(d),
                             scores, 1, 0, out + r * c + h * d, 1)
             }
         }

@@ -264,7 +264,8 @@ public final class LlamaModel {
                    queryHeads: heads, keyHeads: kvHeads, inverse: false)
         if let cache {
             cachedAttentionForward(out: acts.attentionOut, qkv: acts.qkv, keys: cache.keys(layer: layer),
-                                   values: cache.values(layer: layer), scores: cache.scores, scoreRows: cache.scoreRows,
+                                   values: cache.values(layer: layer), capacity: cache.capacity, scores: cache.scores,
+                                   scoreRows: cache.scoreRows,
                                    start: startPosition,
                                    length: length, heads: heads, kvHeads: kvHeads, headDim: d)
         } else {
