@@ -28,7 +28,7 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
         case .outputHoldsOtherFiles(let path):
             return "\(path) already holds files that are not an earlier `distill export` (another model?): give a new or empty directory"
         case .notAFloatType(let format):
-            return "\(format.rawValue) is a llama.cpp (GGUF) type: a Hugging Face export stores f32, f16 or bf16 weights"
+            return "\(format.rawValue) is a llama.cpp (GGUF) type: export GGUF, or store a Hugging Face export as f32, f16 or bf16"
         }
     }
 }
