@@ -72,6 +72,10 @@ final class GGUFTests: XCTestCase {
                      mentioning: ["'t'", "needs 4 values"])
         assertThrows(try GGUFWriter(metadata: [("general.alignment", .uint32(64))], tensors: []).write(to: url),
                      mentioning: ["general.alignment"])
+        // Q8_0 blocks run along rows of 32: a row of 48 cannot be one.
+        assertThrows(try GGUFWriter(metadata: [], tensors: [GGUFTensor(name: "q", shape: [2, 48], values: [Float](repeating: 1, count: 96),
+                                                                     type: .q8_0)]).write(to: url),
+                     mentioning: ["'q'", "q8_0", "multiple of 32"])
         XCTAssertFalse(FileManager.default.fileExists(atPath: url.path))
     }
 
