@@ -17,6 +17,9 @@ struct EvalCommand: ParsableCommand {
     @Option(help: "A UTF-8 text file to score.") var text: String?
     @Option(help: "A token file; its validation split is scored.") var data: String?
     @Option(help: "Advance of the scoring window (default: the context; smaller gives more left context).") var stride: Int?
+    @Option(parsing: .upToNextOption,
+            help: "Score each model with its weights as f32 and/or rounded as `sample --precision` reads them (bf16, f16, q8_0): a row per model and precision, to show what a precision costs.")
+    var precision: [WeightFormat] = [.f32]
     @Option(help: "Threads (default: all cores).") var threads: Int?
     @Flag(help: "Print one JSON object.") var json = false
 
@@ -29,26 +32,33 @@ struct EvalCommand: ParsableCommand {
 
     func run() throws {
         if let threads { Compute.setThreads(threads) }
-        var results: [(name: String, parameters: Int, report: PerplexityReport)] = []
+        var results: [(name: String, parameters: Int, report: PerplexityReport, precision: WeightFormat)] = []
         func evaluationTokens(_ loaded: LoadedModel) throws -> EvaluationTokens {
             try text.map { try EvaluationTokens(textFile: $0, tokenizer: loaded.tokenizer) }
                 ?? EvaluationTokens(validationSplitOf: data ?? "", tokenizer: loaded.tokenizer)
         }
+        func name(_ base: String, _ format: WeightFormat) -> String { format == .f32 ? base : "\(base) (\(format.rawValue))" }
         for path in model {
             let loaded = try LoadedModel(path: path)
             let input = try evaluationTokens(loaded)
-            // Under mpirun the ranks share the windows.
-            let report = try scoreTokens(model: loaded.model, tokens: input.tokens, bytes: input.bytes, stride: stride,
-                                         group: ProcessGroup.world)
-            results.append((path, loaded.model.parameterCount, report))
+            for format in precision {
+                // Under mpirun the ranks share the windows.
+                let report = try scoreTokens(model: loaded.model.rounded(to: format), tokens: input.tokens, bytes: input.bytes,
+                                             stride: stride, group: ProcessGroup.world)
+                results.append((name(path, format), loaded.model.parameterCount, report, format))
+            }
         }
         if !ensemble.isEmpty {
             let members = try LoadedModel.ensemble(ensemble, weights: teacherWeights)
             let input = try evaluationTokens(members.first)
-            let report = try scoreTokens(ensemble: members.ensemble, tokens: input.tokens, bytes: input.bytes, stride: stride,
-                                         group: ProcessGroup.world)
-            results.append(("ensemble(" + ensemble.joined(separator: "+") + ")",
-                            members.ensemble.members.reduce(0) { $0 + $1.parameterCount }, report))
+            for format in precision {
+                let rounded = try ModelEnsemble(members: members.ensemble.members.map { try $0.rounded(to: format) },
+                                                weights: members.ensemble.weights)
+                let report = try scoreTokens(ensemble: rounded, tokens: input.tokens, bytes: input.bytes, stride: stride,
+                                             group: ProcessGroup.world)
+                results.append((name("ensemble(" + ensemble.joined(separator: "+") + ")", format),
+                                members.ensemble.members.reduce(0) { $0 + $1.parameterCount }, report, format))
+            }
         }
         guard ProcessGroup.world.isRoot else { return }
         if json {
@@ -56,6 +66,7 @@ struct EvalCommand: ParsableCommand {
                 var object = result.report.json
                 object["parameters"] = result.parameters
                 object["model"] = result.name
+                object["precision"] = result.precision.rawValue
                 return object
             }
             let payload: [String: Any] = objects.count == 1 ? objects[0] : ["models": objects as [Any]]

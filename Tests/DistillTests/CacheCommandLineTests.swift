@@ -79,6 +79,20 @@ final class CacheCommandLineTests: XCTestCase {
         XCTAssertEqual(rows.count, 2)
         let single = rows.first?["perplexity"] as? Double ?? 0, ensemble = rows.last?["perplexity"] as? Double ?? -1
         XCTAssertEqual(single, ensemble, accuracy: 1e-3 * single)
+
+        // A row per model and precision: the rounded weights score close to the f32 ones, not equal.
+        let rounded = try distill(["eval", "--data", files.data, "--model", teacher, "--ensemble", teacher, teacher,
+                                   "--precision", "f32", "q8_0", "--json"])
+        XCTAssertEqual(rounded.status, 0, rounded.transcript)
+        let roundedRows = (try JSONSerialization.jsonObject(with: Data(rounded.output.utf8)) as? [String: Any])?["models"]
+            as? [[String: Any]] ?? []
+        XCTAssertEqual(roundedRows.compactMap { $0["precision"] as? String }, ["f32", "q8_0", "f32", "q8_0"])
+        XCTAssertEqual(roundedRows.first?["perplexity"] as? Double, single)
+        let q8 = roundedRows[1]["perplexity"] as? Double ?? 0, q8Ensemble = roundedRows[3]["perplexity"] as? Double ?? -1
+        XCTAssertNotEqual(q8, single)
+        XCTAssertEqual(q8, single, accuracy: 0.02 * single)
+        XCTAssertEqual(q8, q8Ensemble, accuracy: 1e-3 * q8)
+        try expectError(["eval", "--data", files.data, "--model", teacher, "--precision", "q4"], mentions: "precision")
         try expectError(["eval", "--data", files.data, "--model", teacher, "--teacher-weights", "1"], mentions: "--ensemble")
         let one = try distill(["sample", "--model", teacher, "--max-tokens", "12", "--temperature", "0"])
         let two = try distill(["sample", "--model", teacher, "--model", teacher, "--teacher-weights", "1,3", "--max-tokens", "12", "--temperature", "0"])

@@ -62,8 +62,7 @@ final class GenerationTests: XCTestCase {
         for config in [awkward, even, mixed] {
             let model = try LlamaModel(config: config, seed: 11)
             for precision in [WeightFormat.bf16, .f16, .q8_0] {
-                let stored = try DecodingWeights(model: model, format: precision).storedParameters(of: model)
-                let rounded = try stored.withUnsafeBufferPointer { try LlamaModel(config: config, parameters: $0) }
+                let rounded = try model.rounded(to: precision)
                 func logits(_ session: KVCacheSession, threads: Int) throws -> [[Float]] {
                     try Compute.withThreads(threads) {
                         var sampler = try Sampler(temperature: 0)

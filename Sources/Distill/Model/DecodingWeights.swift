@@ -184,3 +184,14 @@ public final class DecodingWeights {
         }
     }
 }
+
+extension LlamaModel {
+    /// This model with its weight matrices rounded to `format` as decoding from that format reads them
+    /// (`DecodingWeights`), in f32: what `eval` scores to show what bf16, f16 or Q8_0 costs in
+    /// perplexity. `.f32` returns the model itself.
+    public func rounded(to format: WeightFormat) throws -> LlamaModel {
+        guard format != .f32 else { return self }
+        let stored = try DecodingWeights(model: self, format: format).storedParameters(of: self)
+        return try stored.withUnsafeBufferPointer { try LlamaModel(config: config, parameters: $0) }
+    }
+}
