@@ -1,4 +1,5 @@
 #include "ckernels.h"
+#include "decoding.h"
 #include <immintrin.h>
 #include <string.h>
 
@@ -37,7 +38,7 @@ static inline float widen_f16(uint16_t h) {
 
 static inline float widen(uint16_t h, int format) { return format == CK_HALF_BF16 ? widen_bf16(h) : widen_f16(h); }
 
-// MARK: AVX-512: 16 lanes, four output rows at a time.
+// MARK: AVX-512: 16 lanes, four output rows at a time (decoding.h).
 
 __attribute__((target("avx512f"))) static inline __m512 widen16(const uint16_t *p, int format) {
     __m256i halves = _mm256_loadu_si256((const __m256i *)p);
@@ -52,9 +53,9 @@ linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t ro
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * in;
         float *yr = y + r * ldy;
-        size_t o = 0;
-        for (; o + 4 <= out; o += 4) {
-            const uint16_t *w0 = w + o * in, *w1 = w0 + in, *w2 = w1 + in, *w3 = w2 + in;
+        for (size_t o = 0; o < out; o += 4) {
+            const uint16_t *w0 = w + o * in, *w1 = w + ck_group_row(o, 1, out) * in;
+            const uint16_t *w2 = w + ck_group_row(o, 2, out) * in, *w3 = w + ck_group_row(o, 3, out) * in;
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (size_t k = 0; k < vectorised; k += 16) {
                 // The next four rows, ahead of the hardware prefetcher (as in q8gemv.c).
@@ -65,25 +66,15 @@ linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t ro
                 s2 = _mm512_fmadd_ps(widen16(w2 + k, format), xv, s2);
                 s3 = _mm512_fmadd_ps(widen16(w3 + k, format), xv, s3);
             }
-            float d0 = _mm512_reduce_add_ps(s0), d1 = _mm512_reduce_add_ps(s1);
-            float d2 = _mm512_reduce_add_ps(s2), d3 = _mm512_reduce_add_ps(s3);
+            float sums[4] = {_mm512_reduce_add_ps(s0), _mm512_reduce_add_ps(s1), _mm512_reduce_add_ps(s2),
+                             _mm512_reduce_add_ps(s3)};
             for (size_t k = vectorised; k < in; k++) {
-                d0 += widen(w0[k], format) * xr[k];
-                d1 += widen(w1[k], format) * xr[k];
-                d2 += widen(w2[k], format) * xr[k];
-                d3 += widen(w3[k], format) * xr[k];
+                sums[0] += widen(w0[k], format) * xr[k];
+                sums[1] += widen(w1[k], format) * xr[k];
+                sums[2] += widen(w2[k], format) * xr[k];
+                sums[3] += widen(w3[k], format) * xr[k];
             }
-            if (accumulate) { yr[o] += d0; yr[o + 1] += d1; yr[o + 2] += d2; yr[o + 3] += d3; }
-            else { yr[o] = d0; yr[o + 1] = d1; yr[o + 2] = d2; yr[o + 3] = d3; }
-        }
-        for (; o < out; o++) {
-            const uint16_t *w0 = w + o * in;
-            __m512 s0 = _mm512_setzero_ps();
-            for (size_t k = 0; k < vectorised; k += 16)
-                s0 = _mm512_fmadd_ps(widen16(w0 + k, format), _mm512_loadu_ps(xr + k), s0);
-            float d0 = _mm512_reduce_add_ps(s0);
-            for (size_t k = vectorised; k < in; k++) d0 += widen(w0[k], format) * xr[k];
-            yr[o] = accumulate ? yr[o] + d0 : d0;
+            ck_store_group(yr, o, out, accumulate, sums);
         }
     }
 }
