@@ -56,11 +56,14 @@ public enum ReducedPrecision {
         return UInt16(truncatingIfNeeded: roundShiftRight(bits, by: 16))
     }
 
-    /// `value >> shift`, rounded to nearest with ties to even (`shift` in 1...31).
+    /// `value >> shift`, rounded to nearest with ties to even (`shift` in 1...31). Masking shifts: the
+    /// checked ones kept this from being inlined, and rounding a model's weights at load spent most
+    /// of its time here.
+    @inline(__always)
     private static func roundShiftRight(_ value: UInt32, by shift: UInt32) -> UInt32 {
-        let kept = value >> shift
-        let dropped = value & ((1 << shift) - 1)
-        let halfway: UInt32 = 1 << (shift - 1)
+        let kept = value &>> shift
+        let dropped = value & ((1 &<< shift) &- 1)
+        let halfway: UInt32 = 1 &<< (shift &- 1)
         return dropped > halfway || (dropped == halfway && kept & 1 == 1) ? kept + 1 : kept
     }
 }

@@ -37,11 +37,12 @@ public enum Q8_0 {
 
     /// Quantizes `block` (32 values) into `quants`; returns the scale's half-precision bits.
     public static func quantize(_ block: UnsafeBufferPointer<Float>, into quants: UnsafeMutablePointer<Int8>) -> UInt16 {
-        let largest = block.reduce(Float(0)) { max($0, abs($1)) }
+        var largest: Float = 0
+        for value in block { largest = max(largest, abs(value)) }
         let scale = largest / 127
         let inverse = scale != 0 ? 1 / scale : 0
-        for (index, value) in block.enumerated() {
-            quants[index] = Int8((value * inverse).rounded(.toNearestOrAwayFromZero))
+        for index in block.indices {
+            quants[index] = Int8((block[index] * inverse).rounded(.toNearestOrAwayFromZero))
         }
         return ReducedPrecision.f16(from: scale)
     }
@@ -124,7 +125,7 @@ public final class DecodingWeights {
         let bf16 = format == .bf16
         let round = bf16 ? ReducedPrecision.bf16(from:) : ReducedPrecision.f16(from:)
         let bits = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: values.count)
-        for (index, value) in values.enumerated() { bits[index] = round(value) }
+        for index in values.indices { bits[index] = round(values[index]) }
         return .half(bits, kernelFormat: bf16 ? Int32(CK_HALF_BF16) : Int32(CK_HALF_F16),
                      widen: bf16 ? ReducedPrecision.float(fromBF16:) : ReducedPrecision.float(fromF16:))
     }
