@@ -14,8 +14,8 @@ final class CommandLineTests: XCTestCase {
         let corpus = try TestCorpus.files()
         let scratch = try TestCorpus.scratch("cli-corpus")
         let empty = scratch.appendingPathComponent("empty.txt"), binary = scratch.appendingPathComponent("binary.txt")
-        FileManager.default.createFile(atPath: empty.path, contents: Data())
-        FileManager.default.createFile(atPath: binary.path, contents: Data([0x41, 0x00, 0xFF, 0x10, 0x00]))
+        XCTAssertTrue(FileManager.default.createFile(atPath: empty.path, contents: Data()))
+        XCTAssertTrue(FileManager.default.createFile(atPath: binary.path, contents: Data([0x41, 0x00, 0xFF, 0x10, 0x00])))
         let output = scratch.appendingPathComponent("out.tok").path
         try expectError(["prepare", "--tokenizer", corpus.tokenizer, "--input", "/nonexistent/text.txt", "--output", output], mentions: "nonexistent")
         try expectError(["prepare", "--tokenizer", corpus.tokenizer, "--input", empty.path, "--output", output], mentions: "empty")

@@ -195,7 +195,7 @@ final class ModelHardeningTests: XCTestCase {
 
     func testLoadingConsumesEveryTensor() throws {
         XCTAssertNoThrow(try ModelDirectory.load(directory()))
-        let oneLayer = try directory { $0["num_hidden_layers"] = 1 }
+        let oneLayer = try directory(config: { $0["num_hidden_layers"] = 1 })
         assertThrows(try ModelDirectory.load(oneLayer), mentioning: ["'model.layers.1.input_layernorm.weight'", "9 such tensors",
                                                                      "num_hidden_layers 1", "do not belong to this config"])
         assertThrows(try HFModelDirectory(oneLayer).checkTensors(), mentioning: ["model.layers.1."])
