@@ -60,12 +60,12 @@ public final class DecodingWeights {
     /// One weight matrix [rows, columns] as stored: 16-bit bits, or Q8_0 quants with their scales (the
     /// half-precision scales widened to float, [rows, columns / 32]).
     enum Matrix {
-        case half(UnsafeMutableBufferPointer<UInt16>, kernelFormat: Int32, widen: (UInt16) -> Float)
+        case half(UnsafeMutableBufferPointer<UInt16>, bf16: Bool)
         case q8_0(quants: UnsafeMutableBufferPointer<Int8>, scales: UnsafeMutableBufferPointer<Float>)
     }
 
-    /// The stored matrices by their offset in the model's layout.
-    private var matrices: [Int: (matrix: Matrix, columns: Int)] = [:]
+    /// The stored matrices by their offset in the model's layout, with their shape.
+    private var matrices: [Int: (matrix: Matrix, rows: Int, columns: Int)] = [:]
 
     /// Stores `model`'s weight matrices as `format`, which must not be f32 (matrices whose rows are not a
     /// multiple of 32 go to f16 under Q8_0, as in llama.cpp); refuses when the copy would not fit in this
@@ -84,14 +84,14 @@ public final class DecodingWeights {
         }
         for shape in shapes {
             let values = UnsafeBufferPointer(rebasing: model.parameters[shape.offset..<(shape.offset + shape.rows * shape.columns)])
-            matrices[shape.offset] = (Self.store(values, columns: shape.columns, as: format), shape.columns)
+            matrices[shape.offset] = (Self.store(values, columns: shape.columns, as: format), shape.rows, shape.columns)
         }
     }
 
     deinit {
-        for (matrix, _) in matrices.values {
+        for (matrix, _, _) in matrices.values {
             switch matrix {
-            case .half(let bits, _, _): bits.deallocate()
+            case .half(let bits, _): bits.deallocate()
             case .q8_0(let quants, let scales):
                 quants.deallocate()
                 scales.deallocate()
@@ -126,11 +126,10 @@ public final class DecodingWeights {
         let round = bf16 ? ReducedPrecision.bf16(from:) : ReducedPrecision.f16(from:)
         let bits = UnsafeMutableBufferPointer<UInt16>.allocate(capacity: values.count)
         for index in values.indices { bits[index] = round(values[index]) }
-        return .half(bits, kernelFormat: bf16 ? Int32(CK_HALF_BF16) : Int32(CK_HALF_F16),
-                     widen: bf16 ? ReducedPrecision.float(fromBF16:) : ReducedPrecision.float(fromF16:))
+        return .half(bits, bf16: bf16)
     }
 
-    private func matrix(at offset: Int) -> (matrix: Matrix, columns: Int) {
+    private func matrix(at offset: Int) -> (matrix: Matrix, rows: Int, columns: Int) {
         guard let stored = matrices[offset] else { preconditionFailure("no weight matrix at offset \(offset)") }
         return stored
     }
@@ -138,9 +137,10 @@ public final class DecodingWeights {
     /// Writes row `row` of the matrix at `offset` of the layout, as stored, widened to float into `values`
     /// (an embedding lookup).
     func widenRow(_ row: Int, ofMatrixAt offset: Int, into values: UnsafeMutablePointer<Float>) {
-        let (matrix, columns) = matrix(at: offset)
+        let (matrix, _, columns) = matrix(at: offset)
         switch matrix {
-        case .half(let bits, _, let widen):
+        case .half(let bits, let bf16):
+            let widen = bf16 ? ReducedPrecision.float(fromBF16:) : ReducedPrecision.float(fromF16:)
             for i in 0..<columns { values[i] = widen(bits[row * columns + i]) }
         case .q8_0(let quants, let scales):
             for i in 0..<columns {
@@ -153,11 +153,11 @@ public final class DecodingWeights {
     /// adds when `accumulate`).
     func project(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, matrixAt offset: Int, rows: Int,
                  inFeatures: Int, outFeatures: Int, accumulate: Bool) {
-        let (matrix, columns) = matrix(at: offset)
+        let (matrix, _, columns) = matrix(at: offset)
         precondition(columns == inFeatures, "the stored matrix has \(columns) columns, not \(inFeatures)")
         switch matrix {
-        case .half(let bits, let kernelFormat, _):
-            linearForwardHalf(y, x, bits.baseAddress!, format: kernelFormat, rows: rows, inFeatures: inFeatures,
+        case .half(let bits, let bf16):
+            linearForwardHalf(y, x, bits.baseAddress!, format: bf16 ? Int32(CK_HALF_BF16) : Int32(CK_HALF_F16), rows: rows, inFeatures: inFeatures,
                               outFeatures: outFeatures, accumulate: accumulate)
         case .q8_0(let quants, let scales):
             linearForwardQ8_0(y, x, quants.baseAddress!, scales: scales.baseAddress!, rows: rows, inFeatures: inFeatures,
@@ -169,20 +169,12 @@ public final class DecodingWeights {
     /// they are): a model with these weights computes, in f32, what decoding from this copy computes.
     public func storedParameters(of model: LlamaModel) -> [Float] {
         var values = Array(model.parameters)
-        for (offset, (_, columns)) in matrices {
-            let rows = matrixRows(at: offset, columns: columns)
+        for (offset, (_, rows, columns)) in matrices {
             values.withUnsafeMutableBufferPointer { buffer in
                 for row in 0..<rows { widenRow(row, ofMatrixAt: offset, into: buffer.baseAddress! + offset + row * columns) }
             }
         }
         return values
-    }
-
-    private func matrixRows(at offset: Int, columns: Int) -> Int {
-        switch matrix(at: offset).matrix {
-        case .half(let bits, _, _): return bits.count / columns
-        case .q8_0(let quants, _): return quants.count / columns
-        }
     }
 }
 
