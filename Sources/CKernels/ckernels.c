@@ -1,9 +1,10 @@
 #include "ckernels.h"
+#include "dispatch.h"
+#include <stdlib.h>
 #include <math.h>
 #include <string.h>
 
-// Each function gets an AVX-512, an AVX2 and a baseline body; the loader picks one for the CPU.
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// Each kernel gets an AVX-512, an AVX2 and a baseline body (dispatch.h).
 
 // exp via 2^n * p(r): n = round(x / ln2), r = x - n ln2 (split in two parts for accuracy), p a degree-6
 // Taylor/minimax polynomial on [-ln2/2, ln2/2]. Branch-free, so loops calling it vectorise.
@@ -27,14 +28,17 @@ static inline float fast_expf(float x) {
     return p * scale;
 }
 
-CLONES void ck_exp_inplace(float *x, size_t n) {
+CK_KERNEL(void, ck_exp_inplace, (float *x, size_t n),
+          (x, n)) {
     for (size_t i = 0; i < n; i++) x[i] = fast_expf(x[i]);
 }
 
 // The softmax loops run over the whole row with the mask as a select, not over its first `valid`
 // entries: attention's rows are 64 wide, so they vectorise with no scalar tail, whose fast_expf calls
 // cost more than the masked lanes.
-CLONES void ck_softmax_prefix_keeping(float *row, size_t valid, size_t n, float *maximum_out, float *inverse_out) {
+CK_KERNEL(void, ck_softmax_prefix_keeping, (float *row, size_t valid, size_t n, float *maximum_out,
+          float *inverse_out),
+          (row, valid, n, maximum_out, inverse_out)) {
 #pragma clang fp reassociate(on)
     // Sixteen running maxima: a plain max reduction does not vectorise (NaN ordering), this does.
     float lanes[16];
@@ -62,22 +66,25 @@ void ck_softmax_prefix(float *row, size_t valid, size_t n) {
     ck_softmax_prefix_keeping(row, valid, n, &maximum, &inverse);
 }
 
-CLONES void ck_softmax_prefix_recompute(float *row, size_t valid, size_t n, float maximum, float inverse) {
+CK_KERNEL(void, ck_softmax_prefix_recompute, (float *row, size_t valid, size_t n, float maximum, float inverse),
+          (row, valid, n, maximum, inverse)) {
 #pragma clang fp reassociate(on)
     // The same element-wise steps as the forward, so that the same scores give the same probabilities.
     for (size_t i = 0; i < n; i++) row[i] = i < valid ? fast_expf(row[i] - maximum) : 0.0f;
     for (size_t i = 0; i < n; i++) row[i] *= inverse;
 }
 
-CLONES void ck_softmax_backward_row(float *dp, const float *p, size_t n) {
+CK_KERNEL(void, ck_softmax_backward_row, (float *dp, const float *p, size_t n),
+          (dp, p, n)) {
 #pragma clang fp reassociate(on)
     float dot = 0.0f;
     for (size_t i = 0; i < n; i++) dot += p[i] * dp[i];
     for (size_t i = 0; i < n; i++) dp[i] = p[i] * (dp[i] - dot);
 }
 
-CLONES void ck_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight,
-                               size_t rows, size_t width, float eps) {
+CK_KERNEL(void, ck_rmsnorm_forward, (float *out, float *rstd, const float *x, const float *weight, size_t rows,
+          size_t width, float eps),
+          (out, rstd, x, weight, rows, width, eps)) {
 #pragma clang fp reassociate(on)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * width;
@@ -90,8 +97,9 @@ CLONES void ck_rmsnorm_forward(float *out, float *rstd, const float *x, const fl
     }
 }
 
-CLONES void ck_rmsnorm_backward(float *dx, float *dweight, const float *dout, const float *x,
-                                const float *weight, const float *rstd, size_t rows, size_t width) {
+CK_KERNEL(void, ck_rmsnorm_backward, (float *dx, float *dweight, const float *dout, const float *x,
+          const float *weight, const float *rstd, size_t rows, size_t width),
+          (dx, dweight, dout, x, weight, rstd, rows, width)) {
 #pragma clang fp reassociate(on)
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * width, *dr = dout + r * width;
@@ -110,7 +118,8 @@ CLONES void ck_rmsnorm_backward(float *dx, float *dweight, const float *dout, co
 
 static inline float sigmoid(float x) { return 1.0f / (1.0f + fast_expf(-x)); }
 
-CLONES void ck_swiglu_forward(float *h, const float *gateUp, size_t rows, size_t hidden) {
+CK_KERNEL(void, ck_swiglu_forward, (float *h, const float *gateUp, size_t rows, size_t hidden),
+          (h, gateUp, rows, hidden)) {
     for (size_t r = 0; r < rows; r++) {
         const float *gate = gateUp + r * 2 * hidden, *up = gate + hidden;
         float *hr = h + r * hidden;
@@ -118,7 +127,8 @@ CLONES void ck_swiglu_forward(float *h, const float *gateUp, size_t rows, size_t
     }
 }
 
-CLONES void ck_swiglu_backward_inplace(float *gateUp, const float *dh, size_t rows, size_t hidden) {
+CK_KERNEL(void, ck_swiglu_backward_inplace, (float *gateUp, const float *dh, size_t rows, size_t hidden),
+          (gateUp, dh, rows, hidden)) {
     for (size_t r = 0; r < rows; r++) {
         float *gate = gateUp + r * 2 * hidden, *up = gate + hidden;
         const float *dhr = dh + r * hidden;
@@ -131,24 +141,27 @@ CLONES void ck_swiglu_backward_inplace(float *gateUp, const float *dh, size_t ro
     }
 }
 
-CLONES void ck_add_inplace(float *y, const float *x, size_t n) {
+CK_KERNEL(void, ck_add_inplace, (float *y, const float *x, size_t n),
+          (y, x, n)) {
     for (size_t i = 0; i < n; i++) y[i] += x[i];
 }
 
-CLONES void ck_scale_inplace(float *y, float s, size_t n) {
+CK_KERNEL(void, ck_scale_inplace, (float *y, float s, size_t n),
+          (y, s, n)) {
     for (size_t i = 0; i < n; i++) y[i] *= s;
 }
 
-CLONES double ck_sum_squares(const float *x, size_t n) {
+CK_KERNEL(double, ck_sum_squares, (const float *x, size_t n),
+          (x, n)) {
 #pragma clang fp reassociate(on)
     double total = 0.0;
     for (size_t i = 0; i < n; i++) total += (double)x[i] * (double)x[i];
     return total;
 }
 
-CLONES void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
-                     float lr, float beta1, float beta2, float eps, float decay,
-                     float bias_correction1, float bias_correction2) {
+CK_KERNEL(void, ck_adamw, (float *param, float *m, float *v, const float *grad, size_t n, float lr, float beta1,
+          float beta2, float eps, float decay, float bias_correction1, float bias_correction2),
+          (param, m, v, grad, n, lr, beta1, beta2, eps, decay, bias_correction1, bias_correction2)) {
     for (size_t i = 0; i < n; i++) {
         float g = grad[i];
         m[i] = beta1 * m[i] + (1.0f - beta1) * g;
@@ -169,4 +182,31 @@ int ck_cpu_has_avx512(void) {
 int ck_cpu_has_avx2(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+
+int ck_isa_cpu_level(void) {
+    __builtin_cpu_init();
+    if (ck_cpu_has_avx512()) return CK_ISA_AVX512;
+    if (ck_cpu_has_avx2() && __builtin_cpu_supports("f16c")) return CK_ISA_AVX2;
+    return CK_ISA_BASELINE;
+}
+
+int ck_isa_parse(const char *name) {
+    if (name == NULL) return -1;
+    if (strcmp(name, "avx512") == 0) return CK_ISA_AVX512;
+    if (strcmp(name, "avx2") == 0) return CK_ISA_AVX2;
+    if (strcmp(name, "baseline") == 0) return CK_ISA_BASELINE;
+    return -1;
+}
+
+int ck_isa_level(void) {
+    // Decided on the first call and kept: every later call of a kernel runs the same body, so results stay
+    // bitwise repeatable within a process. Two threads racing here compute the same value.
+    static int level = -1;
+    int known = __atomic_load_n(&level, __ATOMIC_RELAXED);
+    if (known >= 0) return known;
+    int cpu = ck_isa_cpu_level(), wanted = ck_isa_parse(getenv("DISTILL_ISA"));
+    known = wanted >= 0 && wanted < cpu ? wanted : cpu;
+    __atomic_store_n(&level, known, __ATOMIC_RELAXED);
+    return known;
 }

@@ -138,32 +138,20 @@ static void linear_plain(float *y, size_t ldy, const float *x, const uint16_t *w
     }
 }
 
-static int simd_level(void) {
-    static int level = -1; // 2: AVX-512, 1: AVX2 + FMA + F16C, 0: neither (a benign race: same value)
-    if (level < 0) {
-        __builtin_cpu_init();
-        level = __builtin_cpu_supports("avx512f") ? 2
-              : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) ? 1 : 0;
-    }
-    return level;
-}
-
-int ck_linear_half_level(void) { return simd_level(); }
-
 void ck_linear_half(float *y, size_t ldy, const float *x, const uint16_t *w, int format, size_t rows, size_t in,
                     size_t out, int accumulate) {
-    ck_linear_half_at_level(simd_level(), y, ldy, x, w, format, rows, in, out, accumulate);
+    ck_linear_half_at_level(ck_isa_level(), y, ldy, x, w, format, rows, in, out, accumulate);
 }
 
 void ck_linear_half_at_level(int level, float *y, size_t ldy, const float *x, const uint16_t *w, int format,
                              size_t rows, size_t in, size_t out, int accumulate) {
-    if (level > simd_level()) level = simd_level();
+    if (level > ck_isa_level()) level = ck_isa_level();
     switch (level) {
-    case 2:
+    case CK_ISA_AVX512:
         if (format == CK_HALF_BF16) linear_avx512_bf16(y, ldy, x, w, rows, in, out, accumulate);
         else linear_avx512_f16(y, ldy, x, w, rows, in, out, accumulate);
         break;
-    case 1:
+    case CK_ISA_AVX2:
         if (format == CK_HALF_BF16) linear_avx2_bf16(y, ldy, x, w, rows, in, out, accumulate);
         else linear_avx2_f16(y, ldy, x, w, rows, in, out, accumulate);
         break;

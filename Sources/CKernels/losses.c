@@ -1,13 +1,13 @@
 // Row kernels for the logit losses; see ck_losses.h. Written as plain loops over restrict pointers
-// that clang vectorises in each target clone. Floating-point reductions are only vectorised when the
+// that clang vectorises in each instruction set's body (dispatch.h). Floating-point reductions are only vectorised when the
 // loop says so (`vectorize(enable)` lets clang reorder the sum), which is fine here: the order is
 // still fixed for a given build, so results stay bitwise repeatable.
 #include "ck_losses.h"
+#include "dispatch.h"
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
-#define CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #define VECTORIZE _Pragma("clang loop vectorize(enable) interleave(enable)")
 
 // exp(x) = 2^k · e^r with k = round(x / ln 2) and |r| ≤ ln 2 / 2; e^r by its Taylor series to degree 7
@@ -78,7 +78,8 @@ static inline float log_mix_inline(float la, float lb) {
 float ck_expf(float x) { return exp_inline(x); }
 float ck_logf(float x) { return log_inline(x); }
 
-CLONES float ck_max(const float *restrict x, size_t n) {
+CK_KERNEL(float, ck_max, (const float *restrict x, size_t n),
+          (x, n)) {
     // Sixteen running maxima so the loop vectorises without reordering any floating-point sum.
     float lanes[16];
     for (int l = 0; l < 16; l++) lanes[l] = -INFINITY;
@@ -91,7 +92,8 @@ CLONES float ck_max(const float *restrict x, size_t n) {
     return m;
 }
 
-CLONES float ck_exp_sum(float *restrict out, const float *restrict x, float scale, float shift, size_t n) {
+CK_KERNEL(float, ck_exp_sum, (float *restrict out, const float *restrict x, float scale, float shift, size_t n),
+          (out, x, scale, shift, n)) {
     float sum = 0.0f;
     VECTORIZE
     for (size_t i = 0; i < n; i++) {
@@ -102,7 +104,8 @@ CLONES float ck_exp_sum(float *restrict out, const float *restrict x, float scal
     return sum;
 }
 
-CLONES float ck_square_sum(float *restrict out, const float *restrict x, size_t n) {
+CK_KERNEL(float, ck_square_sum, (float *restrict out, const float *restrict x, size_t n),
+          (out, x, n)) {
     float sum = 0.0f;
     VECTORIZE
     for (size_t i = 0; i < n; i++) {
@@ -113,17 +116,20 @@ CLONES float ck_square_sum(float *restrict out, const float *restrict x, size_t 
     return sum;
 }
 
-CLONES void ck_scale(float *restrict x, float scale, size_t n) {
+CK_KERNEL(void, ck_scale, (float *restrict x, float scale, size_t n),
+          (x, scale, n)) {
     for (size_t i = 0; i < n; i++) x[i] *= scale;
 }
 
-CLONES void ck_log(float *restrict out, const float *restrict p, size_t n) {
+CK_KERNEL(void, ck_log, (float *restrict out, const float *restrict p, size_t n),
+          (out, p, n)) {
     VECTORIZE
     for (size_t i = 0; i < n; i++) out[i] = log_inline(p[i]);
 }
 
-CLONES void ck_affine_masked(float *restrict out, const float *restrict x, float scale, float shift,
-                             const float *restrict mask_p, size_t n) {
+CK_KERNEL(void, ck_affine_masked, (float *restrict out, const float *restrict x, float scale, float shift,
+          const float *restrict mask_p, size_t n),
+          (out, x, scale, shift, mask_p, n)) {
     if (mask_p == NULL) {
         for (size_t i = 0; i < n; i++) out[i] = scale * x[i] - shift;
     } else {
@@ -132,9 +138,10 @@ CLONES void ck_affine_masked(float *restrict out, const float *restrict x, float
     }
 }
 
-CLONES double ck_forward_kl_row(float *restrict d, const float *restrict s, const float *restrict t,
-                                const float *restrict eS, float cS, const float *restrict eT, float cT,
-                                const float *restrict e1, float c1, float kd_scale, float ce_scale, size_t n) {
+CK_KERNEL(double, ck_forward_kl_row, (float *restrict d, const float *restrict s, const float *restrict t,
+          const float *restrict eS, float cS, const float *restrict eT, float cT, const float *restrict e1, float c1,
+          float kd_scale, float ce_scale, size_t n),
+          (d, s, t, eS, cS, eT, cT, e1, c1, kd_scale, ce_scale, n)) {
     // The cross-term Σ T·(t − s) in float lanes (n ≤ a few 10^4 terms of one sign mostly), then double.
     float cross = 0.0f;
     VECTORIZE
@@ -150,12 +157,14 @@ CLONES double ck_forward_kl_row(float *restrict d, const float *restrict s, cons
     return (double)cross;
 }
 
-CLONES void ck_axpy(float *restrict d, const float *restrict x, float scale, size_t n) {
+CK_KERNEL(void, ck_axpy, (float *restrict d, const float *restrict x, float scale, size_t n),
+          (d, x, scale, n)) {
     for (size_t i = 0; i < n; i++) d[i] += scale * x[i];
 }
 
-CLONES double ck_reverse_kl_row(float *restrict g, double *sum_sg, const float *restrict S,
-                                const float *restrict logS, const float *restrict logT, size_t n) {
+CK_KERNEL(double, ck_reverse_kl_row, (float *restrict g, double *sum_sg, const float *restrict S,
+          const float *restrict logS, const float *restrict logT, size_t n),
+          (g, sum_sg, S, logS, logT, n)) {
     float loss = 0.0f;
     VECTORIZE
     for (size_t i = 0; i < n; i++) {
@@ -168,8 +177,9 @@ CLONES double ck_reverse_kl_row(float *restrict g, double *sum_sg, const float *
     return loss;
 }
 
-CLONES double ck_jsd_row(float *restrict g, double *sum_sg, const float *restrict S, const float *restrict logS,
-                         const float *restrict T, const float *restrict logT, float beta, size_t n) {
+CK_KERNEL(double, ck_jsd_row, (float *restrict g, double *sum_sg, const float *restrict S,
+          const float *restrict logS, const float *restrict T, const float *restrict logT, float beta, size_t n),
+          (g, sum_sg, S, logS, T, logT, beta, n)) {
     const float log_beta = logf(beta), log_rest = logf(1.0f - beta), rest = 1.0f - beta;
     float teacher_part = 0.0f, student_part = 0.0f;
     VECTORIZE
@@ -184,8 +194,9 @@ CLONES double ck_jsd_row(float *restrict g, double *sum_sg, const float *restric
     return (double)beta * teacher_part + (double)rest * student_part;
 }
 
-CLONES double ck_tvd_row(float *restrict g, double *sum_sg, const float *restrict S, const float *restrict T,
-                         size_t n) {
+CK_KERNEL(double, ck_tvd_row, (float *restrict g, double *sum_sg, const float *restrict S, const float *restrict T,
+          size_t n),
+          (g, sum_sg, S, T, n)) {
     float distance = 0.0f, sg = 0.0f;
     VECTORIZE
     for (size_t i = 0; i < n; i++) {
@@ -199,8 +210,9 @@ CLONES double ck_tvd_row(float *restrict g, double *sum_sg, const float *restric
     return 0.5 * (double)distance;
 }
 
-CLONES double ck_skew_kl_row(float *restrict g, double *sum_sg, const float *restrict S, const float *restrict logS,
-                             const float *restrict T, const float *restrict logT, float alpha, size_t n) {
+CK_KERNEL(double, ck_skew_kl_row, (float *restrict g, double *sum_sg, const float *restrict S,
+          const float *restrict logS, const float *restrict T, const float *restrict logT, float alpha, size_t n),
+          (g, sum_sg, S, logS, T, logT, alpha, n)) {
     const float log_alpha = logf(alpha), log_rest = logf(1.0f - alpha), rest = 1.0f - alpha;
     float loss = 0.0f, sg = 0.0f;
     VECTORIZE
@@ -217,9 +229,9 @@ CLONES double ck_skew_kl_row(float *restrict g, double *sum_sg, const float *res
     return loss;
 }
 
-CLONES double ck_skew_reverse_kl_row(float *restrict g, double *sum_sg, const float *restrict S,
-                                     const float *restrict logS, const float *restrict logT, float alpha,
-                                     size_t n) {
+CK_KERNEL(double, ck_skew_reverse_kl_row, (float *restrict g, double *sum_sg, const float *restrict S,
+          const float *restrict logS, const float *restrict logT, float alpha, size_t n),
+          (g, sum_sg, S, logS, logT, alpha, n)) {
     const float log_alpha = logf(alpha), log_rest = logf(1.0f - alpha);
     float loss = 0.0f, sg = 0.0f;
     VECTORIZE
@@ -236,8 +248,9 @@ CLONES double ck_skew_reverse_kl_row(float *restrict g, double *sum_sg, const fl
     return loss;
 }
 
-CLONES void ck_softmax_backward(float *restrict d, const float *restrict S, const float *restrict g, float sum_sg,
-                                float scale, size_t n) {
+CK_KERNEL(void, ck_softmax_backward, (float *restrict d, const float *restrict S, const float *restrict g,
+          float sum_sg, float scale, size_t n),
+          (d, S, g, sum_sg, scale, n)) {
     for (size_t i = 0; i < n; i++) d[i] += scale * S[i] * (g[i] - sum_sg);
 }
 
@@ -266,8 +279,9 @@ float ck_kth_largest(const float *x, size_t n, size_t k, float *heap) {
     return heap[0];
 }
 
-CLONES void ck_tempered_mixture_row(float *restrict out, const float *const *teachers, size_t count, size_t vocab,
-                                    float tau, float *restrict scratch) {
+CK_KERNEL(void, ck_tempered_mixture_row, (float *restrict out, const float *const *teachers, size_t count,
+          size_t vocab, float tau, float *restrict scratch),
+          (out, teachers, count, vocab, tau, scratch)) {
     const float inverse_tau = 1.0f / tau;
     for (size_t v = 0; v < vocab; v++) out[v] = 0.0f;
     for (size_t i = 0; i < count; i++) {
@@ -287,8 +301,9 @@ CLONES void ck_tempered_mixture_row(float *restrict out, const float *const *tea
     }
 }
 
-CLONES void ck_weighted_mixture_row(float *restrict out, const float *const *teachers, const float *weights,
-                                    size_t count, size_t vocab, float tau, float *restrict scratch) {
+CK_KERNEL(void, ck_weighted_mixture_row, (float *restrict out, const float *const *teachers, const float *weights,
+          size_t count, size_t vocab, float tau, float *restrict scratch),
+          (out, teachers, weights, count, vocab, tau, scratch)) {
     const float inverse_tau = 1.0f / tau;
     for (size_t v = 0; v < vocab; v++) out[v] = 0.0f;
     for (size_t i = 0; i < count; i++) {

@@ -106,15 +106,15 @@ static void linear_plain(float *y, size_t ldy, const float *x, const int8_t *q, 
 
 void ck_linear_q8_0(float *y, size_t ldy, const float *x, const int8_t *q, const float *scales, size_t rows, size_t in,
                     size_t out, int accumulate) {
-    ck_linear_q8_0_at_level(ck_linear_half_level(), y, ldy, x, q, scales, rows, in, out, accumulate);
+    ck_linear_q8_0_at_level(ck_isa_level(), y, ldy, x, q, scales, rows, in, out, accumulate);
 }
 
 void ck_linear_q8_0_at_level(int level, float *y, size_t ldy, const float *x, const int8_t *q, const float *scales,
                              size_t rows, size_t in, size_t out, int accumulate) {
-    if (level > ck_linear_half_level()) level = ck_linear_half_level();
+    if (level > ck_isa_level()) level = ck_isa_level();
     switch (level) {
-    case 2: linear_avx512(y, ldy, x, q, scales, rows, in, out, accumulate); break;
-    case 1: linear_avx2(y, ldy, x, q, scales, rows, in, out, accumulate); break;
+    case CK_ISA_AVX512: linear_avx512(y, ldy, x, q, scales, rows, in, out, accumulate); break;
+    case CK_ISA_AVX2: linear_avx2(y, ldy, x, q, scales, rows, in, out, accumulate); break;
     default: linear_plain(y, ldy, x, q, scales, rows, in, out, accumulate);
     }
 }

@@ -14,6 +14,10 @@ struct DistillCommand: ParsableCommand {
 
     /// Runs the command, under mpirun as one rank of the job (Parallel.swift).
     static func main() {
+        if let problem = OwnKernels.environmentProblem(ProcessInfo.processInfo.environment) {
+            FileHandle.standardError.write(Data("error: \(problem)\n".utf8))
+            Foundation.exit(2)
+        }
         restartWithTheCPUsBLASKernels()
         Parallel.main(TokenizerCommand.Decode.joiningIDs(Array(CommandLine.arguments.dropFirst())))
     }

@@ -15,6 +15,8 @@ final class BLASKernelTests: XCTestCase {
         let json = try XCTUnwrap(report.output.split(separator: "\n").last { $0.hasPrefix("{") })
         let figures = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
         let core = try XCTUnwrap(figures["blasCore"] as? String)
+        // The child inherits this process's DISTILL_ISA, so it runs the same bodies.
+        XCTAssertEqual(figures["ownKernels"] as? String, OwnKernels.instructionSet)
         // Whatever OpenBLAS chose by itself, the command line runs kernels as good as the CPU can run.
         XCTAssertNil(BLASKernels.betterCoreType(than: core), "the command line ran \(core)")
         for key in ["inferenceTokensPerSecond", "generationOneThreadTokensPerSecond", "peakResidentMBByWorkload"] {
@@ -25,10 +27,29 @@ final class BLASKernelTests: XCTestCase {
         XCTAssertTrue(reducedGeneration.values.allSatisfy { $0 > 0 }, "\(reducedGeneration)")
 
         XCTAssertNil(BLASKernels.betterCoreType(than: "SkylakeX"), "no x86 core beats SkylakeX here")
-        XCTAssertNotEqual(BLASKernels.betterCoreType(than: "Prescott"), "Prescott")
+        // Every machine this project meets has AVX2, so OpenBLAS's SSE3 kernels always have a better choice.
+        XCTAssertNotNil(BLASKernels.betterCoreType(than: "Prescott"))
 
         let kept = try runProcess(executable, ["bench", "--preset", "tiny", "--repeats", "1", "--json"],
                                   environment: ProcessInfo.processInfo.environment.merging(["OPENBLAS_CORETYPE": "Prescott"]) { $1 })
         XCTAssertTrue(kept.output.contains(#""blasCore":"Prescott""#), kept.transcript)
+    }
+
+    /// `DISTILL_ISA` caps our own kernels' instruction set; bench names the path taken; a value that names
+    /// no instruction set is one line and exit 2.
+    func testDistillISACapsOurKernelsAndBenchNamesThePath() throws {
+        try skipUnlessDistillIsBuilt()
+        let executable = Self.distillExecutable
+        let environment = ProcessInfo.processInfo.environment
+        let capped = try runProcess(executable, ["bench", "--preset", "tiny", "--repeats", "1"],
+                                    environment: environment.merging(["DISTILL_ISA": "baseline"]) { $1 })
+        XCTAssertEqual(capped.status, 0, capped.transcript)
+        XCTAssertTrue(capped.output.contains("own kernels baseline (DISTILL_ISA=baseline)"), capped.transcript)
+
+        let wrong = try runProcess(executable, ["bench", "--preset", "tiny"],
+                                   environment: environment.merging(["DISTILL_ISA": "sse9"]) { $1 })
+        XCTAssertEqual(wrong.status, 2, wrong.transcript)
+        XCTAssertEqual(wrong.errors.split(separator: "\n").count, 1, wrong.transcript)
+        XCTAssertTrue(wrong.errors.contains("DISTILL_ISA=sse9 names no instruction set"), wrong.transcript)
     }
 }

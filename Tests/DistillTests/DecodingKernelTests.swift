@@ -62,9 +62,8 @@ final class DecodingKernelTests: XCTestCase {
                     sizes[r * stride + o] = size + abs(base)
                 }
             }
-            let levels = 0...ck_linear_half_level()
-            XCTAssertFalse(levels.isEmpty)
-            for level in levels {
+            // Every body up to the one in force (DISTILL_ISA caps it; the suite's second pass runs with avx2).
+            for level in 0...ck_isa_level() {
                 var y = start
                 product(level, &y, stride, x, rows, accumulate ? 1 : 0)
                 for r in 0..<rows {

@@ -2,8 +2,8 @@
 #define CKERNELS_H
 #include <stddef.h>
 #include <stdint.h>
-// Element-wise kernels for the model's hot loops. Compiled with target_clones, so a baseline x86-64
-// build still runs AVX2/AVX-512 code where the CPU has it. Shapes are in the comments; rows are
+// Element-wise kernels for the model's hot loops. Each has an AVX-512, an AVX2 (with FMA) and a baseline
+// body, and runs the one ck_isa_level() names, so a baseline x86-64 build still runs wide vectors. Shapes are in the comments; rows are
 // contiguous.
 
 /// x[n] = exp(x[n]) with a vectorisable polynomial (relative error below 2e-7).
@@ -70,16 +70,15 @@ enum { CK_HALF_BF16 = 0, CK_HALF_F16 = 1 };
 /// `ldy` apart. Each output is one dot product in a fixed order, whatever part of w a caller passes.
 void ck_linear_half(float *y, size_t ldy, const float *x, const uint16_t *w, int format, size_t rows, size_t in,
                     size_t out, int accumulate);
-/// The body ck_linear_half runs on this CPU (2: AVX-512, 1: AVX2 with FMA and F16C, 0: plain C), and
-/// ck_linear_half with a chosen body (at most this CPU's), so that a test can check each one.
-int ck_linear_half_level(void);
+/// ck_linear_half with a chosen body (a CK_ISA_ level, at most ck_isa_level()), so that a test can check
+/// each one.
 void ck_linear_half_at_level(int level, float *y, size_t ldy, const float *x, const uint16_t *w, int format,
                              size_t rows, size_t in, size_t out, int accumulate);
 
 /// y[r, o] = x[r, ·] · w[o, ·] as ck_linear_half, with w [out, in] in llama.cpp's Q8_0 layout: q [out, in]
 /// 8-bit integers and scales [out, in / 32] floats, w[o, k] = scales[o, k / 32] · q[o, k]; in must be a
 /// multiple of 32. Each block's Σ x·q is taken in float, then scaled: one dot product in a fixed order
-/// per output. The body is the one ck_linear_half_level names (AVX-512, AVX2 with FMA, or plain C).
+/// per output. The body is the one ck_isa_level() names (AVX-512, AVX2 with FMA, or plain C).
 void ck_linear_q8_0(float *y, size_t ldy, const float *x, const int8_t *q, const float *scales, size_t rows, size_t in,
                     size_t out, int accumulate);
 void ck_linear_q8_0_at_level(int level, float *y, size_t ldy, const float *x, const int8_t *q, const float *scales,
@@ -90,5 +89,14 @@ void ck_linear_q8_0_at_level(int level, float *y, size_t ldy, const float *x, co
 /// (its Haswell kernels).
 int ck_cpu_has_avx512(void);
 int ck_cpu_has_avx2(void);
+
+/// The instruction sets our kernels have a body for, in order.
+enum { CK_ISA_BASELINE = 0, CK_ISA_AVX2 = 1, CK_ISA_AVX512 = 2 };
+/// The body every kernel of ours runs: this CPU's best (ck_isa_cpu_level), capped by the environment
+/// variable DISTILL_ISA (`avx512`, `avx2` or `baseline`; read once, at the first call, and kept).
+int ck_isa_level(void);
+int ck_isa_cpu_level(void);
+/// The level a DISTILL_ISA value names, or -1 for NULL or any other text.
+int ck_isa_parse(const char *name);
 
 #endif

@@ -6,6 +6,8 @@ public struct BenchmarkReport: Codable, Sendable {
     public var preset: String
     public var threads: Int
     public var blasCore: String
+    /// The instruction set of our own kernels' bodies ("avx512", "avx2" or "baseline").
+    public var ownKernels: String
     public var sgemmGFLOPS: Double
     public var trainTokensPerSecond: Double
     public var trainModelGFLOPS: Double
@@ -163,11 +165,8 @@ extension Benchmark {
     /// All figures of `distill bench`, printing each line through `say` as it is measured.
     public static func run(preset: String, teacher: LlamaConfig, student: LlamaConfig, batch: Int, context: Int,
                            repeats: Int, say: (String) -> Void) throws -> BenchmarkReport {
-        let environment = ProcessInfo.processInfo.environment
-        let chosen = environment["DISTILL_CHOSE_OPENBLAS_CORETYPE"] != nil ? " (chosen by distill for this CPU)"
-            : environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
         say("preset \(preset): vocab \(teacher.vocabSize), context \(context), batch \(batch), threads \(Compute.threads), "
-            + "OpenBLAS kernels \(BLASKernels.coreName)\(chosen)")
+            + KernelPath.description)
         let gflops = sgemmRate()
         say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512): %.1f GFLOP/s", gflops))
         let setupPeak = peakResidentMB()  // the sgemm probe's matrices
@@ -211,7 +210,7 @@ extension Benchmark {
         }
         let peak = max(setupPeak, peaks.values.max() ?? 0)
         say(String(format: "peak resident memory: %.0f MB (%.0f MB by the sgemm probe)", peak, setupPeak))
-        return BenchmarkReport(preset: preset, threads: Compute.threads, blasCore: BLASKernels.coreName, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
+        return BenchmarkReport(preset: preset, threads: Compute.threads, blasCore: BLASKernels.coreName, ownKernels: OwnKernels.instructionSet, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
                                trainModelGFLOPS: modelRate, trainUtilisation: modelRate / gflops, distillTokensPerSecond: distill,
                                inferenceTokensPerSecond: inference, inferenceModelGFLOPS: inferenceRate,
                                inferenceUtilisation: inferenceRate / gflops, generationTokensPerSecond: generation,

@@ -1,5 +1,6 @@
 import CBLAS
 import CKernels
+import Foundation
 
 /// Which kernels OpenBLAS runs. It picks them by CPU model when it loads, unless `OPENBLAS_CORETYPE`
 /// says otherwise; the choice matters (on this project's AMD machine its AVX-512 "Cooperlake" kernels
@@ -27,5 +28,33 @@ public enum BLASKernels {
         if ck_cpu_has_avx512() != 0 && !avx512Cores.contains(chosen) { return "SkylakeX" }
         if ck_cpu_has_avx2() != 0 && !avx2Cores.contains(chosen) { return "Haswell" }
         return nil
+    }
+}
+
+/// Which bodies our own kernels (`CKernels`) run: the CPU's best instruction set, unless the environment
+/// variable `DISTILL_ISA` (`avx512`, `avx2` or `baseline`) caps it, so that one machine can run the
+/// code paths of another.
+public enum OwnKernels {
+    static let names = [CK_ISA_BASELINE: "baseline", CK_ISA_AVX2: "avx2", CK_ISA_AVX512: "avx512"]
+
+    /// The instruction set in force, e.g. "avx2".
+    public static var instructionSet: String { names[Int(ck_isa_level())] ?? "baseline" }
+
+    /// A `DISTILL_ISA` that names no instruction set, as one line saying what to do; nil when it is unset or valid.
+    public static func environmentProblem(_ environment: [String: String]) -> String? {
+        guard let value = environment["DISTILL_ISA"], ck_isa_parse(value) < 0 else { return nil }
+        return "DISTILL_ISA=\(value) names no instruction set: use avx512, avx2 or baseline, or unset it"
+    }
+}
+
+/// The kernel path a process takes, for `bench` and the report: OpenBLAS's core type and our own
+/// kernels' instruction set, each with the variable that chose it when one did.
+public enum KernelPath {
+    public static var description: String {
+        let environment = ProcessInfo.processInfo.environment
+        let core = environment["DISTILL_CHOSE_OPENBLAS_CORETYPE"] != nil ? " (chosen by distill for this CPU)"
+            : environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
+        let isa = environment["DISTILL_ISA"].map { " (DISTILL_ISA=\($0))" } ?? ""
+        return "OpenBLAS \(BLASKernels.coreName) kernels\(core), own kernels \(OwnKernels.instructionSet)\(isa)"
     }
 }
