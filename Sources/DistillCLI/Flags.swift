@@ -17,9 +17,12 @@ enum Flags {
     }
 
     /// A role in an `OutputGuard` error: a setting's raw value becomes its flag, and so does any other
-    /// role (`input`, `model`), since every path a command reads or writes comes from a flag.
+    /// one-word role (`input`, `model`), since every path a command reads or writes comes from a flag. A
+    /// role in words ("the corpus file") or a recipe field ("teacher.directories[0]") stays as it is.
     static func name(role: String) -> String {
         if role.hasPrefix("--") { return role }  // a command's own role, already a flag
+        let oneWord = role.unicodeScalars.allSatisfy { CharacterSet.alphanumerics.contains($0) || $0 == "_" || $0 == "-" }
+        guard oneWord else { return role }
         return Setting(rawValue: role).map(name) ?? "--" + role.replacingOccurrences(of: "_", with: "-")
     }
 

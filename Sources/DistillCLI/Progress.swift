@@ -16,7 +16,10 @@ final class ProgressPrinter {
     }
 
     func handle(_ event: TrainingEvent) {
+        Interrupt.note(event)
         switch event {
+        case .started:
+            break
         case let .step(step, total, terms, rate, norm, speed, left):
             let order = ["loss", "ce", "kd", "feature", "rkd_distance", "rkd_angle"]
             let shown = order.compactMap { name in terms[name].map { "\(name) \(format($0, 4))" } }
@@ -69,21 +72,45 @@ func duration(_ seconds: Double) -> String {
 }
 
 /// Ctrl-C or SIGTERM asks the training loop to save and stop at its next safe point (the end of the
-/// current step); a second signal exits at once. Installed before any work, so a signal during setup or
-/// validation is never lost to the default handler. A save on a full disk (or over `ulimit -f`) fails with
-/// an error instead of killing the process with SIGXFSZ.
+/// current step); a second signal exits at once. When no step has finished since the last save (a first
+/// step that takes minutes, at a huge context), there is nothing to save and waiting for the step would
+/// ignore the signal: the process exits at once, the last checkpoint whole. Installed before any work, so
+/// a signal during setup or validation is never lost to the default handler. A save on a full disk (or
+/// over `ulimit -f`) fails with an error instead of killing the process with SIGXFSZ.
 enum Interrupt {
     nonisolated(unsafe) private static var requested: sig_atomic_t = 0
+    /// 1 while a training loop runs with nothing unsaved: started or just saved, no step since.
+    nonisolated(unsafe) private static var nothingUnsaved: sig_atomic_t = 0
+
+    /// The line the handler writes, made before any signal: a handler may only call write(2) and _exit.
+    nonisolated(unsafe) private static var stopNote: UnsafeMutablePointer<CChar>? = nil
 
     static func install() {
+        if stopNote == nil { stopNote = strdup("interrupted: no step finished since the last save, so there is nothing new to save; stopped\n") }
         for signalNumber in [SIGINT, SIGTERM] {
             signal(signalNumber) { _ in
                 if Interrupt.requested != 0 { _exit(130) }
                 Interrupt.requested = 1
+                if Interrupt.nothingUnsaved != 0 {
+                    if let note = Interrupt.stopNote { _ = write(STDERR_FILENO, note, strlen(note)) }
+                    _exit(130)
+                }
             }
         }
         signal(SIGXFSZ, SIG_IGN)
     }
+
+    /// Follows a training loop's events: whether stopping now would lose a step.
+    static func note(_ event: TrainingEvent) {
+        switch event {
+        case .started, .checkpoint, .interrupted: nothingUnsaved = 1
+        case .step: nothingUnsaved = 0
+        case .validation: break
+        }
+    }
+
+    /// Work other than a training loop begins (a stage of `distill run`): a signal waits for its safe point.
+    static func noteOtherWork() { nothingUnsaved = 0 }
 
     static var isRequested: Bool { requested != 0 }
 

@@ -10,7 +10,9 @@ struct RunCommand: ParsableCommand {
         abstract: "Run an experiment from a recipe: tokenizer, teacher, students, evaluation, samples and a report.",
         discussion: """
             RECIPE is a JSON file (recipes/kjv.json, quick.json, methods.json; the schema is in docs/recipes.md). \
-            Without one, --corpus runs the default recipe (recipes/kjv.json) on your own text files or folders. \
+            Without one, --corpus runs the default recipe (recipes/kjv.json) on your own text files or folders; \
+            with one, --corpus replaces the recipe's corpus (e.g. `distill run recipes/quick.json --corpus my-texts/` \
+            for a two-minute look at your own text), and the run is named after the corpus. \
             Every stage lives under the run directory and is skipped when its outputs exist and its settings and \
             inputs are unchanged: running again continues an interrupted run, adding a student trains only that \
             student. Ctrl-C stops cleanly; the same command continues. The run ends with report.md, report.json \
@@ -18,15 +20,14 @@ struct RunCommand: ParsableCommand {
             """)
 
     @Argument(help: "Recipe JSON file.") var recipe: String?
-    @Option(parsing: .upToNextOption, help: "Run the default recipe on these text files or folders (their .txt files).")
+    @Option(parsing: .upToNextOption, help: "Text files or folders (their .txt files): the corpus of the default recipe, or instead of RECIPE's corpus.")
     var corpus: [String] = []
     @Option(help: "Run directory (default: runs/NAME, NAME from the recipe or the first corpus file).") var output: String?
     @Option(help: "Threads (default: all cores).") var threads: Int?
 
     func validate() throws {
         if recipe == nil && corpus.isEmpty { throw ValidationError("give a RECIPE file (e.g. recipes/quick.json) or --corpus PATH...") }
-        if recipe != nil && !corpus.isEmpty { throw ValidationError("give a RECIPE or --corpus, not both") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        try checkThreads(threads)
     }
 
     func run() throws {
@@ -34,10 +35,9 @@ struct RunCommand: ParsableCommand {
         Interrupt.install()
         let loaded: Recipe
         if let recipe {
-            loaded = try Recipe.load(recipe)
+            loaded = try Recipe.load(recipe, corpus: corpus)
         } else {
-            let first = URL(fileURLWithPath: corpus[0]).deletingPathExtension().lastPathComponent
-            loaded = try Recipe.standard(corpus: corpus, name: first.isEmpty ? "corpus" : first)
+            loaded = try Recipe.standard(corpus: corpus)
         }
         let output = self.output ?? "runs/\(loaded.name)"
         var searchRoots = [URL(fileURLWithPath: FileManager.default.currentDirectoryPath)]
@@ -68,7 +68,9 @@ struct RunCommand: ParsableCommand {
 struct DefaultRecipeError: Error, CustomStringConvertible {
     let underlying: RecipeError
     var description: String {
-        "\(underlying) (--corpus runs the default recipe, recipes/kjv.json: copy it, set \"corpus\" to your text and change it there)"
+        // A mistake in the corpus itself is the flag's, not the recipe's.
+        if underlying.path == "corpus" { return "--corpus: \(underlying.message)" }
+        return "\(underlying) (--corpus runs the default recipe, recipes/kjv.json: copy it, set \"corpus\" to your text and change it there)"
     }
 }
 
@@ -106,13 +108,17 @@ final class RunProgress {
     private var current: String?
 
     func stage(_ line: String) {
+        Interrupt.noteOtherWork()
         endLiveLine()
         FileHandle.standardError.write(Data("== \(line)\n".utf8))
     }
 
     func training(_ model: String, _ event: TrainingEvent) {
         // The run says how to continue after an interruption; the printer's line names a flag of `train`.
-        if case .interrupted = event { return }
+        if case .interrupted = event {
+            Interrupt.note(event)
+            return
+        }
         if current != model { endLiveLine() }
         current = model
         let printer = printers[model] ?? ProgressPrinter(label: "\(model): ")

@@ -38,6 +38,28 @@ extension XCTestCase {
                               error: String(decoding: err, as: UTF8.self))
     }
 
+    /// Starts `distill` with `arguments` and returns once it has printed `marker` (by default its first
+    /// progress line), with what it printed so far on stderr. With `drain` the rest of stderr is discarded
+    /// as it comes (so the child never blocks on a full pipe); without, the caller reads it from `errors`.
+    func startAndWaitForProgress(_ arguments: [String], until marker: String = "step ", drain: Bool = true) throws
+        -> (process: Process, errors: Pipe, seen: Data) {
+        let process = Process()
+        process.executableURL = Self.distillExecutable
+        process.arguments = arguments
+        let error = Pipe()
+        process.standardError = error
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        var seen = Data()
+        while !String(decoding: seen, as: UTF8.self).contains(marker) {
+            let chunk = error.fileHandleForReading.availableData
+            if chunk.isEmpty { break }
+            seen += chunk
+        }
+        if drain { error.fileHandleForReading.readabilityHandler = { _ = $0.availableData } }
+        return (process, error, seen)
+    }
+
     /// Fails unless the command exits non-zero with one "Error: ..." line containing `phrase`.
     func expectError(_ arguments: [String], mentions phrase: String, input: String? = nil,
                      file: StaticString = #filePath, line: UInt = #line) throws {

@@ -82,6 +82,15 @@ final class PipelineTests: XCTestCase {
         // `distill report` draws the same report from the directory alone.
         XCTAssertEqual(try RunReport.build(runDirectory: run).json.canonicalText, try RunReport.build(runDirectory: run).json.canonicalText)
         XCTAssertEqual(try RunReport.build(runDirectory: run).models, first.report.models)
+
+        // A truncated output is not "up to date" (bad-input sweep 2, finding 7): its stage runs again, and
+        // (the run being deterministic) makes the same weights and the same report.
+        let whole = try Data(contentsOf: weights)
+        try whole.prefix(whole.count / 2).write(to: weights)
+        let (third, thirdLines) = try self.run(recipe, run)
+        XCTAssertEqual(third.ran, ["student-kd"], "\(thirdLines)")
+        XCTAssertEqual(try Data(contentsOf: weights), whole)
+        XCTAssertEqual(third.report.models.map(\.evaluation), first.report.models.map(\.evaluation))
     }
 
     func testChangingOrAddingAStudentRerunsOnlyThatStudent() throws {
@@ -192,6 +201,46 @@ final class PipelineTests: XCTestCase {
         XCTAssertThrowsError(try self.run(try Self.recipe(in: scratch, students: Self.students), corpus.directory)) {
             XCTAssertTrue("\($0)".contains("would overwrite"), "\($0)")
         }
+        // Nor lie inside a corpus folder, whose .txt files it would join (bad-input sweep 2, finding 10).
+        let folder = scratch.appendingPathComponent("texts")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        try FileManager.default.copyItem(at: corpus.text, to: folder.appendingPathComponent("corpus.txt"))
+        XCTAssertThrowsError(try self.run(try Self.recipe(in: scratch, students: Self.students, text: folder.path),
+                                          folder.appendingPathComponent("run"))) {
+            XCTAssertTrue("\($0)".contains("would overwrite the corpus folder"), "\($0)")
+        }
+        // Finding 12: every value is checked before any work, naming its own field.
+        try expectRefusal(#"[{"name": "s", "kind": "baseline", "training": {"batch_size": 100000000}}]"#,
+                          path: "students[0].training.batch_size", mentions: "of activations")
+        var longStride = try Self.recipe(in: scratch, students: Self.students)
+        longStride.evaluation.stride = 1_000_000
+        let strideRun = scratch.appendingPathComponent("stride-run")
+        XCTAssertThrowsError(try self.run(longStride, strideRun)) {
+            XCTAssertTrue("\($0)".hasPrefix("evaluation.stride:") && "\($0)".contains("longer than the shortest model context"), "\($0)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: strideRun.appendingPathComponent("models").path), "trained before refusing")
+    }
+
+    /// One run at a time in a run directory (bad-input sweep 2, finding 2: a second `distill run` on the
+    /// same output restarted the teacher stage under the first). The second is refused before any work,
+    /// and the directory is free again when the first ends.
+    func testASecondRunIntoTheSameDirectoryIsRefused() throws {
+        let scratch = try TestCorpus.scratch("pipeline-lock")
+        let run = scratch.appendingPathComponent("run")
+        let recipe = try Self.recipe(in: scratch, students: #"[{"name": "baseline", "kind": "baseline"}]"#, teacherSteps: 2)
+        try FileManager.default.createDirectory(at: run, withIntermediateDirectories: true)
+        do {
+            let first = try OutputLock(directory: run)  // a live run, as another process would hold it
+            XCTAssertThrowsError(try self.run(recipe, run)) { XCTAssertEqual($0 as? IOError, .locked(run.path)) }
+            XCTAssertFalse(FileManager.default.fileExists(atPath: run.appendingPathComponent("models").path), "worked while locked")
+            withExtendedLifetime(first) {}
+        }
+        // A .lock that is a folder is not a lock distill made: one line saying so.
+        let strange = scratch.appendingPathComponent("strange")
+        try FileManager.default.createDirectory(at: strange.appendingPathComponent(".lock"), withIntermediateDirectories: true)
+        XCTAssertThrowsError(try OutputLock(directory: strange)) {
+            XCTAssertEqual($0 as? IOError, .foreignLock(strange.appendingPathComponent(".lock").path))
+        }
     }
 
     func testCommandLineMistakesGiveOneLine() throws {
@@ -215,8 +264,13 @@ final class PipelineTests: XCTestCase {
         try expectError(["run", bad.path, "--output", scratch.appendingPathComponent("r1").path],
                         mentions: "students[1].kind: unknown student kind \"foo\"")
         try expectError(["run"], mentions: "RECIPE")
-        try expectError(["run", bad.path, "--corpus", corpus.text.path], mentions: "not both")
+        // --corpus beside a recipe replaces its corpus; the recipe's own mistakes are still named.
+        try expectError(["run", bad.path, "--corpus", corpus.text.path], mentions: "unknown student kind")
         try expectError(["run", scratch.appendingPathComponent("none.json").path], mentions: "does not exist")
+        // A role in words is not spelt as a flag ("--the corpus file"; bad-input sweep 2, finding 25).
+        let collision = try runProcess(CommandLineTests.executable, ["run", "--corpus", corpus.text.path, "--output", corpus.text.path])
+        XCTAssertTrue(collision.errors.contains("would overwrite the corpus file"), collision.errors)
+        XCTAssertFalse(collision.errors.contains("--the"), collision.errors)
         try expectError(["report", scratch.path], mentions: "run.json")
         // The default recipe's 4,096 pieces do not fit the tiny corpus: said before any training.
         let run = scratch.appendingPathComponent("r2")

@@ -85,6 +85,49 @@ final class RecipeTests: XCTestCase {
                     path: "students[0].config", mentions: "does not exist")
     }
 
+    /// The run's name becomes its directory under runs/: the student-name rule applies (bad-input sweep 2,
+    /// findings 1 and 20: "../../other_run" replaced another run's files; "a/b" made nested folders).
+    func testTheRunNameCannotLeaveTheRunsFolder() {
+        for bad in ["../../other_run", "a/b", "..", ".hidden", "/abs", ""] {
+            expectError(recipeText().replacingOccurrences(of: #""name": "t""#, with: #""name": "\#(bad)""#), path: "name",
+                        mentions: "cannot name a directory")
+        }
+        let long = String(repeating: "a", count: 300)
+        expectError(recipeText().replacingOccurrences(of: #""name": "t""#, with: #""name": "\#(long)""#), path: "name",
+                    mentions: "too long to name a directory (300 characters, at most 64)")
+        expectError(recipeText(students: #"[{"name": "\#(long)", "kind": "kd"}]"#), path: "students[0].name", mentions: "too long")
+    }
+
+    /// Findings 19 of the second sweep: numbers beyond a field's range say "too large", not "at least 1".
+    func testNumbersBeyondTheRangeAreTooLarge() {
+        let edit = { (field: String) in self.recipeText(students: #"[{"name": "a", "kind": "kd", "training": {\#(field)}}]"#) }
+        expectError(edit(#""steps": 2147483648"#), path: "students[0].training.steps", mentions: "is too large (at most 2147483647), got 2147483648")
+        expectError(edit(#""steps": 4611686018427387904"#), path: "students[0].training.steps", mentions: "too large")
+        expectError(edit(#""steps": 1e30"#), path: "students[0].training.steps", mentions: "is too large (at most 2147483647)")
+        expectError(edit(#""lr": 1e39"#), path: "students[0].training.lr", mentions: "is too large")
+        expectError(edit(#""steps": 0"#), path: "students[0].training.steps", mentions: "at least 1")
+    }
+
+    /// Findings 27 and 28: `--corpus` replaces a recipe's corpus; the run is named after the corpus and the
+    /// description names it (not "the King James Bible").
+    func testACorpusGivenBesideARecipeReplacesItsCorpus() throws {
+        let file = base.appendingPathComponent("quick.json")
+        try recipeText().replacingOccurrences(of: #""name": "t", "#, with: #""name": "t", "description": "a tiny teacher on the King James Bible", "#)
+            .write(to: file, atomically: true, encoding: .utf8)
+        let mine = base.appendingPathComponent("my texts!.txt")
+        try TestCorpus.grammarText(lines: 20, seed: 3).write(to: mine, atomically: true, encoding: .utf8)
+        let recipe = try Recipe.load(file.path, corpus: [mine.path])
+        XCTAssertEqual(recipe.corpus, .paths([mine.path]))
+        XCTAssertEqual(recipe.name, "my-texts-")
+        XCTAssertEqual(recipe.about, "a tiny teacher on my texts!.txt")
+        XCTAssertEqual(try Recipe.load(file.path).name, "t", "without --corpus the recipe is as written")
+        let standard = try Recipe.standard(corpus: [mine.path])
+        XCTAssertFalse(standard.about?.contains("King James") ?? true, standard.about ?? "")
+        XCTAssertEqual(Recipe.runName(forCorpus: "!!!.txt"), "corpus")
+        XCTAssertEqual(Recipe.runName(forCorpus: "-x-.txt"), "x-")
+        XCTAssertEqual(Recipe.runName(forCorpus: "/data/../notes.md"), "notes")
+    }
+
     func testMissingAndWrongTopLevelFields() throws {
         let withoutCorpus = recipeText().replacingOccurrences(of: #""corpus": "text.txt", "#, with: "")
         expectError(withoutCorpus, path: "corpus", mentions: "missing")

@@ -119,17 +119,38 @@ final class ReportTests: XCTestCase {
         XCTAssertEqual(store.result("s")?["x"], .integer(1))
     }
 
-    func testRunDirectoryOfAnotherSchemaIsRefused() throws {
-        let run = try TestCorpus.scratch("old-run")
-        try #"{"format": 1, "schema_version": 0, "models": []}"#.write(to: run.appendingPathComponent("run.json"), atomically: true, encoding: .utf8)
-        XCTAssertThrowsError(try RunDirectory.prepare(run)) { error in
-            XCTAssertEqual(error as? PipelineError, .otherSchema(path: run.path, found: 0, expected: Recipe.schemaVersion))
-            XCTAssertTrue("\(error)".contains("schema 0"), "\(error)")
+    /// Expects `RunDirectory.prepare` to refuse a run directory whose run.json is `manifest`, with `expected`
+    /// (made from the directory's path) and a message that mentions `phrase`.
+    func expectRefusal(ofRunJSON manifest: String, _ expected: (String) -> PipelineError, mentioning phrase: String,
+                       file: StaticString = #filePath, line: UInt = #line) throws {
+        let run = try TestCorpus.scratch("refused-run")
+        try manifest.write(to: run.appendingPathComponent("run.json"), atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try RunDirectory.prepare(run), file: file, line: line) { error in
+            XCTAssertEqual(error as? PipelineError, expected(run.path), file: file, line: line)
+            XCTAssertTrue("\(error)".contains(phrase), "\(error)", file: file, line: line)
         }
+    }
+
+    func testRunDirectoryOfAnotherSchemaIsRefused() throws {
+        try expectRefusal(ofRunJSON: #"{"format": 1, "schema_version": 0, "models": []}"#,
+                          { .otherSchema(path: $0, found: 0, expected: Recipe.schemaVersion) }, mentioning: "schema 0")
         let stranger = try TestCorpus.scratch("stranger")
         try "x".write(to: stranger.appendingPathComponent("notes.txt"), atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try RunDirectory.prepare(stranger)) { XCTAssertEqual($0 as? PipelineError, .notARunDirectory(stranger.path)) }
         XCTAssertNoThrow(try RunDirectory.prepare(try TestCorpus.scratch("empty-run")))
+    }
+
+    /// Bad-input sweep 2, findings 16 and 17: a run.json of another layout names the layout (not "schema 1
+    /// and schema 1"), and `report` on a directory without run.json says it is not a run (no --output advice).
+    func testOtherLayoutsAndNonRunsAreNamedForWhatTheyAre() throws {
+        try expectRefusal(ofRunJSON: #"{"format": 7, "schema_version": 1, "models": []}"#,
+                          { .otherLayout(path: $0, found: 7, expected: RunDirectory.format) }, mentioning: "layout 7")
+        let model = try TestCorpus.scratch("a-model")
+        try "{}".write(to: model.appendingPathComponent("config.json"), atomically: true, encoding: .utf8)
+        XCTAssertThrowsError(try RunReport.build(runDirectory: model)) { error in
+            XCTAssertEqual(error as? PipelineError, .noManifest(model.path))
+            XCTAssertFalse("\(error)".contains("--output"), "\(error)")
+        }
     }
 
     func testDefaultCorpusIsFoundAboveTheSearchRoot() throws {

@@ -12,6 +12,7 @@ final class SettingNamesTests: XCTestCase {
         EvaluationError.noValidationSplit("data.tok", tokens: 0),
         PipelineError.notARunDirectory("runs/x"),
         PipelineError.otherSchema(path: "runs/x", found: 0, expected: 1),
+        PipelineError.otherLayout(path: "runs/x", found: 2, expected: 1),
         PipelineError.damagedRun("runs/x", "no run.json"),
         TokenizerError.noInput,
         TokenizerError.vocabularyTooLarge(requested: 9000, maximum: 500),

@@ -209,5 +209,20 @@ final class TeacherCacheInputTests: XCTestCase {
                                                            settings: TeacherCacheSettings(temperature: 2))) {
             XCTAssertEqual($0 as? TeacherCacheError, .foreignPartial(partial + ".partial"))
         }
+        // The same build, damaged in its committed part, is called damaged, not "other settings" (bad-input
+        // sweep 2, finding 15).
+        let handle = try FileHandle(forUpdating: URL(fileURLWithPath: partial + ".partial"))
+        let size = try handle.seekToEnd()
+        try handle.seek(toOffset: size - 1)
+        let byte = try handle.read(upToCount: 1) ?? Data([0])
+        try handle.seek(toOffset: size - 1)
+        try handle.write(contentsOf: Data([byte[0] ^ 0xFF]))
+        try handle.close()
+        XCTAssertThrowsError(try TeacherCacheBuilder.build(teachers: [files.teacher], data: data, output: partial,
+                                                           settings: TeacherCacheSettings(temperature: 2))) {
+            guard case .damagedPartial(let path, _)? = $0 as? TeacherCacheError else { return XCTFail("\($0)") }
+            XCTAssertEqual(path, partial + ".partial")
+            XCTAssertTrue("\($0)".contains("damaged"), "\($0)")
+        }
     }
 }

@@ -100,7 +100,7 @@ extension CommandLineTests {
             + tinyRunFlags(corpus)
         let first = try startAndWaitForProgress(arguments + ["--steps", "1000000"]).process
         defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
-        try expectError(arguments + ["--steps", "1000000", "--resume"], mentions: "in use by another distill run")
+        try expectError(arguments + ["--steps", "1000000", "--resume"], mentions: "in use by another distill command")
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
         // Killed between the two renames of a save, the last complete state is the one set aside.
@@ -181,27 +181,6 @@ extension CommandLineTests {
             XCTAssertEqual(try Data(contentsOf: output.appendingPathComponent("model.safetensors")), expected, "trial \(trial)")
         }
         XCTAssertGreaterThan(killedMidRun, 10, "most kills should land while the run is going")
-    }
-
-    /// Starts `distill` with `arguments` and returns once it has printed its first progress line, with
-    /// what it printed so far on stderr. With `drain` the rest of stderr is discarded as it comes (so the
-    /// child never blocks on a full pipe); without, the caller reads it from `errors`.
-    func startAndWaitForProgress(_ arguments: [String], drain: Bool = true) throws -> (process: Process, errors: Pipe, seen: Data) {
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = arguments
-        let error = Pipe()
-        process.standardError = error
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
-        var seen = Data()
-        while !String(decoding: seen, as: UTF8.self).contains("step ") {
-            let chunk = error.fileHandleForReading.availableData
-            if chunk.isEmpty { break }
-            seen += chunk
-        }
-        if drain { error.fileHandleForReading.readabilityHandler = { _ = $0.availableData } }
-        return (process, error, seen)
     }
 
     /// --init-from-teacher honours a config's depth and refuses a config of another width; --config with

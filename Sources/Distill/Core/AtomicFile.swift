@@ -44,6 +44,16 @@ public enum AtomicFile {
     /// takes the place of `url` by rename, so that a reader (or an interrupted run) sees the old
     /// directory or the new one, never a mix. An existing directory at `url` is replaced, so the caller
     /// decides beforehand whether that is allowed; a file there is refused.
+    /// Removes `url` (a folder with what it holds) that is to be made again; a failure is one line with the
+    /// system's reason, not Foundation's error dump.
+    public static func remove(_ url: URL) throws {
+        do { try FileManager.default.removeItem(at: url) } catch {
+            let reason = ((error as NSError).userInfo[NSUnderlyingErrorKey] as? NSError).map { String(cString: strerror(Int32($0.code))) }
+                ?? (error as NSError).localizedDescription
+            throw IOError.cannotRemove(url.path, reason: reason.lowercased())
+        }
+    }
+
     public static func writeDirectory(_ url: URL, _ body: (URL) throws -> Void) throws {
         let parent = url.deletingLastPathComponent()
         try ensureDirectory(parent)
@@ -102,6 +112,8 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
     case missing(String)
     case unwritable(String)
     case notADirectory(String)
+    /// A path given as a file to read that is something else (what it is).
+    case notARegularFile(String, String)
     /// A write that failed part way (a full disk, a file-size limit), with the system's reason.
     case writeFailed(String, reason: String)
     /// An output (setting, path) that is, holds or lies inside an input (setting, path).
@@ -109,12 +121,18 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
     case sharedOutput(String, String, String, String)
     /// Another live process is writing into the same directory.
     case locked(String)
+    /// DIR/.lock is a folder or a link, not the lock file distill makes there.
+    case foreignLock(String)
+    /// An output distill made and must replace could not be removed (the system's reason).
+    case cannotRemove(String, reason: String)
 
     public var description: String {
         switch self {
         case .missing(let path): return "\(path) does not exist: check the path"
         case .unwritable(let path): return "cannot write to \(path): choose a directory you can write to"
         case .notADirectory(let path): return "\(path) is a file, not a directory: choose another output path"
+        case let .notARegularFile(path, what):
+            return "\(path) is not a regular file (it is \(what)): give the path of a file"
         case let .writeFailed(path, reason):
             return "could not write \(path): \(reason.lowercased()); free some space (or raise the limit) and resume"
         case let .wouldOverwrite(output, path, input, inputPath):
@@ -122,7 +140,11 @@ public enum IOError: Error, CustomStringConvertible, Equatable {
         case let .sharedOutput(first, firstPath, second, secondPath):
             return "\(first) \(firstPath) and \(second) \(secondPath) are the same place: give each its own directory"
         case .locked(let path):
-            return "\(path) is in use by another distill run (see its .lock): wait for it to finish, or choose another output"
+            return "\(path) is in use by another distill command (it holds the lock): wait for it to finish, or choose another output"
+        case let .cannotRemove(path, reason):
+            return "cannot remove \(path) to make it again (\(reason)): remove it yourself, or choose another output"
+        case .foreignLock(let path):
+            return "\(path) is not distill's lock file (it is a folder or a link): remove it, or choose another output"
         }
     }
 }

@@ -27,9 +27,12 @@ final class MappedFile: @unchecked Sendable {
         self.path = path
         var status = stat()
         guard stat(path, &status) == 0 else {
+            if errno == ELOOP { throw .unreadable("it is a loop of symbolic links") }
             throw errno == ENOENT || errno == ENOTDIR ? .missing : .unreadable(String(cString: strerror(errno)))
         }
         guard (status.st_mode & S_IFMT) != S_IFDIR else { throw .isDirectory }
+        // Opening a FIFO would block (and a device never ends): only regular files are mapped.
+        if let what = RegularFile.kind(status.st_mode) { throw .unreadable("it is \(what), not a regular file") }
         let descriptor = open(path, O_RDONLY)
         guard descriptor >= 0 else { throw .unreadable(String(cString: strerror(errno))) }
         defer { close(descriptor) }

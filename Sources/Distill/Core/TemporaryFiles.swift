@@ -65,4 +65,24 @@ public enum TemporaryFiles {
         paths.removeAll()
         return removed
     }
+
+    /// Removes the temporaries beside `url` (`AtomicFile.temporarySibling`'s `.NAME.tmp-PID-…` and
+    /// `.NAME.old-PID-…`) that a process no longer alive left behind: a SIGKILL gives no chance to clean
+    /// up, so the next write to the same place does it. Returns the paths removed.
+    @discardableResult
+    public static func removeStale(besides url: URL) -> [String] {
+        let directory = url.deletingLastPathComponent()
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
+        var removed: [String] = []
+        for name in names {
+            for kind in ["tmp", "old"] {
+                let prefix = ".\(url.lastPathComponent).\(kind)-"
+                guard name.hasPrefix(prefix), let pid = Int32(name.dropFirst(prefix.count).prefix { $0 != "-" }),
+                      pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+                let path = directory.appendingPathComponent(name).path
+                if (try? FileManager.default.removeItem(atPath: path)) != nil { removed.append(path) }
+            }
+        }
+        return removed
+    }
 }

@@ -54,6 +54,7 @@ extension TokenFile {
         let companion = companionTokenizerPath(for: output)
         let companionIsTokenizer = OutputGuard.canonical(companion) == OutputGuard.canonical(tokenizer.modelPath)
         try OutputGuard.refuseOverlap(output: .init(Setting.output.rawValue, companion), inputs: readFiles)
+        try TextInput.refuseDuplicates(files)
         let text = ConcatenatedText(sources: try files.map(TextInput.open))
         let validationTarget = Int((Double(text.count) * valFraction).rounded())
         let splitOffset = valFraction == 0 ? text.count : try text.lineBoundary(near: text.count - validationTarget)
@@ -80,10 +81,7 @@ extension TokenFile {
         try writer.finish(header: header)
         // Training needs the tokenizer to put into the model directory: keep a copy beside the data.
         if !companionIsTokenizer {
-            guard let tokenizerBytes = FileManager.default.contents(atPath: tokenizer.modelPath) else {
-                throw IOError.missing(tokenizer.modelPath)
-            }
-            try AtomicFile.write(tokenizerBytes, to: URL(fileURLWithPath: companion))
+            try AtomicFile.write(try RegularFile.read(tokenizer.modelPath), to: URL(fileURLWithPath: companion))
         }
         return PrepareSummary(
             output: output, tokenCount: header.tokenCount, sourceByteCount: text.count,

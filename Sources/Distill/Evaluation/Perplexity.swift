@@ -138,8 +138,8 @@ public enum EvaluationError: NamesSettings, Equatable {
         case .tooShort(let count): return "the text has \(count) token(s); at least 2 are needed to score anything"
         case .notText(let path): return "\(path) is not UTF-8 text: give a text file"
         case let .windowTooLarge(length, needed, available):
-            return String(format: "a scoring window of %d tokens needs about %.1f GB of activations but this machine has %.1f GB: give a shorter context",
-                          length, needed, available)
+            return "a scoring window of \(length) tokens needs about "
+                + String(format: "%.1f GB of activations but this machine has %.1f GB: give a shorter context", needed, available)
         case .noValidationSplit(let path, let tokens):
             return "token file \(path) has \(tokens) validation token(s), too few to score: prepare it with a validation split (`distill prepare \(name(.valFraction)) 0.1`), or score a text with \(name(.text))"
         }

@@ -43,6 +43,7 @@ public enum GGUFExport {
             ("general.architecture", .string("llama")),
             ("general.name", .string(name)),
             ("general.file_type", .uint32(fileTypeNumber[fileType] ?? 0)),
+            (ModelExport.ggufExportMarker.key, .string(ModelExport.ggufExportMarker.value)),
             ("llama.vocab_size", count(config.vocabSize)),
             ("llama.context_length", count(config.maxPositionEmbeddings)),
             ("llama.embedding_length", count(config.hiddenSize)),

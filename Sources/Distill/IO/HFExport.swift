@@ -62,9 +62,7 @@ public enum HFExport {
         try SafetensorsFile.write(tensors: stored, metadata: metadata.merging(["format": "pt"]) { _, format in format },
                                   to: directory.appendingPathComponent(HFModelDirectory.weightsFileName), dtype: dtype)
 
-        let tokenizerBytes: Data
-        do { tokenizerBytes = try Data(contentsOf: tokenizerModel) } catch { throw IOError.missing(tokenizerModel.path) }
-        try AtomicFile.write(tokenizerBytes, to: directory.appendingPathComponent(HFModelDirectory.tokenizerFileName))
+        try AtomicFile.write(try RegularFile.read(tokenizerModel.path), to: directory.appendingPathComponent(HFModelDirectory.tokenizerFileName))
         var specialPieces: [String: Any] = ["bos_token": specialTokens.bos.piece, "eos_token": specialTokens.eos.piece,
                                             "unk_token": specialTokens.unk.piece]
         specialPieces["pad_token"] = specialTokens.pad?.piece

@@ -128,10 +128,9 @@ extension HFModelDirectory {
             throw ModelError.notAModel("\(directory.path) is not a directory: give the folder that holds config.json")
         }
         let url = directory.appendingPathComponent(configFileName)
-        guard let contents = FileManager.default.contents(atPath: url.path) else {
+        do { return (url, try RegularFile.read(url.path)) } catch IOError.missing {
             throw ModelError.notAModel("no \(configFileName) in \(directory.path): give a Hugging Face model folder")
         }
-        return (url, contents)
     }
 
     /// A token id field: an integer, or a list whose first element is used (some configs list several eos ids).

@@ -16,6 +16,8 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
     case vocabularyTooLarge(tokenizer: Int, model: Int, path: String)
     /// An HF export was asked into a directory that holds something other than an earlier export.
     case outputHoldsOtherFiles(String)
+    /// A GGUF export was asked over a file that is not an earlier GGUF export.
+    case outputIsOtherFile(String)
     /// A Hugging Face export was asked with weights in a type only GGUF stores.
     case notAFloatType(WeightFormat)
 
@@ -27,6 +29,8 @@ public enum ExportError: Error, CustomStringConvertible, Equatable {
             return "\(path): the tokenizer has \(tokenizer) pieces but the model only \(model) embedding rows: the tokenizer does not belong to this model"
         case .outputHoldsOtherFiles(let path):
             return "\(path) already holds files that are not an earlier `distill export` (another model?): give a new or empty directory"
+        case .outputIsOtherFile(let path):
+            return "\(path) exists and is not a GGUF that `distill export` wrote: give a new file path (or delete it first)"
         case .notAFloatType(let format):
             return "\(format.rawValue) is a llama.cpp (GGUF) type: export GGUF, or store a Hugging Face export as f32, f16 or bf16"
         }
@@ -38,6 +42,8 @@ public enum ModelExport {
     /// The `__metadata__` entry of `model.safetensors` that marks a directory written by `export`, which
     /// a later export may replace.
     public static let exportMarker = (key: "distill.export", value: "hf")
+    /// The metadata entry of a GGUF written by `export`, which a later export may replace.
+    public static let ggufExportMarker = (key: "distill.export", value: "gguf")
 
     /// Reads the model at `source` and writes it as `format` to `output` (a directory for `.hf`, a file
     /// for `.gguf`), with weight matrices stored as `dtype` (GGUF keeps the norm gains in F32).
@@ -57,8 +63,16 @@ public enum ModelExport {
         // Writing into the directory being read would replace files while they are still needed.
         try OutputGuard.refuseOverlap(output: .init(Setting.output.rawValue, output.path),
                                       inputs: [.init("model", source.path), .init("model", tokenizerModel.path)])
-        if format == .hf { try checkReplaceable(output) }
+        switch format {
+        case .hf: try checkReplaceable(output)
+        case .gguf: try checkReplaceableFile(output)
+        }
         let model = try ModelDirectory.load(source)
+        // One export to an output at a time; then the leftovers of an export that was killed can go.
+        try AtomicFile.ensureDirectory(output.deletingLastPathComponent())
+        let lock = try OutputLock(beside: output)
+        defer { withExtendedLifetime(lock) {} }
+        TemporaryFiles.removeStale(besides: output)
         switch format {
         case .hf:
             try AtomicFile.writeDirectory(output) { directory in
@@ -67,10 +81,6 @@ public enum ModelExport {
                                    to: directory, dtype: floatType ?? .f32, metadata: [exportMarker.key: exportMarker.value])
             }
         case .gguf:
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory), isDirectory.boolValue {
-                throw ExportError.outputIsDirectory(output.path)
-            }
             try AtomicFile.ensureDirectory(output.deletingLastPathComponent())
             try GGUFExport.write(config: model.config, name: source.standardizedFileURL.lastPathComponent,
                                  hfTensors: ModelDirectory.tensors(of: model),
@@ -95,6 +105,16 @@ public enum ModelExport {
               (try? SafetensorsFile(url: weights))?.metadata[exportMarker.key] == exportMarker.value else {
             throw ExportError.outputHoldsOtherFiles(output.path)
         }
+    }
+
+    /// Throws unless `output` is absent or a GGUF file an earlier export wrote (its marker in the metadata):
+    /// an export never replaces another model's weights, a token file or a text.
+    static func checkReplaceableFile(_ output: URL) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: output.path, isDirectory: &isDirectory) else { return }
+        if isDirectory.boolValue { throw ExportError.outputIsDirectory(output.path) }
+        let marker = (try? GGUFFile(url: output))?.metadata.first { $0.key == ggufExportMarker.key }?.value
+        guard case .string(ggufExportMarker.value)? = marker else { throw ExportError.outputIsOtherFile(output.path) }
     }
 
     /// The tokenizer's pieces, scores and kinds as llama.cpp stores them. Embedding rows beyond the

@@ -115,3 +115,19 @@ public enum ModelError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+extension LlamaConfig {
+    /// Whether the two configs have the same tensors (the context aside).
+    public func sameShape(as other: LlamaConfig) -> Bool {
+        hiddenSize == other.hiddenSize && intermediateSize == other.intermediateSize && numHiddenLayers == other.numHiddenLayers
+            && numAttentionHeads == other.numAttentionHeads && numKeyValueHeads == other.numKeyValueHeads
+            && vocabSize == other.vocabSize && tieWordEmbeddings == other.tieWordEmbeddings
+    }
+
+    /// "width 64, 2 layers, 2 heads, hidden 172, vocab 300", for messages.
+    public var shapeSummary: String {
+        "width \(hiddenSize), \(numHiddenLayers) layers, \(numAttentionHeads) heads, hidden \(intermediateSize), vocab \(vocabSize)"
+            + (tieWordEmbeddings ? ", tied" : "")
+    }
+}
+

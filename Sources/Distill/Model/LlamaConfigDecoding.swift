@@ -12,6 +12,13 @@ extension LlamaConfig {
             return try JSONDecoder().decode(LlamaConfig.self, from: data)
         } catch ModelError.invalidConfig(let why) {
             throw ModelError.invalidConfig("\(source): \(why)")
+        } catch DecodingError.dataCorrupted(let context) where context.codingPath.isEmpty {
+            // Not JSON at all (a NaN literal, a trailing comma): say so, and where, as JSONSerialization saw it.
+            do { _ = try JSONSerialization.jsonObject(with: data) } catch {
+                let detail = (error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String ?? context.debugDescription
+                throw ModelError.invalidConfig("\(source) is not valid JSON (\(detail.lowercased().trimmingCharacters(in: CharacterSet(charactersIn: ".")))): fix the file")
+            }
+            throw ModelError.invalidConfig("\(source) is not a JSON object of config fields")
         } catch is DecodingError {
             throw ModelError.invalidConfig("\(source) is not a JSON object of config fields")
         }
@@ -19,10 +26,9 @@ extension LlamaConfig {
 
     /// Reads and checks the `config.json` at `url`.
     public static func read(from url: URL) throws -> LlamaConfig {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), !isDirectory.boolValue,
-              let data = FileManager.default.contents(atPath: url.path) else {
-            throw ModelError.invalidConfig("cannot read \(url.path): give a config.json file")
+        let data: Data
+        do { data = try RegularFile.read(url.path) } catch {
+            throw ModelError.invalidConfig("cannot read the config: \(error)")
         }
         return try decode(data, source: url.path)
     }

@@ -66,8 +66,12 @@ struct FieldReader {
         switch value {
         case .integer(let integer): number = integer
         case .number(let real) where real == real.rounded() && abs(real) < 9e18: number = Int64(real)
+        case .number(let real) where real.isFinite && real == real.rounded():
+            // An integer written with an exponent (1e30), beyond any count a recipe holds.
+            throw RecipeError(path(key), real > 0 ? "is too large (at most \(range.upperBound)), got \(value)" : "must be \(RecipeError.describe(range)), got \(value)")
         default: throw RecipeError(path(key), "expected an integer, found \(value.kind)\(value.kind == "a number" ? " (\(value))" : "")")
         }
+        if number > range.upperBound { throw RecipeError(path(key), "is too large (at most \(range.upperBound)), got \(number)") }
         guard range.contains(number) else { throw RecipeError(path(key), "must be \(RecipeError.describe(range)), got \(number)") }
         return number
     }
@@ -83,6 +87,15 @@ struct FieldReader {
         case .number(let real): return real
         default: throw RecipeError(path(key), "expected a number, found \(value.kind)")
         }
+    }
+
+    /// A number as a Float: one beyond Float's range is refused here ("too large"), not turned into inf.
+    mutating func float(_ key: String) throws -> Float? {
+        guard let number = try number(key) else { return nil }
+        guard abs(number) <= Double(Float.greatestFiniteMagnitude) else {
+            throw RecipeError(path(key), "is too large (at most \(Float.greatestFiniteMagnitude) in size), got \(number)")
+        }
+        return Float(number)
     }
 
     mutating func bool(_ key: String) throws -> Bool? {

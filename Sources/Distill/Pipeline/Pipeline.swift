@@ -82,6 +82,9 @@ public final class Pipeline {
         let plan = try Plan(recipe: recipe, searchRoots: searchRoots, log: callbacks.log)
         try OutputGuard.refuseOverlap(output: OutputGuard.Role("output", runURL.path), inputs: plan.inputs)
         try RunDirectory.prepare(runURL)
+        // One run at a time in a run directory: a second one would restart stages under the first.
+        let lock = try OutputLock(directory: runURL)
+        defer { withExtendedLifetime(lock) {} }
         let pipeline = try Pipeline(recipe: recipe, run: runURL, callbacks: callbacks)
         return try pipeline.execute(plan)
     }
@@ -172,14 +175,14 @@ public final class Pipeline {
     /// Skips the stage when `outputs` exist and its record finished under `key`; else runs `body`.
     private func simpleStage(_ stage: String, label: String, key: String, settings: JSONNode, inputs: [(String, String)],
                              outputs: [String], body: () throws -> JSONNode) throws {
-        if store.status(stage, key: key) == .finished, outputs.allSatisfy({ FileManager.default.fileExists(atPath: $0) }) {
+        if store.status(stage, key: key) == .finished, store.outputsAreWhole(stage, outputs) {
             callbacks.log("\(label): up to date")
             skipped.append(stage)
             return
         }
         try store.begin(stage, key: key, settings: settings, inputs: inputs)
         let result = try body()
-        try store.finish(stage, key: key, settings: settings, inputs: inputs, result: result)
+        try store.finish(stage, key: key, settings: settings, inputs: inputs, result: result, outputs: outputs)
         ran.append(stage)
     }
 
@@ -205,8 +208,7 @@ public final class Pipeline {
             let started = Date()
             if let source {
                 callbacks.log("tokenizer: copying \(source)")
-                guard let bytes = FileManager.default.contents(atPath: source) else { throw IOError.missing(source) }
-                try AtomicFile.write(bytes, to: URL(fileURLWithPath: tokenizerPath))
+                try AtomicFile.write(try RegularFile.read(source), to: URL(fileURLWithPath: tokenizerPath))
             } else if case let .train(vocab, type) = recipe.tokenizer {
                 callbacks.log("tokenizer: training \(vocab) pieces (\(type.rawValue)) on the corpus")
                 do {
@@ -253,7 +255,10 @@ public final class Pipeline {
         let models = names
         let directories = (paths ?? names.map(modelPath)).map { URL(fileURLWithPath: $0) }
         let status = store.status(stage, key: key)
-        if status == .finished, directories.allSatisfy({ FileManager.default.fileExists(atPath: $0.appendingPathComponent("model.safetensors").path) }) {
+        let outputFiles = directories.flatMap { directory in
+            [HFModelDirectory.weightsFileName, HFModelDirectory.configFileName].map { directory.appendingPathComponent($0).path }
+        }
+        if status == .finished, store.outputsAreWhole(stage, outputFiles) {
             callbacks.log("\(label): up to date")
             skipped.append(stage)
             return
@@ -263,7 +268,7 @@ public final class Pipeline {
             // Outputs of other settings (or a run that never saved) are this run's own: start over.
             for directory in (owned.map { $0.map { URL(fileURLWithPath: $0) } } ?? directories)
             where FileManager.default.fileExists(atPath: directory.path) {
-                try FileManager.default.removeItem(at: directory)
+                try AtomicFile.remove(directory)
             }
         }
         callbacks.log("\(label): \(resume ? "resuming" : "training") → \(directories.map(\.path).joined(separator: ", "))")
@@ -283,7 +288,7 @@ public final class Pipeline {
             (name, .object([("parameters", .integer(Int64(outcome.parameterCount))), ("steps", .integer(Int64(outcome.step))),
                             ("seconds", .number(outcome.seconds)), ("tokens_per_second", .number(outcome.tokensPerSecond))]))
         }))])
-        try store.finish(stage, key: key, settings: settings, inputs: inputs, result: result)
+        try store.finish(stage, key: key, settings: settings, inputs: inputs, result: result, outputs: outputFiles)
         ran.append(stage)
     }
 
@@ -380,7 +385,7 @@ public final class Pipeline {
         let stage = "cache-\(key.prefix(8))"
         let path = run.appendingPathComponent("caches").appendingPathComponent(stage + ".cache").path
         let label = "cache (\(mode), τ \(student.settings.logits.temperature))"
-        if store.status(stage, key: key) == .finished, FileManager.default.fileExists(atPath: path) {
+        if store.status(stage, key: key) == .finished, store.outputsAreWhole(stage, [path]) {
             if !skipped.contains(stage) && !ran.contains(stage) {
                 callbacks.log("\(label): up to date")
                 skipped.append(stage)
@@ -411,7 +416,7 @@ public final class Pipeline {
         try store.finish(stage, key: key, settings: settings, inputs: inputs, result: .object([
             ("positions", .integer(Int64(summary.positions))), ("bytes", .integer(Int64(summary.bytes))),
             ("bytes_per_token", .number(summary.bytesPerToken)), ("seconds", .number(summary.seconds)),
-        ]))
+        ]), outputs: [path])
         ran.append(stage)
         return (path, key)
     }
@@ -431,7 +436,7 @@ public final class Pipeline {
             let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
             let tokens: [Int32], bytes: Int
             if let text = recipe.evaluation.text {
-                guard let raw = FileManager.default.contents(atPath: text) else { throw IOError.missing(text) }
+                let raw = try RegularFile.read(text)
                 guard let string = String(data: raw, encoding: .utf8) else { throw EvaluationError.notText(text) }
                 tokens = tokenizer.encode(string)
                 bytes = raw.count

@@ -26,6 +26,13 @@ struct Plan {
         }
         corpusBytes = bytes
         var inputs = corpusFiles.map { OutputGuard.Role("the corpus file", $0) }
+        // A corpus folder is an input as a whole: a run directory inside it would add its files to the corpus.
+        if case .paths(let paths) = recipe.corpus {
+            inputs += paths.filter { path in
+                var isDirectory: ObjCBool = false
+                return FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) && isDirectory.boolValue
+            }.map { OutputGuard.Role("the corpus folder", $0) }
+        }
 
         // The vocabulary.
         switch recipe.tokenizer {
@@ -66,7 +73,10 @@ struct Plan {
                 }
                 teacherConfig = config
             }
-            do { try training.validateIgnoringContext() } catch let error as SettingError {
+            do {
+                try training.validateIgnoringContext()
+                try teacherConfig.checkTrainingActivations(batch: training.batchSize, context: teacherContext)
+            } catch let error as SettingError {
                 throw RecipeError("teacher.\(Plan.field(error.setting))", error.problem)
             }
         case .directories(let directories):
@@ -112,6 +122,7 @@ struct Plan {
             do {
                 try student.training.validateIgnoringContext()
                 try student.settings.validate()
+                try studentConfig.checkTrainingActivations(batch: student.training.batchSize, context: context)
             } catch let error as SettingError {
                 throw RecipeError("\(field).\(Plan.field(error.setting))", error.problem)
             } catch {
@@ -140,6 +151,11 @@ struct Plan {
             }
         }
         studentContexts = contexts
+        // Every model is scored in windows of its context: a stride longer than the shortest would only be
+        // refused after all the training.
+        if let stride = recipe.evaluation.stride, let shortest = ([teacherContext] + contexts).min(), stride > shortest {
+            throw RecipeError("evaluation.stride", "is \(stride), longer than the shortest model context (\(shortest)): give at most \(shortest)")
+        }
 
         if let text = recipe.evaluation.text { inputs.append(OutputGuard.Role("evaluation.text", text)) }
         self.inputs = inputs
@@ -152,8 +168,11 @@ struct Plan {
         case .standard:
             return [try DefaultCorpus.locate(searchRoots: searchRoots, log: log)]
         case .paths(let paths):
-            do { return try TextInput.expand(paths, allowStandardInput: false, purpose: "distill run") }
-            catch { throw RecipeError("corpus", "\(error)") }
+            do {
+                let files = try TextInput.expand(paths, allowStandardInput: false, purpose: "distill run")
+                try TextInput.refuseDuplicates(files)
+                return files
+            } catch { throw RecipeError("corpus", "\(error)") }
         }
     }
 

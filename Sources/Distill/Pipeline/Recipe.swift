@@ -23,17 +23,27 @@ public struct Recipe: Sendable {
     /// are made from it, so writing a default explicitly or reformatting the file changes nothing.
     public var normalized: JSONNode
 
-    /// Reads and checks the recipe file at `path`.
-    public static func load(_ path: String) throws -> Recipe {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            var isDirectory: ObjCBool = false
-            if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
-                throw RecipeError("", "\(path) is a directory: give the recipe's JSON file (e.g. recipes/quick.json)")
-            }
-            throw RecipeError("", "the recipe \(path) does not exist: check the path (recipes/ holds kjv.json, quick.json and methods.json)")
+    /// Reads and checks the recipe file at `path`; a non-empty `corpus` replaces the recipe's (see
+    /// `replacingCorpus`).
+    public static func load(_ path: String, corpus: [String] = []) throws -> Recipe {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory), isDirectory.boolValue {
+            throw RecipeError("", "\(path) is a directory: give the recipe's JSON file (e.g. recipes/quick.json)")
         }
+        let data: Data
+        do { data = try RegularFile.read(path) }
+        catch IOError.missing {
+            throw RecipeError("", "the recipe \(path) does not exist: check the path (recipes/ holds kjv.json, quick.json and methods.json)")
+        } catch { throw RecipeError("", "\(error)") }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent()
-        do { return try decode(data, baseDirectory: base) }
+        do {
+            let value: JSONNode
+            do { value = try JSONNode.parse(data) } catch let error as JSONSyntaxError {
+                throw RecipeError("", "not valid JSON: \(error)")
+            }
+            let edited = corpus.isEmpty ? value : try replacingCorpus(value, with: corpus)
+            return try RecipeParser(base: base.standardizedFileURL).recipe(edited)
+        }
         catch let error as RecipeError where error.path.isEmpty { throw RecipeError("", "\(path): \(error.message)") }
         catch let error as RecipeError { throw RecipeError(error.path, error.message + " (in \(path))") }
     }
@@ -53,17 +63,39 @@ public struct Recipe: Sendable {
 
     /// The default experiment (the same as recipes/kjv.json) on `corpus`: a tokenizer, a `tiny` teacher,
     /// a baseline student and a distilled student, sampled and compared.
-    public static func standard(corpus: [String], name: String = "default") throws -> Recipe {
-        guard case .object(var pairs) = try JSONNode.parse(standardText) else { throw RecipeError("", "the default recipe is damaged") }
+    public static func standard(corpus: [String]) throws -> Recipe {
+        let recipe = try replacingCorpus(try JSONNode.parse(standardText), with: corpus)
+        return try RecipeParser(base: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).recipe(recipe)
+    }
+
+    /// `recipe` (its JSON) with `corpus` (paths as given, made absolute) instead of its corpus, named after
+    /// the first path (`runName(forCorpus:)`), and a description that names this corpus: the shipped
+    /// recipes say "the King James Bible", which is replaced; any other description gets the corpus added.
+    static func replacingCorpus(_ recipe: JSONNode, with corpus: [String]) throws -> JSONNode {
+        guard case .object(let pairs) = recipe, let first = corpus.first else { return recipe }
         let absolute = corpus.map { URL(fileURLWithPath: $0).standardizedFileURL.path }
-        pairs = pairs.map { key, value in
-            switch key {
-            case "corpus": return (key, .array(absolute.map(JSONNode.string)))
-            case "name": return (key, .string(name))
-            default: return (key, value)
-            }
+        let names = corpus.map { URL(fileURLWithPath: $0).lastPathComponent }.joined(separator: ", ")
+        var edited: [(String, JSONNode)] = pairs.filter { key, _ in key != "corpus" && key != "name" && key != "description" }
+        let description = recipe["description"]?.stringValue.map { text in
+            text.contains("the King James Bible") ? text.replacingOccurrences(of: "the King James Bible", with: names)
+                : text + " Corpus: \(names)."
         }
-        return try RecipeParser(base: URL(fileURLWithPath: FileManager.default.currentDirectoryPath)).recipe(.object(pairs))
+        edited.insert(("corpus", .array(absolute.map(JSONNode.string))), at: 0)
+        edited.insert(("name", .string(runName(forCorpus: first))), at: 0)
+        if let description { edited.insert(("description", .string(description)), at: 0) }
+        return .object(edited)
+    }
+
+    /// A run name from a corpus path: its file or folder name without extension, with every character a
+    /// directory name cannot hold turned into '-' (`RecipeParser.directoryName`), "corpus" when nothing is left.
+    public static func runName(forCorpus path: String) -> String {
+        let stem = URL(fileURLWithPath: path).deletingPathExtension().lastPathComponent
+        var scalars = stem.unicodeScalars.map { scalar -> Character in
+            scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || "-_.".unicodeScalars.contains(scalar)) ? Character(scalar) : "-"
+        }
+        while let first = scalars.first, !(first.isLetter || first.isNumber) { scalars.removeFirst() }
+        let name = String(scalars.prefix(64))
+        return name.isEmpty ? "corpus" : name
     }
 
     /// The default recipe's text; recipes/kjv.json is this file.
@@ -237,6 +269,9 @@ struct RecipeParser {
         if let directory, isDirectory.boolValue != directory {
             throw RecipeError(field, "\(resolved) is \(isDirectory.boolValue ? "a directory" : "a file"); give \(what)")
         }
+        if !isDirectory.boolValue {
+            do { try RegularFile.check(resolved) } catch { throw RecipeError(field, "\(error)") }
+        }
         return resolved
     }
 
@@ -249,7 +284,13 @@ struct RecipeParser {
             throw RecipeError("schema_version", "this distill reads recipe schema \(Recipe.schemaVersion), the recipe says \(version): "
                               + (version > Int64(Recipe.schemaVersion) ? "update distill" : "update the recipe (docs/recipes.md lists the changes)"))
         }
-        let name = try top.string("name") ?? base.lastPathComponent
+        let name: String
+        if let given = try top.string("name") {
+            name = try Self.directoryName(given, field: "name")
+        } else {
+            name = try Self.directoryName(base.lastPathComponent, field: "name",
+                                          advice: " (the recipe's folder name, used when the recipe gives none): add a \"name\"")
+        }
         let about = try top.string("description")
 
         // Corpus.
@@ -350,7 +391,7 @@ struct RecipeParser {
         let samples = RecipeSamples(
             prompts: try samplesReader.strings("prompts") ?? [""],
             maxTokens: try samplesReader.int("max_tokens", in: 0...100_000) ?? 60,
-            temperature: Float(try samplesReader.number("temperature") ?? 0.8),
+            temperature: (try samplesReader.float("temperature") ?? 0.8),
             topK: try samplesReader.int("top_k", in: 1...Int64(Int32.max)),
             topP: try samplesReader.number("top_p").map(Float.init),
             seed: UInt64(try samplesReader.integer("seed", in: 0...Int64.max) ?? 1))
@@ -405,18 +446,18 @@ struct RecipeParser {
         if let v = try r.int("batch_size", in: positive) { p.batchSize = v }
         if let v = try r.int("context", in: 2...Int64(Int32.max)) { context = v }
         if let v = try r.int("accumulation", in: positive) { p.accumulationSteps = v }
-        if let v = try r.number("lr") {
+        if let v = try r.float("lr") {
             guard v > 0 && v.isFinite else { throw RecipeError(r.path("lr"), "must be positive, got \(v)") }
-            p.learningRate = Float(v)
+            p.learningRate = v
         }
         if let v = try r.int("warmup", in: natural) { p.warmupSteps = v }
-        if let v = try r.number("weight_decay") {
+        if let v = try r.float("weight_decay") {
             guard v >= 0 else { throw RecipeError(r.path("weight_decay"), "must be 0 or more, got \(v)") }
-            p.weightDecay = Float(v)
+            p.weightDecay = v
         }
-        if let v = try r.number("grad_clip") {
+        if let v = try r.float("grad_clip") {
             guard v >= 0 else { throw RecipeError(r.path("grad_clip"), "must be 0 or more (0: off), got \(v)") }
-            p.gradientClip = Float(v)
+            p.gradientClip = v
         }
         if let v = try r.integer("seed", in: 0...Int64.max) { p.seed = UInt64(v) }
         if let v = try r.int("eval_every", in: natural) { p.evalEvery = v }
@@ -458,7 +499,9 @@ struct RecipeParser {
                     case .number(let v): number = v
                     default: throw RecipeError("\(reader.path("weights"))[\(index)]", "expected a number, found \(value.kind)")
                     }
-                    guard number >= 0 && number.isFinite else { throw RecipeError("\(reader.path("weights"))[\(index)]", "must be 0 or more") }
+                    guard number >= 0 && number <= Double(Float.greatestFiniteMagnitude) else {
+                        throw RecipeError("\(reader.path("weights"))[\(index)]", "must be 0 or more (and at most \(Float.greatestFiniteMagnitude))")
+                    }
                     return Float(number)
                 }
                 if parsedWeights!.allSatisfy({ $0 == 0 }) { throw RecipeError(reader.path("weights"), "at least one weight must be positive") }
@@ -474,13 +517,26 @@ struct RecipeParser {
         return RecipeTeacher(source: .train(shape: shape, training: training, context: context), weights: nil)
     }
 
+    /// A recipe's names become directories (the run's under runs/, each student's under models/), so they
+    /// are one path component of letters, digits, '-', '_' and '.', starting with a letter or digit: no
+    /// "..", no "/", nothing that steers a write outside the run directory.
+    @discardableResult
+    static func directoryName(_ name: String, field: String, advice: String = "") throws -> String {
+        let limit = 64
+        guard name.count <= limit else {
+            throw RecipeError(field, "\"\(name.prefix(20))…\" is too long to name a directory (\(name.count) characters, at most \(limit))\(advice)")
+        }
+        guard let first = name.unicodeScalars.first, CharacterSet.alphanumerics.contains(first),
+              name.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }) else {
+            throw RecipeError(field, "\"\(name)\" cannot name a directory: use letters, digits, '-', '_' and '.', starting with a letter or digit\(advice)")
+        }
+        return name
+    }
+
     func student(_ reader: inout FieldReader, sharedShape: RecipeModelShape, sharedShapeField: String, sharedTraining: TrainingParameters,
                  sharedContext: Int?, teacher: RecipeTeacher) throws -> RecipeStudent {
         guard let name = try reader.string("name") else { throw RecipeError(reader.path("name"), "missing: give the student a name (its directory under models/)") }
-        guard let first = name.unicodeScalars.first, CharacterSet.alphanumerics.contains(first), name.count <= 64,
-              name.unicodeScalars.allSatisfy({ $0.isASCII && (CharacterSet.alphanumerics.contains($0) || "-_.".unicodeScalars.contains($0)) }) else {
-            throw RecipeError(reader.path("name"), "\"\(name)\" cannot name a directory: use letters, digits, '-', '_' and '.', starting with a letter or digit")
-        }
+        try Self.directoryName(name, field: reader.path("name"))
         guard let kindName = try reader.string("kind") else {
             throw RecipeError(reader.path("kind"), "missing: use one of \(StudentKind.names.joined(separator: ", "))")
         }
@@ -513,11 +569,11 @@ struct RecipeParser {
         var settings = kind == .mutual || kind == .baseline ? DistillationSettings() : .student
         if kind == .baseline { settings.weights = DistillationWeights(ce: 1, kd: 0) }
         if var logits = try reader.object("logits") {
-            if let v = try logits.number("ce_weight") { settings.weights.ce = Float(v) }
-            if let v = try logits.number("kd_weight") { settings.weights.kd = Float(v) }
-            if let v = try logits.number("temperature") {
+            if let v = try logits.float("ce_weight") { settings.weights.ce = v }
+            if let v = try logits.float("kd_weight") { settings.weights.kd = v }
+            if let v = try logits.float("temperature") {
                 guard v > 0 && v.isFinite else { throw RecipeError(logits.path("temperature"), "must be positive, got \(v)") }
-                settings.logits.temperature = Float(v)
+                settings.logits.temperature = v
             }
             let divergence = try logits.string("divergence") ?? "forward-kl"
             let beta = try logits.number("beta").map(Float.init) ?? Divergence.defaultBeta
@@ -542,7 +598,7 @@ struct RecipeParser {
         var layerMap: String?
         if kind == .kdFeature {
             var feature = try reader.object("feature") ?? FieldReader(.object([]), path: reader.path("feature"))
-            settings.weights.feature = Float(try feature.number("weight") ?? 1)
+            settings.weights.feature = (try feature.float("weight") ?? 1)
             guard settings.weights.feature > 0 && settings.weights.feature.isFinite else {
                 throw RecipeError(feature.path("weight"), "must be positive for a kd-feature student")
             }
@@ -556,8 +612,8 @@ struct RecipeParser {
         }
         if kind == .kdRelational {
             var relational = try reader.object("relational") ?? FieldReader(.object([]), path: reader.path("relational"))
-            settings.weights.rkdDistance = Float(try relational.number("distance_weight") ?? 1)
-            settings.weights.rkdAngle = Float(try relational.number("angle_weight") ?? 2)
+            settings.weights.rkdDistance = (try relational.float("distance_weight") ?? 1)
+            settings.weights.rkdAngle = (try relational.float("angle_weight") ?? 2)
             for (key, value) in [("distance_weight", settings.weights.rkdDistance), ("angle_weight", settings.weights.rkdAngle)]
             where !(value >= 0 && value.isFinite) {
                 throw RecipeError(relational.path(key), "must be 0 or more, got \(value)")

@@ -5,6 +5,10 @@ public enum PipelineError: NamesSettings, Equatable {
     case unreadable(String, String)
     case notARunDirectory(String)
     case otherSchema(path: String, found: Int, expected: Int)
+    /// run.json of this recipe schema but another run-directory layout (`format`), from another version.
+    case otherLayout(path: String, found: Int, expected: Int)
+    /// A directory with no run.json given to `distill report`.
+    case noManifest(String)
     case damagedRun(String, String)
     case defaultCorpus(String)
     case notAvailableYet(field: String, kind: String, reason: String)
@@ -17,6 +21,11 @@ public enum PipelineError: NamesSettings, Equatable {
         case let .otherSchema(path, found, expected):
             return "\(path) was made by recipe schema \(found) and this distill uses schema \(expected): "
                 + "give a new \(name(.output)) (or delete \(path) to start over)"
+        case let .otherLayout(path, found, expected):
+            return "\(path) was made by a distill with run-directory layout \(found), and this distill uses layout \(expected): "
+                + "give a new \(name(.output)) (or delete \(path) to start over)"
+        case .noManifest(let path):
+            return "\(path) holds no run.json, so it is not a directory that `distill run` made: give a run directory (runs/NAME)"
         case let .damagedRun(path, why): return "\(path) is damaged: \(why); give a new \(name(.output))"
         case .defaultCorpus(let why): return "the default corpus (the King James Bible) is missing: \(why)"
         case let .notAvailableYet(field, kind, reason):
@@ -54,7 +63,7 @@ public enum RunDirectory {
         guard let data = FileManager.default.contents(atPath: manifest.path) else {
             var isDirectory: ObjCBool = false
             if FileManager.default.fileExists(atPath: url.path, isDirectory: &isDirectory), isDirectory.boolValue {
-                throw PipelineError.damagedRun(url.path, "it has no run.json (it is not a run directory made by distill run)")
+                throw PipelineError.noManifest(url.path)
             }
             throw IOError.missing(url.path)
         }
@@ -62,9 +71,11 @@ public enum RunDirectory {
             throw PipelineError.damagedRun(url.path, "run.json is not valid JSON")
         }
         let version = value["schema_version"]?.intValue ?? 0
-        guard version == Recipe.schemaVersion, value["format"]?.intValue == format else {
+        guard version == Recipe.schemaVersion else {
             throw PipelineError.otherSchema(path: url.path, found: version, expected: Recipe.schemaVersion)
         }
+        let layout = value["format"]?.intValue ?? 0
+        guard layout == format else { throw PipelineError.otherLayout(path: url.path, found: layout, expected: format) }
         return value
     }
 
@@ -73,7 +84,7 @@ public enum RunDirectory {
         try AtomicFile.write(Data(manifest.prettyText.utf8), to: url.appendingPathComponent(manifestFile))
     }
 
-    /// The processor and cores this process runs on, for the report.
+    /// The processor, cores and kernel path this process runs on, for the report.
     public static var machineDescription: String {
         var model = "unknown processor"
         if let cpuinfo = try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8),
@@ -83,7 +94,7 @@ public enum RunDirectory {
         }
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let memory = Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824
-        return "\(model), \(cores) core\(cores == 1 ? "" : "s"), \(String(format: "%.0f", memory)) GB"
+        return "\(model), \(cores) core\(cores == 1 ? "" : "s"), \(String(format: "%.0f", memory)) GB; \(KernelPath.description)"
     }
 }
 

@@ -59,17 +59,34 @@ public final class StageStore {
         try write(stage, key: key, status: "started", settings: settings, inputs: inputs, result: .null)
     }
 
-    /// Records that the stage finished under `key` with `result`.
-    public func finish(_ stage: String, key: String, settings: JSONNode, inputs: [(String, String)], result: JSONNode) throws {
-        try write(stage, key: key, status: "finished", settings: settings, inputs: inputs, result: result)
+    /// Records that the stage finished under `key` with `result`, and the size and hash of each of its
+    /// `outputs` (files), so that a later run skips it only while they are whole.
+    public func finish(_ stage: String, key: String, settings: JSONNode, inputs: [(String, String)], result: JSONNode,
+                       outputs: [String] = []) throws {
+        let fingerprints = try outputs.map { path in (path, try Fingerprint.sizeAndContents(of: path)) }
+        try write(stage, key: key, status: "finished", settings: settings, inputs: inputs, result: result,
+                  outputs: .object(fingerprints.map { ($0.0, .string($0.1)) }))
+    }
+
+    /// Whether every one of `outputs` exists and, where the stage's record holds its size and hash, still
+    /// has them: a truncated or edited output makes the stage run again instead of being reported as up
+    /// to date. (Records written before outputs were fingerprinted are checked for existence only.)
+    public func outputsAreWhole(_ stage: String, _ outputs: [String]) -> Bool {
+        let recorded = record(stage)?["outputs"]
+        return outputs.allSatisfy { path in
+            guard FileManager.default.fileExists(atPath: path) else { return false }
+            guard case .string(let fingerprint)? = recorded?[path] else { return true }
+            return (try? Fingerprint.sizeAndContents(of: path)) == fingerprint
+        }
     }
 
     private func write(_ stage: String, key: String, status: String, settings: JSONNode, inputs: [(String, String)],
-                       result: JSONNode) throws {
+                       result: JSONNode, outputs: JSONNode = .object([])) throws {
         let record = JSONNode.object([
             ("stage", .string(stage)), ("key", .string(key)), ("status", .string(status)),
             ("time", .string(ISO8601DateFormatter().string(from: Date()))),
             ("inputs", .object(inputs.map { ($0.0, .string($0.1)) })), ("settings", settings), ("result", result),
+            ("outputs", outputs),
         ])
         try AtomicFile.write(Data(record.prettyText.utf8), to: url(stage))
     }
@@ -84,6 +101,13 @@ enum Fingerprint {
             throw PipelineError.unreadable(path, error.reason)
         }
         return StageStore.hex(fnv1a64(mapped.bytes))
+    }
+
+    /// "BYTES:HASH" of a file: its size and FNV-1a 64, to tell a whole output from a truncated one.
+    static func sizeAndContents(of path: String) throws -> String {
+        let mapped: MappedFile
+        do { mapped = try MappedFile(path: path) } catch { throw PipelineError.unreadable(path, error.reason) }
+        return "\(mapped.bytes.count):\(StageStore.hex(fnv1a64(mapped.bytes)))"
     }
 
     /// A model directory that is not ours to read whole (it may hold gigabytes): its config and

@@ -76,6 +76,23 @@ public enum BornAgain {
     /// `callbacks(k)` receives generation k's events. Under mpirun every generation trains data-parallel
     /// and the ranks share the scoring; the later generations read the earlier ones as teachers, so
     /// every rank must see the output directory (one machine, or a shared file system).
+    /// Throws unless `root` is absent, empty, or holds only what `generations` writes (gen-k folders,
+    /// generations.json, hidden files such as the lock): resuming into a trained model's directory, or any
+    /// other folder, would write the generations among its files.
+    public static func checkIsGenerationsDirectory(_ root: String) throws {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: root, isDirectory: &isDirectory) else { return }
+        guard isDirectory.boolValue else { throw IOError.notADirectory(root) }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: root)) ?? []
+        let foreign = names.filter { name in
+            !name.hasPrefix(".") && name != tableFile && !(name.hasPrefix("gen-") && Int(name.dropFirst(4)) != nil)
+        }
+        guard foreign.isEmpty else {
+            let what = names.contains(HFModelDirectory.configFileName) ? "a model directory" : "a folder with other files (\(foreign.sorted().prefix(3).joined(separator: ", ")))"
+            throw SettingError(.output, "\(root) is \(what), not the output of `distill generations`: choose a new or empty directory")
+        }
+    }
+
     public static func run(_ request: GenerationsRequest, callbacks: (Int) -> TrainingCallbacks) throws -> GenerationsOutcome {
         guard request.count >= 1 else { throw SettingError(.count, "must be at least 1 (got \(request.count))") }
         try request.settings.validate()
@@ -87,6 +104,7 @@ public enum BornAgain {
         guard inputs.data.validationTokens.count >= 2 else {
             throw SettingError(.data, "has no validation split to score the generations on: prepare it with a validation fraction above 0")
         }
+        try checkIsGenerationsDirectory(root)
         if !request.training.resume, let existing = (1...request.count).first(where: {
             Checkpoint.exists(in: URL(fileURLWithPath: directory(root, generation: $0)))
         }) {
@@ -105,12 +123,18 @@ public enum BornAgain {
             generation.parameters.seed = shape.parameters.seed &+ UInt64(k - 1)
             generation.resume = request.training.resume && Checkpoint.exists(in: URL(fileURLWithPath: generation.output))
             let outcome: TrainingOutcome
-            if k == 1 {
-                outcome = try TrainingRun.train(generation, callbacks: callbacks(k))
-            } else {
-                let teachers = request.teachers == .previous ? [k - 1] : Array(1..<k)
-                outcome = try TrainingRun.student(generation, StudentRequest(teachers: teachers.map { directory(root, generation: $0) },
-                                                                             settings: request.settings), callbacks: callbacks(k))
+            do {
+                if k == 1 {
+                    outcome = try TrainingRun.train(generation, callbacks: callbacks(k))
+                } else {
+                    let teachers = request.teachers == .previous ? [k - 1] : Array(1..<k)
+                    outcome = try TrainingRun.student(generation, StudentRequest(teachers: teachers.map { directory(root, generation: $0) },
+                                                                                 settings: request.settings), callbacks: callbacks(k))
+                }
+            } catch let error as SettingError where error.setting == .teacher && generation.resume {
+                // The generations' teachers are not given by the user but follow from how they teach.
+                throw SettingError(.teachWith, "is not what generation \(k) was trained with, or an earlier generation changed since (trained "
+                                   + "for more steps): its teachers differ; resume with the same settings, or choose another output")
             }
             outcomes.append(outcome)
             // Rank 0 has written generation k before any rank loads it as a teacher.

@@ -126,8 +126,7 @@ public enum TrainingRun {
         var isDirectory: ObjCBool = false
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw IOError.missing(path) }
         if isDirectory.boolValue { throw SettingError(.config, "\(path) is a folder; give the path of a config.json file") }
-        guard let bytes = FileManager.default.contents(atPath: path) else { throw IOError.missing(path) }
-        return try LlamaConfig.decode(bytes, source: path)
+        return try LlamaConfig.decode(try RegularFile.read(path), source: path)
     }
 
     // MARK: the commands

@@ -39,6 +39,9 @@ public final class CachedTeacherObjective: TermwiseObjective {
                                   (.rkdAngleWeight, weights.rkdAngle)] where weight > 0 {
             throw SettingError(setting, "needs the teacher's hidden states, which a teacher cache does not hold: leave it at 0 or use a live teacher")
         }
+        if settings.schedule.temperature != nil {
+            throw SettingError(.temperatureSchedule, "anneals τ, but the teacher cache \(cache.path) holds distributions at one τ = \(cache.temperature): leave it out, or use a live teacher")
+        }
         guard settings.logits.temperature == cache.temperature else {
             throw SettingError(.temperature, "is \(settings.logits.temperature), but the teacher cache \(cache.path) holds distributions at τ = \(cache.temperature): leave it out or give \(cache.temperature)")
         }

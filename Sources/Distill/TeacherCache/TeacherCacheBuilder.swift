@@ -114,9 +114,13 @@ public enum TeacherCacheBuilder {
         }
         // A finished cache of the same build is kept as it is; anything else is not overwritten. Only
         // rank 0 looks at the output and writes it.
-        var finished: TeacherCacheSummary?, openedWriter: TeacherCacheWriter?
+        var finished: TeacherCacheSummary?, openedWriter: TeacherCacheWriter?, lock: OutputLock?
+        defer { withExtendedLifetime(lock) {} }
         try ranks.together {
             guard ranks.isRoot else { return }
+            try AtomicFile.ensureDirectory(URL(fileURLWithPath: output).deletingLastPathComponent())
+            // One build of an output at a time: a second would write the same .partial.
+            lock = try OutputLock(beside: URL(fileURLWithPath: output))
             if FileManager.default.fileExists(atPath: output) {
                 if let existing = try? TeacherCache(path: output), existing.header.binding == header.binding {
                     finished = TeacherCacheSummary(path: output, positions: existing.tokenCount, bytes: existing.byteCount, resumedFrom: existing.tokenCount,
@@ -125,7 +129,6 @@ public enum TeacherCacheBuilder {
                 }
                 throw TeacherCacheError.outputExists(output)
             }
-            try AtomicFile.ensureDirectory(URL(fileURLWithPath: output).deletingLastPathComponent())
             openedWriter = try TeacherCacheWriter(path: output, header: header)
         }
         // Rank 0 tells the others where the build stands.

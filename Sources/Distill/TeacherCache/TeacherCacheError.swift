@@ -16,6 +16,8 @@ public enum TeacherCacheError: NamesSettings, Equatable, Sendable {
     case mismatch(String, what: String)
     /// An unfinished build of another cache is in the way.
     case foreignPartial(String)
+    /// The unfinished build of these very settings, whose committed part is damaged.
+    case damagedPartial(String, reason: String)
     /// The output exists and is not this build's finished cache.
     case outputExists(String)
 
@@ -33,6 +35,8 @@ public enum TeacherCacheError: NamesSettings, Equatable, Sendable {
             return "the teacher cache \(path) was made for \(what)"
         case .foreignPartial(let path):
             return "\(path) holds an unfinished build with other settings (teacher, data, temperature, mode or seed): delete it, or rerun with that build's settings"
+        case let .damagedPartial(path, reason):
+            return "\(path) is an unfinished build of these settings, but damaged (\(reason)): delete it and run the same command again"
         case .outputExists(let path):
             return "\(path) already exists and is not the finished cache of these settings: choose another \(name(.output)) or delete it"
         }

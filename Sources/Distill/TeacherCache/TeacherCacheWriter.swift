@@ -50,13 +50,14 @@ final class TeacherCacheWriter {
                 // Drop whatever follows the last commit, after checking that the committed part is whole.
                 let committedEnd = try Self.readUInt64(fd, at: header.directoryOffset + header.blocksWritten * 8, path: partialPath)
                 guard committedEnd >= header.bodyOffset, committedEnd <= Int(lseek(fd, 0, SEEK_END)) else {
-                    throw TeacherCacheError.foreignPartial(partialPath)
+                    throw TeacherCacheError.damagedPartial(partialPath, reason: "its last commit points past its end")
                 }
                 var hash = fnv1a64(continuing: fnvOffsetBasis, header.binding.withUnsafeBytes { $0 })
                 hash = try Self.hashRange(fd, from: header.bodyOffset, to: committedEnd, continuing: hash, path: partialPath)
-                guard hash == header.runningHash, ftruncate(fd, off_t(committedEnd)) == 0 else {
-                    throw TeacherCacheError.foreignPartial(partialPath)
+                guard hash == header.runningHash else {
+                    throw TeacherCacheError.damagedPartial(partialPath, reason: "its committed blocks do not match their checksum")
                 }
+                guard ftruncate(fd, off_t(committedEnd)) == 0 else { throw IOError.unwritable(partialPath) }
                 end = committedEnd
             } catch {
                 close(fd)
@@ -196,7 +197,7 @@ final class TeacherCacheWriter {
     private static func readHeader(_ fd: Int32, path: String) throws -> TeacherCacheFormat.Header {
         let bytes = try readExactly(fd, count: TeacherCacheFormat.headerSize, at: 0, path: path)
         do { return try bytes.withUnsafeBytes { try TeacherCacheFormat.Header(decoding: $0, path: path) } }
-        catch { throw TeacherCacheError.foreignPartial(path) }
+        catch { throw TeacherCacheError.damagedPartial(path, reason: "its header is not a teacher cache's") }
     }
 
     private static func readUInt64(_ fd: Int32, at offset: Int, path: String) throws -> Int {

@@ -70,6 +70,18 @@ enum TextInput {
         return files
     }
 
+    /// Refuses a file reached twice (listed twice, or through a folder and a link): its text would count
+    /// twice, and its validation bytes would also lie in the training text. Callers check first that no
+    /// output overwrites an input, the graver mistake.
+    static func refuseDuplicates(_ files: [String]) throws {
+        var seen: [String: String] = [:]  // resolved path → the path as first reached
+        for file in files where file != "-" {
+            let resolved = URL(fileURLWithPath: file).standardizedFileURL.resolvingSymlinksInPath().path
+            if let first = seen[resolved] { throw TokenizerError.duplicateInput(file, sameAs: first) }
+            seen[resolved] = file
+        }
+    }
+
     /// Opens a file (or reads all of standard input for "-") and checks that it is non-empty UTF-8
     /// text without NUL bytes.
     static func open(_ path: String) throws -> TextSource {

@@ -19,6 +19,9 @@ public enum TokenizerError: NamesSettings, Equatable {
     case unreadableInput(String, reason: String)
     /// Standard input ("-") was given where it cannot be used.
     case standardInputNotSupported(String)
+    /// The same file reached twice (listed twice, or through a folder or link): its text would count twice
+    /// and its validation bytes would also lie in the training text.
+    case duplicateInput(String, sameAs: String)
     /// The tokenizer model file does not exist.
     case missingModel(String)
     /// SentencePiece could not load the model file.
@@ -46,6 +49,8 @@ public enum TokenizerError: NamesSettings, Equatable {
             return "input \(path) does not exist: check the path"
         case .emptyInput(let path):
             return "input \(path) has no text: give a file that contains text"
+        case let .duplicateInput(path, first):
+            return "input \(path) is the same file as \(first): give each file once"
         case .binaryInput(let path):
             return "input \(path) contains NUL bytes and looks binary: give plain UTF-8 text"
         case .invalidUTF8(let path, let line, let byteOffset):

@@ -44,6 +44,7 @@ extension Tokenizer {
         // SentencePiece's BPE trainer crashes when no two characters ever stand side by side.
         if modelType == .bpe, !sources.contains(where: { hasAdjacentCharacters($0.bytes) }) { throw TokenizerError.nothingToMerge }
         try OutputGuard.refuseOverlap(output: .init(Setting.output.rawValue, output), inputs: files.map { .init("input", $0) })
+        try TextInput.refuseDuplicates(files)
         let outputURL = URL(fileURLWithPath: output)
         try AtomicFile.ensureDirectory(outputURL.deletingLastPathComponent())
 
@@ -62,7 +63,7 @@ extension Tokenizer {
             "--input_sentence_size=\(maximumSentences)",
             "--shuffle_input_sentence=true",
             "--max_sentence_length=\(maximumSentenceBytes)",
-            "--num_threads=\(max(1, threads))",
+            "--num_threads=\(min(max(1, threads), 128))",  // SentencePiece's trainer takes at most 128
         ].joined(separator: " ")
 
         var model: UnsafeMutablePointer<CChar>?

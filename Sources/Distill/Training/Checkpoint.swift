@@ -141,6 +141,14 @@ public enum Checkpoint {
         guard given.steps >= saved.step else {
             throw SettingError(.steps, "is \(given.steps) but the checkpoint is already at step \(saved.step): give at least \(saved.step)")
         }
+        // Another kind of run altogether (a student's checkpoint given to `train`): name the command that resumes it.
+        let savedKind = saved.objective["objective"] ?? "cross-entropy", kind = objective["objective"] ?? "cross-entropy"
+        if savedKind != kind {
+            let resumedBy = ["cross-entropy": "a training checkpoint: resume it with `distill train`",
+                             "distillation": "a distillation checkpoint: resume it with `distill student` (or `distill mutual`, for peers)",
+                             "cached-teacher": "a distillation checkpoint from a teacher cache: resume it with `distill student` and that cache"]
+            throw TrainingError.cannotResume("the checkpoint is \(resumedBy[savedKind] ?? "of another kind (\(savedKind))"), with its own settings")
+        }
         // Weights first: a term switched on or off is named by its weight, not by one of its details.
         let keys = Set(saved.objective.keys).union(objective.keys).sorted { ($0.hasSuffix("_weight") ? 0 : 1, $0) < ($1.hasSuffix("_weight") ? 0 : 1, $1) }
         for key in keys where saved.objective[key] != objective[key] {

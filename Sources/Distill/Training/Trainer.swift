@@ -2,6 +2,9 @@ import Foundation
 
 /// What the training loop reports as it goes.
 public enum TrainingEvent {
+    /// The loop is about to take its first step (`step` 0, or the checkpoint's after a resume): until the
+    /// next `.step`, what is on disk is all there is to save.
+    case started(step: Int)
     /// A progress report: step (1-based) of total, loss terms, learning rate, gradient norm, speed.
     case step(step: Int, total: Int, terms: [String: Double], learningRate: Float, gradientNorm: Float,
               tokensPerSecond: Double, secondsLeft: Double)
@@ -40,13 +43,7 @@ public final class Trainer {
         guard parameters.context <= model.config.maxPositionEmbeddings else {
             throw SettingError(.context, "is \(parameters.context), longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
         }
-        // A context or batch far beyond the machine fails here with a sentence, not in the allocator.
-        let needed = model.activationBytes(batch: parameters.batchSize, length: parameters.context)
-        let available = Double(ProcessInfo.processInfo.physicalMemory)
-        guard needed < 0.8 * available else {
-            throw SettingError(.batchSize, String(format: "is %d; a batch of %d × %d tokens needs about %.1f GB of activations but this machine has %.1f GB: lower the batch size or the context", parameters.batchSize,
-                                                      parameters.batchSize, parameters.context, needed / 1e9, available / 1e9))
-        }
+        try model.config.checkTrainingActivations(batch: parameters.batchSize, context: parameters.context)
         self.model = model
         self.objective = objective
         self.parameters = parameters
@@ -113,6 +110,7 @@ public final class Trainer {
         // Under mpirun only rank 0 reports, and the ranks stop together: a signal reaches each at its own
         // moment, so the decision travels with the gradients (any rank's request stops all after that step).
         let parallel = trainers.contains { $0.group.size > 1 }
+        for (index, trainer) in trainers.enumerated() where trainer.group.isRoot { report(index, .started(step: trainer.step)) }
         while trainers.contains(where: { $0.step < $0.parameters.steps }) {
             if parallel ? trainers.contains(where: \.stopAgreed) : shouldStop() {
                 for (index, trainer) in trainers.enumerated() {
@@ -275,6 +273,11 @@ public final class Trainer {
                                        tokenizerHash: tokenizerHash)
         guard state.extraTensors == objective.extraTensors.map(\.name) else {
             throw TrainingError.cannotResume("the checkpoint's distillation terms differ from this run's")
+        }
+        // A resume with another preset or config would otherwise fail on the first tensor's shape.
+        if let saved = try? LlamaConfig.read(from: directory.appendingPathComponent("config.json")), !saved.sameShape(as: model.config) {
+            throw TrainingError.cannotResume("the checkpoint's model is \(saved.shapeSummary) and this run's is \(model.config.shapeSummary): "
+                                             + "resume with the preset or config it was trained with")
         }
         try ModelDirectory.loadWeights(into: model, from: try SafetensorsFile(url: stateFolder.appendingPathComponent("model.safetensors")))
         guard String(weightsHash(UnsafeBufferPointer(model.parameters)), radix: 16) == state.weightsHash else {
