@@ -16,9 +16,23 @@
 //
 // The caller posts a step by bumping each needed helper's `posted`; a helper runs its part and stores
 // the same count in `finished`, on which the caller spins.
+//
+// A core that another process keeps busy breaks this: the helper there runs only when the scheduler
+// gives it a slice, so a step of microseconds waits milliseconds for it (measured: 2-thread decoding at
+// a seventh of the 1-thread rate with a busy loop on the other core). So the caller times each step:
+// after a few steps in which it waited on the helpers far longer than its own part took, it runs every
+// part itself for a while (20 ms, doubling up to a second while the helpers stay late), then tries the
+// helpers again. The parts are the same either way, each output computed whole by one thread, so the
+// results do not change.
 
 // Pauses (~0.3 ms), then yields (~1–2 ms), then 20 µs naps (~0.1 s), then sleep.
 enum { SPINS_BEFORE_YIELDING = 1 << 12, SPINS_BEFORE_NAPPING = (1 << 12) + (1 << 11), NAPS_BEFORE_SLEEPING = 2000 };
+
+// Late helpers: a step is late when the caller waited more than its own part took plus LATE_SLACK_NS
+// (a helper waking from a nap costs tens of microseconds); LATE_STEPS_BEFORE_SOLO late steps in a row
+// send the team solo for SOLO_FIRST_NS, and each late probe after that doubles the stretch.
+enum { LATE_STEPS_BEFORE_SOLO = 3 };
+static const uint64_t LATE_SLACK_NS = 50000, SOLO_FIRST_NS = 20000000, SOLO_LONGEST_NS = 1000000000;
 
 struct ck_helper {
     pthread_t thread;
@@ -38,7 +52,18 @@ struct ck_team {
     _Atomic int busy;
     ck_team_task task;
     void *context;
+    // Touched only by the caller that holds `busy`.
+    int late_steps;         // consecutive steps in which the helpers came late
+    int probing;            // the last solo stretch has ended: the next step tries the helpers again
+    uint64_t solo_until;    // until then (CLOCK_MONOTONIC ns), the caller runs every part itself
+    uint64_t solo_span;     // the length of the last solo stretch
 };
+
+static uint64_t now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -140,6 +165,12 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     if (parts < 1 || parts > team->helper_count + 1) return 0;
     int idle = 0;
     if (!atomic_compare_exchange_strong(&team->busy, &idle, 1)) return 0;
+    uint64_t start = now_ns();
+    if (start < team->solo_until) {
+        for (int part = 0; part < parts; part++) task(context, part);
+        atomic_store_explicit(&team->busy, 0, memory_order_release);
+        return 1;
+    }
     team->task = task;
     team->context = context;
     // Helper 0 takes part in every step with parts > 1, so its count is the largest any helper has
@@ -151,6 +182,7 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
         if (atomic_load(&helper->sleeping)) wake_helper(helper);
     }
     task(context, 0);
+    uint64_t own_end = now_ns();
     for (int i = 0; i < parts - 1; i++) {
         // With more threads than cores a helper may be waiting for this core: yield after a while.
         unsigned long spins = 0;
@@ -158,6 +190,19 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
             if (++spins < SPINS_BEFORE_YIELDING) cpu_relax();
             else sched_yield();
         }
+    }
+    uint64_t end = now_ns();
+    if (end - own_end > (own_end - start) + LATE_SLACK_NS) {
+        if (team->probing || ++team->late_steps >= LATE_STEPS_BEFORE_SOLO) {
+            uint64_t doubled = team->solo_span * 2;
+            team->solo_span = team->probing ? (doubled < SOLO_LONGEST_NS ? doubled : SOLO_LONGEST_NS) : SOLO_FIRST_NS;
+            team->solo_until = end + team->solo_span;
+            team->probing = 1;
+            team->late_steps = 0;
+        }
+    } else {
+        team->late_steps = 0;
+        team->probing = 0;
     }
     atomic_store_explicit(&team->busy, 0, memory_order_release);
     return 1;

@@ -60,8 +60,11 @@ final class DataParallelTests: XCTestCase {
         return (difference / norm).squareRoot()
     }
 
+    /// The "Error: ..." lines of a job. mpirun forwards a rank's stderr in pieces and may print its own
+    /// notice between them (seen: "E", a notice of several lines, then "rror: rank 1: ..."), so each error
+    /// is counted by the "rror: " that its first piece cannot hold.
     func errorLines(_ result: ProcessResult) -> [Substring] {
-        result.transcript.split(separator: "\n").filter { $0.hasPrefix("Error:") }
+        result.transcript.split(separator: "\n").filter { $0.contains("rror: ") }
     }
 
     /// 2 ranks with batch 2 end where 1 process with batch 4 ends after 20 AdamW steps; rank 0 alone prints
