@@ -35,7 +35,7 @@ struct CacheTeacherCommand: ParsableCommand {
         if let topK, topK < 1 { throw ValidationError("--top-k must be at least 1, got \(topK)") }
         if !(temperature.isFinite && temperature > 0) { throw ValidationError("--temperature must be a finite number above 0, got \(temperature)") }
         if let context, context < 1 { throw ValidationError("--context must be at least 1, got \(context)") }
-        if let threads, threads < 1 { throw ValidationError("--threads must be at least 1") }
+        try checkThreads(threads)
     }
 
     func run() throws {

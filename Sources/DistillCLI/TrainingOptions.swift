@@ -28,7 +28,7 @@ struct TrainingOptions: ParsableArguments {
     func validate() throws {
         if preset != nil && config != nil { throw CommandError("give --preset or --config, not both") }
         try Flags.requireFinite([(lr, .learningRate), (weightDecay, .weightDecay), (gradClip, .gradientClip)])
-        if let threads, threads < 1 || threads > 1024 { throw CommandError("--threads must be between 1 and 1024 (got \(threads))") }
+        try checkThreads(threads)
         if let context, context < 1 { throw CommandError("--context must be positive (got \(context))") }
         try Flags.translatingSettings { try request(defaultPreset: "tiny").parameters.validateIgnoringContext() }
     }

@@ -4,8 +4,7 @@ import Distill
 /// `distill cache-teacher`, `eval --ensemble` and `sample` with several models from the command line.
 final class CacheCommandLineTests: XCTestCase {
     override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: CommandLineTests.executable.path),
-                          "the distill executable was not built next to the tests")
+        try skipUnlessDistillIsBuilt()
     }
 
     private func distill(_ arguments: [String]) throws -> ProcessResult {

@@ -28,7 +28,7 @@ final class DataParallelTests: XCTestCase {
     var executable: URL { CommandLineTests.executable }
 
     override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: executable.path), "the distill executable was not built next to the tests")
+        try skipUnlessDistillIsBuilt()
         try XCTSkipIf(Self.mpirun == nil, "mpirun is not installed (Debian: apt-get install openmpi-bin): the MPI tests are skipped")
     }
 

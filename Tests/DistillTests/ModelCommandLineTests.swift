@@ -8,8 +8,7 @@ final class ModelCommandLineTests: XCTestCase {
     private var executable: URL { CommandLineTests.executable }
 
     override func setUpWithError() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: executable.path),
-                          "the distill executable was not built next to the tests")
+        try skipUnlessDistillIsBuilt()
     }
 
     private func run(_ arguments: [String]) throws -> ProcessResult { try runProcess(executable, arguments) }

@@ -209,9 +209,7 @@ final class ModelExportTests: XCTestCase {
         var products = Bundle(for: Self.self).bundleURL
         if products.pathExtension == "xctest" { products.deleteLastPathComponent() }
         let executable = products.appendingPathComponent("distill")
-        guard FileManager.default.isExecutableFile(atPath: executable.path) else {
-            throw XCTSkip("the distill executable is not built beside the test bundle (\(executable.path)): run `swift build` first")
-        }
+        try skipUnlessDistillIsBuilt()
         let root = try makeTemporaryDirectory(self)
         func run(_ arguments: [String]) throws -> (status: Int32, output: String) {
             let result = try runProcess(executable, arguments)

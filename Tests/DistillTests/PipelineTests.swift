@@ -140,8 +140,7 @@ final class PipelineTests: XCTestCase {
     }
 
     func testReportHoldsTheNumbersOfDistillEval() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: CommandLineTests.executable.path),
-                          "the distill executable was not built next to the tests")
+        try skipUnlessDistillIsBuilt()
         let scratch = try TestCorpus.scratch("pipeline-eval")
         let run = scratch.appendingPathComponent("run")
         _ = try self.run(try Self.recipe(in: scratch, students: #"[{"name": "baseline", "kind": "baseline"}, {"name": "kd", "kind": "kd"}]"#), run)
@@ -244,8 +243,7 @@ final class PipelineTests: XCTestCase {
     }
 
     func testCommandLineMistakesGiveOneLine() throws {
-        try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: CommandLineTests.executable.path),
-                          "the distill executable was not built next to the tests")
+        try skipUnlessDistillIsBuilt()
         let scratch = try TestCorpus.scratch("pipeline-cli")
         let corpus = try TestCorpus.files()
         func expectError(_ arguments: [String], mentions phrase: String, file: StaticString = #filePath, line: UInt = #line) throws {

@@ -44,21 +44,29 @@ final class SamplerTests: XCTestCase {
         return counts
     }
 
-    func checkDistribution(temperature: Float, topK: Int? = nil, topP: Float? = nil, seed: UInt64 = 7,
-                           file: StaticString = #filePath, line: UInt = #line) throws {
-        let label = "temperature \(temperature), top-k \(topK.map(String.init) ?? "-"), top-p \(topP.map { "\($0)" } ?? "-")"
-        let probabilities = Self.expected(Self.logits, temperature: Double(temperature), topK: topK, topP: topP.map(Double.init))
-        let observed = try counts(temperature: temperature, topK: topK, topP: topP, seed: seed)
-        var statistic = 0.0, cells = 0
+    /// Pearson's statistic of `observed` counts against `probabilities`, over the tokens that may be drawn,
+    /// and how many draws fell on tokens that may not.
+    static func chiSquared(_ observed: [Int], _ probabilities: [Double]) -> (statistic: Double, cells: Int, impossible: Int) {
+        var statistic = 0.0, cells = 0, impossible = 0
         for (count, probability) in zip(observed, probabilities) {
-            if probability == 0 {
-                XCTAssertEqual(count, 0, "\(label): a token outside the cut was drawn: \(observed)", file: file, line: line)
+            guard probability > 0 else {
+                impossible += count
                 continue
             }
             let expected = probability * Double(Self.draws)
             statistic += (Double(count) - expected) * (Double(count) - expected) / expected
             cells += 1
         }
+        return (statistic, cells, impossible)
+    }
+
+    func checkDistribution(temperature: Float, topK: Int? = nil, topP: Float? = nil, seed: UInt64 = 7,
+                           file: StaticString = #filePath, line: UInt = #line) throws {
+        let label = "temperature \(temperature), top-k \(topK.map(String.init) ?? "-"), top-p \(topP.map { "\($0)" } ?? "-")"
+        let probabilities = Self.expected(Self.logits, temperature: Double(temperature), topK: topK, topP: topP.map(Double.init))
+        let observed = try counts(temperature: temperature, topK: topK, topP: topP, seed: seed)
+        let (statistic, cells, impossible) = Self.chiSquared(observed, probabilities)
+        XCTAssertEqual(impossible, 0, "\(label): a token outside the cut was drawn: \(observed)", file: file, line: line)
         XCTAssertGreaterThan(cells, 1, "\(label) leaves one candidate: nothing to compare", file: file, line: line)
         let limit = try XCTUnwrap(Self.chiSquaredLimit[cells - 1])
         print("sampler \(label): chi-squared \(String(format: "%.2f", statistic)) over \(cells) tokens (limit \(limit))")
@@ -86,14 +94,15 @@ final class SamplerTests: XCTestCase {
         try checkDistribution(temperature: 2, topK: 6, topP: 0.5)
     }
 
-    /// The expected distributions themselves differ between settings by far more than the test's
-    /// tolerance, so a sampler that ignored one of them could not pass.
-    func testTheSettingsAreDistinguishable() {
-        let plain = Self.expected(Self.logits, temperature: 1, topK: nil, topP: nil)
+    /// The check has the power it needs: the draws of a sampler that ignored a setting (the plain sampler's,
+    /// at temperature 1 with no cut) fail the check of every other setting, by far.
+    func testASamplerThatIgnoredASettingWouldFail() throws {
+        let plain = try counts(temperature: 1, topK: nil, topP: nil, seed: 7)
         for (temperature, topK, topP) in [(0.5, nil, nil), (2.0, nil, nil), (1.0, 3, nil), (1.0, nil, 0.8)] as [(Double, Int?, Double?)] {
-            let other = Self.expected(Self.logits, temperature: temperature, topK: topK, topP: topP)
-            let distance = zip(plain, other).map { abs($0 - $1) }.reduce(0, +)
-            XCTAssertGreaterThan(distance, 0.05, "\(temperature) \(String(describing: topK)) \(String(describing: topP))")
+            let (statistic, cells, impossible) = Self.chiSquared(plain, Self.expected(Self.logits, temperature: temperature, topK: topK, topP: topP))
+            let limit = try XCTUnwrap(Self.chiSquaredLimit[cells - 1])
+            XCTAssertTrue(impossible > 0 || statistic > 10 * limit,
+                          "temperature \(temperature) top-k \(String(describing: topK)) top-p \(String(describing: topP)): chi-squared \(statistic)")
         }
     }
 
