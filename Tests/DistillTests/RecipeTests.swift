@@ -128,6 +128,23 @@ final class RecipeTests: XCTestCase {
         XCTAssertEqual(Recipe.runName(forCorpus: "/data/../notes.md"), "notes")
     }
 
+    /// Every student kind is parsed, written in normal form, listed in the report and documented in
+    /// docs/recipes.md: a kind left out of one of them fails here.
+    func testEveryStudentKindIsParsedReportedAndDocumented() throws {
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/recipes.md")
+        let documentation = try String(contentsOf: docs, encoding: .utf8)
+        for kind in StudentKind.allCases {
+            XCTAssertTrue(documentation.contains("`\(kind.rawValue)`"), "docs/recipes.md does not document the \(kind.rawValue) kind")
+            let recipe = try Recipe.decode(recipeText(students: #"[{"name": "s", "kind": "\#(kind.rawValue)"}]"#), baseDirectory: base)
+            let student = try XCTUnwrap(recipe.students.first)
+            XCTAssertEqual(student.kind, kind)
+            XCTAssertEqual(student.normalized["kind"], .string(kind.rawValue))
+            XCTAssertFalse(student.reportNames.isEmpty, kind.rawValue)
+            XCTAssertTrue(student.reportNames.allSatisfy { $0.hasPrefix("s") }, "\(kind.rawValue): \(student.reportNames)")
+        }
+    }
+
     func testMissingAndWrongTopLevelFields() throws {
         let withoutCorpus = recipeText().replacingOccurrences(of: #""corpus": "text.txt", "#, with: "")
         expectError(withoutCorpus, path: "corpus", mentions: "missing")

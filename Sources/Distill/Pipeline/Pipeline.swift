@@ -301,8 +301,8 @@ public final class Pipeline {
         var inputs = [("data", dataKey)]
         if student.kind.usesTeacher, let teacherKey { inputs.append(("teacher", teacherKey)) }
         var cache: (path: String, key: String)?
-        if student.kind == .kdCached, let teacherKey {
-            cache = try cacheStage(student, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
+        if case .kdCached(let mode) = student.method, let teacherKey {
+            cache = try cacheStage(student, mode: mode, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
             guard let cache, !interrupted else { return "" }
             inputs = [("data", dataKey), ("cache", cache.key)]
         }
@@ -320,20 +320,20 @@ public final class Pipeline {
             return request
         }
         let label = "student \(student.name) (\(student.kind.rawValue))"
-        switch student.kind {
+        switch student.method {
         case .baseline:
             try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
                 var request = request(student.name)
                 request.resume = resume
                 return [try TrainingRun.train(request, callbacks: trainingCallbacks(student.name))]
             }
-        case .kd, .kdFeature, .kdRelational:
+        case let .kd(_, initFromTeacher, layerMap):
             try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
                 var request = request(student.name)
                 request.resume = resume
                 var teacher = StudentRequest(teachers: plan.teacherDirectories(modelPath("teacher")), settings: student.settings)
-                teacher.layerMap = student.layerMap
-                teacher.initFromTeacher = student.initFromTeacher
+                teacher.layerMap = layerMap
+                teacher.initFromTeacher = initFromTeacher
                 teacher.teacherWeights = recipe.teacher.weights
                 return [try TrainingRun.student(request, teacher, callbacks: trainingCallbacks(student.name))]
             }
@@ -354,16 +354,15 @@ public final class Pipeline {
                 cached.teacherCache = cache?.path
                 return [try TrainingRun.student(request, cached, callbacks: trainingCallbacks(student.name))]
             }
-        case .bornAgain:
+        case let .bornAgain(count, teachers):
             let root = modelPath(student.name)
-            let generations = (1...student.generations).map { BornAgain.directory(root, generation: $0) }
+            let generations = (1...count).map { BornAgain.directory(root, generation: $0) }
             try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames,
                               directories: generations, owned: [root],
                               canResume: { $0.contains { Checkpoint.exists(in: $0) } }, field: field) { resume in
                 var training = request(student.name)
                 training.resume = resume
-                let request = GenerationsRequest(training: training, count: student.generations, settings: student.settings,
-                                                 teachers: student.teachWithAll ? .all : .previous)
+                let request = GenerationsRequest(training: training, count: count, settings: student.settings, teachers: teachers)
                 return try BornAgain.run(request) { self.trainingCallbacks("\(student.name)-g\($0)") }.generations
             }
         }
@@ -372,11 +371,10 @@ public final class Pipeline {
 
     /// The teacher's targets for `kd-cached` students, built once per distinct setting (sampled or
     /// top-K, temperature) under RUN/caches/; an interrupted build continues where it stopped.
-    private func cacheStage(_ student: RecipeStudent, plan: Plan, dataKey: String, teacherKey: String) throws -> (path: String, key: String) {
-        let mode: TeacherCacheMode = student.cacheTopK.map { .topK($0) } ?? .samples(student.cacheSamples ?? 16)
+    private func cacheStage(_ student: RecipeStudent, mode: TeacherCacheMode, plan: Plan, dataKey: String, teacherKey: String) throws -> (path: String, key: String) {
         let settings = JSONNode.object([
-            ("mode", .string(student.cacheTopK == nil ? "samples" : "top_k")),
-            ("size", .integer(Int64(student.cacheTopK ?? student.cacheSamples ?? 16))),
+            ("mode", .string({ if case .topK = mode { return "top_k" } else { return "samples" } }())),
+            ("size", .integer(Int64({ switch mode { case .topK(let k): return k; case .samples(let s): return s } }()))),
             ("temperature", Normal.float(student.settings.logits.temperature)),
             ("weights", recipe.teacher.weights.map { .array($0.map { Normal.float($0) }) } ?? .null),
         ])
@@ -513,9 +511,9 @@ public final class Pipeline {
         }
         for student in recipe.students {
             let stage = "student-\(student.name)", kind = student.kind.rawValue
-            if student.kind == .bornAgain {
+            if case .bornAgain(let count, _) = student.method {
                 // BornAgain keeps its generations in one folder: models/NAME/gen-k.
-                let directories = (1...student.generations).map { "models/\(student.name)/gen-\($0)" }
+                let directories = (1...count).map { "models/\(student.name)/gen-\($0)" }
                 for (name, directory) in zip(student.modelNames, directories) {
                     entries.append(ModelEntry(name: name, role: "student", kind: kind, directory: directory, trainingStage: stage))
                 }

@@ -128,7 +128,7 @@ struct Plan {
             } catch {
                 throw RecipeError(field, "\(error)")
             }
-            if student.initFromTeacher {
+            if student.method.initFromTeacher {
                 if case .config(let path) = student.shape {
                     let t = teacherConfig, s = studentConfig
                     for (name, given, teachers) in [("hidden_size", s.hiddenSize, t.hiddenSize), ("intermediate_size", s.intermediateSize, t.intermediateSize),
@@ -138,11 +138,11 @@ struct Plan {
                     }
                 }
             }
-            if student.kind == .kdFeature {
-                let studentDepth = student.initFromTeacher && student.shape.presetName == nil && student.shape.configPath == nil
+            if case let .kd(.kdFeature, initFromTeacher, layerMap) = student.method {
+                let studentDepth = initFromTeacher && student.shape.presetName == nil && student.shape.configPath == nil
                     ? max(1, teacherConfig.numHiddenLayers / 2) : studentConfig.numHiddenLayers
                 do {
-                    if let map = student.layerMap {
+                    if let map = layerMap {
                         _ = try LayerMap(parsing: map, studentLayers: studentDepth, teacherLayers: teacherConfig.numHiddenLayers)
                     } else {
                         _ = try LayerMap.uniform(studentLayers: studentDepth, teacherLayers: teacherConfig.numHiddenLayers)

@@ -163,71 +163,27 @@ public struct RecipeTeacher: Sendable {
     public var isTrained: Bool { if case .train = source { return true } else { return false } }
 }
 
-/// The ways a student can be made.
-public enum StudentKind: String, Sendable, CaseIterable {
-    /// Cross-entropy on the labels alone: the reference every other student is compared with.
-    case baseline
-    /// CE + logit distillation from the teacher (any divergence).
-    case kd
-    /// Logit distillation plus hidden-state (feature) distillation.
-    case kdFeature = "kd-feature"
-    /// Logit distillation plus relational distillation on sentence embeddings.
-    case kdRelational = "kd-relational"
-    /// Logit distillation from a cache of the teacher's sampled or top-K targets.
-    case kdCached = "kd-cached"
-    /// Born-again generations: each learns from the previous one (or all earlier ones).
-    case bornAgain = "born-again"
-    /// Online mutual learning of N peers, no teacher.
-    case mutual
-
-    public static let names = allCases.map(\.rawValue)
-
-    /// Whether the kind learns from the recipe's teacher.
-    public var usesTeacher: Bool { [.kd, .kdFeature, .kdRelational, .kdCached].contains(self) }
-    /// Whether the kind has logit distillation settings.
-    public var distills: Bool { self != .baseline }
-}
-
 /// One student of a recipe, with its settings resolved (the shared `student` block merged with its own).
 public struct RecipeStudent: Sendable {
     public var name: String
-    public var kind: StudentKind
+    /// How it is made: its kind with that kind's own options.
+    public var method: StudentMethod
     public var shape: RecipeModelShape
     /// The JSON path the shape came from (the student's own, or the shared `student` block's).
     public var shapeField: String
     public var training: TrainingParameters
     /// Tokens per sequence when the recipe gives it (nil: decided from the model and the teacher).
     public var context: Int?
-    /// CE/KD weights, divergence, temperature; for `baseline` only `ce` is used.
+    /// CE/KD weights, divergence, temperature, feature and relational terms; for `baseline` only `ce` is used.
     public var settings: DistillationSettings
-    /// "S:T,..." for feature distillation (nil: uniform).
-    public var layerMap: String?
-    /// Start from every k-th teacher block (students of the teacher's width).
-    public var initFromTeacher: Bool
-    /// `kd-cached`: samples per position, or the top K (exactly one is set).
-    public var cacheSamples: Int?
-    public var cacheTopK: Int?
-    /// `born-again`: the number of generations and whether each learns from all earlier ones.
-    public var generations: Int
-    public var teachWithAll: Bool
-    /// `mutual`: the number of peers.
-    public var peers: Int
     /// This student's settings in normal form (hashed by its stage).
     public var normalized: JSONNode
 
-    /// The models this student trains, in report order: itself, its peers (`NAME-1` ...) or its
-    /// generations (`NAME-g1` ...).
-    public var modelNames: [String] {
-        switch kind {
-        case .bornAgain: return (1...generations).map { "\(name)-g\($0)" }
-        case .mutual: return (1...peers).map { "\(name)-\($0)" }
-        default: return [name]
-        }
-    }
-
-    /// The rows this student adds to the report: its models, and for born-again the ensemble of all
-    /// generations (`NAME-ensemble`).
-    public var reportNames: [String] { modelNames + (kind == .bornAgain ? ["\(name)-ensemble"] : []) }
+    public var kind: StudentKind { method.kind }
+    /// The models this student trains, in report order.
+    public var modelNames: [String] { method.modelNames(name) }
+    /// The rows this student adds to the report.
+    public var reportNames: [String] { method.reportNames(name) }
 }
 
 /// What the models are scored on.
@@ -549,20 +505,10 @@ struct RecipeParser {
         var context = sharedContext
         let training = try self.training(&trainingReader, defaults: sharedTraining, context: &context)
 
-        // Sections a kind does not take are refused by name, not silently ignored.
-        func only(_ key: String, _ kinds: [StudentKind]) throws {
-            if reader.has(key) && !kinds.contains(kind) {
-                throw RecipeError(reader.path(key), "a \(kind.rawValue) student does not take \"\(key)\" (only \(kinds.map(\.rawValue).joined(separator: ", ")))")
-            }
+        // Fields a kind does not take are refused by name, not silently ignored.
+        for (key, kinds) in StudentKind.ownFields where reader.has(key) && !kinds.contains(kind) {
+            throw RecipeError(reader.path(key), "a \(kind.rawValue) student does not take \"\(key)\" (only \(kinds.map(\.rawValue).joined(separator: ", ")))")
         }
-        try only("logits", StudentKind.allCases.filter(\.distills))
-        try only("feature", [.kdFeature])
-        try only("relational", [.kdRelational])
-        try only("cache", [.kdCached])
-        try only("generations", [.bornAgain])
-        try only("teach_with", [.bornAgain])
-        try only("peers", [.mutual])
-        try only("init_from_teacher", [.kd, .kdFeature, .kdRelational])
 
         // A student that learns from a teacher starts from `distill student`'s defaults (KD alone at τ = 1,
         // chosen by the sweep); mutual peers from `distill mutual`'s (CE + τ²·KD at τ = 2).
@@ -575,19 +521,19 @@ struct RecipeParser {
                 guard v > 0 && v.isFinite else { throw RecipeError(logits.path("temperature"), "must be positive, got \(v)") }
                 settings.logits.temperature = v
             }
-            let divergence = try logits.string("divergence") ?? "forward-kl"
+            let divergenceText = try logits.string("divergence") ?? DivergenceName.forwardKL.rawValue
             let beta = try logits.number("beta").map(Float.init) ?? Divergence.defaultBeta
             let alpha = try logits.number("skew_alpha").map(Float.init) ?? Divergence.defaultAlpha
-            guard Divergence.names.contains(divergence) else {
-                throw RecipeError(logits.path("divergence"), "unknown divergence \"\(divergence)\"; use one of \(Divergence.names.joined(separator: ", "))")
+            guard let divergence = DivergenceName(rawValue: divergenceText) else {
+                throw RecipeError(logits.path("divergence"), "unknown divergence \"\(divergenceText)\"; use one of \(Divergence.names.joined(separator: ", "))")
             }
-            if logits.has("beta") && divergence != "jsd" { throw RecipeError(logits.path("beta"), "only the jsd divergence takes beta") }
-            if logits.has("skew_alpha") && !divergence.hasPrefix("skew") {
+            if logits.has("beta") && divergence != .jsd { throw RecipeError(logits.path("beta"), "only the jsd divergence takes beta") }
+            if logits.has("skew_alpha") && ![.skewKL, .skewReverseKL].contains(divergence) {
                 throw RecipeError(logits.path("skew_alpha"), "only skew-kl and skew-reverse-kl take skew_alpha")
             }
             guard beta >= 0 && beta <= 1 else { throw RecipeError(logits.path("beta"), "must be between 0 and 1, got \(beta)") }
             guard alpha >= 0 && alpha <= 1 else { throw RecipeError(logits.path("skew_alpha"), "must be between 0 and 1, got \(alpha)") }
-            settings.logits.divergence = try Divergence(name: divergence, beta: beta, alpha: alpha)
+            settings.logits.divergence = try Divergence(divergence, beta: beta, alpha: alpha)
             if let v = try logits.bool("tau_squared") { settings.logits.tauSquared = v }
             settings.logits.teacherTopK = try logits.int("teacher_top_k", in: 1...Int64(Int32.max))
             for (key, value) in [("ce_weight", settings.weights.ce), ("kd_weight", settings.weights.kd)] where !(value >= 0 && value.isFinite) {
@@ -633,62 +579,16 @@ struct RecipeParser {
                 throw RecipeError(reader.path("logits"), "every weight is 0: nothing would be learned")
             }
         }
-        var cacheSamples: Int?, cacheTopK: Int?
-        if kind == .kdCached {
-            var cache = try reader.object("cache") ?? FieldReader(.object([]), path: reader.path("cache"))
-            cacheSamples = try cache.int("samples", in: 1...65_535)
-            cacheTopK = try cache.int("top_k", in: 1...Int64(Int32.max))
-            if cacheSamples != nil && cacheTopK != nil {
-                throw RecipeError(cache.path("top_k"), "give \"samples\" or \"top_k\", not both")
-            }
-            if cacheSamples == nil && cacheTopK == nil { cacheSamples = 16 }
-            try cache.finish()
-            if settings.logits.divergence != .forwardKL {
-                throw RecipeError(reader.path("logits.divergence"), "a cached teacher holds a sparse target, which only forward-kl can use")
-            }
-            if settings.logits.teacherTopK != nil {
-                throw RecipeError(reader.path("logits.teacher_top_k"), "a kd-cached student takes its top K from \"cache\": {\"top_k\": K}")
-            }
-        }
-        let generations = try reader.int("generations", in: 1...100) ?? (kind == .bornAgain ? 3 : 1)
-        let teachWith = try reader.string("teach_with") ?? "previous"
-        guard ["previous", "all"].contains(teachWith) else {
-            throw RecipeError(reader.path("teach_with"), "unknown value \"\(teachWith)\"; use previous or all")
-        }
-        let peers = try reader.int("peers", in: 2...64) ?? (kind == .mutual ? 2 : 1)
-        let initFromTeacher = try reader.bool("init_from_teacher") ?? false
+        let method = try StudentMethod.parse(kind, &reader, settings: settings, layerMap: layerMap)
 
         var fields: [(String, JSONNode)] = [
             ("name", .string(name)), ("kind", .string(kind.rawValue)),
             ("model", Normal.shape(shape)), ("training", Normal.training(training, context: context)),
         ]
         if kind.distills { fields.append(("logits", Normal.logits(settings))) }
-        switch kind {
-        case .kd, .kdFeature, .kdRelational: fields.append(("init_from_teacher", .bool(initFromTeacher)))
-        default: break
-        }
-        if kind == .kdFeature {
-            fields.append(("feature", .object([("weight", Normal.float(settings.weights.feature)),
-                                                ("layer_map", layerMap.map(JSONNode.string) ?? .null),
-                                                ("distance", .string(settings.featureDistance.rawValue))])))
-        }
-        if kind == .kdRelational {
-            fields.append(("relational", .object([("distance_weight", Normal.float(settings.weights.rkdDistance)),
-                                                   ("angle_weight", Normal.float(settings.weights.rkdAngle))])))
-        }
-        if kind == .kdCached {
-            fields.append(("cache", .object([("samples", cacheSamples.map { .integer(Int64($0)) } ?? .null),
-                                              ("top_k", cacheTopK.map { .integer(Int64($0)) } ?? .null)])))
-        }
-        if kind == .bornAgain {
-            fields.append(("generations", .integer(Int64(generations))))
-            fields.append(("teach_with", .string(teachWith)))
-        }
-        if kind == .mutual { fields.append(("peers", .integer(Int64(peers)))) }
-
-        return RecipeStudent(name: name, kind: kind, shape: shape, shapeField: shapeField, training: training, context: context, settings: settings, layerMap: layerMap,
-                             initFromTeacher: initFromTeacher, cacheSamples: cacheSamples, cacheTopK: cacheTopK,
-                             generations: generations, teachWithAll: teachWith == "all", peers: peers, normalized: .object(fields))
+        fields += method.normalFields(settings)
+        return RecipeStudent(name: name, method: method, shape: shape, shapeField: shapeField, training: training, context: context,
+                             settings: settings, normalized: .object(fields))
     }
 }
 
