@@ -74,7 +74,7 @@ public struct OnPolicySettings: Sendable, Equatable {
             throw OnPolicyError(setting, "must lie in [0, 1] (got \(share))")
         }
         if studentShare + teacherShare > 1 {
-            throw OnPolicyError(.teacherGenerated, "is \(teacherShare) and on_policy \(studentShare): the two shares of the batch add up to more than 1")
+            throw OnPolicyError(.teacherGenerated, "is \(teacherShare), and with the on-policy share \(studentShare) more than the whole batch: the two shares add up to at most 1")
         }
         if let promptTokens, promptTokens < 1 {
             throw OnPolicyError(.promptTokens, "must be at least 1 (got \(promptTokens)): generation continues a prompt")
@@ -100,7 +100,7 @@ public struct OnPolicySettings: Sendable, Equatable {
         }
         let new = newTokens ?? context - prompt
         guard prompt + new <= context else {
-            throw OnPolicyError(.newTokens, "is \(new) and prompt_tokens \(prompt): together \(prompt + new), over the context of \(context) tokens")
+            throw OnPolicyError(.newTokens, "is \(new); after a prompt of \(prompt) tokens that makes \(prompt + new), over the context of \(context) tokens")
         }
         return (prompt, new)
     }
@@ -160,18 +160,17 @@ public final class OnPolicyObjective: SamplingObjective {
 
     public var extraTensors: [TrainableTensor] { distillation.extraTensors }
 
-    /// The inner objective's identity and, when rows are generated, how they are.
+    /// The inner objective's identity and, when rows are generated, how they are: all of it under the
+    /// one key `on_policy`, so that a resume that changes any of it names on-policy generation.
     public var identity: [String: String] {
         var result = distillation.identity
         guard settings.isActive else { return result }
-        result[OnPolicySetting.onPolicy.rawValue] = "\(settings.studentShare)"
-        result[OnPolicySetting.teacherGenerated.rawValue] = "\(settings.teacherShare)"
-        result[OnPolicySetting.promptTokens.rawValue] = "\(promptLength)"
-        result[OnPolicySetting.newTokens.rawValue] = "\(newTokens)"
-        result[OnPolicySetting.sampleTemperature.rawValue] = "\(settings.temperature)"
-        if let topK = settings.topK { result[OnPolicySetting.sampleTopK.rawValue] = "\(topK)" }
-        if let topP = settings.topP { result[OnPolicySetting.sampleTopP.rawValue] = "\(topP)" }
-        result[OnPolicySetting.lossOnPrompt.rawValue] = "\(settings.lossOnPrompt)"
+        var parts = ["student \(settings.studentShare)", "teacher \(settings.teacherShare)", "prompt \(promptLength)",
+                     "new \(newTokens)", "temperature \(settings.temperature)"]
+        if let topK = settings.topK { parts.append("top-k \(topK)") }
+        if let topP = settings.topP { parts.append("top-p \(topP)") }
+        if settings.lossOnPrompt { parts.append("loss on prompt") }
+        result[OnPolicySetting.onPolicy.rawValue] = parts.joined(separator: ", ")
         return result
     }
 
