@@ -212,13 +212,15 @@ public final class OnPolicyObjective: SamplingObjective {
         let started = Date()
         let firstGenerated = b - perRank
         if teacherRows > 0 {
-            teacherDecoder = try decoder(teacherDecoder, model: distillation.teacher, rows: teacherRows)
-            try fill(&mixed, mask: &mask, rows: firstGenerated..<(firstGenerated + teacherRows), decoder: teacherDecoder!,
+            let teacherDecoder = try decoder(self.teacherDecoder, model: distillation.teacher, rows: teacherRows)
+            self.teacherDecoder = teacherDecoder
+            try fill(&mixed, mask: &mask, rows: firstGenerated..<(firstGenerated + teacherRows), decoder: teacherDecoder,
                      seeds: ownSeeds[0..<teacherRows])
         }
         if studentRows > 0 {
-            studentDecoder = try decoder(studentDecoder, model: student, rows: studentRows)
-            try fill(&mixed, mask: &mask, rows: (b - studentRows)..<b, decoder: studentDecoder!, seeds: ownSeeds[teacherRows...])
+            let studentDecoder = try decoder(self.studentDecoder, model: student, rows: studentRows)
+            self.studentDecoder = studentDecoder
+            try fill(&mixed, mask: &mask, rows: (b - studentRows)..<b, decoder: studentDecoder, seeds: ownSeeds[teacherRows...])
         }
         generationSeconds += Date().timeIntervalSince(started)
         generatedTokens += perRank * newTokens

@@ -233,6 +233,13 @@ public final class LlamaModel {
         }
     }
 
+    /// Grows the rotary table to `count` positions (at most the context) ahead of forward passes that run
+    /// side by side on several threads (`BatchedDecoder`), which then only read it.
+    func reserveRotaryPositions(_ count: Int) {
+        let positions = min(count, config.maxPositionEmbeddings)
+        if positions > rope.positions { rope.reserve(positions) }
+    }
+
     /// y[N, out] = x[N, in] · Wᵀ for the weight matrix at `offset` in the layout: from `reducedWeights`
     /// when given, else from the f32 parameters.
     @inline(__always)
