@@ -128,6 +128,22 @@ final class OnPolicyTests: XCTestCase {
         XCTAssertLessThan(error / size, 2e-3)
     }
 
+    /// An ensemble scores the student's samples (its target is the members' mixture) with the right
+    /// gradient at the generated positions.
+    func testEnsembleScoresStudentSamples() throws {
+        let first = try ModelGradientTests.model(Self.teacherConfig, seed: 45)
+        let second = try ModelGradientTests.model(Self.teacherConfig, seed: 46)
+        let student = try ModelGradientTests.model(Self.studentConfig, seed: 47)
+        var settings = DistillationSettings()
+        settings.weights = DistillationWeights(ce: 0, kd: 1)
+        settings.logits = LogitDistillation(divergence: .reverseKL, temperature: 1)
+        let distillation = try DistillationObjective(teachers: [first, second], studentConfig: Self.studentConfig, settings: settings, seed: 1)
+        let objective = try OnPolicyObjective(distillation: distillation, settings: Self.settings(student: 0.5, prompt: 2, new: 6),
+                                              context: 8, seed: 4)
+        let (mixed, mask) = try objective.onPolicyBatch(student: student, batch: Self.windows(batchSize: 2, context: 8, vocab: 11, seed: 48))
+        try checkGradient(distillation, student: student, batch: mixed, mask: try XCTUnwrap(mask), label: "ensemble, reverse KL")
+    }
+
     /// Rows whose mask is 0 do not move the KD term: a padding position's token changes nothing
     /// before it (causal attention), and a masked row's teacher may be anything.
     func testMaskedPositionsDoNotCount() throws {
