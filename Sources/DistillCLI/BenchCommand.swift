@@ -5,7 +5,7 @@ import Foundation
 struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
-        abstract: "Measure training, distillation and generation speed on random tokens.")
+        abstract: "Measure training, distillation (off- and on-policy) and generation speed on random tokens.")
 
     @Option(help: "Teacher preset (the student is PRESET-student).") var preset: String = "small"
     @Option(help: "Timed repetitions per figure (the median is reported).") var repeats: Int = 5

@@ -27,9 +27,14 @@ final class ProgressPrinter {
             let globalBatch: String = terms["global_batch"].map { "  global batch \(Int($0))" } ?? ""
             var allreduce: String = terms["allreduce_share"].map { "  allreduce \(format(100 * $0, 1))%" } ?? ""
             if let wait = terms["allreduce_wait_share"] { allreduce += " + wait \(format(100 * wait, 1))%" }
+            // On-policy runs: the speed of the generation inside the steps and its share of their time.
+            var generation = ""
+            if let speed = terms["generation_tokens_per_second"], let share = terms["generation_share"] {
+                generation = "  gen \(Int(speed)) tok/s (\(format(100 * share, 1))% of step)"
+            }
             let line = "step \(step)/\(total)  " + shown.joined(separator: "  ")
                 + "  lr \(String(format: "%.2e", rate))  |g| \(format(Double(norm), 3))" + globalBatch
-                + "  \(Int(speed)) tok/s" + allreduce + "  \(duration(left)) left"
+                + "  \(Int(speed)) tok/s" + generation + allreduce + "  \(duration(left)) left"
             emit(line, transient: step < total)
         case let .validation(step, terms):
             // A sample of the validation split (the run's fixed batches); `eval` scores all of it.

@@ -45,6 +45,10 @@ extension CommandLineTests {
             (["train", "--output", "{out}", "--preset", "tiny-student"] + quickTraining, trainingFlags),
             (["student", "--teacher", teacher, "--output", "{out}", "--preset", "tiny-student"] + quickTraining,
              trainingFlags + logitFlags),
+            // On-policy generation: its shares, lengths and sampler, on a run that generates.
+            (["student", "--teacher", teacher, "--output", "{out}", "--preset", "tiny-student", "--on-policy", "0.5"] + quickTraining,
+             ["--prompt-tokens", "--new-tokens", "--sample-top-k"].map(int)
+             + ["--on-policy", "--teacher-generated", "--sample-temperature", "--sample-top-p"].map(float)),
             (["mutual", "--output", "{out}", "--peer-output", "{out}", "--preset", "tiny-student"] + quickTraining,
              [int("--steps"), float("--kd-weight"), float("--temperature")]),
             (["sample", "--model", teacher, "--prompt", "the king", "--max-tokens", "4"],

@@ -156,6 +156,14 @@ public final class DistillationObjective: TermwiseObjective {
 
     /// Every active term on one batch; with `backward`, gradients go into the student and projections.
     public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+        try terms(student: student, batch: batch, distillationMask: nil, gradientScale: scale, backward: backward)
+    }
+
+    /// `terms` with the logit divergence taken only at the positions whose `distillationMask` entry
+    /// [B·T] is not 0 (nil: all), its mean over those positions: on-policy rows are distilled at their
+    /// generated tokens alone. The feature and relational terms take no mask (on-policy runs refuse them).
+    public func terms(student: LlamaModel, batch: Batch, distillationMask: [UInt8]?, gradientScale scale: Float,
+                      backward: Bool) throws -> [String: Double] {
         let weights = current.weights, rows = batch.batchSize * batch.contextLength
         let vocab = student.config.vocabSize, cs = student.config.hiddenSize, ct = teacher.config.hiddenSize
         let pairs = weights.feature > 0 ? settings.layerMap?.pairs ?? [] : []
@@ -197,16 +205,23 @@ public final class DistillationObjective: TermwiseObjective {
         let logitGradient = backward && (weights.ce > 0 || weights.kd > 0)
         let dFinalPointer = backward ? dFinal.zeroed(rows * cs) : nil
         var crossEntropy: Float = 0, distillation: Float = 0
-        try batch.targets.withUnsafeBufferPointer { targets in
-            let share = try BatchShare(targets: targets, vocab: vocab)
-            try student.headInChunks(dFinalHidden: logitGradient ? dFinalPointer : nil) { chunk, logits, dLogits in
-                let losses = try logitLossesForwardBackward(
-                    dStudentLogits: dLogits, studentLogits: logits,
-                    teacherLogits: teacherLogits(chunk), targets: targets.baseAddress! + chunk.lowerBound,
-                    rows: chunk.count, vocab: vocab, distillation: current.logits, crossEntropyWeight: weights.ce,
-                    distillationWeight: weights.kd, gradientScale: scale, meanOver: share)
-                crossEntropy += losses.crossEntropy
-                distillation += losses.distillation
+        precondition(distillationMask.map { $0.count == rows } ?? true, "one mask entry per position")
+        // The mask's pointer lives only inside its closure; an empty buffer stands for "no mask".
+        try (distillationMask ?? []).withUnsafeBufferPointer { maskBuffer in
+            try batch.targets.withUnsafeBufferPointer { targets in
+                let mask = distillationMask == nil ? nil : maskBuffer
+                let share = try mask.map { try BatchShare(targets: targets, vocab: vocab, distillationMask: $0) }
+                    ?? BatchShare(targets: targets, vocab: vocab)
+                try student.headInChunks(dFinalHidden: logitGradient ? dFinalPointer : nil) { chunk, logits, dLogits in
+                    let losses = try logitLossesForwardBackward(
+                        dStudentLogits: dLogits, studentLogits: logits,
+                        teacherLogits: teacherLogits(chunk), targets: targets.baseAddress! + chunk.lowerBound,
+                        rows: chunk.count, vocab: vocab, distillation: current.logits, crossEntropyWeight: weights.ce,
+                        distillationWeight: weights.kd, gradientScale: scale, meanOver: share,
+                        distillationMask: mask.map { $0.baseAddress! + chunk.lowerBound })
+                    crossEntropy += losses.crossEntropy
+                    distillation += losses.distillation
+                }
             }
         }
         result["ce"] = Double(crossEntropy)

@@ -176,6 +176,8 @@ public struct LogitLosses: Sendable, Equatable {
 public struct BatchShare: Sendable {
     public let rows: Int
     public let countedRows: Int
+    /// Rows the distillation term is taken over: all of them, unless a mask says otherwise.
+    public let distilledRows: Int
 
     /// The share of a batch whose targets are `targets` (rows with a target < 0 are not counted); refuses
     /// a target outside the vocabulary, naming its row in the batch (a chunk would name its own row).
@@ -187,19 +189,32 @@ public struct BatchShare: Sendable {
             counted += 1
         }
         countedRows = counted
+        distilledRows = rows
+    }
+
+    /// The same, with the distillation term over the rows whose `distillationMask` entry is not 0 only
+    /// (on-policy rows: the positions of generated tokens, not the prompt's or the padding's).
+    public init(targets: UnsafeBufferPointer<Int32>, vocab: Int, distillationMask: UnsafeBufferPointer<UInt8>) throws {
+        precondition(distillationMask.count == targets.count, "one mask entry per row")
+        let all = try BatchShare(targets: targets, vocab: vocab)
+        rows = all.rows
+        countedRows = all.countedRows
+        distilledRows = distillationMask.reduce(0) { $0 + ($1 != 0 ? 1 : 0) }
     }
 }
 
 /// Cross-entropy and logit distillation in one pass over each row, forward and backward.
 ///
 /// Returns CE = mean over rows with `targets[r] ≥ 0` of −log softmax(s)[target] and
-/// KD = (τ² or 1) · mean over all rows of `divergence(T, S)`. When `dStudentLogits` is given it
+/// KD = (τ² or 1) · mean over all rows (those whose `distillationMask` entry is not 0, when given) of
+/// `divergence(T, S)`. When `dStudentLogits` is given it
 /// ACCUMULATES `gradientScale · (crossEntropyWeight·∂CE/∂s + distillationWeight·∂KD/∂s)`, the gradient with
 /// respect to the raw student logits (the 1/τ of the softmax included). For gradient accumulation over
 /// k micro-batches pass gradientScale = 1/k. `targets` may be nil when crossEntropyWeight is 0 and
 /// `teacherLogits` nil when distillationWeight is 0; a term whose input is given is always reported.
 /// With `meanOver`, these rows are a chunk of that batch: both means (and gradients) divide by the
 /// batch's counts, so the chunks' losses add up to the batch's.
+/// Rows left out of KD by the mask still count for CE when they have a target.
 public func logitLossesForwardBackward(
     dStudentLogits: UnsafeMutablePointer<Float>?,  // [rows, vocab], accumulated into
     studentLogits: UnsafePointer<Float>,  // [rows, vocab]
@@ -209,7 +224,8 @@ public func logitLossesForwardBackward(
     distillation: LogitDistillation,
     crossEntropyWeight: Float, distillationWeight: Float,
     gradientScale: Float,
-    meanOver batchShare: BatchShare? = nil
+    meanOver batchShare: BatchShare? = nil,
+    distillationMask: UnsafePointer<UInt8>? = nil  // [rows], 0 = no KD at this row
 ) throws -> LogitLosses {
     try distillation.validate()
     guard rows >= 0, vocab >= 1 else {
@@ -244,9 +260,12 @@ public func logitLossesForwardBackward(
     let topK = distillation.teacherTopK.flatMap { $0 < vocab ? $0 : nil }
     let floorTeacher = topK != nil && kind == .reverse
     // Means over these rows, or over the whole batch these rows are a chunk of.
-    let ceDenominator = batchShare?.countedRows ?? countedRows, kdDenominator = batchShare?.rows ?? rows
+    var distilledRows = rows
+    if let distillationMask { distilledRows = (0..<rows).reduce(0) { $0 + (distillationMask[$1] != 0 ? 1 : 0) } }
+    let ceDenominator = batchShare?.countedRows ?? countedRows, kdDenominator = batchShare?.distilledRows ?? distilledRows
     let ceGradScale: Float = ceDenominator > 0 ? gradientScale * crossEntropyWeight / Float(ceDenominator) : 0
-    let kdGradScale = gradientScale * distillationWeight * kdFactor * invTau / Float(kdDenominator)
+    // No distilled row (a chunk of prompt positions alone): no KD gradient rather than a division by 0.
+    let kdGradScale = kdDenominator > 0 ? gradientScale * distillationWeight * kdFactor * invTau / Float(kdDenominator) : 0
     let ceGradient = dStudentLogits != nil && targets != nil && ceGradScale != 0
     let kdGradient = dStudentLogits != nil && teacherLogits != nil && kdGradScale != 0
 
@@ -266,17 +285,19 @@ public func logitLossesForwardBackward(
             let s = studentLogits + row * vocab
             let dRow = dStudentLogits.map { $0 + row * vocab }
             let target = targets.map { Int($0[row]) } ?? -1
+            // A masked row is a row without a teacher: CE alone, computed exactly as it is then.
+            let rowTeacher = (distillationMask.map { $0[row] != 0 } ?? true) ? teacherLogits : nil
             let studentMax = ck_max(s, vocab)
 
             let studentShift = studentMax * invTau
-            let studentSum = teacherLogits == nil ? 0 : ck_exp_sum(studentExp, s, invTau, studentShift, vocab)
+            let studentSum = rowTeacher == nil ? 0 : ck_exp_sum(studentExp, s, invTau, studentShift, vocab)
 
             // Cross-entropy: log Σ exp(s) − s[target]; P is kept only for the gradient.
             var plain: UnsafePointer<Float>? = nil
             var plainScale: Float = 0
             if target >= 0 {
                 // At the default τ = 2, exp(s − max) = exp((s − max)/2)²: a multiply instead of an exp.
-                let plainSum = teacherLogits != nil && tau == 2
+                let plainSum = rowTeacher != nil && tau == 2
                     ? ck_square_sum(plainExp, studentExp, vocab) : ck_exp_sum(plainExp, s, 1, studentMax, vocab)
                 ceSum += Double(studentMax) + log(Double(plainSum)) - Double(s[target])
                 if ceGradient {
@@ -286,7 +307,7 @@ public func logitLossesForwardBackward(
             }
             var ceGradientDone = false
 
-            if let teacherBase = teacherLogits {
+            if let teacherBase = rowTeacher {
                 let t = teacherBase + row * vocab
                 let teacherMax = ck_max(t, vocab)
                 let teacherShift = teacherMax * invTau
@@ -347,7 +368,7 @@ public func logitLossesForwardBackward(
     }
     return LogitLosses(
         crossEntropy: ceDenominator > 0 ? Float(ceTotal / Double(ceDenominator)) : 0,
-        distillation: teacherLogits == nil ? 0 : Float(Double(kdFactor) * kdTotal / Double(kdDenominator)),
+        distillation: teacherLogits == nil || kdDenominator == 0 ? 0 : Float(Double(kdFactor) * kdTotal / Double(kdDenominator)),
         countedRows: countedRows)
 }
 

@@ -35,8 +35,10 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
     stream.reset()
     for token in prompt { try stream.feed(token) }
     var history = prompt, produced: [Int32] = []
+    // One workspace for the whole run: a draw per token allocates nothing.
+    let workspace = SamplingWorkspace(vocabSize: stream.vocabSize)
     while produced.count < maxTokens {
-        let next = Int32(sampler.sample(stream.logits, count: stream.vocabSize))
+        let next = Int32(sampler.sample(stream.logits, count: stream.vocabSize, workspace: workspace))
         if next == stopToken { break }
         produced.append(next)
         history.append(next)

@@ -6,6 +6,8 @@ public final class KVCacheSession {
     /// Tokens fed so far (the next token's position).
     public private(set) var position = 0
     private let cache: KeyValueCache
+    /// `cache` as the model's forward pass takes it, made once rather than at every token.
+    private let caches: [KeyValueCache]
     /// The buffers of a one-token forward pass.
     private let activations: Activations
     /// The reduced (bf16, f16 or Q8_0) copy of the weights that decoding reads, if it was asked for.
@@ -31,6 +33,7 @@ public final class KVCacheSession {
         let config = model.config
         cache = KeyValueCache(layers: config.numHiddenLayers, heads: config.numKeyValueHeads, headDim: config.headDim,
                               limit: config.maxPositionEmbeddings)
+        caches = [cache]
         activations = Activations(config: config, batch: 1, length: 1, perBlock: false)
     }
 
@@ -46,7 +49,7 @@ public final class KVCacheSession {
         guard token >= 0 && Int(token) < model.config.vocabSize else { throw GenerationError.badToken(Int(token)) }
         try cache.reserve(position + 1, filled: position)
         var token = token
-        model.forward(tokens: &token, batch: 1, length: 1, startPosition: position, cache: cache, into: activations,
+        model.forward(tokens: &token, batch: 1, length: 1, startPosition: position, caches: caches, into: activations,
                       reducedWeights: reducedWeights)
         position += 1
     }
@@ -58,6 +61,8 @@ public enum GenerationError: NamesSettings, Equatable {
     case badToken(Int)
     case promptTooLong(tokens: Int, context: Int)
     case emptyPrompt
+    /// A batched decoder asked for no rows, or for no new tokens.
+    case emptyBatch, noNewTokens
 
     public func message(naming name: (Setting) -> String) -> String {
         switch self {
@@ -66,6 +71,8 @@ public enum GenerationError: NamesSettings, Equatable {
         case .promptTooLong(let tokens, let context):
             return "the prompt is \(tokens) tokens but the model's context is \(context): shorten the prompt"
         case .emptyPrompt: return "the prompt encodes to no tokens and the tokenizer has no BOS token: give a \(name(.prompt))"
+        case .emptyBatch: return "a batched decoder needs at least one sequence"
+        case .noNewTokens: return "a batched decoder needs at least one new token per sequence"
         }
     }
 }

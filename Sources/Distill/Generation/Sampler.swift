@@ -33,34 +33,71 @@ public struct Sampler {
     /// then the smallest most-likely prefix whose probability reaches `topP`, renormalised.
     public mutating func sample(_ logits: UnsafePointer<Float>, count: Int) -> Int {
         if temperature == 0 { return Self.argmax(logits, count: count) }
+        let workspace = SamplingWorkspace(vocabSize: count)
+        return sample(logits, count: count, workspace: workspace)
+    }
+
+    /// `sample(_:count:)` with its candidates and weights in `workspace` (room for `count`), so that a
+    /// decoding loop allocates nothing per token; draws exactly what `sample(_:count:)` draws.
+    public mutating func sample(_ logits: UnsafePointer<Float>, count: Int, workspace: SamplingWorkspace) -> Int {
+        if temperature == 0 { return Self.argmax(logits, count: count) }
+        precondition(workspace.vocabSize >= count, "the sampling workspace is smaller than the vocabulary")
         // Candidates cut to top-k, then softmax at the temperature. Only the cuts need them sorted; a
         // plain draw over the whole vocabulary does not pay for a sort per token.
-        var candidates = Array(0..<count)
-        // Ties go to the lower id, as in `argmax`, so that top-k = 1 is greedy whatever the sort does.
+        let candidates = workspace.candidates, weights = workspace.weights
+        for i in 0..<count { candidates[i] = i }
+        var kept = count
+        // Ties go to the lower id, as in `argmax`, so that top-k = 1 is greedy whatever the sort does
+        // (the order is total, so every sorting algorithm gives the same one).
         if topK != nil || topP != nil {
-            candidates.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
+            var ranked = UnsafeMutableBufferPointer(rebasing: candidates[0..<count])
+            ranked.sort { logits[$0] > logits[$1] || (logits[$0] == logits[$1] && $0 < $1) }
         }
-        if let topK, topK < count { candidates.removeSubrange(topK...) }
-        let maximum = candidates.reduce(-Float.infinity) { max($0, logits[$1]) }
-        var weights = candidates.map { Double(exp((logits[$0] - maximum) / temperature)) }
-        var total = weights.reduce(0, +)
+        if let topK, topK < count { kept = topK }
+        var maximum = -Float.infinity
+        for i in 0..<kept { maximum = max(maximum, logits[candidates[i]]) }
+        var total = 0.0
+        for i in 0..<kept {
+            weights[i] = Double(exp((logits[candidates[i]] - maximum) / temperature))
+            total += weights[i]
+        }
         if let topP, topP < 1 {
             // Keep the smallest prefix whose probability reaches top-p.
             var cumulative = 0.0, keep = 0
-            while keep < weights.count {
+            while keep < kept {
                 cumulative += weights[keep] / total
                 keep += 1
                 if cumulative >= Double(topP) { break }
             }
-            candidates.removeSubrange(keep...)
-            weights.removeSubrange(keep...)
-            total = weights.reduce(0, +)
+            kept = keep
+            total = 0
+            for i in 0..<kept { total += weights[i] }
         }
         var threshold = Double(random.nextFloat()) * total
-        for (index, weight) in zip(candidates, weights) {
-            threshold -= weight
-            if threshold < 0 { return index }
+        for i in 0..<kept {
+            threshold -= weights[i]
+            if threshold < 0 { return candidates[i] }
         }
-        return candidates[candidates.count - 1]
+        return candidates[kept - 1]
+    }
+}
+
+/// The candidates and weights of one draw over a vocabulary, allocated once for a whole decoding run.
+public final class SamplingWorkspace {
+    public let vocabSize: Int
+    /// Token ids, sorted by logit when top-k or top-p cuts them.  [V]
+    let candidates: UnsafeMutableBufferPointer<Int>
+    /// exp((logit − max)/temperature) of the candidates, in their order.  [V]
+    let weights: UnsafeMutableBufferPointer<Double>
+
+    public init(vocabSize: Int) {
+        self.vocabSize = vocabSize
+        candidates = .allocate(capacity: max(vocabSize, 1))
+        weights = .allocate(capacity: max(vocabSize, 1))
+    }
+
+    deinit {
+        candidates.deallocate()
+        weights.deallocate()
     }
 }

@@ -137,7 +137,7 @@ public final class LlamaModel {
     private func forwardWithoutHead(tokens: UnsafePointer<Int32>, batch: Int, length: Int, keepForBackward: Bool) -> Activations {
         precondition(length <= config.maxPositionEmbeddings, "sequence longer than the context")
         let acts = activationsFor(batch: batch, length: length, perBlock: keepForBackward)
-        forward(tokens: tokens, batch: batch, length: length, startPosition: 0, cache: nil, into: acts, head: false)
+        forward(tokens: tokens, batch: batch, length: length, startPosition: 0, caches: [], into: acts, head: false)
         return acts
     }
 
@@ -191,13 +191,15 @@ public final class LlamaModel {
     }
 
     /// The forward pass, written once for training, evaluation and generation: embedding lookup, the
-    /// blocks, the final norm and the head, into `acts`. Without a cache the rows are `batch` sequences
-    /// starting at position 0; with one, they are positions startPosition..<startPosition+length of one
-    /// sequence whose earlier keys and values the cache holds (and to which it adds these).
+    /// blocks, the final norm and the head, into `acts`. Without caches the rows are `batch` sequences
+    /// starting at position 0; with them (one per sequence), they are positions
+    /// startPosition..<startPosition+length of `batch` sequences whose earlier keys and values the caches
+    /// hold (and to which they add these): the products run over all the sequences' rows at once, only
+    /// attention reads each sequence's own cache.
     /// With `reducedWeights`, the products read that reduced copy of the weights (decoding only).
-    func forward(tokens: UnsafePointer<Int32>, batch: Int, length: Int, startPosition: Int, cache: KeyValueCache?,
+    func forward(tokens: UnsafePointer<Int32>, batch: Int, length: Int, startPosition: Int, caches: [KeyValueCache],
                  into acts: Activations, head: Bool = true, reducedWeights: DecodingWeights? = nil) {
-        precondition(cache == nil || batch == 1, "a key/value cache holds one sequence")
+        precondition(caches.isEmpty || caches.count == batch, "a key/value cache holds one sequence")
         let end = startPosition + length
         precondition(end <= config.maxPositionEmbeddings, "sequence longer than the context")
         if end > rope.positions { rope.reserve(min(config.maxPositionEmbeddings, max(end, 2 * rope.positions))) }
@@ -220,7 +222,7 @@ public final class LlamaModel {
         for layer in 0..<config.numHiddenLayers {
             blockForward(layer: layer, acts: acts.block(layer), input: acts.residual[layer], output: acts.residual[layer + 1],
                          scratch: acts.attentionScratch,
-                         batch: batch, length: length, startPosition: startPosition, cache: cache, keepForBackward: acts.perBlock,
+                         batch: batch, length: length, startPosition: startPosition, caches: caches, keepForBackward: acts.perBlock,
                          reducedWeights: reducedWeights)
         }
         rmsnormForward(acts.finalNormed, acts.finalRstd, acts.residual[config.numHiddenLayers],
@@ -229,6 +231,13 @@ public final class LlamaModel {
             project(acts.logits, acts.finalNormed, weightAt: layout.lmHead, rows: rows, inFeatures: c,
                     outFeatures: config.vocabSize, reducedWeights: reducedWeights)
         }
+    }
+
+    /// Grows the rotary table to `count` positions (at most the context) ahead of forward passes that run
+    /// side by side on several threads (`BatchedDecoder`), which then only read it.
+    func reserveRotaryPositions(_ count: Int) {
+        let positions = min(count, config.maxPositionEmbeddings)
+        if positions > rope.positions { rope.reserve(positions) }
     }
 
     /// y[N, out] = x[N, in] · Wᵀ for the weight matrix at `offset` in the layout: from `reducedWeights`
@@ -245,11 +254,11 @@ public final class LlamaModel {
         }
     }
 
-    /// One decoder block: output [B·T, C] = block(input [B·T, C]). With a cache, attention reads the
-    /// earlier positions' keys and values from it and nothing is kept for backward.
+    /// One decoder block: output [B·T, C] = block(input [B·T, C]). With caches (one per sequence),
+    /// attention reads the earlier positions' keys and values from them and nothing is kept for backward.
     private func blockForward(layer: Int, acts: BlockActivations, input: UnsafeMutablePointer<Float>,
                               output: UnsafeMutablePointer<Float>, scratch: UnsafeMutablePointer<Float>, batch: Int,
-                              length: Int, startPosition: Int, cache: KeyValueCache?, keepForBackward: Bool,
+                              length: Int, startPosition: Int, caches: [KeyValueCache], keepForBackward: Bool,
                               reducedWeights: DecodingWeights?) {
         let c = config.hiddenSize, f = config.intermediateSize, rows = batch * length
         let heads = config.numAttentionHeads, kvHeads = config.numKeyValueHeads, d = config.headDim
@@ -262,12 +271,15 @@ public final class LlamaModel {
                 reducedWeights: reducedWeights)
         rope.apply(acts.qkv, rowStride: qkvWidth, batch: batch, length: length, startPosition: startPosition,
                    queryHeads: heads, keyHeads: kvHeads, inverse: false)
-        if let cache {
-            cachedAttentionForward(out: acts.attentionOut, qkv: acts.qkv, keys: cache.keys(layer: layer),
-                                   values: cache.values(layer: layer), capacity: cache.capacity, scores: cache.scores,
-                                   scoreRows: cache.scoreRows,
-                                   start: startPosition,
-                                   length: length, heads: heads, kvHeads: kvHeads, headDim: d)
+        if !caches.isEmpty {
+            // Each sequence attends over its own cache; the sequences' rows lie one after another.
+            for (sequence, cache) in caches.enumerated() {
+                cachedAttentionForward(out: acts.attentionOut + sequence * length * c, qkv: acts.qkv + sequence * length * qkvWidth,
+                                       keys: cache.keys(layer: layer), values: cache.values(layer: layer),
+                                       capacity: cache.capacity, scores: cache.scores, scoreRows: cache.scoreRows,
+                                       start: startPosition,
+                                       length: length, heads: heads, kvHeads: kvHeads, headDim: d)
+            }
         } else {
             attentionForward(out: acts.attentionOut, rowStats: acts.attentionRowStats, scratch: scratch,
                              qkv: acts.qkv, batch: batch, length: length, heads: heads, kvHeads: kvHeads, headDim: d)

@@ -59,6 +59,12 @@ extension Trainer {
         optimizer.step = Int(header[1])
         elapsedBefore = Double(bitPattern: header[2])
         random.state = Array(header[3...])
+        if let sampling = objective as? SamplingObjective {
+            // Every rank draws the same row seeds and keeps its own (OnPolicyObjective): one state for all.
+            var generation = sampling.generationRandom.state
+            generation.withUnsafeMutableBytes { group.broadcast($0) }
+            sampling.generationRandom.state = generation
+        }
         group.broadcast(UnsafeMutableRawBufferPointer(model.parameters))
         for tensor in objective.extraTensors { group.broadcast(UnsafeMutableRawBufferPointer(tensor.values)) }
         optimizer.firstMoment.withUnsafeMutableBytes { group.broadcast($0) }

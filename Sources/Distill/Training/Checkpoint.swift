@@ -27,10 +27,12 @@ public enum Checkpoint {
         var weightsHash: String
         /// Ranks of a data-parallel run (mpirun -np N); absent for one process.
         var processes: Int?
+        /// The generator of an objective's own samples (on-policy distillation); absent otherwise.
+        var generationRandom: SeededRandom?
 
         init(formatVersion: Int = Checkpoint.formatVersion, step: Int, optimizerStep: Int, random: SeededRandom,
              parameters: TrainingParameters, tokenizerHash: String, elapsedSeconds: Double, extraTensors: [String],
-             objective: [String: String], weightsHash: String, processes: Int? = nil) {
+             objective: [String: String], weightsHash: String, processes: Int? = nil, generationRandom: SeededRandom? = nil) {
             self.formatVersion = formatVersion
             self.step = step
             self.optimizerStep = optimizerStep
@@ -42,6 +44,7 @@ public enum Checkpoint {
             self.objective = objective
             self.weightsHash = weightsHash
             self.processes = processes
+            self.generationRandom = generationRandom
         }
     }
 
@@ -57,7 +60,7 @@ public enum Checkpoint {
             throw TrainingError.cannotResume("\(path) has format \(state.formatVersion), this distill reads \(formatVersion): start a new run")
         }
         guard state.step >= 0, state.optimizerStep >= 0, state.random.state.count == 4, state.elapsedSeconds.isFinite,
-              (state.processes ?? 1) >= 1 else {
+              (state.processes ?? 1) >= 1, (state.generationRandom?.state.count ?? 4) == 4 else {
             throw TrainingError.cannotResume("\(path) is damaged: start a new run")
         }
         return state

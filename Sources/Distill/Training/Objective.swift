@@ -47,6 +47,16 @@ extension TrainingObjective {
     public func prepare(step: Int, totalSteps: Int) {}
 }
 
+/// An objective that draws random numbers of its own while it trains (on-policy samples): the trainer
+/// saves their generator with the checkpoint and restores it on resume, so that a resumed run draws the
+/// samples an uninterrupted one would.
+public protocol SamplingObjective: TrainingObjective {
+    var generationRandom: SeededRandom { get set }
+    /// Seconds spent generating and tokens generated since the last call (which resets both): the
+    /// progress line's generation speed and share of the step time.
+    func takeGenerationTiming() -> (seconds: Double, tokens: Int)
+}
+
 /// An objective written as one function of its terms, forward and, with `backward`, backward: a training
 /// step is that function with gradients, validation the same without them (and without the total).
 public protocol TermwiseObjective: TrainingObjective {

@@ -188,6 +188,12 @@ public final class Trainer {
             clock.windowSteps = 0
             let left = Double((parameters.steps - step) * tokensPerStep) / max(speed, 1e-9)
             var terms = result.terms
+            if let sampling = objective as? SamplingObjective {
+                // Generation inside the step: its speed and its share of the step time.
+                let generation = sampling.takeGenerationTiming()
+                terms["generation_tokens_per_second"] = Double(generation.tokens) / max(generation.seconds, 1e-9)
+                terms["generation_share"] = generation.seconds / max(seconds, 1e-9)
+            }
             if group.size > 1 {
                 // Sequences per optimizer step over all ranks, and the share of the time spent summing gradients.
                 terms["global_batch"] = Double(parameters.batchSize * parameters.accumulationSteps * group.size)
@@ -254,7 +260,8 @@ public final class Trainer {
                                      tokenizerHash: String(tokenizerHash, radix: 16), elapsedSeconds: elapsedBefore + elapsed,
                                      extraTensors: objective.extraTensors.map(\.name), objective: objective.identity,
                                      weightsHash: String(weightsHash(UnsafeBufferPointer(weights)), radix: 16),
-                                     processes: group.size > 1 ? group.size : nil)
+                                     processes: group.size > 1 ? group.size : nil,
+                                     generationRandom: (objective as? SamplingObjective)?.generationRandom)
         try Checkpoint.write(state: state, weights: ModelDirectory.tensors(of: model), optimizer: optimizerTensors, to: directory)
         try ModelDirectory.save(model, tokenizerModel: tokenizerModel, to: directory)
     }
@@ -295,6 +302,12 @@ public final class Trainer {
             let values = try optimizerFile.floats("extra." + tensor.name)
             guard values.count == tensor.values.count else { throw TrainingError.cannotResume("tensor \(tensor.name) has the wrong size") }
             _ = tensor.values.update(fromContentsOf: values)
+        }
+        if let sampling = objective as? SamplingObjective {
+            guard let generationRandom = state.generationRandom else {
+                throw TrainingError.cannotResume("the checkpoint holds no state of a sample generator: it was not an on-policy run")
+            }
+            sampling.generationRandom = generationRandom
         }
         step = state.step
         random = state.random

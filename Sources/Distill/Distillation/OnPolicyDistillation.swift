@@ -1,0 +1,262 @@
+import Foundation
+
+// On-policy distillation (GKD, Agarwal et al., ICLR 2024) and sequence-level KD (Kim & Rush, 2016): a
+// share of each micro-batch's rows is replaced by sequences that the current student (or the teacher)
+// continues from a prompt taken from that row's training window; teacher and student then run over the
+// whole batch as usual, and the divergence is taken at the generated tokens' positions only.
+//
+// A generated row of the micro-batch [B, T] holds the P prompt tokens, then the N sampled ones
+// (P + N ≤ T); positions past P + N repeat the last token and count for nothing (attention is causal, so
+// they change nothing before them). The logits at position i predict token i + 1, so the generated
+// tokens are predicted at positions P − 1 ..< P + N − 1: those are the row's distilled positions. The
+// prompt positions 0 ..< P − 1 count (KD and, having the data's labels, CE) only with `lossOnPrompt`.
+// Generated tokens have no label: CE is zero there.
+
+/// The settings of on-policy and sequence-level distillation, by their recipe names.
+public enum OnPolicySetting: String, Sendable, CaseIterable {
+    case onPolicy = "on_policy", teacherGenerated = "teacher_generated", promptTokens = "prompt_tokens"
+    case newTokens = "new_tokens", sampleTemperature = "sample_temperature", sampleTopK = "sample_top_k"
+    case sampleTopP = "sample_top_p", lossOnPrompt = "loss_on_prompt"
+}
+
+/// A value of an on-policy setting that a run cannot use, or a combination with another setting that
+/// it cannot run. The CLI spells both settings as flags.
+public struct OnPolicyError: Error, CustomStringConvertible, Equatable, Sendable {
+    public let setting: OnPolicySetting
+    /// Reads after the setting's name ("must lie in [0, 1] (got 2)"), or before `other`'s name.
+    public let problem: String
+    /// The run setting the problem is with, named after `problem` ("cannot be used with --teacher-cache").
+    public let other: Setting?
+    /// Why, after a colon.
+    public let reason: String?
+
+    public init(_ setting: OnPolicySetting, _ problem: String, with other: Setting? = nil, because reason: String? = nil) {
+        self.setting = setting
+        self.problem = problem
+        self.other = other
+        self.reason = reason
+    }
+
+    /// The message with each setting spelt by a front end (flags, recipe fields).
+    public func message(naming name: (OnPolicySetting) -> String, naming otherName: (Setting) -> String) -> String {
+        "\(name(setting)) \(problem)" + (other.map { " \(otherName($0))" } ?? "") + (reason.map { ": \($0)" } ?? "")
+    }
+
+    public var description: String { message(naming: \.rawValue, naming: \.rawValue) }
+}
+
+/// How much of each batch is generated, and how.
+public struct OnPolicySettings: Sendable, Equatable {
+    /// Share of each micro-batch's rows sampled from the current student (GKD's λ), 0...1.
+    public var studentShare: Double = 0
+    /// Share sampled from the teacher instead (sequence-level KD), 0...1; the two add up to at most 1.
+    public var teacherShare: Double = 0
+    /// Prompt tokens P taken from the start of the row's window; nil: half the context.
+    public var promptTokens: Int?
+    /// Tokens N sampled after the prompt; nil: the rest of the context (T − P).
+    public var newTokens: Int?
+    /// The sampler of the generated tokens: temperature 1 samples the model's own distribution.
+    public var temperature: Float = 1
+    public var topK: Int?
+    public var topP: Float?
+    /// Distil (and, with a CE weight, label) the prompt positions of generated rows too.
+    public var lossOnPrompt = false
+
+    public init() {}
+
+    /// Whether any row is generated.
+    public var isActive: Bool { studentShare > 0 || teacherShare > 0 }
+
+    /// Refuses shares outside [0, 1] or adding up to more than 1, and sampler settings it cannot use.
+    public func validate() throws {
+        for (share, setting) in [(studentShare, OnPolicySetting.onPolicy), (teacherShare, .teacherGenerated)]
+        where !(share >= 0 && share <= 1) {
+            throw OnPolicyError(setting, "must lie in [0, 1] (got \(share))")
+        }
+        if studentShare + teacherShare > 1 {
+            throw OnPolicyError(.teacherGenerated, "is \(teacherShare), and with the on-policy share \(studentShare) more than the whole batch: the two shares add up to at most 1")
+        }
+        if let promptTokens, promptTokens < 1 {
+            throw OnPolicyError(.promptTokens, "must be at least 1 (got \(promptTokens)): generation continues a prompt")
+        }
+        if let newTokens, newTokens < 1 { throw OnPolicyError(.newTokens, "must be at least 1 (got \(newTokens))") }
+        guard temperature.isFinite && temperature >= 0 else {
+            throw OnPolicyError(.sampleTemperature, "must be 0 (greedy) or positive (got \(temperature))")
+        }
+        if let topK, topK < 1 { throw OnPolicyError(.sampleTopK, "must be at least 1 (got \(topK))") }
+        if let topP, !(topP > 0 && topP <= 1) { throw OnPolicyError(.sampleTopP, "must be in (0, 1] (got \(topP))") }
+    }
+
+    /// P and N for windows of `context` tokens: the given ones, or half the context for the prompt and
+    /// the rest for the samples. Refuses a prompt that leaves no room and P + N over the context.
+    public func lengths(context: Int) throws -> (prompt: Int, new: Int) {
+        try validate()
+        let prompt = promptTokens ?? (newTokens.map { context - $0 } ?? max(1, context / 2))
+        guard prompt < context else {
+            throw OnPolicyError(.promptTokens, "is \(prompt) but the context is \(context) tokens: the prompt must leave room for new tokens")
+        }
+        guard prompt >= 1 else {
+            throw OnPolicyError(.newTokens, "is \(newTokens ?? 0) but the context is \(context) tokens: leave at least one for the prompt")
+        }
+        let new = newTokens ?? context - prompt
+        guard prompt + new <= context else {
+            throw OnPolicyError(.newTokens, "is \(new); after a prompt of \(prompt) tokens that makes \(prompt + new), over the context of \(context) tokens")
+        }
+        return (prompt, new)
+    }
+
+    /// Rows of a micro-batch of `batchSize` drawn from the teacher and from the student: the shares
+    /// rounded so that together they are the rounded sum (never more than the batch).
+    public func generatedRows(batchSize: Int) -> (teacher: Int, student: Int) {
+        let total = Int(((studentShare + teacherShare) * Double(batchSize)).rounded())
+        let student = min(total, Int((studentShare * Double(batchSize)).rounded()))
+        return (total - student, student)
+    }
+}
+
+/// A distillation objective whose micro-batches are partly generated: the last rows by the current
+/// student (on-policy), the ones before them by the teacher (sequence-level KD), the rest from the data.
+/// Validation is the inner objective's, on data alone.
+public final class OnPolicyObjective: SamplingObjective {
+    public let distillation: DistillationObjective
+    public let settings: OnPolicySettings
+    /// P and N.
+    public let promptLength: Int, newTokens: Int
+    /// Draws one seed per generated row and micro-batch; saved with the checkpoint.
+    public var generationRandom: SeededRandom
+    /// This process's rank and the number of ranks: every rank draws the seeds of all ranks' rows (so that
+    /// their generators stay equal) and keeps its own.
+    private let rank: Int, ranks: Int
+    private var studentDecoder: BatchedDecoder?
+    private var teacherDecoder: BatchedDecoder?
+    /// The generated rows of one model, [rows, P + N].
+    private var sequences: [Int32] = []
+    private var generationSeconds = 0.0
+    private var generatedTokens = 0
+
+    /// `context`: the run's window T. Refuses settings it cannot run: the feature and relational terms
+    /// (they would need the same masks), teacher samples from an ensemble.
+    public init(distillation: DistillationObjective, settings: OnPolicySettings, context: Int, seed: UInt64,
+                rank: Int = 0, ranks: Int = 1) throws {
+        (promptLength, newTokens) = try settings.lengths(context: context)
+        let weights = distillation.settings.weights
+        if settings.isActive && (weights.feature > 0 || weights.rkdDistance > 0 || weights.rkdAngle > 0) {
+            let other: Setting = weights.feature > 0 ? .featureWeight : weights.rkdDistance > 0 ? .rkdDistanceWeight : .rkdAngleWeight
+            throw OnPolicyError(settings.studentShare > 0 ? .onPolicy : .teacherGenerated, "cannot be used with", with: other,
+                                because: "generated rows are distilled at their logits only")
+        }
+        if settings.teacherShare > 0 && distillation.teachers.count > 1 {
+            throw OnPolicyError(.teacherGenerated, "samples one teacher; give a single", with: .teacher)
+        }
+        for teacher in distillation.teachers where teacher.config.maxPositionEmbeddings < promptLength + newTokens {
+            throw OnPolicyError(.newTokens, "makes sequences of \(promptLength + newTokens) tokens, longer than a teacher's context of \(teacher.config.maxPositionEmbeddings)")
+        }
+        self.distillation = distillation
+        self.settings = settings
+        self.rank = rank
+        self.ranks = ranks
+        generationRandom = SeededRandom(seed: seed &+ 0x0D15_7111)
+    }
+
+    public var extraTensors: [TrainableTensor] { distillation.extraTensors }
+
+    /// The inner objective's identity and, when rows are generated, how they are: all of it under the
+    /// one key `on_policy`, so that a resume that changes any of it names on-policy generation.
+    public var identity: [String: String] {
+        var result = distillation.identity
+        guard settings.isActive else { return result }
+        var parts = ["student \(settings.studentShare)", "teacher \(settings.teacherShare)", "prompt \(promptLength)",
+                     "new \(newTokens)", "temperature \(settings.temperature)"]
+        if let topK = settings.topK { parts.append("top-k \(topK)") }
+        if let topP = settings.topP { parts.append("top-p \(topP)") }
+        if settings.lossOnPrompt { parts.append("loss on prompt") }
+        result[OnPolicySetting.onPolicy.rawValue] = parts.joined(separator: ", ")
+        return result
+    }
+
+    public func prepare(step: Int, totalSteps: Int) { distillation.prepare(step: step, totalSteps: totalSteps) }
+
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+        let (mixed, mask) = try onPolicyBatch(student: model, batch: batch)
+        return try distillation.terms(student: model, batch: mixed, distillationMask: mask, gradientScale: gradientScale,
+                                      backward: true)
+    }
+
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+        try distillation.evaluate(model: model, batch: batch)
+    }
+
+    public func takeGenerationTiming() -> (seconds: Double, tokens: Int) {
+        defer { generationSeconds = 0; generatedTokens = 0 }
+        return (generationSeconds, generatedTokens)
+    }
+
+    /// `batch` with its last rows generated by `student` (its current weights) and the rows before them
+    /// by the teacher, and the distillation mask [B·T] (nil when no row is generated: the batch as it
+    /// came). Draws the rows' sampler seeds from `generationRandom`.
+    public func onPolicyBatch(student: LlamaModel, batch: Batch) throws -> (Batch, [UInt8]?) {
+        let (teacherRows, studentRows) = settings.generatedRows(batchSize: batch.batchSize)
+        guard teacherRows + studentRows > 0 else { return (batch, nil) }
+        let b = batch.batchSize, t = batch.contextLength
+        guard promptLength + newTokens <= t else {
+            throw OnPolicyError(.newTokens, "makes sequences of \(promptLength + newTokens) tokens, longer than the batch's \(t)")
+        }
+        // Every rank draws the seeds of all ranks' generated rows, in rank order, and keeps its own.
+        let perRank = teacherRows + studentRows
+        var seeds: [UInt64] = []
+        for _ in 0..<(perRank * ranks) { seeds.append(generationRandom.next()) }
+        let ownSeeds = Array(seeds[(rank * perRank)..<((rank + 1) * perRank)])
+
+        var mixed = batch
+        var mask = [UInt8](repeating: 1, count: b * t)
+        let started = Date()
+        let firstGenerated = b - perRank
+        if teacherRows > 0 {
+            let teacherDecoder = try decoder(self.teacherDecoder, model: distillation.teacher, rows: teacherRows)
+            self.teacherDecoder = teacherDecoder
+            try fill(&mixed, mask: &mask, rows: firstGenerated..<(firstGenerated + teacherRows), decoder: teacherDecoder,
+                     seeds: ownSeeds[0..<teacherRows])
+        }
+        if studentRows > 0 {
+            let studentDecoder = try decoder(self.studentDecoder, model: student, rows: studentRows)
+            self.studentDecoder = studentDecoder
+            try fill(&mixed, mask: &mask, rows: (b - studentRows)..<b, decoder: studentDecoder, seeds: ownSeeds[teacherRows...])
+        }
+        generationSeconds += Date().timeIntervalSince(started)
+        generatedTokens += perRank * newTokens
+        return (mixed, mask)
+    }
+
+    /// The decoder of `model` for `rows` rows: `existing` when it fits, else a new one.
+    private func decoder(_ existing: BatchedDecoder?, model: LlamaModel, rows: Int) throws -> BatchedDecoder {
+        if let existing, existing.model === model, existing.rows == rows { return existing }
+        return try BatchedDecoder(model: model, rows: rows, promptLength: promptLength, newTokens: newTokens)
+    }
+
+    /// Generates `rows` of `batch` from their own prompts (each row's sampler seeded by `seeds`) and
+    /// writes the sequences, their targets and their mask.
+    private func fill(_ batch: inout Batch, mask: inout [UInt8], rows: Range<Int>, decoder: BatchedDecoder,
+                      seeds: ArraySlice<UInt64>) throws {
+        let t = batch.contextLength, length = promptLength + newTokens
+        if sequences.count != rows.count * length { sequences = [Int32](repeating: 0, count: rows.count * length) }
+        var samplers = try seeds.map {
+            try Sampler(temperature: settings.temperature, topK: settings.topK, topP: settings.topP, seed: $0)
+        }
+        for (index, row) in rows.enumerated() {
+            for position in 0..<promptLength { sequences[index * length + position] = batch.inputs[row * t + position] }
+        }
+        try sequences.withUnsafeMutableBufferPointer { try decoder.generate(sequences: $0.baseAddress!, samplers: &samplers) }
+        for (index, row) in rows.enumerated() {
+            let base = row * t, sequence = index * length
+            for position in 0..<t {
+                // Past the sequence, the last token again: causal attention keeps it from the counted positions.
+                batch.inputs[base + position] = sequences[sequence + min(position, length - 1)]
+                let generated = position >= promptLength - 1 && position < length - 1
+                // Prompt positions keep the data's next token (it is the prompt's own next token).
+                let promptCounted = settings.lossOnPrompt && position < promptLength - 1
+                if !promptCounted { batch.targets[base + position] = -1 }
+                mask[base + position] = generated || promptCounted ? 1 : 0
+            }
+        }
+    }
+}
