@@ -16,11 +16,6 @@ enum Flags {
         }
     }
 
-    /// The flag of an on-policy setting (`--on-policy`, `--prompt-tokens`, ...).
-    static func name(_ setting: OnPolicySetting) -> String {
-        "--" + setting.rawValue.replacingOccurrences(of: "_", with: "-")
-    }
-
     /// A role in an `OutputGuard` error: a setting's raw value becomes its flag, and so does any other
     /// one-word role (`input`, `model`), since every path a command reads or writes comes from a flag. A
     /// role in words ("the corpus file") or a recipe field ("teacher.directories[0]") stays as it is.
@@ -36,7 +31,6 @@ enum Flags {
     static func userFacing(_ error: Error) -> Error {
         switch error {
         case let error as NamesSettings: return CommandError(error.message(naming: name))
-        case let error as OnPolicyError: return CommandError(error.message(naming: name, naming: name))
         case let IOError.wouldOverwrite(output, path, input, inputPath):
             return IOError.wouldOverwrite(output: name(role: output), path: path, input: name(role: input), inputPath: inputPath)
         case let IOError.sharedOutput(first, firstPath, second, secondPath):

@@ -138,7 +138,7 @@ struct OnPolicyOptions: ParsableArguments {
     var lossOnPrompt = false
 
     func validate() throws {
-        for (value, setting) in [(onPolicy, OnPolicySetting.onPolicy), (teacherGenerated, .teacherGenerated)] where !value.isFinite {
+        for (value, setting) in [(onPolicy, Setting.onPolicy), (teacherGenerated, .teacherGenerated)] where !value.isFinite {
             throw CommandError("\(Flags.name(setting)) must be a finite number (got \(value))")
         }
         try Flags.translatingSettings { try settings().validate() }

@@ -328,7 +328,7 @@ final class OnPolicyTests: XCTestCase {
     // MARK: settings
 
     func testBadSettingsAreRefusedBySetting() throws {
-        func refusal(_ change: (inout OnPolicySettings) -> Void, context: Int = 32) -> OnPolicySetting? {
+        func refusal(_ change: (inout OnPolicySettings) -> Void, context: Int = 32) -> Setting? {
             var settings = Self.settings(student: 0.5)
             change(&settings)
             do { _ = try settings.lengths(context: context); return nil } catch { return (error as? OnPolicyError)?.setting }

@@ -18,6 +18,10 @@ public enum Setting: String, Sendable, CaseIterable, Codable {
     // Mutual learning.
     case peerOutput = "peer_output", peerPreset = "peer_preset", peerConfig = "peer_config"
     case peer
+    // On-policy and sequence-level distillation: generated rows and their sampler.
+    case onPolicy = "on_policy", teacherGenerated = "teacher_generated", promptTokens = "prompt_tokens"
+    case newTokens = "new_tokens", sampleTemperature = "sample_temperature", sampleTopK = "sample_top_k"
+    case sampleTopP = "sample_top_p", lossOnPrompt = "loss_on_prompt"
     // Cached teachers and born-again generations.
     case teacherCache = "teacher_cache", samples, topK = "top_k", count, teachWith = "teach_with"
     // Tokenizer, token files, evaluation and sampling.

@@ -12,17 +12,10 @@ import Foundation
 // prompt positions 0 ..< P − 1 count (KD and, having the data's labels, CE) only with `lossOnPrompt`.
 // Generated tokens have no label: CE is zero there.
 
-/// The settings of on-policy and sequence-level distillation, by their recipe names.
-public enum OnPolicySetting: String, Sendable, CaseIterable {
-    case onPolicy = "on_policy", teacherGenerated = "teacher_generated", promptTokens = "prompt_tokens"
-    case newTokens = "new_tokens", sampleTemperature = "sample_temperature", sampleTopK = "sample_top_k"
-    case sampleTopP = "sample_top_p", lossOnPrompt = "loss_on_prompt"
-}
-
 /// A value of an on-policy setting that a run cannot use, or a combination with another setting that
 /// it cannot run. The CLI spells both settings as flags.
-public struct OnPolicyError: Error, CustomStringConvertible, Equatable, Sendable {
-    public let setting: OnPolicySetting
+public struct OnPolicyError: NamesSettings, Equatable, Sendable {
+    public let setting: Setting
     /// Reads after the setting's name ("must lie in [0, 1] (got 2)"), or before `other`'s name.
     public let problem: String
     /// The run setting the problem is with, named after `problem` ("cannot be used with --teacher-cache").
@@ -30,7 +23,7 @@ public struct OnPolicyError: Error, CustomStringConvertible, Equatable, Sendable
     /// Why, after a colon.
     public let reason: String?
 
-    public init(_ setting: OnPolicySetting, _ problem: String, with other: Setting? = nil, because reason: String? = nil) {
+    public init(_ setting: Setting, _ problem: String, with other: Setting? = nil, because reason: String? = nil) {
         self.setting = setting
         self.problem = problem
         self.other = other
@@ -38,11 +31,9 @@ public struct OnPolicyError: Error, CustomStringConvertible, Equatable, Sendable
     }
 
     /// The message with each setting spelt by a front end (flags, recipe fields).
-    public func message(naming name: (OnPolicySetting) -> String, naming otherName: (Setting) -> String) -> String {
-        "\(name(setting)) \(problem)" + (other.map { " \(otherName($0))" } ?? "") + (reason.map { ": \($0)" } ?? "")
+    public func message(naming name: (Setting) -> String) -> String {
+        "\(name(setting)) \(problem)" + (other.map { " \(name($0))" } ?? "") + (reason.map { ": \($0)" } ?? "")
     }
-
-    public var description: String { message(naming: \.rawValue, naming: \.rawValue) }
 }
 
 /// How much of each batch is generated, and how.
@@ -69,7 +60,7 @@ public struct OnPolicySettings: Sendable, Equatable {
 
     /// Refuses shares outside [0, 1] or adding up to more than 1, and sampler settings it cannot use.
     public func validate() throws {
-        for (share, setting) in [(studentShare, OnPolicySetting.onPolicy), (teacherShare, .teacherGenerated)]
+        for (share, setting) in [(studentShare, Setting.onPolicy), (teacherShare, .teacherGenerated)]
         where !(share >= 0 && share <= 1) {
             throw OnPolicyError(setting, "must lie in [0, 1] (got \(share))")
         }
@@ -170,7 +161,7 @@ public final class OnPolicyObjective: SamplingObjective {
         if let topK = settings.topK { parts.append("top-k \(topK)") }
         if let topP = settings.topP { parts.append("top-p \(topP)") }
         if settings.lossOnPrompt { parts.append("loss on prompt") }
-        result[OnPolicySetting.onPolicy.rawValue] = parts.joined(separator: ", ")
+        result[Setting.onPolicy.rawValue] = parts.joined(separator: ", ")
         return result
     }
 
