@@ -145,6 +145,26 @@ final class RecipeTests: XCTestCase {
         }
     }
 
+    /// On-policy and sequence-level students: their `generation` fields, with mistakes named by field.
+    func testGeneratedStudentsReadTheirGenerationFields() throws {
+        let recipe = try Recipe.decode(recipeText(students: #"[{"name": "g", "kind": "on-policy", "generation": {"share": 0.25, "new_tokens": 8, "top_k": 5}}]"#),
+                                       baseDirectory: base)
+        guard case let .generated(kind, options, _)? = recipe.students.first?.method else { return XCTFail("not a generated student") }
+        XCTAssertEqual(kind, .onPolicy)
+        XCTAssertEqual(options.studentShare, 0.25)
+        XCTAssertEqual(options.teacherShare, 0)
+        XCTAssertEqual(options.newTokens, 8)
+        XCTAssertEqual(options.topK, 5)
+        expectError(recipeText(students: #"[{"name": "g", "kind": "seq-kd", "generation": {"share": 1.5}}]"#),
+                    path: "students[0].generation.share", mentions: "must be in (0, 1]")
+        expectError(recipeText(students: #"[{"name": "g", "kind": "on-policy", "generation": {"top_p": 0}}]"#),
+                    path: "students[0].generation.top_p", mentions: "\"top_p\" must be in (0, 1]")
+        expectError(recipeText(students: #"[{"name": "g", "kind": "kd", "generation": {"share": 0.5}}]"#),
+                    path: "students[0].generation", mentions: "does not take")
+        expectError(recipeText(students: #"[{"name": "g", "kind": "on-policy", "logits": {"kd_weight": 0, "ce_weight": 1}}]"#),
+                    path: "students[0].logits.kd_weight", mentions: "must be positive")
+    }
+
     func testMissingAndWrongTopLevelFields() throws {
         let withoutCorpus = recipeText().replacingOccurrences(of: #""corpus": "text.txt", "#, with: "")
         expectError(withoutCorpus, path: "corpus", mentions: "missing")

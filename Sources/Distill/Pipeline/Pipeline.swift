@@ -327,13 +327,14 @@ public final class Pipeline {
                 request.resume = resume
                 return [try TrainingRun.train(request, callbacks: trainingCallbacks(student.name))]
             }
-        case let .kd(_, initFromTeacher, layerMap):
+        case .kd, .generated:
             try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
                 var request = request(student.name)
                 request.resume = resume
                 var teacher = StudentRequest(teachers: plan.teacherDirectories(modelPath("teacher")), settings: student.settings)
-                teacher.layerMap = layerMap
-                teacher.initFromTeacher = initFromTeacher
+                if case let .kd(_, _, layerMap) = student.method { teacher.layerMap = layerMap }
+                if case let .generated(_, options, _) = student.method { teacher.onPolicy = options }
+                teacher.initFromTeacher = student.method.initFromTeacher
                 teacher.teacherWeights = recipe.teacher.weights
                 return [try TrainingRun.student(request, teacher, callbacks: trainingCallbacks(student.name))]
             }

@@ -128,6 +128,15 @@ struct Plan {
             } catch {
                 throw RecipeError(field, "\(error)")
             }
+            if case let .generated(kind, options, _) = student.method {
+                do { _ = try options.lengths(context: context) } catch let error as OnPolicyError {
+                    let name = "\(field).generation.\(StudentMethod.generationField(error.setting))"
+                    throw RecipeError(name, error.message(naming: { "\"\(StudentMethod.generationField($0))\"" }))
+                }
+                if kind == .seqKD, case .directories(let directories) = recipe.teacher.source, directories.count > 1 {
+                    throw RecipeError("\(field).kind", "seq-kd samples from one teacher, and this recipe has an ensemble of \(directories.count)")
+                }
+            }
             if student.method.initFromTeacher {
                 if case .config(let path) = student.shape {
                     let t = teacherConfig, s = studentConfig

@@ -12,6 +12,11 @@ public enum StudentKind: String, Sendable, CaseIterable {
     case kdRelational = "kd-relational"
     /// Logit distillation from a cache of the teacher's sampled or top-K targets.
     case kdCached = "kd-cached"
+    /// On-policy distillation (GKD): a share of each batch continued by the current student, scored by
+    /// the teacher at the generated tokens.
+    case onPolicy = "on-policy"
+    /// Sequence-level KD: a share of each batch continued by the teacher.
+    case seqKD = "seq-kd"
     /// Born-again generations: each learns from the previous one (or all earlier ones).
     case bornAgain = "born-again"
     /// Online mutual learning of N peers, no teacher.
@@ -20,7 +25,7 @@ public enum StudentKind: String, Sendable, CaseIterable {
     public static let names = allCases.map(\.rawValue)
 
     /// Whether the kind learns from the recipe's teacher.
-    public var usesTeacher: Bool { [.kd, .kdFeature, .kdRelational, .kdCached].contains(self) }
+    public var usesTeacher: Bool { [.kd, .kdFeature, .kdRelational, .kdCached, .onPolicy, .seqKD].contains(self) }
     /// Whether the kind has logit distillation settings.
     public var distills: Bool { self != .baseline }
 
@@ -29,7 +34,7 @@ public enum StudentKind: String, Sendable, CaseIterable {
     static let ownFields: [(field: String, kinds: [StudentKind])] = [
         ("logits", allCases.filter(\.distills)), ("feature", [.kdFeature]), ("relational", [.kdRelational]),
         ("cache", [.kdCached]), ("generations", [.bornAgain]), ("teach_with", [.bornAgain]), ("peers", [.mutual]),
-        ("init_from_teacher", [.kd, .kdFeature, .kdRelational]),
+        ("init_from_teacher", [.kd, .kdFeature, .kdRelational, .onPolicy, .seqKD]), ("generation", [.onPolicy, .seqKD]),
     ]
 }
 
@@ -43,6 +48,8 @@ public enum StudentMethod: Sendable, Equatable {
     /// `layerMap` ("S:T,..."; nil: uniform) only for feature distillation.
     case kd(StudentKind, initFromTeacher: Bool, layerMap: String?)
     case kdCached(TeacherCacheMode)
+    /// `on-policy` or `seq-kd`: the generated share (the student's or the teacher's) and its sampler.
+    case generated(StudentKind, OnPolicySettings, initFromTeacher: Bool)
     case bornAgain(generations: Int, teachers: GenerationTeachers)
     case mutual(peers: Int)
 
@@ -51,6 +58,7 @@ public enum StudentMethod: Sendable, Equatable {
         case .baseline: return .baseline
         case .kd(let kind, _, _): return kind
         case .kdCached: return .kdCached
+        case .generated(let kind, _, _): return kind
         case .bornAgain: return .bornAgain
         case .mutual: return .mutual
         }
@@ -58,8 +66,10 @@ public enum StudentMethod: Sendable, Equatable {
 
     /// Starts from every k-th teacher block (students of the teacher's width).
     public var initFromTeacher: Bool {
-        if case .kd(_, let initFromTeacher, _) = self { return initFromTeacher }
-        return false
+        switch self {
+        case .kd(_, let initFromTeacher, _), .generated(_, _, let initFromTeacher): return initFromTeacher
+        default: return false
+        }
     }
 
     /// The models a student called `name` trains, in report order: itself, its peers (`NAME-1` ...) or
@@ -110,6 +120,38 @@ public enum StudentMethod: Sendable, Equatable {
             return .bornAgain(generations: generations, teachers: teachers)
         case .mutual:
             return .mutual(peers: try reader.int("peers", in: 2...64) ?? 2)
+        case .onPolicy, .seqKD:
+            // TRL's GKDTrainer generates half of each batch; the sampler draws from the model as it is.
+            var generation = try reader.object("generation") ?? FieldReader(.object([]), path: reader.path("generation"))
+            var options = OnPolicySettings()
+            let share = try generation.number("share") ?? 0.5
+            guard share > 0 && share <= 1 else { throw RecipeError(generation.path("share"), "must be in (0, 1], got \(share)") }
+            if kind == .onPolicy { options.studentShare = share } else { options.teacherShare = share }
+            options.promptTokens = try generation.int("prompt_tokens", in: 1...Int64(Int32.max))
+            options.newTokens = try generation.int("new_tokens", in: 1...Int64(Int32.max))
+            options.temperature = try generation.float("temperature") ?? 1
+            options.topK = try generation.int("top_k", in: 1...Int64(Int32.max))
+            options.topP = try generation.float("top_p")
+            options.lossOnPrompt = try generation.bool("loss_on_prompt") ?? false
+            try generation.finish()
+            do { try options.validate() } catch let error as OnPolicyError {
+                throw RecipeError(generation.path(generationField(error.setting)), error.message(naming: { "\"\(generationField($0))\"" }))
+            }
+            if settings.weights.kd <= 0 {
+                throw RecipeError(reader.path("logits.kd_weight"), "must be positive: a \(kind.rawValue) student learns from the teacher's scores of the generated tokens")
+            }
+            return .generated(kind, options, initFromTeacher: try reader.bool("init_from_teacher") ?? false)
+        }
+    }
+
+    /// The field of a student's `generation` object that holds an on-policy setting.
+    static func generationField(_ setting: Setting) -> String {
+        switch setting {
+        case .onPolicy, .teacherGenerated: return "share"
+        case .sampleTemperature: return "temperature"
+        case .sampleTopK: return "top_k"
+        case .sampleTopP: return "top_p"
+        default: return setting.rawValue
         }
     }
 
@@ -133,6 +175,16 @@ public enum StudentMethod: Sendable, Equatable {
             return [("cache", .object([("samples", .integer(Int64(samples))), ("top_k", .null)]))]
         case .kdCached(.topK(let k)):
             return [("cache", .object([("samples", .null), ("top_k", .integer(Int64(k)))]))]
+        case let .generated(_, options, initFromTeacher):
+            return [("init_from_teacher", .bool(initFromTeacher)), ("generation", .object([
+                ("share", .number(max(options.studentShare, options.teacherShare))),
+                ("prompt_tokens", options.promptTokens.map { .integer(Int64($0)) } ?? .null),
+                ("new_tokens", options.newTokens.map { .integer(Int64($0)) } ?? .null),
+                ("temperature", Normal.float(options.temperature)),
+                ("top_k", options.topK.map { .integer(Int64($0)) } ?? .null),
+                ("top_p", options.topP.map(Normal.float) ?? .null),
+                ("loss_on_prompt", .bool(options.lossOnPrompt)),
+            ]))]
         case let .bornAgain(generations, teachers):
             return [("generations", .integer(Int64(generations))), ("teach_with", .string(teachers.rawValue))]
         case .mutual(let peers):
