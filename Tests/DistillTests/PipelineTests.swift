@@ -40,14 +40,22 @@ final class PipelineTests: XCTestCase {
         XCTAssertFalse(first.interrupted)
         let models = ["teacher", "baseline", "kd", "mutual-1", "mutual-2"]
         XCTAssertEqual(first.ran, ["tokenizer", "data", "teacher", "student-baseline", "student-kd", "student-mutual"]
-                       + models.map { "eval-\($0)" } + models.map { "samples-\($0)" })
+                       + models.map { "eval-\($0)" } + models.map { "samples-\($0)" } + models.map { "quality-\($0)" })
         XCTAssertTrue(lines.contains { $0.hasPrefix("teacher: training") }, "\(lines)")
         XCTAssertEqual(first.report.models.map(\.name), models)
         for model in first.report.models {
             XCTAssertNotNil(model.evaluation, model.name)
             XCTAssertNotNil(model.trainingSeconds, model.name)
             XCTAssertNotNil(model.generationTokensPerSecond, model.name)
+            // The teacher's view of the model's own samples: 16 prompts × 16 new tokens at context 32.
+            let quality = try XCTUnwrap(model.sampleQuality, model.name)
+            XCTAssertEqual(quality.tokens, 16 * 16, model.name)
+            XCTAssertTrue(quality.judgeMeanNLL > 0 && quality.ownMeanNLL > 0 && quality.judgeBitsPerByte > 0, "\(quality)")
+            XCTAssertTrue((0...1).contains(quality.repeatedFourGrams), "\(quality)")
         }
+        // A model judged by itself: the teacher's own NLL of its samples is its judge NLL.
+        let teacherQuality = try XCTUnwrap(first.report.models[0].sampleQuality)
+        XCTAssertEqual(teacherQuality.judgeNLLSum, teacherQuality.ownNLLSum, accuracy: 1e-9 * teacherQuality.ownNLLSum)
         XCTAssertNotNil(first.report.models[2].gapClosed)
         XCTAssertEqual(first.report.samples.map(\.prompt), ["the king", ""])
         XCTAssertEqual(first.report.samples[0].texts.count, models.count)
@@ -101,17 +109,19 @@ final class PipelineTests: XCTestCase {
         let edited = Self.students.replacingOccurrences(of: #"{"name": "kd", "kind": "kd"}"#,
                                                         with: #"{"name": "kd", "kind": "kd", "logits": {"temperature": 2}}"#)
         let (changed, _) = try self.run(try Self.recipe(in: scratch, students: edited), run)
-        XCTAssertEqual(changed.ran, ["student-kd", "eval-kd", "samples-kd"])
+        XCTAssertEqual(changed.ran, ["student-kd", "eval-kd", "samples-kd", "quality-kd"])
 
         let added = edited.replacingOccurrences(of: "]", with: #", {"name": "feature", "kind": "kd-feature"}]"#)
         let (grown, _) = try self.run(try Self.recipe(in: scratch, students: added), run)
-        XCTAssertEqual(grown.ran, ["student-feature", "eval-feature", "samples-feature"])
+        XCTAssertEqual(grown.ran, ["student-feature", "eval-feature", "samples-feature", "quality-feature"])
         XCTAssertEqual(grown.report.models.map(\.name), ["teacher", "baseline", "kd", "mutual-1", "mutual-2", "feature"])
 
         // A teacher with other settings re-runs the teacher and what learns from it, not the baseline.
         let (retaught, _) = try self.run(try Self.recipe(in: scratch, students: added, teacherSteps: 31), run)
         XCTAssertEqual(Set(retaught.ran), Set(["teacher", "student-kd", "student-feature", "eval-teacher", "eval-kd", "eval-feature",
-                                               "samples-teacher", "samples-kd", "samples-feature"]))
+                                               "samples-teacher", "samples-kd", "samples-feature"]
+                                           // The teacher judges every model's samples: all are scored again.
+                                           + ["teacher", "baseline", "kd", "mutual-1", "mutual-2", "feature"].map { "quality-\($0)" }))
     }
 
     func testAnInterruptedRunContinuesWhereItStopped() throws {
@@ -331,7 +341,7 @@ final class PipelineTests: XCTestCase {
         // A cached student with another temperature needs another cache; the others stay.
         let warmer = students.replacingOccurrences(of: #""cache": {"samples": 4}}"#, with: #""cache": {"samples": 4}, "logits": {"temperature": 2}}"#)
         let (third, _) = try self.run(try Self.recipe(in: scratch, students: warmer, text: text.path), run)
-        XCTAssertEqual(third.ran.filter { !$0.hasPrefix("cache-") }, ["student-cached", "eval-cached", "samples-cached"])
+        XCTAssertEqual(third.ran.filter { !$0.hasPrefix("cache-") }, ["student-cached", "eval-cached", "samples-cached", "quality-cached"])
         XCTAssertEqual(third.ran.filter { $0.hasPrefix("cache-") }.count, 1)
     }
 }

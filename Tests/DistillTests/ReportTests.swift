@@ -172,4 +172,19 @@ extension XMLElement {
     /// An attribute's value by name (`attribute(forName:)` misses attributes of elements in the SVG
     /// namespace on Linux).
     func value(of name: String) -> String? { attributes?.first { $0.name == name }?.stringValue }
+
+    /// The sample-quality measures' pieces: prompts evenly spaced and whole, repeated 4-grams counted within
+    /// each sequence.
+    func testSampleQualityPromptsAndRepeats() {
+        let tokens = (0..<100).map { Int32($0) }
+        let prompts = SampleQuality.prompts(from: tokens, count: 4, promptLength: 10)
+        XCTAssertEqual(prompts.map(\.first), [0, 22, 44, 66])
+        XCTAssertTrue(prompts.allSatisfy { $0.count == 10 })
+        XCTAssertEqual(SampleQuality.prompts(from: Array(tokens.prefix(5)), count: 4, promptLength: 10), [])
+        // 1 2 3 4 1 2 3 4: five 4-grams, of which "1 2 3 4" comes again once.
+        XCTAssertEqual(SampleQuality.repeatedFourGramShare([[1, 2, 3, 4, 1, 2, 3, 4]]), 1.0 / 5.0, accuracy: 1e-12)
+        // The same 4-gram in two sequences is not a repeat.
+        XCTAssertEqual(SampleQuality.repeatedFourGramShare([[1, 2, 3, 4], [1, 2, 3, 4]]), 0)
+        XCTAssertEqual(SampleQuality.repeatedFourGramShare([[1, 2, 3]]), 0)
+    }
 }

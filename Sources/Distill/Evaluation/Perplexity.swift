@@ -125,6 +125,8 @@ func agreeOnScoring(_ group: ProcessGroup, tokens: [Int32], bytes: Int, model: S
 
 /// Errors of evaluation that a user can act on.
 public enum EvaluationError: NamesSettings, Equatable {
+    /// Prompts and samples longer than a model's context.
+    case samplesTooLong(length: Int, context: Int)
     case badStride(Int, context: Int)
     case tooShort(Int)
     case notText(String)
@@ -140,6 +142,8 @@ public enum EvaluationError: NamesSettings, Equatable {
         case let .windowTooLarge(length, needed, available):
             return "a scoring window of \(length) tokens needs about "
                 + String(format: "%.1f GB of activations but this machine has %.1f GB: give a shorter context", needed, available)
+        case let .samplesTooLong(length, context):
+            return "a prompt and its samples take \(length) tokens, more than a model's context of \(context): give shorter ones"
         case .noValidationSplit(let path, let tokens):
             return "token file \(path) has \(tokens) validation token(s), too few to score: prepare it with a validation split (`distill prepare \(name(.valFraction)) 0.1`), or score a text with \(name(.text))"
         }

@@ -153,6 +153,13 @@ public final class Pipeline {
                 try samplesStage(entry, producer: producer)
             }
         }
+        if let teacherKey {
+            for entry in models {
+                if stopRequested() { break }
+                guard let producer = producers[entry.name] else { continue }
+                try sampleQualityStage(entry, producer: producer, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
+            }
+        }
         return try finish(models)
     }
 
@@ -492,6 +499,36 @@ public final class Pipeline {
         }
     }
 
+    /// The teacher's NLL of each model's own samples (`SampleQuality`): 16 prompts of a quarter of the
+    /// shortest context from the validation split, continued for half of it at temperature 1, the same
+    /// prompts and seeds for every model.
+    private func sampleQualityStage(_ entry: ModelEntry, producer: String, plan: Plan, dataKey: String, teacherKey: String) throws {
+        let shortest = ([plan.teacherContext] + plan.studentContexts).min() ?? plan.teacherContext
+        let promptLength = max(1, shortest / 4), newTokens = max(1, shortest / 2), count = 16
+        let settings = JSONNode.object([("prompts", .integer(Int64(count))), ("prompt_tokens", .integer(Int64(promptLength))),
+                                        ("new_tokens", .integer(Int64(newTokens))), ("temperature", .integer(1)),
+                                        ("seed", .integer(Int64(bitPattern: recipe.samples.seed)))])
+        let inputs = [("model", producer), ("teacher", teacherKey), ("data", dataKey)]
+        let stage = "quality-\(entry.name)"
+        let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
+        try simpleStage(stage, label: "sample quality \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
+            let directories = (entry.members ?? [entry.directory]).map(resolve)
+            let model = try ModelEnsemble(members: try directories.map { try ModelDirectory.load($0) })
+            let judge = try ModelEnsemble(members: try plan.teacherDirectories(modelPath("teacher")).map { try ModelDirectory.load(URL(fileURLWithPath: $0)) },
+                                          weights: recipe.teacher.weights)
+            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
+            let data = try TokenFile(path: dataPath)
+            let prompts = SampleQuality.prompts(from: Array(data.validationTokens), count: count, promptLength: promptLength)
+            let quality = try SampleQuality.measure(model: model, judge: judge, tokenizer: tokenizer, prompts: prompts,
+                                                    newTokens: newTokens, seed: recipe.samples.seed)
+            callbacks.log(String(format: "sample quality %@: teacher NLL %.3f, own NLL %.3f nats/token, %.1f%% repeated 4-grams",
+                                 entry.name, quality.judgeMeanNLL, quality.ownMeanNLL, 100 * quality.repeatedFourGrams))
+            return .object([("tokens", .integer(Int64(quality.tokens))), ("judge_nll_sum", .number(quality.judgeNLLSum)),
+                            ("own_nll_sum", .number(quality.ownNLLSum)), ("bytes", .integer(Int64(quality.bytes))),
+                            ("repeated_4grams", .number(quality.repeatedFourGrams))])
+        }
+    }
+
     func resolve(_ directory: String) -> URL {
         directory.hasPrefix("/") ? URL(fileURLWithPath: directory) : run.appendingPathComponent(directory)
     }
@@ -540,7 +577,8 @@ public final class Pipeline {
                          ("directory", .string(entry.directory)), ("training_stage", entry.trainingStage.map(JSONNode.string) ?? .null),
                          ("members", entry.members.map { .array($0.map(JSONNode.string)) } ?? .null),
                          ("eval_stage", .string("eval-\(entry.name)")),
-                         ("samples_stage", recipe.samples.prompts.isEmpty ? .null : .string("samples-\(entry.name)"))])
+                         ("samples_stage", recipe.samples.prompts.isEmpty ? .null : .string("samples-\(entry.name)")),
+                         ("quality_stage", .string("quality-\(entry.name)"))])
             })),
             ("recipe", recipe.normalized),
         ])

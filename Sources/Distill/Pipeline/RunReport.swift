@@ -18,6 +18,8 @@ public struct ReportModel: Sendable, Equatable {
     /// (baseline − this) / (baseline − teacher) in bits per byte: the share of the way from the
     /// baseline to the teacher that distillation took this student.
     public var gapClosed: Double?
+    /// The teacher's view of the model's own samples (temperature 1, fixed prompts of the validation split).
+    public var sampleQuality: SampleQuality?
 
     public init(name: String, role: String, kind: String, directory: String, parameters: Int? = nil,
                 evaluation: PerplexityReport? = nil, trainingSeconds: Double? = nil, trainingTokensPerSecond: Double? = nil,
@@ -87,6 +89,12 @@ public struct RunReport: Sendable {
             }
             if let stage = entry["samples_stage"]?.stringValue, let result = store.currentResult(stage, after: trainingStage) {
                 model.generationTokensPerSecond = result["tokens_per_second"]?.doubleValue
+            }
+            if let stage = entry["quality_stage"]?.stringValue, let result = store.currentResult(stage, after: trainingStage),
+               let tokens = result["tokens"]?.intValue, let judge = result["judge_nll_sum"]?.doubleValue,
+               let own = result["own_nll_sum"]?.doubleValue, let bytes = result["bytes"]?.intValue,
+               let repeated = result["repeated_4grams"]?.doubleValue {
+                model.sampleQuality = SampleQuality(tokens: tokens, judgeNLLSum: judge, ownNLLSum: own, bytes: bytes, repeatedFourGrams: repeated)
             }
             models.append(model)
         }
@@ -186,6 +194,11 @@ public struct RunReport: Sendable {
             fields += [("gap_closed", optional(model.gapClosed)), ("training_seconds", optional(model.trainingSeconds)),
                        ("training_tokens_per_second", optional(model.trainingTokensPerSecond)),
                        ("generation_tokens_per_second", optional(model.generationTokensPerSecond))]
+            if let quality = model.sampleQuality {
+                fields += [("samples_teacher_nll", .number(quality.judgeMeanNLL)), ("samples_teacher_bits_per_byte", .number(quality.judgeBitsPerByte)),
+                           ("samples_own_nll", .number(quality.ownMeanNLL)), ("samples_repeated_4grams", .number(quality.repeatedFourGrams)),
+                           ("samples_tokens", .integer(Int64(quality.tokens)))]
+            }
             return .object(fields)
         }
         return .object([
@@ -202,13 +215,17 @@ public struct RunReport: Sendable {
 
     /// The table's cells: header, then one row per model.
     var cells: [[String]] {
-        let header = ["model", "kind", "parameters", "perplexity", "bits/byte", "gap closed", "training time", "train tok/s", "generate tok/s"]
+        let header = ["model", "kind", "parameters", "perplexity", "bits/byte", "gap closed", "teacher NLL of samples", "own NLL",
+                      "repeated 4-grams", "training time", "train tok/s", "generate tok/s"]
         let rows = models.map { model -> [String] in
             [model.name, model.kind, model.parameters.map(SVGChart.grouped) ?? "–",
              model.evaluation.map { String(format: "%.2f", $0.perplexity) } ?? "–",
              model.evaluation.map { String(format: "%.4f", $0.bitsPerByte) } ?? "–",
              // Rounded first, so that a tiny negative share prints as 0%, not -0%.
              model.gapClosed.map { String(format: "%.0f%%", ($0 * 100).rounded() + 0) } ?? "–",
+             model.sampleQuality.map { String(format: "%.3f", $0.judgeMeanNLL) } ?? "–",
+             model.sampleQuality.map { String(format: "%.3f", $0.ownMeanNLL) } ?? "–",
+             model.sampleQuality.map { String(format: "%.1f%%", 100 * $0.repeatedFourGrams) } ?? "–",
              model.trainingSeconds.map(Self.duration) ?? "–",
              model.trainingTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–",
              model.generationTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–"]
