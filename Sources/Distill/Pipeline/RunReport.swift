@@ -20,6 +20,12 @@ public struct ReportModel: Sendable, Equatable {
     public var gapClosed: Double?
     /// The teacher's view of the model's own samples (temperature 1, fixed prompts of the validation split).
     public var sampleQuality: SampleQuality?
+    /// Validation CE during training: the lowest and the last (nil for a model the run did not train).
+    public var validationCurve: ValidationCurve?
+    /// The gap closed measured on the validation sample against the baseline at its *best* step:
+    /// (baseline's best − this final) / (baseline's best − teacher's final), so a win that is only the
+    /// baseline overfitting shows as a smaller share.
+    public var gapClosedAgainstBestBaseline: Double?
 
     public init(name: String, role: String, kind: String, directory: String, parameters: Int? = nil,
                 evaluation: PerplexityReport? = nil, trainingSeconds: Double? = nil, trainingTokensPerSecond: Double? = nil,
@@ -96,6 +102,10 @@ public struct RunReport: Sendable {
                let repeated = result["repeated_4grams"]?.doubleValue {
                 model.sampleQuality = SampleQuality(tokens: tokens, judgeNLLSum: judge, ownNLLSum: own, bytes: bytes, repeatedFourGrams: repeated)
             }
+            if !directory.isEmpty, entry["members"] == nil {
+                let path = directory.hasPrefix("/") ? URL(fileURLWithPath: directory) : runDirectory.appendingPathComponent(directory)
+                model.validationCurve = TrainingMetrics.read(directory: path)?.validationCE
+            }
             models.append(model)
         }
         fillGaps(&models)
@@ -119,13 +129,23 @@ public struct RunReport: Sendable {
                          models: models, sampleSettings: run["recipe"]?["samples"] ?? .null, samples: samples)
     }
 
-    /// The gap each student closed, from the first teacher and the first baseline.
+    /// The gap each student closed, from the first teacher and the first baseline: in bits per byte of the
+    /// full evaluation, and on the validation sample against the baseline's best.
     public static func fillGaps(_ models: inout [ReportModel]) {
-        guard let teacher = models.first(where: { $0.role == "teacher" })?.evaluation?.bitsPerByte,
-              let baseline = models.first(where: { $0.kind == "baseline" })?.evaluation?.bitsPerByte,
-              abs(baseline - teacher) > 1e-9 else { return }
-        for index in models.indices where models[index].role == "student" && models[index].kind != "baseline" {
-            if let own = models[index].evaluation?.bitsPerByte { models[index].gapClosed = (baseline - own) / (baseline - teacher) }
+        let students = models.indices.filter { models[$0].role == "student" && models[$0].kind != "baseline" }
+        if let teacher = models.first(where: { $0.role == "teacher" })?.evaluation?.bitsPerByte,
+           let baseline = models.first(where: { $0.kind == "baseline" })?.evaluation?.bitsPerByte, abs(baseline - teacher) > 1e-9 {
+            for index in students {
+                if let own = models[index].evaluation?.bitsPerByte { models[index].gapClosed = (baseline - own) / (baseline - teacher) }
+            }
+        }
+        if let teacher = models.first(where: { $0.role == "teacher" })?.validationCurve?.final,
+           let baselineBest = models.first(where: { $0.kind == "baseline" })?.validationCurve?.best, abs(baselineBest - teacher) > 1e-9 {
+            for index in students {
+                if let own = models[index].validationCurve?.final {
+                    models[index].gapClosedAgainstBestBaseline = (baselineBest - own) / (baselineBest - teacher)
+                }
+            }
         }
     }
 
@@ -194,6 +214,12 @@ public struct RunReport: Sendable {
             fields += [("gap_closed", optional(model.gapClosed)), ("training_seconds", optional(model.trainingSeconds)),
                        ("training_tokens_per_second", optional(model.trainingTokensPerSecond)),
                        ("generation_tokens_per_second", optional(model.generationTokensPerSecond))]
+            if let curve = model.validationCurve {
+                fields += [("validation_ce_final", .number(curve.final)), ("validation_ce_final_step", .integer(Int64(curve.finalStep))),
+                           ("validation_ce_best", .number(curve.best)), ("validation_ce_best_step", .integer(Int64(curve.bestStep))),
+                           ("validation_rose_after_best", .bool(curve.rose)),
+                           ("gap_closed_against_best_baseline", optional(model.gapClosedAgainstBestBaseline))]
+            }
             if let quality = model.sampleQuality {
                 fields += [("samples_teacher_nll", .number(quality.judgeMeanNLL)), ("samples_teacher_bits_per_byte", .number(quality.judgeBitsPerByte)),
                            ("samples_own_nll", .number(quality.ownMeanNLL)), ("samples_repeated_4grams", .number(quality.repeatedFourGrams)),
@@ -260,6 +286,24 @@ public struct RunReport: Sendable {
             text += "Gap closed = (baseline − student) / (baseline − teacher) in bits per byte: the share of the way from the student trained alone to the teacher. "
         }
         text += "Training time is wall time, resumes included; tokens/s are training tokens over that time and generated tokens over the sampling time (KV cache, batch 1).\n"
+        if models.contains(where: { $0.sampleQuality != nil }) {
+            text += "\nTeacher NLL of samples: the teacher's mean negative log-likelihood (nats/token) of what each model writes at temperature 1 "
+                + "from the same 16 prompts of the validation split (same seeds and lengths for every model): lower is text the teacher finds likely, "
+                + "what on-policy distillation trains for. Own NLL is the model's own; repeated 4-grams, the share of a sample's 4-grams it already wrote.\n"
+        }
+        let curves = models.filter { $0.validationCurve != nil }
+        if !curves.isEmpty {
+            text += "\n## Validation during training\n\n"
+            text += "| model | final validation CE | best (step) | rose after its best | gap closed against the baseline's best |\n|---|---:|---:|---|---:|\n"
+            for model in curves {
+                guard let curve = model.validationCurve else { continue }
+                text += "| \(model.name) | " + String(format: "%.4f @%d", curve.final, curve.finalStep) + " | " + String(format: "%.4f @%d", curve.best, curve.bestStep)
+                    + " | \(curve.rose ? "**yes**" : "no") | " + (model.gapClosedAgainstBestBaseline.map { String(format: "%.0f%%", ($0 * 100).rounded() + 0) } ?? "–") + " |\n"
+            }
+            text += "\nOn the run's fixed sample of validation windows. A model whose loss rose after its best overfits (a small corpus, several epochs): "
+                + "its final figures understate what it reached, and a student's gap closed against the baseline's final figure can be partly regularisation; "
+                + "the last column measures it against the baseline at its best instead.\n"
+        }
         if !plots.isEmpty {
             text += "\n## Plots\n\n"
             for plot in plots { text += "![\(plot.title)](\(plot.path))\n\n" }

@@ -41,8 +41,37 @@ public struct TrainingMetrics: Sendable, Equatable {
         }
     }
 
+    /// The validation cross-entropy at its lowest and at the last validation, with their steps; nil without
+    /// validation records.
+    public var validationCE: ValidationCurve? {
+        let points = validation.compactMap { record in record.terms["ce"].map { (step: record.step, value: $0) } }
+        guard let last = points.last, let best = points.min(by: { $0.value < $1.value }) else { return nil }
+        return ValidationCurve(bestStep: best.step, best: best.value, finalStep: last.step, final: last.value)
+    }
+
     /// The points of one term of the training or validation records.
     public func points(_ term: String, validation useValidation: Bool) -> [ChartPoint] {
         (useValidation ? validation : train).compactMap { record in record.terms[term].map { ChartPoint(x: Double(record.step), y: $0) } }
     }
 }
+
+/// A model's validation cross-entropy during training (on the run's fixed sample of validation windows):
+/// its lowest value and the last. A final value above the lowest is a model that overfits (a small
+/// corpus trained for several epochs); its final figures then understate what it reached.
+public struct ValidationCurve: Sendable, Equatable {
+    public var bestStep: Int
+    public var best: Double
+    public var finalStep: Int
+    public var final: Double
+
+    public init(bestStep: Int, best: Double, finalStep: Int, final: Double) {
+        self.bestStep = bestStep
+        self.best = best
+        self.finalStep = finalStep
+        self.final = final
+    }
+
+    /// Whether the loss rose after its minimum by more than rounding (0.1%).
+    public var rose: Bool { finalStep > bestStep && final > best * 1.001 }
+}
+
