@@ -273,6 +273,60 @@ final class ModelHardeningTests: XCTestCase {
             }
         }
     }
+
+    /// No two folders of the library use each other, directly or round a longer loop: the arrows between
+    /// folders point one way (Core below everything, Kernels and Losses below Model and Training, ...).
+    /// A folder uses another when its code names a type, or calls a top-level function, declared there
+    /// (comments and string literals left out).
+    func testFoldersFormNoCycle() throws {
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Sources/Distill")
+        try XCTSkipUnless(FileManager.default.fileExists(atPath: sources.path), "no sources beside the tests")
+        let folders = try FileManager.default.contentsOfDirectory(atPath: sources.path).filter {
+            var isDirectory: ObjCBool = false
+            return FileManager.default.fileExists(atPath: sources.appendingPathComponent($0).path, isDirectory: &isDirectory) && isDirectory.boolValue
+        }.sorted()
+        let stripped = try #/"(?:[^"\\\n]|\\.)*"|//[^\n]*/#
+        var code: [String: String] = [:], declared: [String: String] = [:]  // folder → code; name → folder
+        // Top-level declarations only (nested types such as CodingKeys repeat across folders).
+        let typeDeclaration = try Regex(#"(?m)^(?:(?:public|internal|final|open|fileprivate|indirect)\s+)*(?:struct|enum|class|protocol|typealias|actor)\s+([A-Z]\w*)"#)
+        let functionDeclaration = try Regex(#"(?m)^(?:(?:public|internal)\s+)*func\s+([a-z]\w*)"#)
+        for folder in folders {
+            let directory = sources.appendingPathComponent(folder)
+            for name in try FileManager.default.contentsOfDirectory(atPath: directory.path) where name.hasSuffix(".swift") {
+                let text = try String(contentsOf: directory.appendingPathComponent(name), encoding: .utf8).replacing(stripped, with: "\"\"")
+                code[folder, default: ""] += text + "\n"
+                for match in text.matches(of: typeDeclaration) { if let name = match.output[1].substring { declared[String(name)] = folder } }
+                for match in text.matches(of: functionDeclaration) { if let name = match.output[1].substring { declared[String(name) + "("] = folder } }
+            }
+        }
+        var uses: [String: Set<String>] = [:]
+        var why: [String: String] = [:]
+        for folder in folders {
+            let words = Set(code[folder, default: ""].split { !($0.isLetter || $0.isNumber || $0 == "_") }.map(String.init))
+            let calls = Set(code[folder, default: ""].matches(of: try Regex(#"([a-z]\w*)\("#)).compactMap { $0.output[1].substring.map { String($0) + "(" } })
+            for (name, owner) in declared where owner != folder && (words.contains(name) || calls.contains(name)) {
+                uses[folder, default: []].insert(owner)
+                why["\(folder)→\(owner)"] = name
+            }
+        }
+        // A cycle is a path from a folder back to itself.
+        func path(from start: String, to goal: String, seen: inout Set<String>) -> [String]? {
+            for next in uses[start, default: []].sorted() where !seen.contains(next) {
+                if next == goal { return [start, goal] }
+                seen.insert(next)
+                if let rest = path(from: next, to: goal, seen: &seen) { return [start] + rest }
+            }
+            return nil
+        }
+        for folder in folders {
+            var seen: Set<String> = []
+            if let cycle = path(from: folder, to: folder, seen: &seen) {
+                let steps = zip(cycle, cycle.dropFirst()).map { "\($0) → \($1) (\(why["\($0)→\($1)"] ?? "?"))" }
+                XCTFail("folders in a cycle: " + steps.joined(separator: ", "))
+            }
+        }
+    }
 }
 
 extension LlamaConfig {

@@ -4,28 +4,6 @@ import Foundation
 // num_hidden_layers 10^6) is refused in a sentence instead of aborting in the allocator. All size
 // arithmetic here saturates at Int.max instead of trapping on overflow.
 
-/// a·b·…, or Int.max when the product overflows (sizes are never negative).
-func saturatingProduct(_ factors: Int...) -> Int {
-    var product = 1
-    for factor in factors {
-        let (result, overflow) = product.multipliedReportingOverflow(by: max(factor, 0))
-        if overflow { return Int.max }
-        product = result
-    }
-    return product
-}
-
-/// a + b + …, or Int.max when the sum overflows.
-func saturatingSum(_ terms: [Int]) -> Int {
-    var sum = 0
-    for term in terms {
-        let (result, overflow) = sum.addingReportingOverflow(max(term, 0))
-        if overflow { return Int.max }
-        sum = result
-    }
-    return sum
-}
-
 /// What a model is made for, which decides the memory it needs beside its weights.
 public enum ModelUse: Sendable {
     /// Weights only (sampling, evaluation, export, a teacher).
