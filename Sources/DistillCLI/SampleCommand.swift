@@ -15,6 +15,8 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "Keep only the K most likely tokens.") var topK: Int?
     @Option(help: "Keep the smallest set of tokens whose probability reaches P.") var topP: Float?
     @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
+    @Option(help: "Samples to draw, decoded together in one batch (sample i with seed SEED + i); each is exactly --max-tokens long (no stop at the end-of-text token) and must fit the context with its prompt.")
+    var numSamples: Int = 1
     @Option(help: "Threads (default: all cores).") var threads: Int?
     @Option(help: "Weights read while generating: f32, a bf16/f16 copy (half the memory traffic per token), or q8_0 (llama.cpp's 8-bit blocks, a little over a quarter); faster, and the logits are the rounded weights'.")
     var precision: WeightFormat = .f32
@@ -25,10 +27,17 @@ struct SampleCommand: ParsableCommand {
         try checkThreads(threads)
         try checkFinite(temperature, "--temperature")
         if let topP { try checkFinite(topP, "--top-p") }
+        guard (1...1024).contains(numSamples) else { throw ValidationError("--num-samples must be between 1 and 1024, got \(numSamples)") }
+        if numSamples > 1 {
+            if model.count > 1 { throw ValidationError("--num-samples decodes one model's batch: give one --model (an ensemble samples one at a time)") }
+            if precision != .f32 { throw ValidationError("--num-samples decodes from the f32 weights: leave out --precision") }
+            if maxTokens < 1 { throw ValidationError("--num-samples needs --max-tokens of at least 1") }
+        }
     }
 
     func run() throws {
         if let threads { Compute.setThreads(threads) }
+        if numSamples > 1 { return try runBatch() }
         var sampler = try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seed)
         let (ensemble, loaded) = try LoadedModel.ensemble(model, weights: teacherWeights)
         let tokenizer = loaded.tokenizer
@@ -45,4 +54,32 @@ struct SampleCommand: ParsableCommand {
         }
         print(decoder.finish())
     }
+
+    /// `--num-samples N`: N continuations of the prompt decoded together, printed one after another.
+    func runBatch() throws {
+        let (ensemble, loaded) = try LoadedModel.ensemble(model, weights: teacherWeights)
+        let tokenizer = loaded.tokenizer
+        var promptIDs = tokenizer.encode(prompt ?? "")
+        if promptIDs.isEmpty && tokenizer.bosId >= 0 { promptIDs = [tokenizer.bosId] }
+        guard !promptIDs.isEmpty else { throw ValidationError("give a --prompt: this tokenizer has no BOS token to start from") }
+        let decoder = try Flags.translatingSettings {
+            try BatchedDecoder(model: ensemble.members[0], rows: numSamples, promptLength: promptIDs.count, newTokens: maxTokens)
+        }
+        var samplers = try (0..<numSamples).map { try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64($0)) }
+        var sequences = [Int32](repeating: 0, count: numSamples * decoder.sequenceLength)
+        for row in 0..<numSamples {
+            for (position, token) in promptIDs.enumerated() { sequences[row * decoder.sequenceLength + position] = token }
+        }
+        let started = Date()
+        try sequences.withUnsafeMutableBufferPointer { try decoder.generate(sequences: $0.baseAddress!, samplers: &samplers) }
+        let seconds = Date().timeIntervalSince(started)
+        for row in 0..<numSamples {
+            let continuation = Array(sequences[(row * decoder.sequenceLength + promptIDs.count)..<((row + 1) * decoder.sequenceLength)])
+            print("--- sample \(row + 1) (seed \(seed &+ UInt64(row)))")
+            print((prompt ?? "") + tokenizer.decode(continuation))
+        }
+        FileHandle.standardError.write(Data(String(format: "%d samples × %d tokens in %.2f s: %.0f tokens/s\n", numSamples, maxTokens, seconds,
+                                                   Double(numSamples * maxTokens) / max(seconds, 1e-9)).utf8))
+    }
 }
+

@@ -57,6 +57,18 @@ final class CommandLineTests: XCTestCase {
             let reducedSample = try run(["sample", "--model", model.path, "--precision", precision, "--max-tokens", "5", "--temperature", "0"])
             XCTAssertEqual(reducedSample.status, 0, reducedSample.error)
         }
+        // Several samples decoded in one batch: one block each, seeds SEED + i; greedy ones are all alike.
+        let batch = try run(["sample", "--model", model.path, "--prompt", "the king", "--num-samples", "3", "--max-tokens", "6", "--seed", "4"])
+        XCTAssertEqual(batch.status, 0, batch.error)
+        XCTAssertEqual(batch.output.components(separatedBy: "--- sample ").count - 1, 3, batch.output)
+        XCTAssertTrue(batch.output.contains("--- sample 3 (seed 6)"), batch.output)
+        let greedy = try run(["sample", "--model", model.path, "--prompt", "the king", "--num-samples", "2", "--max-tokens", "6", "--temperature", "0"])
+        let texts = greedy.output.components(separatedBy: "\n").filter { !$0.hasPrefix("--- sample") && !$0.isEmpty }
+        XCTAssertEqual(texts.count, 2, greedy.output)
+        XCTAssertEqual(Set(texts).count, 1, "greedy samples differ: \(texts)")
+        try expectError(["sample", "--model", model.path, "--num-samples", "2", "--precision", "bf16"], mentions: "--num-samples")
+        try expectError(["sample", "--model", model.path, "--num-samples", "0"], mentions: "--num-samples")
+        try expectError(["sample", "--model", model.path, "--num-samples", "2", "--max-tokens", "100"], mentions: "context")
         try expectError(["eval", "--model", scratch.path, "--text", corpus.text.path], mentions: "config.json")
 
         // Another tokenizer's data for this model.

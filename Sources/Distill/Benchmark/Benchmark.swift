@@ -28,6 +28,8 @@ public struct BenchmarkReport: Codable, Sendable {
     /// Greedy generation reading a bf16, f16 or Q8_0 copy of the weights (`sample --precision`), with
     /// all threads and with one; keys "bf16", "f16", "q8_0", and each with " 1 thread".
     public var generationTokensPerSecondByReducedWeights: [String: Double]
+    /// Tokens/s over all rows of `BatchedDecoder` runs; keys "1", "8" and "32" (the rows).
+    public var batchedGenerationTokensPerSecond: [String: Double]
     public var parameters: Int
     public var studentParameters: Int?
     public var peakResidentMB: Double
@@ -170,6 +172,23 @@ public enum Benchmark {
 
     /// Median tokens/s of greedy decoding with the KV cache: batch 1, an 8-token prompt, 120 new tokens,
     /// the weights read as `precision`.
+    /// Tokens/s of `rows` sequences decoded together (`BatchedDecoder`: 8-token prompts, 120 new tokens
+    /// each, greedy), counting every row's tokens.
+    public static func batchedGenerationSpeed(config: LlamaConfig, rows: Int, repeats: Int) throws -> Double {
+        let model = try LlamaModel(config: config, seed: 1)
+        let decoder = try BatchedDecoder(model: model, rows: rows, promptLength: 8, newTokens: 120)
+        let sequences = UnsafeMutablePointer<Int32>.allocate(capacity: rows * decoder.sequenceLength)
+        defer { sequences.deallocate() }
+        var samplers = try (0..<rows).map { _ in try Sampler(temperature: 0) }
+        let seconds = try median(repeats: repeats) {
+            for row in 0..<rows {
+                for position in 0..<8 { sequences[row * decoder.sequenceLength + position] = Int32((row * 11 + position * 37) % config.vocabSize) }
+            }
+            try decoder.generate(sequences: sequences, samplers: &samplers)
+        }
+        return Double(rows * 120) / seconds
+    }
+
     public static func generationSpeed(config: LlamaConfig, repeats: Int, precision: WeightFormat = .f32) throws -> Double {
         let model = try LlamaModel(config: config, seed: 1)
         let session = try KVCacheSession(model: model, precision: precision)
@@ -241,6 +260,14 @@ extension Benchmark {
         let generationOneThread = try Compute.withThreads(1) { try generationSpeed(config: teacher, repeats: repeats) }
         say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s; on 1 thread %.0f tokens/s; peak %.0f MB",
                    generation, generationOneThread, peaks["generation"] ?? 0))
+        var batchedGeneration: [String: Double] = [:]
+        for rows in [1, 8, 32] {
+            batchedGeneration["\(rows)"] = try measured("generation batch \(rows)") {
+                try batchedGenerationSpeed(config: teacher, rows: rows, repeats: repeats)
+            }
+        }
+        say(String(format: "batched generation (sequences decoded together, 120 new tokens each): batch 1 %.0f, batch 8 %.0f, batch 32 %.0f tokens/s",
+                   batchedGeneration["1"] ?? 0, batchedGeneration["8"] ?? 0, batchedGeneration["32"] ?? 0))
         var reducedGeneration: [String: Double] = [:]
         for precision in [WeightFormat.bf16, .f16, .q8_0] {
             let name = precision.rawValue
@@ -263,7 +290,8 @@ extension Benchmark {
                                inferenceTokensPerSecond: inference, inferenceModelGFLOPS: inferenceRate,
                                inferenceUtilisation: inferenceRate / gflops, generationTokensPerSecond: generation,
                                generationOneThreadTokensPerSecond: generationOneThread,
-                               generationTokensPerSecondByReducedWeights: reducedGeneration, parameters: ParameterLayout(config: teacher).count,
+                               generationTokensPerSecondByReducedWeights: reducedGeneration,
+                               batchedGenerationTokensPerSecond: batchedGeneration, parameters: ParameterLayout(config: teacher).count,
                                studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak,
                                peakResidentMBByWorkload: peaks)
     }
