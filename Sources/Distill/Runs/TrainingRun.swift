@@ -43,6 +43,8 @@ public struct StudentRequest: Sendable {
     public var cachedLoss = CachedTargetLoss.forwardKL
     /// False when the temperature was left out: a cache's own τ is then used.
     public var temperatureGiven = true
+    /// The objective for a teacher whose tokenizer differs from the data's (nil: the tokenizers must match).
+    public var crossTokenizer: CrossTokenizerLoss?
 
     public init(teachers: [String], settings: DistillationSettings) {
         self.teachers = teachers
@@ -150,9 +152,14 @@ public enum TrainingRun {
     /// `distill student`: a student trained from frozen teacher(s).
     public static func student(_ request: TrainingRequest, _ student: StudentRequest,
                                callbacks: TrainingCallbacks) throws -> TrainingOutcome {
+        if student.crossTokenizer != nil && student.teacherCache != nil {
+            throw CrossTokenizerError.unsupported(.teacherCache, why: "a cache holds a teacher's targets in the data's own vocabulary")
+        }
         if let cache = student.teacherCache { return try cachedStudent(request, student, cache: cache, callbacks: callbacks) }
         guard !student.teachers.isEmpty else { throw SettingError(.teacher, "is missing: give at least one teacher model directory") }
         let inputs = try openInputs(request)
+        try checkTeacherTokenizers(student, data: inputs.data, dataPath: request.data)
+        if let loss = student.crossTokenizer { return try crossTokenizerStudent(request, student, inputs: inputs, loss: loss, callbacks: callbacks) }
         var settings = student.settings
         try settings.validate()
         try checkRelationalBatch(settings.weights, batchSize: request.parameters.batchSize)
