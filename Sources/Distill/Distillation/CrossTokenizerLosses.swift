@@ -34,12 +34,32 @@ public func sortedTemperedDistribution(
     let invTau = 1 / temperature
     let sum = ck_exp_sum(probabilities, logits, invTau, ck_max(logits, teacherVocab) * invTau, teacherVocab)
     ck_scale(probabilities, 1 / sum, teacherVocab)
-    var all = Array(UnsafeBufferPointer(start: probabilities, count: teacherVocab))
-    all.sort(by: >)
     let count = min(teacherVocab, studentVocab)
-    for index in 0..<count { sorted[index] = all[index] }
+    // Only the `count` largest are needed in order: select them by the count-th largest logit (the
+    // softmax keeps the order), then sort just those; ties at the threshold go to the lower ids.
+    var kept: [Float] = []
+    kept.reserveCapacity(count)
     var tail = 0.0
-    for index in count..<teacherVocab { tail += Double(all[index]) }
+    if count < teacherVocab {
+        let heap = UnsafeMutablePointer<Float>.allocate(capacity: count)
+        defer { heap.deallocate() }
+        let threshold = ck_kth_largest(logits, teacherVocab, count, heap)
+        var above = 0
+        for index in 0..<teacherVocab where logits[index] > threshold { above += 1 }
+        var tiesLeft = count - above
+        for index in 0..<teacherVocab {
+            if logits[index] > threshold || logits[index] == threshold && tiesLeft > 0 {
+                if logits[index] == threshold { tiesLeft -= 1 }
+                kept.append(probabilities[index])
+            } else {
+                tail += Double(probabilities[index])
+            }
+        }
+    } else {
+        kept.append(contentsOf: UnsafeBufferPointer(start: probabilities, count: teacherVocab))
+    }
+    kept.sort(by: >)
+    for index in 0..<count { sorted[index] = index < kept.count ? kept[index] : 0 }
     return tail
 }
 
