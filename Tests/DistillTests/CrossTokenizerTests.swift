@@ -388,4 +388,29 @@ final class CrossTokenizerTests: XCTestCase {
             XCTAssertEqual(error as? CrossTokenizerError, .sameTokenizer(teacher: sameDirectory.path))
         }
     }
+
+    /// The command line: `--cross-tokenizer` trains and scores the student; a teacher of another tokenizer
+    /// without it, or a wrong value, is one line naming the flag.
+    func testCommandLine() throws {
+        try skipUnlessDistillIsBuilt()
+        let tokenizers = try Self.shared.get()
+        let folder = try TestText.makeFolder()
+        let data = folder.appendingPathComponent("student.tok").path
+        _ = try TokenFile.prepare(tokenizer: tokenizers.student, inputs: [tokenizers.text.path], output: data, valFraction: 0.1)
+        let teacher = folder.appendingPathComponent("teacher")
+        try ModelDirectory.save(try ModelGradientTests.model(Self.config(vocab: tokenizers.teacher.vocabSize, width: 16), seed: 9),
+                                tokenizerModel: tokenizers.teacher.modelPath, to: teacher)
+        let common = ["student", "--teacher", teacher.path, "--data", data, "--preset", "tiny-student", "--context", "16",
+                      "--batch-size", "2", "--steps", "2", "--eval-every", "0", "--eval-batches", "1"]
+        let trained = try run(common + ["--output", folder.appendingPathComponent("alm").path, "--cross-tokenizer", "alm", "--ce-weight", "1"])
+        XCTAssertEqual(trained.status, 0, trained.error)
+        XCTAssertTrue(trained.error.contains("alm 1.0") || trained.output.contains("alm 1.0"), trained.error)
+        XCTAssertTrue(trained.output.contains("validation perplexity: student"), trained.output)
+        let refused = try run(common + ["--output", folder.appendingPathComponent("none").path])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.error.contains("--cross-tokenizer uld or alm"), refused.error)
+        let wrong = try run(common + ["--output", folder.appendingPathComponent("wrong").path, "--cross-tokenizer", "kl"])
+        XCTAssertNotEqual(wrong.status, 0)
+        XCTAssertTrue(wrong.error.contains("cross-tokenizer"), wrong.error)
+    }
 }
