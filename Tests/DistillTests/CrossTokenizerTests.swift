@@ -204,6 +204,49 @@ final class CrossTokenizerTests: XCTestCase {
         XCTAssertGreaterThan(try uld.evaluate(model: student, batch: batch)["kd"] ?? 0, 0)
     }
 
+    /// With the text around a window, the teacher's tokens are those of the running text: with the same
+    /// tokenizer on both sides, a window that starts and ends inside lines aligns every one of its tokens
+    /// (its last included), and the teacher reads exactly the window's tokens; a teacher with another
+    /// tokenizer has its tokens that cross the window's ends cut.
+    func testSurroundingLinesGiveTheTeachersOwnTokensAtTheWindowsEnds() throws {
+        let tokenizers = try Self.shared.get()
+        let stream = tokenizers.student.encode(TestText.corpus(lines: 30, seed: 11))
+        let start = 40, length = 20
+        let window = Array(stream[start...(start + length)])
+        let before = Array(stream[(start - 30)..<start]), after = Array(stream[(start + length + 1)..<(start + length + 31)])
+        let config = Self.config(vocab: tokenizers.student.vocabSize)
+        let same = try CrossTokenizerObjective(teacher: try ModelGradientTests.model(config, seed: 1), teacherTokenizer: tokenizers.student,
+                                               studentTokenizer: tokenizers.student, studentConfig: config, loss: .alm,
+                                               settings: DistillationSettings())
+        let alignment = try same.align(window: window, before: before, after: after)
+        XCTAssertEqual(Array(alignment.teacher.ids.prefix(length + 1)), window)
+        XCTAssertEqual(alignment.chunks.map(\.studentTokens), (0...length).map { $0..<($0 + 1) })
+
+        let other = try CrossTokenizerObjective(
+            teacher: try ModelGradientTests.model(Self.config(vocab: tokenizers.teacher.vocabSize), seed: 1),
+            teacherTokenizer: tokenizers.teacher, studentTokenizer: tokenizers.student, studentConfig: config, loss: .alm,
+            settings: DistillationSettings())
+        let crossed = try other.align(window: window, before: before, after: after)
+        let text = crossed.student.bytes
+        // The teacher's tokens of the surrounding lines, found independently: its spans in the lines' text.
+        let lines = try tokenizers.teacher.encodeWithSpans(
+            try tokenizers.student.spans(of: before + window + after, pieces: PieceBytes(tokenizers.student)).bytes,
+            pieces: PieceBytes(tokenizers.teacher))
+        XCTAssertGreaterThan(crossed.chunks.count, 3)
+        for chunk in crossed.chunks {
+            XCTAssertTrue(chunk.bytes.lowerBound >= 0 && chunk.bytes.upperBound <= text.count)
+            for index in chunk.teacherTokens {
+                XCTAssertTrue(crossed.teacher.spans[index].lowerBound >= 0 && crossed.teacher.spans[index].upperBound <= text.count)
+            }
+        }
+        // Every teacher token of the window is one the running text has (the same bytes and id).
+        let offset = try tokenizers.student.spans(of: before, pieces: PieceBytes(tokenizers.student)).bytes.count
+        let running = Set(zip(lines.ids, lines.spans).map { "\($0.0)@\($0.1.lowerBound - offset)" })
+        for (id, span) in zip(crossed.teacher.ids, crossed.teacher.spans) where span.upperBound <= text.count {
+            XCTAssertTrue(running.contains("\(id)@\(span.lowerBound)"), "teacher token \(id) at \(span)")
+        }
+    }
+
     /// ULD on one row against a direct computation: sorted L1 with the shorter vector padded with zeros,
     /// both ways round (student longer, teacher longer).
     func testUniversalLogitDistanceOfOneRow() {

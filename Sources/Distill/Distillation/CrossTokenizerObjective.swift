@@ -48,10 +48,11 @@ public enum CrossTokenizerError: NamesSettings, Equatable {
 /// Each batch row is a window of the token file: its T+1 student tokens (`inputs` and the last target)
 /// are turned back into bytes, piece by piece; the teacher encodes those bytes with its own tokenizer
 /// (only whole UTF-8 characters: a window may start or end inside a character spelled in byte pieces),
-/// and both tokenizations keep each token's byte span. The window's end cuts the teacher's last token
-/// (the text goes on in the corpus, so it may be the start of a longer token): it counts as reaching
-/// outside the window and belongs to no chunk. `alignChunks` then cuts the window where both sides have
-/// a token boundary. The teacher reads at most its context of tokens; chunks past it are left out.
+/// and both tokenizations keep each token's byte span. With `surroundings`, the teacher encodes the whole
+/// lines around the window and its tokens that the window's ends cut in half count in no chunk; without,
+/// it encodes the window's text alone and its last token counts as cut (the text goes on in the corpus,
+/// so it may be the start of a longer token). `alignChunks` then cuts the window where both sides have a
+/// token boundary. The teacher reads at most its context of tokens; chunks past it are left out.
 ///
 /// The two objectives, each added to CE on the student's own labels (`w_ce·CE + w_kd·term`):
 /// - ULD pairs, for every aligned chunk, the position of its last token on each side: there both models
@@ -62,8 +63,8 @@ public enum CrossTokenizerError: NamesSettings, Equatable {
 ///   token on each side has no context) and compares the chunk's log-likelihood (the sum of its tokens'
 ///   log-probabilities at τ = 1) under the teacher and the student with `binarisedChunkKL` at τ; the term
 ///   is the mean over those chunks. With the same tokenizer on both sides every chunk is one token, and
-///   the term is the mean over the predicted tokens (all but the window's last) of the binary KL between
-///   the two models' probabilities of the true next token.
+///   the term is the mean over the predicted tokens 1...T (1..<T without `surroundings`, where the last is
+///   cut) of the binary KL between the two models' probabilities of the true next token.
 /// Both are multiplied by τ² when `tauSquared` (as KD's divergences are), so that their gradients keep
 /// their size as τ changes.
 public final class CrossTokenizerObjective: TermwiseObjective {
@@ -148,21 +149,44 @@ public final class CrossTokenizerObjective: TermwiseObjective {
         public let chunks: [AlignedChunk]
     }
 
-    /// Aligns one window of T+1 student ids (see the type's summary).
-    public func align(window ids: [Int32]) throws -> WindowAlignment {
+    /// The token file the batches' windows come from (their `starts`): the teacher then reads the whole
+    /// lines around each window, so that its tokens at the window's ends are the ones it writes for the
+    /// running text, and a token that crosses an end is cut there (see `align`). Nil, or a batch without
+    /// `starts`: the teacher reads the window's text alone, and its last token counts as cut.
+    public var surroundings: TokenFile?
+    /// How many tokens on each side of a window are read to find the lines around it.
+    public static let surroundingTokens = 64
+
+    /// Aligns one window of T+1 student ids (see the type's summary). `before` and `after` are the student
+    /// ids just before and after the window in the token file, if known: the teacher encodes the text from
+    /// the start of the window's first line (the last newline in `before`) to the end of its last line (the
+    /// first newline in `after`), so that its tokens are those of the running text, and its tokens that
+    /// start before the window or end after it are the halves the window cuts; they count in no chunk, and
+    /// the teacher's input starts at its first token inside the window. Without text after the window,
+    /// the teacher's last token may be cut short by the window's end, so it counts as cut.
+    public func align(window ids: [Int32], before: [Int32] = [], after: [Int32] = []) throws -> WindowAlignment {
         do {
             let student = try studentTokenizer.spans(of: ids, pieces: studentPieces)
-            let whole = wholeCharacters(student.bytes)
-            var teacherText = try teacherTokenizer.encodeWithSpans(Array(student.bytes[whole]), pieces: teacherPieces)
-            teacherText.bytes = student.bytes
-            teacherText.spans = teacherText.spans.map { ($0.lowerBound + whole.lowerBound)..<($0.upperBound + whole.lowerBound) }
+            let head = try studentTokenizer.spans(of: before, pieces: studentPieces).bytes
+            let tail = try studentTokenizer.spans(of: after, pieces: studentPieces).bytes
+            let headStart = head.lastIndex(of: 0x0A).map { $0 + 1 } ?? 0
+            let tailEnd = tail.firstIndex(of: 0x0A).map { $0 + 1 } ?? tail.count
+            let text = Array(head[headStart...]) + student.bytes + Array(tail[..<tailEnd])
+            let windowStart = head.count - headStart
+            let whole = wholeCharacters(text)
+            let encoded = try teacherTokenizer.encodeWithSpans(Array(text[whole]), pieces: teacherPieces)
+            let shift = whole.lowerBound - windowStart
+            let shifted = encoded.spans.map { ($0.lowerBound + shift)..<($0.upperBound + shift) }
+            // The teacher's sequence starts at its first token inside the window.
+            let first = shifted.firstIndex { $0.lowerBound >= 0 } ?? shifted.count
+            let teacherText = TokenizedText(bytes: student.bytes, ids: Array(encoded.ids[first...]), spans: Array(shifted[first...]))
             if let bad = teacherText.ids.first(where: { Int($0) >= teacher.config.vocabSize }) {
                 throw CrossTokenizerError.teacherVocabulary(tokenizer: Int(bad) + 1, model: teacher.config.vocabSize)
             }
             let last = teacherText.ids.count - 1
             let teacherLength = max(0, min(last, teacher.config.maxPositionEmbeddings))
             var spans = Array(teacherText.spans.prefix(teacherLength + 1))
-            if teacherLength == last, let cut = spans.last {
+            if tailEnd == 0, teacherLength == last, let cut = spans.last, cut.upperBound <= student.bytes.count {
                 spans[spans.count - 1] = cut.lowerBound..<(student.bytes.count + 1)
             }
             let chunks = alignChunks(student: student.spans, teacher: spans, window: 0..<student.bytes.count)
@@ -182,8 +206,14 @@ public final class CrossTokenizerObjective: TermwiseObjective {
         // (the causal mask keeps padding out of earlier positions).
         var alignments: [WindowAlignment] = []
         if weights.kd > 0 {
+            let file = batch.starts.count == b ? surroundings : nil
             alignments = try (0..<b).map { row in
-                try align(window: Array(batch.inputs[(row * t)..<((row + 1) * t)]) + [batch.targets[row * t + t - 1]])
+                let window = Array(batch.inputs[(row * t)..<((row + 1) * t)]) + [batch.targets[row * t + t - 1]]
+                guard let file else { return try align(window: window) }
+                let start = batch.starts[row], end = start + t + 1, reach = Self.surroundingTokens
+                let before = (max(0, start - reach)..<start).map { file.token(at: $0) }
+                let after = (min(end, file.tokenCount)..<min(end + reach, file.tokenCount)).map { file.token(at: $0) }
+                return try align(window: window, before: before, after: after)
             }
         }
         let teacherWidth = max(1, alignments.map(\.teacherLength).max() ?? 1)

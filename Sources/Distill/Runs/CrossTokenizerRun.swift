@@ -47,6 +47,7 @@ extension TrainingRun {
         let objective = try CrossTokenizerObjective(
             teacher: teacher, teacherTokenizer: try teacherTokenizer(path), studentTokenizer: try Tokenizer(modelPath: inputs.tokenizerModel),
             studentConfig: config, loss: loss, settings: settings)
+        objective.surroundings = inputs.data
         // A teacher that cannot spell the data's text is refused now, not at the first batch that meets it.
         let sample = inputs.data.validationTokens.count > 1 ? inputs.data.validationTokens : inputs.data.trainTokens
         var ids = [Int32](repeating: 0, count: min(sample.count, 4096))
