@@ -35,32 +35,42 @@ public func sortedTemperedDistribution(
     let sum = ck_exp_sum(probabilities, logits, invTau, ck_max(logits, teacherVocab) * invTau, teacherVocab)
     ck_scale(probabilities, 1 / sum, teacherVocab)
     let count = min(teacherVocab, studentVocab)
-    // Only the `count` largest are needed in order: select them by the count-th largest logit (the
-    // softmax keeps the order), then sort just those; ties at the threshold go to the lower ids.
-    var kept: [Float] = []
-    kept.reserveCapacity(count)
+    let order = descendingOrder(of: probabilities, count: teacherVocab)
+    for rank in 0..<count { sorted[rank] = probabilities[Int(order[rank])] }
     var tail = 0.0
-    if count < teacherVocab {
-        let heap = UnsafeMutablePointer<Float>.allocate(capacity: count)
-        defer { heap.deallocate() }
-        let threshold = ck_kth_largest(logits, teacherVocab, count, heap)
-        var above = 0
-        for index in 0..<teacherVocab where logits[index] > threshold { above += 1 }
-        var tiesLeft = count - above
-        for index in 0..<teacherVocab {
-            if logits[index] > threshold || logits[index] == threshold && tiesLeft > 0 {
-                if logits[index] == threshold { tiesLeft -= 1 }
-                kept.append(probabilities[index])
-            } else {
-                tail += Double(probabilities[index])
-            }
-        }
-    } else {
-        kept.append(contentsOf: UnsafeBufferPointer(start: probabilities, count: teacherVocab))
-    }
-    kept.sort(by: >)
-    for index in 0..<count { sorted[index] = index < kept.count ? kept[index] : 0 }
+    for rank in count..<teacherVocab { tail += Double(probabilities[Int(order[rank])]) }
     return tail
+}
+
+/// The indices of `values` (probabilities: non-negative, not NaN) in decreasing order of value, ties in
+/// increasing index. A least-significant-digit radix sort over the values' bit patterns, which order
+/// non-negative floats as integers: four passes of a byte each, linear in `count`, where a comparison sort
+/// of a vocabulary for every aligned position cost more than the models' products.
+func descendingOrder(of values: UnsafePointer<Float>, count: Int) -> [Int32] {
+    var keys = [UInt32](repeating: 0, count: count), order = [Int32](repeating: 0, count: count)
+    for index in 0..<count {
+        // Complemented, so that an increasing sort puts the largest value first.
+        keys[index] = ~values[index].bitPattern
+        order[index] = Int32(index)
+    }
+    var nextKeys = keys, nextOrder = order
+    var counts = [Int](repeating: 0, count: 257)
+    for shift in stride(from: 0, to: 32, by: 8) {
+        for slot in 0..<257 { counts[slot] = 0 }
+        for key in keys { counts[Int((key >> UInt32(shift)) & 0xFF) + 1] += 1 }
+        for slot in 1..<257 { counts[slot] += counts[slot - 1] }
+        // Stable: equal digits keep their order, so ties stay in increasing index.
+        for position in 0..<count {
+            let digit = Int((keys[position] >> UInt32(shift)) & 0xFF)
+            let target = counts[digit]
+            counts[digit] += 1
+            nextKeys[target] = keys[position]
+            nextOrder[target] = order[position]
+        }
+        swap(&keys, &nextKeys)
+        swap(&order, &nextOrder)
+    }
+    return order
 }
 
 /// ULD on one aligned pair of positions: Σᵢ |S↓ᵢ − T↓ᵢ| over the two tempered distributions sorted in
@@ -84,8 +94,7 @@ public func universalLogitDistance(
     let sum = ck_exp_sum(S, studentLogits, invTau, ck_max(studentLogits, studentVocab) * invTau, studentVocab)
     ck_scale(S, 1 / sum, studentVocab)
     // Ranks by decreasing probability; ties go to the lower id so that the order is repeatable.
-    var order = Array(0..<Int32(studentVocab))
-    order.sort { S[Int($0)] > S[Int($1)] || S[Int($0)] == S[Int($1)] && $0 < $1 }
+    let order = descendingOrder(of: S, count: studentVocab)
     let shared = min(teacherVocab, studentVocab)
     var loss = 0.0, sumSG = 0.0
     for rank in 0..<studentVocab {
