@@ -9,14 +9,6 @@ public enum CrossTokenizerLoss: String, Sendable, CaseIterable, Codable {
     /// Approximate likelihood matching (Minixhofer et al., 2025): each aligned chunk's likelihood under the
     /// student is pulled towards its likelihood under the teacher.
     case alm
-
-    /// Parses a name, naming the setting when it is not one of ours.
-    public init(name: String) throws {
-        guard let loss = CrossTokenizerLoss(rawValue: name.lowercased()) else {
-            throw SettingError(.crossTokenizer, "is '\(name)'; use one of \(CrossTokenizerLoss.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        self = loss
-    }
 }
 
 /// The teacher's side of one ULD pair, made once per pair: its tempered distribution sorted in
