@@ -2,6 +2,8 @@ import ArgumentParser
 import Distill
 import Foundation
 
+extension CrossTokenizerLoss: ExpressibleByArgument {}
+
 /// `distill student`: train a student from a frozen teacher (logit, feature and relational distillation).
 struct StudentCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -23,6 +25,8 @@ struct StudentCommand: ParsableCommand {
     @Option(help: "Distance between normalised states.") var featureDistance: FeatureDistance = .l1
     @Option(help: "Weight of the RKD distance loss on sentence embeddings.") var rkdDistanceWeight: Float = 0
     @Option(help: "Weight of the RKD angle loss on sentence embeddings.") var rkdAngleWeight: Float = 0
+    @Option(help: "For a teacher whose tokenizer differs from the data's: uld (sorted-probability L1 at aligned positions) or alm (likelihoods of aligned text chunks), each beside --ce-weight.")
+    var crossTokenizer: CrossTokenizerLoss?
     @Flag(help: "Start from every k-th teacher block (student of the teacher's shape; depth from --preset/--config, default half).")
     var initFromTeacher = false
 
@@ -63,6 +67,7 @@ struct StudentCommand: ParsableCommand {
         student.cachedLoss = softCrossEntropy ? .softCrossEntropy : .forwardKL
         student.temperatureGiven = logits.temperature != nil
         student.onPolicy = generation.settings()
+        student.crossTokenizer = crossTokenizer
         let outcome = try Flags.translatingSettings {
             try TrainingRun.student(request, student, callbacks: trainingCallbacks(printer))
         }
@@ -74,7 +79,8 @@ struct StudentCommand: ParsableCommand {
         guard ProcessGroup.world.isRoot else { return }
         let data = try TokenFile(path: options.data)
         guard data.validationTokens.count >= 2 else { return }
-        let teachers = try teacher.map { try TrainingRun.loadTeacher($0, data: data, dataPath: options.data) }
+        // A teacher of another tokenizer cannot score the data's tokens: the student alone is scored.
+        let teachers = crossTokenizer != nil ? [] : try teacher.map { try TrainingRun.loadTeacher($0, data: data, dataPath: options.data) }
         let studentModel = try ModelDirectory.load(outcome.output)
         if teachers.isEmpty {
             print("validation perplexity: student " + String(format: "%.3f", try TrainingRun.scoreValidation(model: studentModel, data: data).perplexity))

@@ -24,6 +24,10 @@ final class SettingNamesTests: XCTestCase {
         DataError.tooFewLinesToSplit,
         DataError.splitTooShort(split: "training", tokens: 3, needed: 129),
         TeacherCacheError.outputExists("cache.bin"),
+        CrossTokenizerError.needsCrossTokenizer(teacher: "teacher", data: "data.tok"),
+        CrossTokenizerError.sameTokenizer(teacher: "teacher"),
+        CrossTokenizerError.unsupported(.teacherTopK, why: "both objectives read the teacher's whole distribution"),
+        CrossTokenizerError.emptyAlignment(windows: 8, teacherTokenizer: "teacher/tokenizer.model"),
     ]
 
     func testMessagesNameSettingsTheWayTheCallerSpellsThem() {

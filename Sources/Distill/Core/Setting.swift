@@ -15,6 +15,8 @@ public enum Setting: String, Sendable, CaseIterable, Codable {
     case rkdDistanceWeight = "rkd_distance_weight", rkdAngleWeight = "rkd_angle_weight"
     case initFromTeacher = "init_from_teacher"
     case kdSchedule = "kd_schedule", temperatureSchedule = "temperature_schedule"
+    // Distillation across tokenizers (the teacher reads the text through its own tokenizer).
+    case crossTokenizer = "cross_tokenizer"
     // Mutual learning.
     case peerOutput = "peer_output", peerPreset = "peer_preset", peerConfig = "peer_config"
     case peer

@@ -35,6 +35,9 @@ public final class Tokenizer: @unchecked Sendable {
     public let padId: Int32
     /// Unknown-token id.
     public let unkId: Int32
+    /// Whether SentencePiece puts a space before each text it encodes (a Hugging Face Llama tokenizer
+    /// does; ours never): that space is in no text, so byte offsets must skip it.
+    public let addsDummyPrefix: Bool
 
     private let processor: OpaquePointer
     /// The byte pieces of U+2581 ("▁", E2 96 81), which SentencePiece reads as its space symbol and
@@ -67,6 +70,7 @@ public final class Tokenizer: @unchecked Sendable {
         self.eosId = spm_eos_id(processor)
         self.padId = spm_pad_id(processor)
         self.unkId = spm_unk_id(processor)
+        self.addsDummyPrefix = spm_adds_dummy_prefix(processor) != 0
         spaceSymbolPieces = spm_adds_dummy_prefix(processor) != 0 ? nil : Tokenizer.bytePieces(of: [0xE2, 0x96, 0x81], processor: processor)
     }
 
