@@ -288,7 +288,7 @@ final class ModelHardeningTests: XCTestCase {
             var isDirectory: ObjCBool = false
             return FileManager.default.fileExists(atPath: sources.appendingPathComponent($0).path, isDirectory: &isDirectory) && isDirectory.boolValue
         }.sorted()
-        let stripped = try #/"(?:[^"\\\n]|\\.)*"|//[^\n]*/#
+        let stripped = #/"(?:[^"\\\n]|\\.)*"|//[^\n]*/#
         var code: [String: String] = [:], declared: [String: String] = [:]  // folder → code; name → folder
         // Top-level declarations only (nested types such as CodingKeys repeat across folders).
         let typeDeclaration = try Regex(#"(?m)^(?:(?:public|internal|final|open|fileprivate|indirect)\s+)*(?:struct|enum|class|protocol|typealias|actor)\s+([A-Z]\w*)"#)

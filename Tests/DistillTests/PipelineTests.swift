@@ -52,7 +52,12 @@ final class PipelineTests: XCTestCase {
             XCTAssertEqual(quality.tokens, 16 * 16, model.name)
             XCTAssertTrue(quality.judgeMeanNLL > 0 && quality.ownMeanNLL > 0 && quality.judgeBitsPerByte > 0, "\(quality)")
             XCTAssertTrue((0...1).contains(quality.repeatedFourGrams), "\(quality)")
+            // Every model here was trained with validation every 10 steps: its curve is in the report.
+            let curve = try XCTUnwrap(model.validationCurve, model.name)
+            XCTAssertLessThanOrEqual(curve.best, curve.final, model.name)
         }
+        XCTAssertNotNil(first.report.models[2].gapClosedAgainstBestBaseline)
+        XCTAssertTrue(try String(contentsOf: run.appendingPathComponent("report.md"), encoding: .utf8).contains("## Validation during training"))
         // A model judged by itself: the teacher's own NLL of its samples is its judge NLL.
         let teacherQuality = try XCTUnwrap(first.report.models[0].sampleQuality)
         XCTAssertEqual(teacherQuality.judgeNLLSum, teacherQuality.ownNLLSum, accuracy: 1e-9 * teacherQuality.ownNLLSum)

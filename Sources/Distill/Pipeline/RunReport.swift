@@ -102,7 +102,7 @@ public struct RunReport: Sendable {
                let repeated = result["repeated_4grams"]?.doubleValue {
                 model.sampleQuality = SampleQuality(tokens: tokens, judgeNLLSum: judge, ownNLLSum: own, bytes: bytes, repeatedFourGrams: repeated)
             }
-            if !directory.isEmpty, entry["members"] == nil {
+            if !directory.isEmpty, entry["members"]?.arrayValue == nil {
                 let path = directory.hasPrefix("/") ? URL(fileURLWithPath: directory) : runDirectory.appendingPathComponent(directory)
                 model.validationCurve = TrainingMetrics.read(directory: path)?.validationCE
             }
