@@ -92,15 +92,21 @@ public enum Benchmark {
         return Batch(batchSize: batch, contextLength: length, inputs: inputs, targets: targets)
     }
 
-    /// Median tokens/s of full training steps (forward, backward, clip, AdamW) on random tokens.
-    public static func trainingSpeed(config: LlamaConfig, batch: Int, context: Int, repeats: Int) throws -> Double {
-        let model = try LlamaModel(config: config, seed: 1)
+    /// A trainer of `model` with `objective` at `batch` × `context` tokens, and one batch of random tokens
+    /// (drawn with `seed`) that every timed step trains on.
+    static func stepWorkload(model: LlamaModel, objective: TrainingObjective, batch: Int, context: Int, seed: UInt64) throws -> (Trainer, Batch) {
         var parameters = TrainingParameters()
         parameters.batchSize = batch
         parameters.context = context
-        let trainer = try Trainer(model: model, objective: CrossEntropyObjective(), parameters: parameters, tokenizerHash: 0)
-        var random = SeededRandom(seed: 2)
-        let data = randomBatch(vocab: config.vocabSize, batch: batch, length: context, random: &random)
+        let trainer = try Trainer(model: model, objective: objective, parameters: parameters, tokenizerHash: 0)
+        var random = SeededRandom(seed: seed)
+        return (trainer, randomBatch(vocab: model.config.vocabSize, batch: batch, length: context, random: &random))
+    }
+
+    /// Median tokens/s of full training steps (forward, backward, clip, AdamW) on random tokens.
+    public static func trainingSpeed(config: LlamaConfig, batch: Int, context: Int, repeats: Int) throws -> Double {
+        let model = try LlamaModel(config: config, seed: 1)
+        let (trainer, data) = try stepWorkload(model: model, objective: CrossEntropyObjective(), batch: batch, context: context, seed: 2)
         let seconds = try median(repeats: repeats) { try trainer.singleStep(data) }
         return Double(batch * context) / seconds
     }
@@ -112,12 +118,7 @@ public enum Benchmark {
         let teacher = try LlamaModel(config: teacherConfig, seed: 1)
         let student = try LlamaModel(config: studentConfig, seed: 2)
         let objective = try DistillationObjective(teacher: teacher, studentConfig: studentConfig, settings: DistillationSettings(), seed: 3)
-        var parameters = TrainingParameters()
-        parameters.batchSize = batch
-        parameters.context = context
-        let trainer = try Trainer(model: student, objective: objective, parameters: parameters, tokenizerHash: 0)
-        var random = SeededRandom(seed: 4)
-        let data = randomBatch(vocab: studentConfig.vocabSize, batch: batch, length: context, random: &random)
+        let (trainer, data) = try stepWorkload(model: student, objective: objective, batch: batch, context: context, seed: 4)
         let seconds = try median(repeats: repeats) { try trainer.singleStep(data) }
         return Double(batch * context) / seconds
     }
@@ -135,12 +136,7 @@ public enum Benchmark {
         settings.studentShare = 0.5
         settings.promptTokens = context / 2
         let objective = try OnPolicyObjective(distillation: distillation, settings: settings, context: context, seed: 5)
-        var parameters = TrainingParameters()
-        parameters.batchSize = batch
-        parameters.context = context
-        let trainer = try Trainer(model: student, objective: objective, parameters: parameters, tokenizerHash: 0)
-        var random = SeededRandom(seed: 4)
-        let data = randomBatch(vocab: studentConfig.vocabSize, batch: batch, length: context, random: &random)
+        let (trainer, data) = try stepWorkload(model: student, objective: objective, batch: batch, context: context, seed: 4)
         var stepSeconds = 0.0, generationSeconds = 0.0, generatedTokens = 0
         let seconds = try median(repeats: repeats) {
             // Warm-up steps count here too; they run the same work.
