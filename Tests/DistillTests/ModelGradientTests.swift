@@ -253,3 +253,11 @@ final class ModelGradientTests: XCTestCase {
         XCTAssertNotEqual(Array(first[(4 * v)...]), Array(second[(4 * v)...]))
     }
 }
+
+/// ‖numeric − exact‖ / ‖numeric‖: how far a backward pass's gradient is from finite differences, over all
+/// the entries checked at once.
+func relativeGradientError(_ numeric: [Double], _ exact: [Double]) -> Double {
+    let error = zip(numeric, exact).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
+    let size = numeric.map { $0 * $0 }.reduce(0, +).squareRoot()
+    return error / size
+}

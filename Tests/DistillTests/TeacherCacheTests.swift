@@ -226,10 +226,9 @@ final class TeacherCacheTests: XCTestCase {
             numeric.append((up - down) / 4e-3)
             exact.append(Double(gradients[index]))
         }
-        let error = zip(numeric, exact).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
-        let size = numeric.map { $0 * $0 }.reduce(0, +).squareRoot()
-        print("cached objective: relative gradient error \(error / size)")
-        XCTAssertLessThan(error / size, 5e-3)
+        let relative = relativeGradientError(numeric, exact)
+        print("cached objective: relative gradient error \(relative)")
+        XCTAssertLessThan(relative, 5e-3)
     }
 
     /// A build stopped (twice) and continued ends byte for byte as an uninterrupted one; the partial

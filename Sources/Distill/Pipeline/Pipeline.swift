@@ -154,10 +154,19 @@ public final class Pipeline {
             }
         }
         if let teacherKey {
+            // The judge is loaded once, by the first stage that is not up to date.
+            var judge: ModelEnsemble?
+            let loadJudge = { () throws -> ModelEnsemble in
+                if let judge { return judge }
+                let loaded = try ModelEnsemble(members: try plan.teacherDirectories(self.modelPath("teacher")).map { try ModelDirectory.load(URL(fileURLWithPath: $0)) },
+                                               weights: self.recipe.teacher.weights)
+                judge = loaded
+                return loaded
+            }
             for entry in models {
                 if stopRequested() { break }
                 guard let producer = producers[entry.name] else { continue }
-                try sampleQualityStage(entry, producer: producer, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
+                try sampleQualityStage(entry, producer: producer, plan: plan, dataKey: dataKey, teacherKey: teacherKey, judge: loadJudge)
             }
         }
         return try finish(models)
@@ -502,7 +511,8 @@ public final class Pipeline {
     /// The teacher's NLL of each model's own samples (`SampleQuality`): 16 prompts of a quarter of the
     /// shortest context from the validation split, continued for half of it at temperature 1, the same
     /// prompts and seeds for every model.
-    private func sampleQualityStage(_ entry: ModelEntry, producer: String, plan: Plan, dataKey: String, teacherKey: String) throws {
+    private func sampleQualityStage(_ entry: ModelEntry, producer: String, plan: Plan, dataKey: String, teacherKey: String,
+                                    judge: () throws -> ModelEnsemble) throws {
         let shortest = ([plan.teacherContext] + plan.studentContexts).min() ?? plan.teacherContext
         let promptLength = max(1, shortest / 4), newTokens = max(1, shortest / 2), count = 16
         let settings = JSONNode.object([("prompts", .integer(Int64(count))), ("prompt_tokens", .integer(Int64(promptLength))),
@@ -514,12 +524,10 @@ public final class Pipeline {
         try simpleStage(stage, label: "sample quality \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
             let directories = (entry.members ?? [entry.directory]).map(resolve)
             let model = try ModelEnsemble(members: try directories.map { try ModelDirectory.load($0) })
-            let judge = try ModelEnsemble(members: try plan.teacherDirectories(modelPath("teacher")).map { try ModelDirectory.load(URL(fileURLWithPath: $0)) },
-                                          weights: recipe.teacher.weights)
             let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
             let data = try TokenFile(path: dataPath)
             let prompts = SampleQuality.prompts(from: Array(data.validationTokens), count: count, promptLength: promptLength)
-            let quality = try SampleQuality.measure(model: model, judge: judge, tokenizer: tokenizer, prompts: prompts,
+            let quality = try SampleQuality.measure(model: model, judge: try judge(), tokenizer: tokenizer, prompts: prompts,
                                                     newTokens: newTokens, seed: recipe.samples.seed)
             callbacks.log(String(format: "sample quality %@: teacher NLL %.3f, own NLL %.3f nats/token, %.1f%% repeated 4-grams",
                                  entry.name, quality.judgeMeanNLL, quality.ownMeanNLL, 100 * quality.repeatedFourGrams))

@@ -36,25 +36,20 @@ public struct Recipe: Sendable {
             throw RecipeError("", "the recipe \(path) does not exist: check the path (recipes/ holds kjv.json, quick.json and methods.json)")
         } catch { throw RecipeError("", "\(error)") }
         let base = URL(fileURLWithPath: path).deletingLastPathComponent()
-        do {
-            let value: JSONNode
-            do { value = try JSONNode.parse(data) } catch let error as JSONSyntaxError {
-                throw RecipeError("", "not valid JSON: \(error)")
-            }
-            let edited = corpus.isEmpty ? value : try replacingCorpus(value, with: corpus)
-            return try RecipeParser(base: base.standardizedFileURL).recipe(edited)
-        }
+        do { return try decode(data, baseDirectory: base, corpus: corpus) }
         catch let error as RecipeError where error.path.isEmpty { throw RecipeError("", "\(path): \(error.message)") }
         catch let error as RecipeError { throw RecipeError(error.path, error.message + " (in \(path))") }
     }
 
-    /// Parses recipe JSON; relative paths are resolved against `baseDirectory`.
-    public static func decode(_ data: Data, baseDirectory: URL) throws -> Recipe {
+    /// Parses recipe JSON; relative paths are resolved against `baseDirectory`; a non-empty `corpus`
+    /// replaces the recipe's.
+    public static func decode(_ data: Data, baseDirectory: URL, corpus: [String] = []) throws -> Recipe {
         let value: JSONNode
         do { value = try JSONNode.parse(data) } catch let error as JSONSyntaxError {
             throw RecipeError("", "not valid JSON: \(error)")
         }
-        return try RecipeParser(base: baseDirectory.standardizedFileURL).recipe(value)
+        let edited = corpus.isEmpty ? value : try replacingCorpus(value, with: corpus)
+        return try RecipeParser(base: baseDirectory.standardizedFileURL).recipe(edited)
     }
 
     public static func decode(_ text: String, baseDirectory: URL) throws -> Recipe {
