@@ -349,4 +349,51 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(third.ran.filter { !$0.hasPrefix("cache-") }, ["student-cached", "eval-cached", "samples-cached", "quality-cached"])
         XCTAssertEqual(third.ran.filter { $0.hasPrefix("cache-") }.count, 1)
     }
+
+    /// Students with their own vocabulary: one tokenizer and token file made once for all of them; the
+    /// cross-tokenizer students learn from the teacher across the two, their aligned share of bytes and the
+    /// teacher's view of their samples (in bits per byte) reach the report, gaps are taken from the
+    /// baseline of their own vocabulary; a second run does nothing.
+    func testStudentsWithTheirOwnTokenizer() throws {
+        let scratch = try TestCorpus.scratch("pipeline-own-tokenizer")
+        let run = scratch.appendingPathComponent("run")
+        let students = #"""
+            [{"name": "baseline", "kind": "baseline", "tokenizer": {"vocab_size": 300}},
+             {"name": "alm", "kind": "cross-tokenizer", "tokenizer": {"vocab_size": 300}},
+             {"name": "uld", "kind": "cross-tokenizer", "cross_tokenizer": "uld", "tokenizer": {"vocab_size": 300}},
+             {"name": "kd", "kind": "kd"}]
+            """#
+        let (first, _) = try self.run(try Self.recipe(in: scratch, students: students), run)
+        XCTAssertEqual(first.report.models.map(\.name), ["teacher", "baseline", "alm", "uld", "kd"])
+        XCTAssertEqual(first.ran.filter { $0.hasPrefix("tokenizer") }.count, 2, "the run's and one shared own tokenizer: \(first.ran)")
+        XCTAssertEqual(first.ran.filter { $0.hasPrefix("data") }.count, 2, "\(first.ran)")
+        let models = Dictionary(uniqueKeysWithValues: first.report.models.map { ($0.name, $0) })
+        let own = try XCTUnwrap(models["baseline"]?.vocabulary)
+        XCTAssertEqual(models["alm"]?.vocabulary, own)
+        XCTAssertEqual(models["uld"]?.vocabulary, own)
+        XCTAssertNil(models["kd"]?.vocabulary)
+        XCTAssertNil(models["teacher"]?.vocabulary)
+        for name in ["baseline", "alm", "uld"] {
+            let config = try JSONNode.parse(Data(contentsOf: run.appendingPathComponent("models/\(name)/config.json")))
+            XCTAssertEqual(config["vocab_size"]?.intValue, 300, name)
+        }
+        for name in ["alm", "uld"] {
+            let model = try XCTUnwrap(models[name])
+            let aligned = try XCTUnwrap(model.alignedBytes, name)
+            XCTAssertTrue(aligned > 0.5 && aligned <= 1, "\(name): \(aligned)")
+            XCTAssertNotNil(model.gapClosed, name)
+            XCTAssertNil(model.gapClosedAgainstBestBaseline, "validation CE per token does not compare across vocabularies")
+        }
+        XCTAssertNil(models["baseline"]?.alignedBytes)
+        for model in first.report.models {
+            XCTAssertNotNil(model.evaluation, model.name)
+            XCTAssertTrue((model.sampleQuality?.judgeBitsPerByte ?? 0) > 0, model.name)
+        }
+        let markdown = try String(contentsOf: run.appendingPathComponent("report.md"), encoding: .utf8)
+        XCTAssertTrue(markdown.contains("teacher bits/byte of samples") && markdown.contains("aligned bytes"), markdown)
+
+        let (second, _) = try self.run(try Self.recipe(in: scratch, students: students), run)
+        XCTAssertEqual(second.ran, [])
+        XCTAssertEqual(second.report.models, first.report.models)
+    }
 }

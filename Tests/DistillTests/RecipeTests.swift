@@ -165,6 +165,36 @@ final class RecipeTests: XCTestCase {
                     path: "students[0].logits.kd_weight", mentions: "must be positive")
     }
 
+    /// Cross-tokenizer students and students with their own tokenizer: defaults, normal form, mistakes by field.
+    func testCrossTokenizerStudentsAndOwnTokenizers() throws {
+        let recipe = try Recipe.decode(recipeText(students: #"""
+            [{"name": "b", "kind": "baseline", "tokenizer": {"vocab_size": 280}},
+             {"name": "x", "kind": "cross-tokenizer", "cross_tokenizer": "uld", "tokenizer": {"vocab_size": 280, "model_type": "bpe"}},
+             {"name": "y", "kind": "cross-tokenizer"}]
+            """#), baseDirectory: base)
+        XCTAssertEqual(recipe.students[0].tokenizer, .train(vocabSize: 280, modelType: .unigram))
+        XCTAssertEqual(recipe.students[1].method, .crossTokenizer(.uld))
+        XCTAssertEqual(recipe.students[1].tokenizer, .train(vocabSize: 280, modelType: .bpe))
+        XCTAssertEqual(recipe.students[2].method, .crossTokenizer(.alm), "likelihood matching by default")
+        XCTAssertEqual(recipe.students[2].tokenizer, .train(vocabSize: 1024, modelType: .unigram))
+        XCTAssertEqual(recipe.students[2].settings.weights.ce, 1, "the student's own CE stays on by default")
+        XCTAssertEqual(recipe.students[2].normalized["cross_tokenizer"], .string("alm"))
+        XCTAssertEqual(recipe.students[2].normalized["tokenizer"]?["vocab_size"], .integer(1024))
+        XCTAssertNil(recipe.students[2].normalized["init_from_teacher"])
+        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "tokenizer": {"vocab_size": 300}}]"#),
+                    path: "students[0].tokenizer", mentions: "is the run's own tokenizer")
+        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "cross_tokenizer": "kl"}]"#),
+                    path: "students[0].cross_tokenizer", mentions: "use uld or alm")
+        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "logits": {"kd_weight": 0}}]"#),
+                    path: "students[0].logits.kd_weight", mentions: "must be positive")
+        expectError(recipeText(students: #"[{"name": "x", "kind": "kd", "tokenizer": {"vocab_size": 280}}]"#),
+                    path: "students[0].tokenizer", mentions: "does not take")
+        expectError(recipeText(students: #"[{"name": "x", "kind": "baseline", "cross_tokenizer": "alm"}]"#),
+                    path: "students[0].cross_tokenizer", mentions: "does not take")
+        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "tokenizer": {"vocab_size": 10}}]"#),
+                    path: "students[0].tokenizer.vocab_size", mentions: "at least 260")
+    }
+
     func testMissingAndWrongTopLevelFields() throws {
         let withoutCorpus = recipeText().replacingOccurrences(of: #""corpus": "text.txt", "#, with: "")
         expectError(withoutCorpus, path: "corpus", mentions: "missing")

@@ -35,9 +35,12 @@ public struct SampleQuality: Sendable, Equatable {
     /// Samples `newTokens` tokens after each prompt from `model` (temperature 1, prompt i drawn with seed
     /// `seed + i`) and scores them under `judge` and `model`. Prompt and continuation must fit both
     /// models' context: each is then scored as one window, the continuation's NLL being the whole
-    /// sequence's less the prompt's.
+    /// sequence's less the prompt's. `judgeTokenizer`: the judge's own tokenizer when it is not the model's;
+    /// the judge then scores the text of prompt and continuation encoded with it (its NLL of the whole text
+    /// less that of the prompt's text, in windows of its context if that text is longer), so only
+    /// `judgeBitsPerByte` compares across tokenizers.
     public static func measure(model: ModelEnsemble, judge: ModelEnsemble, tokenizer: Tokenizer, prompts: [[Int32]],
-                               newTokens: Int, seed: UInt64) throws -> SampleQuality {
+                               newTokens: Int, seed: UInt64, judgeTokenizer: Tokenizer? = nil) throws -> SampleQuality {
         let longest = (prompts.map(\.count).max() ?? 0) + newTokens
         guard longest <= min(model.context, judge.context) else {
             throw EvaluationError.samplesTooLong(length: longest, context: min(model.context, judge.context))
@@ -50,13 +53,18 @@ public struct SampleQuality: Sendable, Equatable {
             let continuation = try generate(ensemble: session, prompt: prompt, maxTokens: newTokens, sampler: &sampler)
             guard !continuation.isEmpty else { continue }
             let sequence = prompt + continuation
-            func continuationNLL(_ scorer: ModelEnsemble) throws -> Double {
+            func continuationNLL(_ scorer: ModelEnsemble, whole sequence: [Int32], prompt: [Int32]) throws -> Double {
                 let whole = try scoreTokens(ensemble: scorer, tokens: sequence, bytes: 1).nllSum
                 let promptPart = prompt.count >= 2 ? try scoreTokens(ensemble: scorer, tokens: prompt, bytes: 1).nllSum : 0
                 return whole - promptPart
             }
-            quality.judgeNLLSum += try continuationNLL(judge)
-            quality.ownNLLSum += try continuationNLL(model)
+            if let judgeTokenizer {
+                quality.judgeNLLSum += try continuationNLL(judge, whole: judgeTokenizer.encode(tokenizer.decode(sequence)),
+                                                           prompt: judgeTokenizer.encode(tokenizer.decode(prompt)))
+            } else {
+                quality.judgeNLLSum += try continuationNLL(judge, whole: sequence, prompt: prompt)
+            }
+            quality.ownNLLSum += try continuationNLL(model, whole: sequence, prompt: prompt)
             quality.tokens += continuation.count
             quality.bytes += tokenizer.decode(continuation).utf8.count
             continuations.append(continuation)

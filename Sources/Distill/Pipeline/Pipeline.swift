@@ -64,6 +64,29 @@ public final class Pipeline {
         let trainingStage: String?
         /// An ensemble's members (directories as `directory`); nil for a single model.
         var members: [String]? = nil
+        /// The folder of its own tokenizer and token file (`vocabularyDirectory`); nil: the run's.
+        var vocabulary: String? = nil
+    }
+
+    /// A tokenizer with its token file: the run's (tokenizer.model, data.tok) or one a student brings
+    /// (vocabularies/ID/), each made by its own stages.
+    struct Vocabulary {
+        let tokenizerPath: String
+        let dataPath: String
+        let dataKey: String
+    }
+    /// By folder (`vocabularyDirectory`); "" is the run's own.
+    private var vocabularies: [String: Vocabulary] = [:]
+
+    /// The folder of a student's own tokenizer and token file, named by its settings, so that students
+    /// with the same tokenizer share them.
+    static func vocabularyDirectory(_ tokenizer: RecipeTokenizer) -> String {
+        "vocabularies/" + StageStore.key(stage: "tokenizer", settings: Normal.tokenizer(tokenizer), inputs: []).prefix(8)
+    }
+
+    func vocabulary(_ directory: String?) throws -> Vocabulary {
+        guard let found = vocabularies[directory ?? ""] else { throw PipelineError.damagedRun(run.path, "no token file for \(directory ?? "the run")") }
+        return found
     }
 
     private init(recipe: Recipe, run: URL, callbacks: PipelineCallbacks) throws {
@@ -101,10 +124,25 @@ public final class Pipeline {
 
         let corpusKey = try plan.corpusKey()
         callbacks.log("corpus: \(plan.corpusFiles.count) file\(plan.corpusFiles.count == 1 ? "" : "s"), \(SVGChart.grouped(plan.corpusBytes)) bytes")
-        let tokenizerKey = try tokenizerStage(plan, corpusKey: corpusKey)
-        let dataKey = try dataStage(plan, corpusKey: corpusKey, tokenizerKey: tokenizerKey)
-        let data = try TokenFile(path: dataPath)
-        try plan.checkAgainstData(data)
+        let tokenizerKey = try tokenizerStage(plan, recipe.tokenizer, corpusKey: corpusKey, stage: "tokenizer", output: tokenizerPath, field: "tokenizer")
+        let dataKey = try dataStage(plan, corpusKey: corpusKey, tokenizerKey: tokenizerKey, stage: "data", tokenizer: tokenizerPath, output: dataPath)
+        try plan.checkAgainstData(try TokenFile(path: dataPath))
+        vocabularies[""] = Vocabulary(tokenizerPath: tokenizerPath, dataPath: dataPath, dataKey: dataKey)
+        // Students' own vocabularies, before any training, so that their checks cannot cost a trained teacher.
+        for (index, student) in recipe.students.enumerated() {
+            guard let own = student.tokenizer else { continue }
+            let directory = Self.vocabularyDirectory(own), id = String(directory.dropFirst("vocabularies/".count))
+            if vocabularies[directory] == nil {
+                try AtomicFile.ensureDirectory(run.appendingPathComponent(directory))
+                let ownTokenizer = run.appendingPathComponent(directory).appendingPathComponent("tokenizer.model").path
+                let ownData = run.appendingPathComponent(directory).appendingPathComponent("data.tok").path
+                let key = try tokenizerStage(plan, own, corpusKey: corpusKey, stage: "tokenizer-\(id)", output: ownTokenizer,
+                                             field: "students[\(index)].tokenizer")
+                vocabularies[directory] = Vocabulary(tokenizerPath: ownTokenizer, dataPath: ownData, dataKey: try dataStage(
+                    plan, corpusKey: corpusKey, tokenizerKey: key, stage: "data-\(id)", tokenizer: ownTokenizer, output: ownData))
+            }
+            try plan.checkAgainstData(try TokenFile(path: try vocabulary(directory).dataPath), tokenizer: own)
+        }
 
         var producers: [String: String] = [:]   // model name → key of what made it
         var teacherKey: String?
@@ -135,7 +173,7 @@ public final class Pipeline {
 
         for (index, student) in recipe.students.enumerated() {
             if stopRequested() { break }
-            let key = try studentStage(student, index: index, plan: plan, dataKey: dataKey, teacherKey: teacherKey)
+            let key = try studentStage(student, index: index, plan: plan, teacherKey: teacherKey)
             if interrupted { break }
             for name in student.reportNames { producers[name] = key }
         }
@@ -144,7 +182,7 @@ public final class Pipeline {
         for entry in models {
             if stopRequested() { break }
             guard let producer = producers[entry.name] else { continue }
-            try evaluationStage(entry, producer: producer, dataKey: dataKey, plan: plan)
+            try evaluationStage(entry, producer: producer, plan: plan)
         }
         if !recipe.samples.prompts.isEmpty {
             for entry in models {
@@ -166,7 +204,7 @@ public final class Pipeline {
             for entry in models {
                 if stopRequested() { break }
                 guard let producer = producers[entry.name] else { continue }
-                try sampleQualityStage(entry, producer: producer, plan: plan, dataKey: dataKey, teacherKey: teacherKey, judge: loadJudge)
+                try sampleQualityStage(entry, producer: producer, plan: plan, teacherKey: teacherKey, judge: loadJudge)
             }
         }
         return try finish(models)
@@ -202,9 +240,11 @@ public final class Pipeline {
         ran.append(stage)
     }
 
-    private func tokenizerStage(_ plan: Plan, corpusKey: String) throws -> String {
+    /// Trains `tokenizer` on the corpus (or copies the given file) to `output`; `field`: the recipe's, for errors.
+    private func tokenizerStage(_ plan: Plan, _ tokenizer: RecipeTokenizer, corpusKey: String, stage: String, output: String,
+                                field: String) throws -> String {
         let settings: JSONNode, inputs: [(String, String)], source: String?
-        switch recipe.tokenizer {
+        switch tokenizer {
         case .train:
             settings = Normal.tokenizer(recipe.tokenizer)
             inputs = [("corpus", corpusKey)]
@@ -220,38 +260,40 @@ public final class Pipeline {
             source = path
         }
         let key = StageStore.key(stage: "tokenizer", settings: settings, inputs: inputs)
-        try simpleStage("tokenizer", label: "tokenizer", key: key, settings: settings, inputs: inputs, outputs: [tokenizerPath]) {
+        try simpleStage(stage, label: stage, key: key, settings: settings, inputs: inputs, outputs: [output]) {
             let started = Date()
             if let source {
-                callbacks.log("tokenizer: copying \(source)")
-                try AtomicFile.write(try RegularFile.read(source), to: URL(fileURLWithPath: tokenizerPath))
-            } else if case let .train(vocab, type) = recipe.tokenizer {
-                callbacks.log("tokenizer: training \(vocab) pieces (\(type.rawValue)) on the corpus")
+                callbacks.log("\(stage): copying \(source)")
+                try AtomicFile.write(try RegularFile.read(source), to: URL(fileURLWithPath: output))
+            } else if case let .train(vocab, type) = tokenizer {
+                callbacks.log("\(stage): training \(vocab) pieces (\(type.rawValue)) on the corpus")
                 do {
-                    try Tokenizer.train(inputs: plan.corpusFiles, vocabSize: vocab, modelType: type, output: tokenizerPath,
+                    try Tokenizer.train(inputs: plan.corpusFiles, vocabSize: vocab, modelType: type, output: output,
                                         threads: Compute.threads)
                 } catch TokenizerError.vocabularyTooLarge(let requested, let maximum) {
-                    throw RecipeError("tokenizer.vocab_size", "is \(requested), but this corpus can fill at most \(maximum) pieces: lower it (or give more text)")
+                    throw RecipeError("\(field).vocab_size", "is \(requested), but this corpus can fill at most \(maximum) pieces: lower it (or give more text)")
                 } catch TokenizerError.vocabularyTooSmall(let requested, let minimum) {
-                    throw RecipeError("tokenizer.vocab_size", "is \(requested), but this corpus needs at least \(minimum) pieces: raise it")
+                    throw RecipeError("\(field).vocab_size", "is \(requested), but this corpus needs at least \(minimum) pieces: raise it")
                 }
             }
-            let tokenizer = try Tokenizer(modelPath: tokenizerPath)
+            let tokenizer = try Tokenizer(modelPath: output)
             return .object([("vocab_size", .integer(Int64(tokenizer.vocabSize))), ("seconds", .number(Date().timeIntervalSince(started)))])
         }
         return key
     }
 
-    private func dataStage(_ plan: Plan, corpusKey: String, tokenizerKey: String) throws -> String {
+    /// Encodes the corpus with the tokenizer at `tokenizer` into the token file `output`.
+    private func dataStage(_ plan: Plan, corpusKey: String, tokenizerKey: String, stage: String, tokenizer: String, output: String) throws -> String {
         let settings = JSONNode.object([("validation_fraction", .number(recipe.validationFraction))])
         let inputs = [("corpus", corpusKey), ("tokenizer", tokenizerKey)]
         let key = StageStore.key(stage: "data", settings: settings, inputs: inputs)
-        try simpleStage("data", label: "token file", key: key, settings: settings, inputs: inputs,
-                        outputs: [dataPath, TokenFile.companionTokenizerPath(for: dataPath)]) {
-            callbacks.log("token file: encoding the corpus")
-            let summary = try TokenFile.prepare(tokenizer: Tokenizer(modelPath: tokenizerPath), inputs: plan.corpusFiles,
-                                                output: dataPath, valFraction: recipe.validationFraction)
-            callbacks.log("token file: \(SVGChart.grouped(summary.trainTokenCount)) training and \(SVGChart.grouped(summary.validationTokenCount)) validation tokens")
+        let label = stage == "data" ? "token file" : "token file \(stage)"
+        try simpleStage(stage, label: label, key: key, settings: settings, inputs: inputs,
+                        outputs: [output, TokenFile.companionTokenizerPath(for: output)]) {
+            callbacks.log("\(label): encoding the corpus")
+            let summary = try TokenFile.prepare(tokenizer: Tokenizer(modelPath: tokenizer), inputs: plan.corpusFiles,
+                                                output: output, valFraction: recipe.validationFraction)
+            callbacks.log("\(label): \(SVGChart.grouped(summary.trainTokenCount)) training and \(SVGChart.grouped(summary.validationTokenCount)) validation tokens")
             return .object([("train_tokens", .integer(Int64(summary.trainTokenCount))),
                             ("validation_tokens", .integer(Int64(summary.validationTokenCount))),
                             ("validation_bytes", .integer(Int64(summary.validationByteCount)))])
@@ -313,7 +355,9 @@ public final class Pipeline {
                           shouldStop: callbacks.shouldStop)
     }
 
-    private func studentStage(_ student: RecipeStudent, index: Int, plan: Plan, dataKey: String, teacherKey: String?) throws -> String {
+    private func studentStage(_ student: RecipeStudent, index: Int, plan: Plan, teacherKey: String?) throws -> String {
+        let data = try vocabulary(student.tokenizer.map(Self.vocabularyDirectory))
+        let dataKey = data.dataKey
         var inputs = [("data", dataKey)]
         if student.kind.usesTeacher, let teacherKey { inputs.append(("teacher", teacherKey)) }
         var cache: (path: String, key: String)?
@@ -328,7 +372,7 @@ public final class Pipeline {
         let field = "students[\(index)]"
         let context = plan.studentContexts[index]
         func request(_ name: String) -> TrainingRequest {
-            var request = TrainingRequest(data: dataPath, output: modelPath(name))
+            var request = TrainingRequest(data: data.dataPath, output: modelPath(name))
             request.preset = student.shape.presetName
             request.config = student.shape.configPath
             request.parameters = student.training
@@ -343,13 +387,14 @@ public final class Pipeline {
                 request.resume = resume
                 return [try TrainingRun.train(request, callbacks: trainingCallbacks(student.name))]
             }
-        case .kd, .generated:
+        case .kd, .generated, .crossTokenizer:
             try trainingStage(stage, label: label, key: key, settings: settings, inputs: inputs, models: student.modelNames, field: field) { resume in
                 var request = request(student.name)
                 request.resume = resume
                 var teacher = StudentRequest(teachers: plan.teacherDirectories(modelPath("teacher")), settings: student.settings)
                 if case let .kd(_, _, layerMap) = student.method { teacher.layerMap = layerMap }
                 if case let .generated(_, options, _) = student.method { teacher.onPolicy = options }
+                if case let .crossTokenizer(loss) = student.method { teacher.crossTokenizer = loss }
                 teacher.initFromTeacher = student.method.initFromTeacher
                 teacher.teacherWeights = recipe.teacher.weights
                 return [try TrainingRun.student(request, teacher, callbacks: trainingCallbacks(student.name))]
@@ -436,13 +481,14 @@ public final class Pipeline {
         return (path, key)
     }
 
-    private func evaluationStage(_ entry: ModelEntry, producer: String, dataKey: String, plan: Plan) throws {
+    private func evaluationStage(_ entry: ModelEntry, producer: String, plan: Plan) throws {
+        let vocabulary = try self.vocabulary(entry.vocabulary)
         var settings = JSONNode.object([("text", recipe.evaluation.text.map(JSONNode.string) ?? .null),
                                          ("stride", recipe.evaluation.stride.map { .integer(Int64($0)) } ?? .null)])
         if let text = recipe.evaluation.text {
             settings = .object([("evaluation", settings), ("text_hash", .string(try Fingerprint.contents(of: text)))])
         }
-        let inputs = [("model", producer), ("data", dataKey)]
+        let inputs = [("model", producer), ("data", vocabulary.dataKey)]
         let stage = "eval-\(entry.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
         try simpleStage(stage, label: "evaluation \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
@@ -456,7 +502,7 @@ public final class Pipeline {
                 tokens = tokenizer.encode(string)
                 bytes = raw.count
             } else {
-                let data = try TokenFile(path: dataPath)
+                let data = try TokenFile(path: vocabulary.dataPath)
                 try data.checkTokenizer(tokenizer)
                 tokens = Array(data.validationTokens)
                 bytes = data.validationByteCount
@@ -511,24 +557,27 @@ public final class Pipeline {
     /// The teacher's NLL of each model's own samples (`SampleQuality`): 16 prompts of a quarter of the
     /// shortest context from the validation split, continued for half of it at temperature 1, the same
     /// prompts and seeds for every model.
-    private func sampleQualityStage(_ entry: ModelEntry, producer: String, plan: Plan, dataKey: String, teacherKey: String,
+    private func sampleQualityStage(_ entry: ModelEntry, producer: String, plan: Plan, teacherKey: String,
                                     judge: () throws -> ModelEnsemble) throws {
+        let vocabulary = try self.vocabulary(entry.vocabulary)
         let shortest = ([plan.teacherContext] + plan.studentContexts).min() ?? plan.teacherContext
         let promptLength = max(1, shortest / 4), newTokens = max(1, shortest / 2), count = 16
         let settings = JSONNode.object([("prompts", .integer(Int64(count))), ("prompt_tokens", .integer(Int64(promptLength))),
                                         ("new_tokens", .integer(Int64(newTokens))), ("temperature", .integer(1)),
                                         ("seed", .integer(Int64(bitPattern: recipe.samples.seed)))])
-        let inputs = [("model", producer), ("teacher", teacherKey), ("data", dataKey)]
+        let inputs = [("model", producer), ("teacher", teacherKey), ("data", vocabulary.dataKey)]
         let stage = "quality-\(entry.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
         try simpleStage(stage, label: "sample quality \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
             let directories = (entry.members ?? [entry.directory]).map(resolve)
             let model = try ModelEnsemble(members: try directories.map { try ModelDirectory.load($0) })
             let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
-            let data = try TokenFile(path: dataPath)
+            let data = try TokenFile(path: vocabulary.dataPath)
             let prompts = SampleQuality.prompts(from: Array(data.validationTokens), count: count, promptLength: promptLength)
+            // A model with its own tokenizer: the teacher scores its samples' text through the run's.
             let quality = try SampleQuality.measure(model: model, judge: try judge(), tokenizer: tokenizer, prompts: prompts,
-                                                    newTokens: newTokens, seed: recipe.samples.seed)
+                                                    newTokens: newTokens, seed: recipe.samples.seed,
+                                                    judgeTokenizer: entry.vocabulary == nil ? nil : try Tokenizer(modelPath: tokenizerPath))
             callbacks.log(String(format: "sample quality %@: teacher NLL %.3f, own NLL %.3f nats/token, %.1f%% repeated 4-grams",
                                  entry.name, quality.judgeMeanNLL, quality.ownMeanNLL, 100 * quality.repeatedFourGrams))
             return .object([("tokens", .integer(Int64(quality.tokens))), ("judge_nll_sum", .number(quality.judgeNLLSum)),
@@ -568,7 +617,8 @@ public final class Pipeline {
                 continue
             }
             for name in student.modelNames {
-                entries.append(ModelEntry(name: name, role: "student", kind: kind, directory: "models/\(name)", trainingStage: stage))
+                entries.append(ModelEntry(name: name, role: "student", kind: kind, directory: "models/\(name)", trainingStage: stage,
+                                          vocabulary: student.tokenizer.map(Self.vocabularyDirectory)))
             }
         }
         return entries
@@ -584,6 +634,7 @@ public final class Pipeline {
                 .object([("name", .string(entry.name)), ("role", .string(entry.role)), ("kind", .string(entry.kind)),
                          ("directory", .string(entry.directory)), ("training_stage", entry.trainingStage.map(JSONNode.string) ?? .null),
                          ("members", entry.members.map { .array($0.map(JSONNode.string)) } ?? .null),
+                         ("vocabulary", entry.vocabulary.map(JSONNode.string) ?? .null),
                          ("eval_stage", .string("eval-\(entry.name)")),
                          ("samples_stage", recipe.samples.prompts.isEmpty ? .null : .string("samples-\(entry.name)")),
                          ("quality_stage", .string("quality-\(entry.name)"))])

@@ -100,8 +100,16 @@ struct Plan {
         var contexts: [Int] = []
         for (index, student) in recipe.students.enumerated() {
             let field = "students[\(index)]"
-            // Students of an existing teacher take its vocabulary (a Hugging Face head may be padded).
-            let vocab = student.kind.usesTeacher ? teacherConfig.vocabSize : vocabSize
+            // Students of an existing teacher take its vocabulary (a Hugging Face head may be padded); a
+            // student with its own tokenizer, that tokenizer's.
+            var vocab = student.kind.usesTeacher ? teacherConfig.vocabSize : vocabSize
+            switch student.tokenizer {
+            case .train(let own, _)?: vocab = own
+            case .file(let path)?:
+                inputs.append(OutputGuard.Role("\(field).tokenizer.model", path))
+                do { vocab = try Tokenizer(modelPath: path).vocabSize } catch { throw RecipeError("\(field).tokenizer.model", "\(error)") }
+            case .teacher?, nil: break
+            }
             var studentConfig: LlamaConfig
             switch student.shape {
             case .preset(let name):
@@ -215,12 +223,15 @@ struct Plan {
         return [trained]
     }
 
-    /// Checks that need the token file: every training run has a window of training text and the
-    /// validation batches it asks for.
-    func checkAgainstData(_ data: TokenFile) throws {
+    /// Checks that need the token file: every training run on it (`tokenizer`: the students with that own
+    /// tokenizer; nil: the run's, with the teacher) has a window of training text and the validation
+    /// batches it asks for.
+    func checkAgainstData(_ data: TokenFile, tokenizer: RecipeTokenizer? = nil) throws {
         var runs: [(String, TrainingParameters, Int)] = []
-        if case let .train(_, training, _) = recipe.teacher.source { runs.append(("teacher", training, teacherContext)) }
-        for (index, student) in recipe.students.enumerated() { runs.append(("students[\(index)]", student.training, studentContexts[index])) }
+        if tokenizer == nil, case let .train(_, training, _) = recipe.teacher.source { runs.append(("teacher", training, teacherContext)) }
+        for (index, student) in recipe.students.enumerated() where student.tokenizer == tokenizer {
+            runs.append(("students[\(index)]", student.training, studentContexts[index]))
+        }
         for (field, training, context) in runs {
             guard data.trainTokenCount > context + 1 else {
                 throw RecipeError("\(field).training.context", "is \(context) but the training split has only \(data.trainTokenCount) tokens: give more text or a shorter context")
@@ -251,6 +262,7 @@ struct Plan {
         case .rkdDistanceWeight: return "relational.distance_weight"
         case .rkdAngleWeight: return "relational.angle_weight"
         case .peerOutput, .peerPreset, .peerConfig: return "peers"
+        case .crossTokenizer: return setting.rawValue
         default: return "training.\(setting.rawValue)"
         }
     }

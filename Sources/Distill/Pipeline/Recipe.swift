@@ -171,6 +171,10 @@ public struct RecipeStudent: Sendable {
     public var context: Int?
     /// CE/KD weights, divergence, temperature, feature and relational terms; for `baseline` only `ce` is used.
     public var settings: DistillationSettings
+    /// Its own tokenizer (nil: the run's), trained or read once per distinct setting with its own token file.
+    public var tokenizer: RecipeTokenizer?
+    /// A cross-tokenizer student's vocabulary when the recipe gives none.
+    public static let defaultCrossTokenizerVocabulary = 1024
     /// This student's settings in normal form (hashed by its stage).
     public var normalized: JSONNode
 
@@ -274,20 +278,7 @@ struct RecipeParser {
             if !teacher.isTrained {
                 throw RecipeError("tokenizer", "leave it out when the teacher is existing directories: the data must be encoded with the teacher's tokenizer.model")
             }
-            if let model = try reader.string("model") {
-                if reader.has("vocab_size") || reader.has("model_type") {
-                    throw RecipeError(reader.path("model"), "give either \"model\" (an existing tokenizer) or \"vocab_size\"/\"model_type\" (train one), not both")
-                }
-                tokenizer = .file(try existing(model, at: reader.path("model"), directory: false, what: "the tokenizer model"))
-            } else {
-                let vocab = try reader.int("vocab_size", in: Int64(Tokenizer.minimumVocabularySize)...Int64(Int32.max))
-                    ?? { throw RecipeError(reader.path("vocab_size"), "missing: give the vocabulary size to train, e.g. 4096") }()
-                let typeName = try reader.string("model_type") ?? TokenizerModelType.unigram.rawValue
-                guard let type = TokenizerModelType(rawValue: typeName) else {
-                    throw RecipeError(reader.path("model_type"), "unknown model type \"\(typeName)\"; use unigram or bpe")
-                }
-                tokenizer = .train(vocabSize: vocab, modelType: type)
-            }
+            tokenizer = try self.tokenizer(&reader)
             try reader.finish()
         } else if teacher.isTrained {
             throw RecipeError("tokenizer", "missing: give {\"vocab_size\": N} to train one, or {\"model\": \"path.model\"}")
@@ -314,7 +305,8 @@ struct RecipeParser {
         for (index, studentValue) in studentValues.enumerated() {
             var reader = try FieldReader(studentValue, path: "students[\(index)]")
             let student = try self.student(&reader, sharedShape: sharedShape ?? .preset("tiny-student"), sharedShapeField: sharedShapeField,
-                                           sharedTraining: baseTraining, sharedContext: sharedContext, teacher: teacher)
+                                           sharedTraining: baseTraining, sharedContext: sharedContext, teacher: teacher,
+                                           runTokenizer: tokenizer)
             try reader.finish()
             for model in student.reportNames {
                 if let owner = taken[model] {
@@ -369,6 +361,24 @@ struct RecipeParser {
         ])
         return Recipe(name: name, about: about, corpus: corpus, validationFraction: validationFraction, tokenizer: tokenizer,
                       teacher: teacher, students: students, evaluation: evaluation, samples: samples, normalized: normalized)
+    }
+
+    /// A tokenizer object: `{"model": path}` (an existing one) or `{"vocab_size": N, "model_type": ...}` (train one).
+    func tokenizer(_ reader: inout FieldReader) throws -> RecipeTokenizer {
+        if let model = try reader.string("model") {
+            if reader.has("vocab_size") || reader.has("model_type") {
+                throw RecipeError(reader.path("model"), "give either \"model\" (an existing tokenizer) or \"vocab_size\"/\"model_type\" (train one), not both")
+            }
+            return .file(try existing(model, at: reader.path("model"), directory: false, what: "the tokenizer model"))
+        } else {
+            let vocab = try reader.int("vocab_size", in: Int64(Tokenizer.minimumVocabularySize)...Int64(Int32.max))
+                ?? { throw RecipeError(reader.path("vocab_size"), "missing: give the vocabulary size to train, e.g. 4096") }()
+            let typeName = try reader.string("model_type") ?? TokenizerModelType.unigram.rawValue
+            guard let type = TokenizerModelType(rawValue: typeName) else {
+                throw RecipeError(reader.path("model_type"), "unknown model type \"\(typeName)\"; use unigram or bpe")
+            }
+            return .train(vocabSize: vocab, modelType: type)
+        }
     }
 
     /// `preset` or `config`, or nil when neither is given.
@@ -485,7 +495,7 @@ struct RecipeParser {
     }
 
     func student(_ reader: inout FieldReader, sharedShape: RecipeModelShape, sharedShapeField: String, sharedTraining: TrainingParameters,
-                 sharedContext: Int?, teacher: RecipeTeacher) throws -> RecipeStudent {
+                 sharedContext: Int?, teacher: RecipeTeacher, runTokenizer: RecipeTokenizer) throws -> RecipeStudent {
         guard let name = try reader.string("name") else { throw RecipeError(reader.path("name"), "missing: give the student a name (its directory under models/)") }
         try Self.directoryName(name, field: reader.path("name"))
         guard let kindName = try reader.string("kind") else {
@@ -509,6 +519,8 @@ struct RecipeParser {
         // chosen by the sweep); mutual peers from `distill mutual`'s (CE + τ²·KD at τ = 2).
         var settings = kind == .mutual || kind == .baseline ? DistillationSettings() : .student
         if kind == .baseline { settings.weights = DistillationWeights(ce: 1, kd: 0) }
+        // Across tokenizers the teacher's signal covers aligned chunks only: the student's own CE stays on.
+        if kind == .crossTokenizer { settings.weights.ce = 1 }
         if var logits = try reader.object("logits") {
             if let v = try logits.float("ce_weight") { settings.weights.ce = v }
             if let v = try logits.float("kd_weight") { settings.weights.kd = v }
@@ -575,6 +587,20 @@ struct RecipeParser {
             }
         }
         let method = try StudentMethod.parse(kind, &reader, settings: settings, layerMap: layerMap)
+        // Its own vocabulary (baseline, cross-tokenizer): a second tokenizer and token file for the run.
+        var tokenizer: RecipeTokenizer?
+        if var own = try reader.object("tokenizer") {
+            tokenizer = try self.tokenizer(&own)
+            try own.finish()
+        } else if kind == .crossTokenizer {
+            tokenizer = .train(vocabSize: RecipeStudent.defaultCrossTokenizerVocabulary, modelType: .unigram)
+        }
+        if kind == .crossTokenizer, tokenizer == runTokenizer {
+            throw RecipeError(reader.path("tokenizer"), "is the run's own tokenizer: a cross-tokenizer student needs another (give its \"vocab_size\")")
+        }
+        if kind == .crossTokenizer, case .directories(let directories) = teacher.source, directories.count > 1 {
+            throw RecipeError(reader.path("kind"), "a cross-tokenizer student learns from one teacher, and this recipe has an ensemble of \(directories.count)")
+        }
 
         var fields: [(String, JSONNode)] = [
             ("name", .string(name)), ("kind", .string(kind.rawValue)),
@@ -582,8 +608,9 @@ struct RecipeParser {
         ]
         if kind.distills { fields.append(("logits", Normal.logits(settings))) }
         fields += method.normalFields(settings)
+        if let tokenizer { fields.append(("tokenizer", Normal.tokenizer(tokenizer))) }
         return RecipeStudent(name: name, method: method, shape: shape, shapeField: shapeField, training: training, context: context,
-                             settings: settings, normalized: .object(fields))
+                             settings: settings, tokenizer: tokenizer, normalized: .object(fields))
     }
 }
 

@@ -26,6 +26,11 @@ public struct ReportModel: Sendable, Equatable {
     /// (baseline's best − this final) / (baseline's best − teacher's final), so a win that is only the
     /// baseline overfitting shows as a smaller share.
     public var gapClosedAgainstBestBaseline: Double?
+    /// The folder of the model's own tokenizer and token file (nil: the run's, the teacher's).
+    public var vocabulary: String?
+    /// A cross-tokenizer student's share of its training windows' bytes covered by aligned chunks (the
+    /// mean over its logged steps).
+    public var alignedBytes: Double?
 
     public init(name: String, role: String, kind: String, directory: String, parameters: Int? = nil,
                 evaluation: PerplexityReport? = nil, trainingSeconds: Double? = nil, trainingTokensPerSecond: Double? = nil,
@@ -82,6 +87,7 @@ public struct RunReport: Sendable {
             var model = ReportModel(name: name, role: entry["role"]?.stringValue ?? "student", kind: entry["kind"]?.stringValue ?? "",
                                     directory: directory)
             let trainingStage = entry["training_stage"]?.stringValue
+            model.vocabulary = entry["vocabulary"]?.stringValue
             if let stage = entry["eval_stage"]?.stringValue, let result = store.currentResult(stage, after: trainingStage) {
                 model.parameters = result["parameters"]?.intValue
                 if let tokens = result["tokens"]?.intValue, let nll = result["nll_sum"]?.doubleValue, let bytes = result["bytes"]?.intValue {
@@ -104,7 +110,10 @@ public struct RunReport: Sendable {
             }
             if !directory.isEmpty, entry["members"]?.arrayValue == nil {
                 let path = directory.hasPrefix("/") ? URL(fileURLWithPath: directory) : runDirectory.appendingPathComponent(directory)
-                model.validationCurve = TrainingMetrics.read(directory: path)?.validationCE
+                let metrics = TrainingMetrics.read(directory: path)
+                model.validationCurve = metrics?.validationCE
+                let aligned = metrics?.train.compactMap { $0.terms["aligned_bytes"] } ?? []
+                if !aligned.isEmpty { model.alignedBytes = aligned.reduce(0, +) / Double(aligned.count) }
             }
             models.append(model)
         }
@@ -129,19 +138,23 @@ public struct RunReport: Sendable {
                          models: models, sampleSettings: run["recipe"]?["samples"] ?? .null, samples: samples)
     }
 
-    /// The gap each student closed, from the first teacher and the first baseline: in bits per byte of the
-    /// full evaluation, and on the validation sample against the baseline's best.
+    /// The gap each student closed, from the first teacher and the first baseline of the student's own
+    /// vocabulary (or the first baseline when none has it): in bits per byte of the full evaluation, and
+    /// on the validation sample against the baseline's best. Validation CE is per token, so that gap is
+    /// only taken when student, baseline and teacher share the run's tokenizer.
     public static func fillGaps(_ models: inout [ReportModel]) {
         let students = models.indices.filter { models[$0].role == "student" && models[$0].kind != "baseline" }
-        if let teacher = models.first(where: { $0.role == "teacher" })?.evaluation?.bitsPerByte,
-           let baseline = models.first(where: { $0.kind == "baseline" })?.evaluation?.bitsPerByte, abs(baseline - teacher) > 1e-9 {
-            for index in students {
-                if let own = models[index].evaluation?.bitsPerByte { models[index].gapClosed = (baseline - own) / (baseline - teacher) }
+        let teacherModel = models.first(where: { $0.role == "teacher" })
+        for index in students {
+            let vocabulary = models[index].vocabulary
+            guard let baselineModel = models.first(where: { $0.kind == "baseline" && $0.vocabulary == vocabulary })
+                    ?? models.first(where: { $0.kind == "baseline" }) else { continue }
+            if let teacher = teacherModel?.evaluation?.bitsPerByte, let baseline = baselineModel.evaluation?.bitsPerByte,
+               abs(baseline - teacher) > 1e-9, let own = models[index].evaluation?.bitsPerByte {
+                models[index].gapClosed = (baseline - own) / (baseline - teacher)
             }
-        }
-        if let teacher = models.first(where: { $0.role == "teacher" })?.validationCurve?.final,
-           let baselineBest = models.first(where: { $0.kind == "baseline" })?.validationCurve?.best, abs(baselineBest - teacher) > 1e-9 {
-            for index in students {
+            if let teacher = teacherModel?.validationCurve?.final, let baselineBest = baselineModel.validationCurve?.best,
+               abs(baselineBest - teacher) > 1e-9, vocabulary == nil, baselineModel.vocabulary == nil, teacherModel?.vocabulary == nil {
                 if let own = models[index].validationCurve?.final {
                     models[index].gapClosedAgainstBestBaseline = (baselineBest - own) / (baselineBest - teacher)
                 }
@@ -225,6 +238,9 @@ public struct RunReport: Sendable {
                            ("samples_own_nll", .number(quality.ownMeanNLL)), ("samples_repeated_4grams", .number(quality.repeatedFourGrams)),
                            ("samples_tokens", .integer(Int64(quality.tokens)))]
             }
+            if model.vocabulary != nil || model.alignedBytes != nil {
+                fields += [("vocabulary", model.vocabulary.map(JSONNode.string) ?? .null), ("aligned_bytes", optional(model.alignedBytes))]
+            }
             return .object(fields)
         }
         return .object([
@@ -240,21 +256,30 @@ public struct RunReport: Sendable {
     }
 
     /// The table's cells: header, then one row per model.
+    /// Whether some model has its own tokenizer: per-token figures then do not compare across rows.
+    var mixesTokenizers: Bool { models.contains { $0.vocabulary != nil } }
+
+    /// The table's cells: header, then one row per model. With several tokenizers the teacher's view of
+    /// the samples is in bits per byte, and cross-tokenizer students add their aligned share of bytes.
     var cells: [[String]] {
-        let header = ["model", "kind", "parameters", "perplexity", "bits/byte", "gap closed", "teacher NLL of samples", "own NLL",
-                      "repeated 4-grams", "training time", "train tok/s", "generate tok/s"]
+        let mixed = mixesTokenizers, aligned = models.contains { $0.alignedBytes != nil }
+        let header = ["model", "kind", "parameters", "perplexity", "bits/byte", "gap closed",
+                      mixed ? "teacher bits/byte of samples" : "teacher NLL of samples", "own NLL",
+                      "repeated 4-grams", "training time", "train tok/s", "generate tok/s"] + (aligned ? ["aligned bytes"] : [])
         let rows = models.map { model -> [String] in
-            [model.name, model.kind, model.parameters.map(SVGChart.grouped) ?? "–",
+            let alignedCell: [String] = aligned ? [model.alignedBytes.map { String(format: "%.1f%%", 100 * $0) } ?? "–"] : []
+            let cells: [String] = [model.name, model.kind, model.parameters.map(SVGChart.grouped) ?? "–",
              model.evaluation.map { String(format: "%.2f", $0.perplexity) } ?? "–",
              model.evaluation.map { String(format: "%.4f", $0.bitsPerByte) } ?? "–",
              // Rounded first, so that a tiny negative share prints as 0%, not -0%.
              model.gapClosed.map { String(format: "%.0f%%", ($0 * 100).rounded() + 0) } ?? "–",
-             model.sampleQuality.map { String(format: "%.3f", $0.judgeMeanNLL) } ?? "–",
+             model.sampleQuality.map { String(format: "%.3f", mixed ? $0.judgeBitsPerByte : $0.judgeMeanNLL) } ?? "–",
              model.sampleQuality.map { String(format: "%.3f", $0.ownMeanNLL) } ?? "–",
              model.sampleQuality.map { String(format: "%.1f%%", 100 * $0.repeatedFourGrams) } ?? "–",
              model.trainingSeconds.map(Self.duration) ?? "–",
              model.trainingTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–",
              model.generationTokensPerSecond.map { SVGChart.grouped(Int($0.rounded())) } ?? "–"]
+            return cells + alignedCell
         }
         return [header] + rows
     }
@@ -290,6 +315,15 @@ public struct RunReport: Sendable {
             text += "\nTeacher NLL of samples: the teacher's mean negative log-likelihood (nats/token) of what each model writes at temperature 1 "
                 + "from the same 16 prompts of the validation split (same seeds and lengths for every model): lower is text the teacher finds likely, "
                 + "what on-policy distillation trains for. Own NLL is the model's own; repeated 4-grams, the share of a sample's 4-grams it already wrote.\n"
+        }
+        if mixesTokenizers {
+            text += "\nSome models have their own tokenizer: the teacher's view of the samples is then given in bits per byte of sample text "
+                + "(the teacher reads each sample's text through its own tokenizer), own NLL and the validation curves stay per token of each model's own "
+                + "vocabulary, and the gap closed is taken from the baseline with the student's vocabulary.\n"
+        }
+        if models.contains(where: { $0.alignedBytes != nil }) {
+            text += "\nAligned bytes: for students that learn across tokenizers, the share of their training windows' bytes inside chunks where both "
+                + "tokenizations have a boundary at both ends (the text the teacher's signal reaches), averaged over the logged steps.\n"
         }
         let curves = models.filter { $0.validationCurve != nil }
         if !curves.isEmpty {

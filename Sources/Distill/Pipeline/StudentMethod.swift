@@ -21,11 +21,14 @@ public enum StudentKind: String, Sendable, CaseIterable {
     case bornAgain = "born-again"
     /// Online mutual learning of N peers, no teacher.
     case mutual
+    /// CE + ULD or likelihood matching (ALM) from a teacher with another tokenizer: the student has its own
+    /// `tokenizer` (and token file), the teacher the run's.
+    case crossTokenizer = "cross-tokenizer"
 
     public static let names = allCases.map(\.rawValue)
 
     /// Whether the kind learns from the recipe's teacher.
-    public var usesTeacher: Bool { [.kd, .kdFeature, .kdRelational, .kdCached, .onPolicy, .seqKD].contains(self) }
+    public var usesTeacher: Bool { [.kd, .kdFeature, .kdRelational, .kdCached, .onPolicy, .seqKD, .crossTokenizer].contains(self) }
     /// Whether the kind has logit distillation settings.
     public var distills: Bool { self != .baseline }
 
@@ -35,6 +38,7 @@ public enum StudentKind: String, Sendable, CaseIterable {
         ("logits", allCases.filter(\.distills)), ("feature", [.kdFeature]), ("relational", [.kdRelational]),
         ("cache", [.kdCached]), ("generations", [.bornAgain]), ("teach_with", [.bornAgain]), ("peers", [.mutual]),
         ("init_from_teacher", [.kd, .kdFeature, .kdRelational, .onPolicy, .seqKD]), ("generation", [.onPolicy, .seqKD]),
+        ("tokenizer", [.baseline, .crossTokenizer]), ("cross_tokenizer", [.crossTokenizer]),
     ]
 }
 
@@ -52,6 +56,7 @@ public enum StudentMethod: Sendable, Equatable {
     case generated(StudentKind, OnPolicySettings, initFromTeacher: Bool)
     case bornAgain(generations: Int, teachers: GenerationTeachers)
     case mutual(peers: Int)
+    case crossTokenizer(CrossTokenizerLoss)
 
     public var kind: StudentKind {
         switch self {
@@ -61,6 +66,7 @@ public enum StudentMethod: Sendable, Equatable {
         case .generated(let kind, _, _): return kind
         case .bornAgain: return .bornAgain
         case .mutual: return .mutual
+        case .crossTokenizer: return .crossTokenizer
         }
     }
 
@@ -120,6 +126,19 @@ public enum StudentMethod: Sendable, Equatable {
             return .bornAgain(generations: generations, teachers: teachers)
         case .mutual:
             return .mutual(peers: try reader.int("peers", in: 2...64) ?? 2)
+        case .crossTokenizer:
+            // Likelihood matching by default: it paid more than ULD in the first measurements (README).
+            let name = try reader.string("cross_tokenizer") ?? CrossTokenizerLoss.alm.rawValue
+            guard let loss = CrossTokenizerLoss(rawValue: name) else {
+                throw RecipeError(reader.path("cross_tokenizer"), "unknown objective \"\(name)\"; use \(CrossTokenizerLoss.allCases.map(\.rawValue).joined(separator: " or "))")
+            }
+            if settings.weights.kd <= 0 {
+                throw RecipeError(reader.path("logits.kd_weight"), "must be positive: a cross-tokenizer student learns from the teacher through it")
+            }
+            if settings.logits.teacherTopK != nil {
+                throw RecipeError(reader.path("logits.teacher_top_k"), "both cross-tokenizer objectives read the teacher's whole distribution")
+            }
+            return .crossTokenizer(loss)
         case .onPolicy, .seqKD:
             // TRL's GKDTrainer generates half of each batch; the sampler draws from the model as it is.
             var generation = try reader.object("generation") ?? FieldReader(.object([]), path: reader.path("generation"))
@@ -189,6 +208,8 @@ public enum StudentMethod: Sendable, Equatable {
             return [("generations", .integer(Int64(generations))), ("teach_with", .string(teachers.rawValue))]
         case .mutual(let peers):
             return [("peers", .integer(Int64(peers)))]
+        case .crossTokenizer(let loss):
+            return [("cross_tokenizer", .string(loss.rawValue))]
         }
     }
 }
