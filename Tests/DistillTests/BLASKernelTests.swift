@@ -25,6 +25,12 @@ final class BLASKernelTests: XCTestCase {
         let reducedGeneration = try XCTUnwrap(figures["generationTokensPerSecondByReducedWeights"] as? [String: Double])
         XCTAssertEqual(Set(reducedGeneration.keys), ["bf16", "f16", "q8_0", "bf16 1 thread", "f16 1 thread", "q8_0 1 thread"])
         XCTAssertTrue(reducedGeneration.values.allSatisfy { $0 > 0 }, "\(reducedGeneration)")
+        // The cross-tokenizer step with each loss, beside the same student's CE-only step, on synthetic text
+        // whose two tokenizations align almost everywhere.
+        let crossTokenizer = try XCTUnwrap(figures["crossTokenizerTokensPerSecond"] as? [String: Double])
+        XCTAssertEqual(Set(crossTokenizer.keys), ["alm", "uld", "ce"])
+        XCTAssertTrue(crossTokenizer.values.allSatisfy { $0 > 0 }, "\(crossTokenizer)")
+        XCTAssertGreaterThan(try XCTUnwrap(figures["crossTokenizerAlignedBytes"] as? Double), 0.9)
 
         XCTAssertNil(BLASKernels.betterCoreType(than: "SkylakeX"), "no x86 core beats SkylakeX here")
         // Every machine this project meets has AVX2, so OpenBLAS's SSE3 kernels always have a better choice.

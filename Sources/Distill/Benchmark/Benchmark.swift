@@ -18,6 +18,12 @@ public struct BenchmarkReport: Codable, Sendable {
     public var onPolicyTokensPerSecond: Double?
     public var onPolicyGenerationTokensPerSecond: Double?
     public var onPolicyGenerationShare: Double?
+    /// The cross-tokenizer distillation step (`student --cross-tokenizer`), keys "uld" and "alm": the
+    /// teacher at its own vocabulary, the student at a quarter of it, on synthetic text through two
+    /// tokenizers trained for the benchmark; key "ce": that student's step with CE alone (what the term
+    /// adds); and the share of that text's bytes the alignment covered.
+    public var crossTokenizerTokensPerSecond: [String: Double]?
+    public var crossTokenizerAlignedBytes: Double?
     /// A forward pass keeping nothing for backward (a teacher, `eval`, `cache-teacher`).
     public var inferenceTokensPerSecond: Double
     public var inferenceModelGFLOPS: Double
@@ -151,6 +157,87 @@ public enum Benchmark {
                 generationSeconds / max(stepSeconds, 1e-9))
     }
 
+    /// Text with the statistics tokenizers care about, from a seeded generator: lines of words of one to
+    /// three syllables, the frequent ones far more frequent (each word drawn from a Zipf-like rank).
+    static func syntheticText(bytes: Int, seed: UInt64) -> String {
+        var random = SeededRandom(seed: seed)
+        let onsets = ["", "b", "c", "d", "f", "g", "h", "l", "m", "n", "p", "r", "s", "t", "v", "w", "th", "st", "ch", "br"]
+        let nuclei = ["a", "e", "i", "o", "u", "ea", "ou"], codas = ["", "", "n", "s", "r", "t", "nd", "ll"]
+        let words: [String] = (0..<6000).map { _ in
+            (0..<(1 + Int(random.next() % 3))).map { _ in
+                onsets[Int(random.next() % UInt64(onsets.count))] + nuclei[Int(random.next() % UInt64(nuclei.count))]
+                    + codas[Int(random.next() % UInt64(codas.count))]
+            }.joined()
+        }
+        var text = "", lineLength = 0
+        while text.utf8.count < bytes {
+            // rank ~ 6000^u: a few words cover most of the text, as in language.
+            let u = Double(random.next() % 1_000_000) / 1_000_000
+            text += words[min(words.count - 1, Int(pow(Double(words.count), u)) - 1)]
+            lineLength += 1
+            if lineLength >= 12 + Int(random.next() % 8) { text += ".\n"; lineLength = 0 } else { text += random.next() % 9 == 0 ? ", " : " " }
+        }
+        return text
+    }
+
+    /// The cross-tokenizer step (`CrossTokenizerObjective`, CE + the term, τ = 1) with each loss: a teacher of
+    /// `teacherConfig` with a tokenizer of its vocabulary, a student of `studentConfig`'s shape with a
+    /// quarter of it (at least the minimum), both tokenizers trained on 400 kB of `syntheticText`, the
+    /// batch windows of the student's encoding of it. Median tokens/s of the step per loss (and of the
+    /// student's CE-only step, "ce"), and the share of the batch's bytes in aligned chunks. Against the
+    /// same-tokenizer KD step, the student's smaller head and the teacher's shorter sequences (its larger
+    /// pieces cover the window's text in fewer tokens) both count.
+    public static func crossTokenizerSpeed(teacher teacherConfig: LlamaConfig, student studentShape: LlamaConfig,
+                                           batch: Int, context: Int, repeats: Int) throws -> (tokensPerSecond: [String: Double], alignedBytes: Double) {
+        let folder = FileManager.default.temporaryDirectory.appendingPathComponent("distill-bench-\(ProcessInfo.processInfo.processIdentifier)-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        let registration = TemporaryFiles.register(folder.path)
+        defer {
+            try? FileManager.default.removeItem(at: folder)
+            TemporaryFiles.unregister(registration)
+        }
+        let textPath = folder.appendingPathComponent("text.txt").path
+        let text = syntheticText(bytes: 400_000, seed: 11)
+        try Data(text.utf8).write(to: URL(fileURLWithPath: textPath))
+        let studentVocab = max(Tokenizer.minimumVocabularySize, teacherConfig.vocabSize / 4)
+        var tokenizers: [Tokenizer] = []
+        for (name, vocab) in [("teacher", teacherConfig.vocabSize), ("student", studentVocab)] {
+            let path = folder.appendingPathComponent("\(name).model").path
+            _ = try Tokenizer.train(inputs: [textPath], vocabSize: vocab, output: path, threads: Compute.threads)
+            tokenizers.append(try Tokenizer(modelPath: path))
+        }
+        var studentConfig = studentShape
+        studentConfig.vocabSize = studentVocab
+        let ids = text.split(separator: "\n").flatMap { tokenizers[1].encode(String($0) + "\n") }
+        var random = SeededRandom(seed: 4)
+        var inputs = [Int32](), targets = [Int32]()
+        for _ in 0..<batch {
+            let start = Int(random.next() % UInt64(max(1, ids.count - context - 1)))
+            inputs += ids[start..<(start + context)]
+            targets += ids[(start + 1)...(start + context)]
+        }
+        let data = Batch(batchSize: batch, contextLength: context, inputs: inputs, targets: targets)
+        let teacher = try LlamaModel(config: teacherConfig, seed: 1)
+        var speeds: [String: Double] = [:], aligned = 0.0
+        var settings = DistillationSettings()
+        settings.weights = DistillationWeights(ce: 1, kd: 1)
+        settings.logits.temperature = 1
+        for loss in CrossTokenizerLoss.allCases {
+            let student = try LlamaModel(config: studentConfig, seed: 2)
+            let objective = try CrossTokenizerObjective(teacher: teacher, teacherTokenizer: tokenizers[0], studentTokenizer: tokenizers[1],
+                                                        studentConfig: studentConfig, loss: loss, settings: settings)
+            var parameters = TrainingParameters()
+            parameters.batchSize = batch
+            parameters.context = context
+            let trainer = try Trainer(model: student, objective: objective, parameters: parameters, tokenizerHash: 0)
+            let seconds = try median(repeats: repeats) { try trainer.singleStep(data) }
+            speeds[loss.rawValue] = Double(batch * context) / seconds
+            aligned = try objective.terms(student: student, batch: data, gradientScale: 1, backward: false)["aligned_bytes"] ?? 0
+        }
+        speeds["ce"] = try trainingSpeed(config: studentConfig, batch: batch, context: context, repeats: repeats)
+        return (speeds, aligned)
+    }
+
     /// Median tokens/s of a forward pass that keeps nothing for backward, over a [batch, context] batch,
     /// its LM head in chunks of rows as `eval` and a live teacher take it (every logit is computed).
     public static func inferenceSpeed(config: LlamaConfig, batch: Int, context: Int, repeats: Int) throws -> Double {
@@ -247,6 +334,16 @@ extension Benchmark {
                    + "%.0f tokens/s (%.2f× the distillation step's), generation %.0f tokens/s, %.0f%% of the step; peak %.0f MB",
                    context / 2, context - context / 2, onPolicy.tokensPerSecond, onPolicy.tokensPerSecond / distill,
                    onPolicy.generationTokensPerSecond, 100 * onPolicy.generationShare, peaks["on-policy"] ?? 0))
+        let cross = try measured("cross-tokenizer") {
+            try crossTokenizerSpeed(teacher: teacher, student: student, batch: batch, context: context, repeats: repeats)
+        }
+        let studentVocab = max(Tokenizer.minimumVocabularySize, teacher.vocabSize / 4)
+        say(String(format: "cross-tokenizer distillation (%@ teacher at vocab %d + %@-student at vocab %d, CE + the term, synthetic text, "
+                   + "%.1f%% of bytes aligned): ALM %.0f tokens/s (%.2f× the distillation step's), ULD %.0f tokens/s (%.2f×); "
+                   + "the student's CE-only step %.0f tokens/s; peak %.0f MB",
+                   preset, teacher.vocabSize, preset, studentVocab, 100 * cross.alignedBytes, cross.tokensPerSecond["alm"] ?? 0,
+                   (cross.tokensPerSecond["alm"] ?? 0) / distill, cross.tokensPerSecond["uld"] ?? 0, (cross.tokensPerSecond["uld"] ?? 0) / distill,
+                   cross.tokensPerSecond["ce"] ?? 0, peaks["cross-tokenizer"] ?? 0))
         let inference = try measured("inference") { try inferenceSpeed(config: teacher, batch: batch, context: context, repeats: repeats) }
         // A forward pass is a third of a training step's FLOPs.
         let inferenceRate = inference * trainingFLOPsPerToken(teacher, context: context) / 3 / 1e9
@@ -283,6 +380,7 @@ extension Benchmark {
                                onPolicyTokensPerSecond: onPolicy.tokensPerSecond,
                                onPolicyGenerationTokensPerSecond: onPolicy.generationTokensPerSecond,
                                onPolicyGenerationShare: onPolicy.generationShare,
+                               crossTokenizerTokensPerSecond: cross.tokensPerSecond, crossTokenizerAlignedBytes: cross.alignedBytes,
                                inferenceTokensPerSecond: inference, inferenceModelGFLOPS: inferenceRate,
                                inferenceUtilisation: inferenceRate / gflops, generationTokensPerSecond: generation,
                                generationOneThreadTokensPerSecond: generationOneThread,
