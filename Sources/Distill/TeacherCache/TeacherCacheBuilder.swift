@@ -72,7 +72,7 @@ public enum TeacherCacheBuilder {
             let model = try ModelDirectory.load(directory)
             let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
             guard tokenizer.modelHash == data.tokenizerHash else {
-                throw EnsembleError.tokenizerMismatch(path, dataPath)
+                throw TeacherCacheError.teacherTokenizer(teacher: path, data: dataPath)
             }
             models.append(model)
         }

@@ -20,6 +20,8 @@ public enum TeacherCacheError: NamesSettings, Equatable, Sendable {
     case damagedPartial(String, reason: String)
     /// The output exists and is not this build's finished cache.
     case outputExists(String)
+    /// A teacher whose tokenizer is not the data's: its targets would be in another vocabulary.
+    case teacherTokenizer(teacher: String, data: String)
 
     public func message(naming name: (Setting) -> String) -> String {
         switch self {
@@ -37,6 +39,10 @@ public enum TeacherCacheError: NamesSettings, Equatable, Sendable {
             return "\(path) holds an unfinished build with other settings (teacher, data, temperature, mode or seed): delete it, or rerun with that build's settings"
         case let .damagedPartial(path, reason):
             return "\(path) is an unfinished build of these settings, but damaged (\(reason)): delete it and run the same command again"
+        case let .teacherTokenizer(teacher, data):
+            return "\(teacher) uses another tokenizer than \(data): a cache holds the teacher's targets in the data's vocabulary, so a "
+                + "teacher with its own tokenizer is not cached; distil across tokenizers with the live teacher (`distill student --teacher "
+                + "\(teacher) --cross-tokenizer uld|alm`)"
         case .outputExists(let path):
             return "\(path) already exists and is not the finished cache of these settings: choose another \(name(.output)) or delete it"
         }
