@@ -528,19 +528,19 @@ struct RecipeParser {
                 guard v > 0 && v.isFinite else { throw RecipeError(logits.path("temperature"), "must be positive, got \(v)") }
                 settings.logits.temperature = v
             }
-            let divergenceText = try logits.string("divergence") ?? DivergenceName.forwardKL.rawValue
+            let divergenceText = try logits.string("divergence") ?? Divergence.forwardKL.name
             let beta = try logits.number("beta").map(Float.init) ?? Divergence.defaultBeta
             let alpha = try logits.number("skew_alpha").map(Float.init) ?? Divergence.defaultAlpha
-            guard let divergence = DivergenceName(rawValue: divergenceText) else {
+            guard let named = Divergence.all.first(where: { $0.name == divergenceText }) else {
                 throw RecipeError(logits.path("divergence"), "unknown divergence \"\(divergenceText)\"; use one of \(Divergence.names.joined(separator: ", "))")
             }
-            if logits.has("beta") && divergence != .jsd { throw RecipeError(logits.path("beta"), "only the jsd divergence takes beta") }
-            if logits.has("skew_alpha") && ![.skewKL, .skewReverseKL].contains(divergence) {
+            if logits.has("beta") && !named.takesBeta { throw RecipeError(logits.path("beta"), "only the jsd divergence takes beta") }
+            if logits.has("skew_alpha") && !named.takesAlpha {
                 throw RecipeError(logits.path("skew_alpha"), "only skew-kl and skew-reverse-kl take skew_alpha")
             }
             guard beta >= 0 && beta <= 1 else { throw RecipeError(logits.path("beta"), "must be between 0 and 1, got \(beta)") }
             guard alpha >= 0 && alpha <= 1 else { throw RecipeError(logits.path("skew_alpha"), "must be between 0 and 1, got \(alpha)") }
-            settings.logits.divergence = try Divergence(divergence, beta: beta, alpha: alpha)
+            settings.logits.divergence = try Divergence(name: divergenceText, beta: beta, alpha: alpha)
             if let v = try logits.bool("tau_squared") { settings.logits.tauSquared = v }
             settings.logits.teacherTopK = try logits.int("teacher_top_k", in: 1...Int64(Int32.max))
             for (key, value) in [("ce_weight", settings.weights.ce), ("kd_weight", settings.weights.kd)] where !(value >= 0 && value.isFinite) {
