@@ -232,7 +232,7 @@ public enum Benchmark {
             let trainer = try Trainer(model: student, objective: objective, parameters: parameters, tokenizerHash: 0)
             let seconds = try median(repeats: repeats) { try trainer.singleStep(data) }
             speeds[loss.rawValue] = Double(batch * context) / seconds
-            aligned = try objective.terms(student: student, batch: data, gradientScale: 1, backward: false)["aligned_bytes"] ?? 0
+            aligned = try objective.terms(student: student, batch: data, gradientScale: 1, backward: false)[.alignedBytes] ?? 0
         }
         speeds["ce"] = try trainingSpeed(config: studentConfig, batch: batch, context: context, repeats: repeats)
         return (speeds, aligned)

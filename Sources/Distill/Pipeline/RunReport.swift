@@ -112,7 +112,7 @@ public struct RunReport: Sendable {
                 let path = directory.hasPrefix("/") ? URL(fileURLWithPath: directory) : runDirectory.appendingPathComponent(directory)
                 let metrics = TrainingMetrics.read(directory: path)
                 model.validationCurve = metrics?.validationCE
-                let aligned = metrics?.train.compactMap { $0.terms["aligned_bytes"] } ?? []
+                let aligned = metrics?.train.compactMap { $0.terms[LossTerm.alignedBytes.rawValue] } ?? []
                 if !aligned.isEmpty { model.alignedBytes = aligned.reduce(0, +) / Double(aligned.count) }
             }
             models.append(model)
