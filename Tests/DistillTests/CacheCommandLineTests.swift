@@ -60,7 +60,7 @@ final class CacheCommandLineTests: XCTestCase {
         try expectError(base + ["--output", other, "--teacher", foreign.path], mentions: "uses another tokenizer than")
         // Alone, it is not cached: its targets would be in another vocabulary; the message names the live way.
         try expectError(["cache-teacher", "--teacher", foreign.path, "--data", files.data, "--temperature", "2", "--output", other],
-                        mentions: "--cross-tokenizer uld|alm")
+                        mentions: "--cross-tokenizer uld or alm")
         try expectError(["eval", "--data", files.data, "--ensemble", teacher, foreign.path], mentions: "different tokenizers")
         try expectError(["sample", "--model", teacher, "--model", foreign.path, "--max-tokens", "3"], mentions: "different tokenizers")
         // A damaged cache is refused in one line.

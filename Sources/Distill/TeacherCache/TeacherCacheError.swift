@@ -41,8 +41,8 @@ public enum TeacherCacheError: NamesSettings, Equatable, Sendable {
             return "\(path) is an unfinished build of these settings, but damaged (\(reason)): delete it and run the same command again"
         case let .teacherTokenizer(teacher, data):
             return "\(teacher) uses another tokenizer than \(data): a cache holds the teacher's targets in the data's vocabulary, so a "
-                + "teacher with its own tokenizer is not cached; distil across tokenizers with the live teacher (`distill student --teacher "
-                + "\(teacher) --cross-tokenizer uld|alm`)"
+                + "teacher with its own tokenizer is not cached; distil across tokenizers from the live teacher instead (`distill student` "
+                + "with \(name(.teacher)) \(teacher) and \(name(.crossTokenizer)) uld or alm)"
         case .outputExists(let path):
             return "\(path) already exists and is not the finished cache of these settings: choose another \(name(.output)) or delete it"
         }
