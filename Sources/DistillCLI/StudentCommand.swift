@@ -60,7 +60,7 @@ struct StudentCommand: ParsableCommand {
         defer { printer.finish() }
         let request = options.request(defaultPreset: "tiny-student")
         var student = StudentRequest(teachers: teacher, settings: try settings())
-        student.layerMap = layerMap
+        student.layerMap = try layerMap.map { text in try Flags.translatingSettings { try LayerMap.pairs(parsing: text) } }
         student.initFromTeacher = initFromTeacher
         student.teacherWeights = try Flags.translatingSettings { try teacherWeights.map { try ModelEnsemble.parseWeights($0) } }
         student.teacherCache = teacherCache
