@@ -390,6 +390,16 @@ public enum TrainingRun {
         return try scoreTokens(model: model, tokens: Array(data.validationTokens), bytes: data.validationByteCount)
     }
 
+    /// The perplexity of the whole validation split, as `distill eval` scores it, of a trained student and
+    /// of teachers that share the data's tokenizer: what `distill student` prints when it ends. nil when
+    /// the data has no validation split.
+    public static func validationPerplexities(student: URL, teachers: [String], data dataPath: String) throws -> (teachers: [Double], student: Double)? {
+        let data = try TokenFile(path: dataPath)
+        guard data.validationTokens.count >= 2 else { return nil }
+        let teacherScores = try teachers.map { try scoreValidation(model: try loadTeacher($0, data: data, dataPath: dataPath), data: data).perplexity }
+        return (teacherScores, try scoreValidation(model: try ModelDirectory.load(student), data: data).perplexity)
+    }
+
     /// A teacher model directory whose tokenizer is the data's.
     public static func loadTeacher(_ path: String, data: TokenFile, dataPath: String) throws -> LlamaModel {
         let loaded = try ModelAndTokenizer(directory: URL(fileURLWithPath: path), fit: .paddedHead)
