@@ -279,43 +279,23 @@ float ck_kth_largest(const float *x, size_t n, size_t k, float *heap) {
     return heap[0];
 }
 
-CK_KERNEL(void, ck_tempered_mixture_row, (float *restrict out, const float *const *teachers, size_t count,
-          size_t vocab, float tau, float *restrict scratch),
-          (out, teachers, count, vocab, tau, scratch)) {
-    const float inverse_tau = 1.0f / tau;
-    for (size_t v = 0; v < vocab; v++) out[v] = 0.0f;
-    for (size_t i = 0; i < count; i++) {
-        const float *z = teachers[i];
-        float maximum = ck_max(z, vocab);
-        float sum = ck_exp_sum(scratch, z, inverse_tau, maximum * inverse_tau, vocab);
-        float weight = 1.0f / ((float)count * sum);
-        VECTORIZE
-        for (size_t v = 0; v < vocab; v++) out[v] += weight * scratch[v];
-    }
-    // A probability every teacher rounds to 0 becomes the smallest normal float, not log 0, so the
-    // divergences downstream never meet 0 · (−inf).
-    VECTORIZE
-    for (size_t v = 0; v < vocab; v++) {
-        float p = out[v] > 1.17549435e-38f ? out[v] : 1.17549435e-38f;
-        out[v] = tau * log_inline(p);
-    }
-}
-
 CK_KERNEL(void, ck_weighted_mixture_row, (float *restrict out, const float *const *teachers, const float *weights,
           size_t count, size_t vocab, float tau, float *restrict scratch),
           (out, teachers, weights, count, vocab, tau, scratch)) {
     const float inverse_tau = 1.0f / tau;
     for (size_t v = 0; v < vocab; v++) out[v] = 0.0f;
     for (size_t i = 0; i < count; i++) {
-        if (weights[i] == 0.0f) continue;
+        if (weights && weights[i] == 0.0f) continue;
         const float *z = teachers[i];
         float maximum = ck_max(z, vocab);
         float sum = ck_exp_sum(scratch, z, inverse_tau, maximum * inverse_tau, vocab);
-        float weight = weights[i] / sum;
+        // Equal weights are 1/(count·sum) in one division, the form their results were first fixed with.
+        float weight = weights ? weights[i] / sum : 1.0f / ((float)count * sum);
         VECTORIZE
         for (size_t v = 0; v < vocab; v++) out[v] += weight * scratch[v];
     }
-    // As in ck_tempered_mixture_row: no log 0.
+    // A probability every teacher rounds to 0 becomes the smallest normal float, not log 0, so the
+    // divergences downstream never meet 0 · (−inf).
     VECTORIZE
     for (size_t v = 0; v < vocab; v++) {
         float p = out[v] > 1.17549435e-38f ? out[v] : 1.17549435e-38f;

@@ -60,7 +60,7 @@ struct StudentCommand: ParsableCommand {
         defer { printer.finish() }
         let request = options.request(defaultPreset: "tiny-student")
         var student = StudentRequest(teachers: teacher, settings: try settings())
-        student.layerMap = layerMap
+        student.layerMap = try layerMap.map { text in try Flags.translatingSettings { try LayerMap.pairs(parsing: text) } }
         student.initFromTeacher = initFromTeacher
         student.teacherWeights = try Flags.translatingSettings { try teacherWeights.map { try ModelEnsemble.parseWeights($0) } }
         student.teacherCache = teacherCache
@@ -74,21 +74,15 @@ struct StudentCommand: ParsableCommand {
         printer.finish()
         try Interrupt.exitIfInterrupted([outcome])
 
-        // The full validation split, as `distill eval` scores it, so the two agree. Under mpirun rank 0
-        // alone reads the student back, once it has written it.
+        // Under mpirun rank 0 alone reads the student back, once it has written it.
         guard ProcessGroup.world.isRoot else { return }
-        let data = try TokenFile(path: options.data)
-        guard data.validationTokens.count >= 2 else { return }
         // A teacher of another tokenizer cannot score the data's tokens: the student alone is scored.
-        let teachers = crossTokenizer != nil ? [] : try teacher.map { try TrainingRun.loadTeacher($0, data: data, dataPath: options.data) }
-        let studentModel = try ModelDirectory.load(outcome.output)
-        if teachers.isEmpty {
-            print("validation perplexity: student " + String(format: "%.3f", try TrainingRun.scoreValidation(model: studentModel, data: data).perplexity))
-            return
-        }
-        let teacherFigures = try teachers.map { String(format: "%.3f", try TrainingRun.scoreValidation(model: $0, data: data).perplexity) }
-        print("validation perplexity: teacher\(teachers.count > 1 ? "s" : "") \(teacherFigures.joined(separator: ", "))  student "
-              + String(format: "%.3f", try TrainingRun.scoreValidation(model: studentModel, data: data).perplexity))
+        guard let scores = try TrainingRun.validationPerplexities(student: outcome.output, teachers: crossTokenizer != nil ? [] : teacher,
+                                                                  data: options.data) else { return }
+        let studentFigure = "student " + String(format: "%.3f", scores.student)
+        if scores.teachers.isEmpty { return print("validation perplexity: " + studentFigure) }
+        print("validation perplexity: teacher\(scores.teachers.count > 1 ? "s" : "") "
+              + scores.teachers.map { String(format: "%.3f", $0) }.joined(separator: ", ") + "  " + studentFigure)
     }
 }
 

@@ -70,13 +70,9 @@ float ck_logf(float x);
 /// with the heap's root, so a row of a few thousand logits costs about one comparison per value.
 float ck_kth_largest(const float *x, size_t n, size_t k, float *heap);
 
-/// The logits of an ensemble: out[v] = τ·log((1/count)·Σ_i softmax(teachers[i]/τ)[v]), so that
-/// softmax(out/τ) is the mean of the teachers' tempered distributions. `scratch` holds `vocab` floats.
-void ck_tempered_mixture_row(float *out, const float *const *teachers, size_t count, size_t vocab,
-                             float tau, float *scratch);
-
-/// The same with member weights: out[v] = τ·log(Σ_i weights[i]·softmax(teachers[i]/τ)[v]); the
-/// weights must add up to 1.
+/// The logits of an ensemble: out[v] = τ·log(Σ_i weights[i]·softmax(teachers[i]/τ)[v]), so that
+/// softmax(out/τ) is the weighted mean of the teachers' tempered distributions; the weights must add up
+/// to 1, and NULL weights are equal ones. `scratch` holds `vocab` floats.
 void ck_weighted_mixture_row(float *out, const float *const *teachers, const float *weights, size_t count,
                              size_t vocab, float tau, float *scratch);
 

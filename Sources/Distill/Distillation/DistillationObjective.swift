@@ -300,22 +300,8 @@ public final class DistillationObjective: TermwiseObjective {
                                                         keepForBackward: false).logits))
         }
         let out = ensembleLogits.zeroed(rows * vocab)
-        if let teacherWeights {
-            temperedMixture(out: out, members: members, weights: teacherWeights, rows: rows, vocab: vocab,
-                            temperature: current.logits.temperature, scratch: ensembleScratch)
-            return UnsafePointer(out)
-        }
-        let scratch = ensembleScratch.zeroed(Compute.threads * vocab)
-        let tau = current.logits.temperature, workers = Compute.threads
-        members.withUnsafeBufferPointer { pointers in
-            // Each worker takes a contiguous range of rows and its own scratch row.
-            parallelFor(workers) { worker in
-                for row in (rows * worker / workers)..<(rows * (worker + 1) / workers) {
-                    var rowPointers = pointers.map { Optional($0 + row * vocab) }
-                    ck_tempered_mixture_row(out + row * vocab, &rowPointers, pointers.count, vocab, tau, scratch + worker * vocab)
-                }
-            }
-        }
+        temperedMixture(out: out, members: members, weights: teacherWeights, rows: rows, vocab: vocab,
+                        temperature: current.logits.temperature, scratch: ensembleScratch)
         return UnsafePointer(out)
     }
 }

@@ -89,20 +89,22 @@ public final class ModelEnsemble {
 }
 
 /// out[r] = τ·log(Σ_i weights[i]·softmax(members[i][r]/τ)) for each of `rows` rows, so that
-/// softmax(out/τ) is the weighted mixture. `weights` must add up to 1.
+/// softmax(out/τ) is the weighted mixture. `weights` must add up to 1; nil weighs the members equally.
 public func temperedMixture(out: UnsafeMutablePointer<Float>,  // [rows, vocab]
                             members: [UnsafePointer<Float>],  // each [rows, vocab]
-                            weights: [Float], rows: Int, vocab: Int, temperature: Float,
+                            weights: [Float]?, rows: Int, vocab: Int, temperature: Float,
                             scratch: ScratchBuffer = ScratchBuffer()) {
     let workers = max(1, min(Compute.threads, rows))
     let space = scratch.zeroed(workers * vocab)
     members.withUnsafeBufferPointer { pointers in
-        weights.withUnsafeBufferPointer { weightPointer in
-            // Each worker takes a contiguous range of rows and its own scratch row.
+        (weights ?? []).withUnsafeBufferPointer { given in
+            let weightPointer = weights == nil ? nil : given.baseAddress
+            // Each worker takes a contiguous range of rows and its own scratch row (a row's result does
+            // not depend on the split).
             parallelFor(workers) { worker in
                 for row in (rows * worker / workers)..<(rows * (worker + 1) / workers) {
                     var rowPointers = pointers.map { Optional($0 + row * vocab) }
-                    ck_weighted_mixture_row(out + row * vocab, &rowPointers, weightPointer.baseAddress!, pointers.count, vocab,
+                    ck_weighted_mixture_row(out + row * vocab, &rowPointers, weightPointer, pointers.count, vocab,
                                             temperature, space + worker * vocab)
                 }
             }
