@@ -273,12 +273,7 @@ final class DataParallelTests: XCTestCase {
         let straight = try mpi(2, arguments(reference))
         XCTAssertEqual(straight.status, 0, straight.transcript)
 
-        let job = Process()
-        job.executableURL = try XCTUnwrap(Self.mpirun)
-        job.arguments = Self.mpirunFlags + ["-np", "2", executable.path] + arguments(killed)
-        job.standardOutput = FileHandle.nullDevice
-        job.standardError = FileHandle.nullDevice
-        try job.run()
+        let job = try startProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", "2", executable.path] + arguments(killed))
         let state = killed.appendingPathComponent("training/state.json").path
         while job.isRunning && !FileManager.default.fileExists(atPath: state) { usleep(10_000) }
         XCTAssertTrue(job.isRunning, "the job ended before its first checkpoint")
@@ -306,12 +301,7 @@ final class DataParallelTests: XCTestCase {
         let output = try TestCorpus.scratch("mpi-term").appendingPathComponent("model")
         let arguments = ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "0"]
             + runFlags(corpus, batch: 2, steps: 1_000_000)
-        let job = Process()
-        job.executableURL = try XCTUnwrap(Self.mpirun)
-        job.arguments = Self.mpirunFlags + ["-np", "2", executable.path] + arguments
-        job.standardOutput = FileHandle.nullDevice
-        job.standardError = FileHandle.nullDevice
-        try job.run()
+        let job = try startProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", "2", executable.path] + arguments)
         // The first progress line is in metrics.jsonl: the ranks are training.
         let metrics = output.appendingPathComponent("metrics.jsonl").path
         while job.isRunning && !FileManager.default.fileExists(atPath: metrics) { usleep(10_000) }
