@@ -2,7 +2,12 @@ import ArgumentParser
 import Distill
 import Foundation
 
-extension DivergenceName: ExpressibleByArgument {}
+extension Divergence: ExpressibleByArgument {
+    /// The name alone; β and α come from their own flags (`LogitOptions.settings`).
+    public init?(argument: String) { try? self.init(name: argument) }
+    public static var allValueStrings: [String] { names }
+    public var defaultValueDescription: String { name }
+}
 extension FeatureDistance: ExpressibleByArgument {}
 extension KDSchedule: ExpressibleByArgument {}
 

@@ -6,6 +6,11 @@ struct LoadedModel {
     let model: LlamaModel
     let tokenizer: Tokenizer
 
+    init(model: LlamaModel, tokenizer: Tokenizer) {
+        self.model = model
+        self.tokenizer = tokenizer
+    }
+
     init(path: String) throws {
         let loaded = try ModelAndTokenizer(directory: URL(fileURLWithPath: path))
         model = loaded.model
@@ -17,13 +22,10 @@ extension LoadedModel {
     /// Model directories loaded as one ensemble; they must share one tokenizer. `weights` is the
     /// "w1,w2,..." of --teacher-weights.
     static func ensemble(_ paths: [String], weights: String?) throws -> (ensemble: ModelEnsemble, first: LoadedModel) {
-        let loaded = try paths.map { try LoadedModel(path: $0) }
-        for (path, member) in zip(paths, loaded).dropFirst() where member.tokenizer.modelHash != loaded[0].tokenizer.modelHash {
-            throw EnsembleError.tokenizerMismatch(paths[0], path)
-        }
+        let loaded = try ModelAndTokenizer.members(paths.map { URL(fileURLWithPath: $0) }, fit: .exact)
         let ensemble = try Flags.translatingSettings {
-            try ModelEnsemble(members: loaded.map(\.model), weights: try weights.map { try ModelEnsemble.parseWeights($0) })
+            try ModelEnsemble(members: loaded.models, weights: try weights.map { try ModelEnsemble.parseWeights($0) })
         }
-        return (ensemble, loaded[0])
+        return (ensemble, LoadedModel(model: loaded.models[0], tokenizer: loaded.tokenizer))
     }
 }

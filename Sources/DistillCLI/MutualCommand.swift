@@ -41,9 +41,9 @@ struct MutualCommand: ParsableCommand {
         let peers = [first] + peerOutput.indices.map { index -> TrainingRequest in
             var peer = first
             peer.output = peerOutput[index]
-            let preset = value(peerPreset, index), config = value(peerConfig, index)
-            peer.preset = preset ?? (config == nil ? options.preset : nil)
-            peer.config = config ?? (preset == nil ? options.config : nil)
+            // A peer's own --peer-preset or --peer-config, else the first model's shape.
+            if let preset = value(peerPreset, index) { peer.shape = .preset(preset) }
+            if let config = value(peerConfig, index) { peer.shape = .config(config) }
             return peer
         }
         // Several models' progress would overwrite each other on one live line.

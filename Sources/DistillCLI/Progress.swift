@@ -20,31 +20,31 @@ final class ProgressPrinter {
         switch event {
         case .started:
             break
-        case let .step(step, total, terms, rate, norm, speed, left):
-            let order = ["loss", "ce", "kd", "feature", "rkd_distance", "rkd_angle"]
-            let shown = order.compactMap { name in terms[name].map { "\(name) \(format($0, 4))" } }
+        case let .step(report):
+            let shown = report.terms.present.filter { $0.term != .alignedBytes && $0.term != .perplexity }
+                .map { "\($0.term.rawValue) \(format($0.value, 4))" }
+            let statistics = report.statistics
             // Under mpirun: the sequences per step over all ranks, and the time share of summing gradients.
-            let globalBatch: String = terms["global_batch"].map { "  global batch \(Int($0))" } ?? ""
-            var allreduce: String = terms["allreduce_share"].map { "  allreduce \(format(100 * $0, 1))%" } ?? ""
-            if let wait = terms["allreduce_wait_share"] { allreduce += " + wait \(format(100 * wait, 1))%" }
+            let globalBatch: String = statistics.globalBatch.map { "  global batch \($0)" } ?? ""
+            var allreduce: String = statistics.allreduceShare.map { "  allreduce \(format(100 * $0, 1))%" } ?? ""
+            if let wait = statistics.allreduceWaitShare { allreduce += " + wait \(format(100 * wait, 1))%" }
             // On-policy runs: the speed of the generation inside the steps and its share of their time.
             var generation = ""
-            if let speed = terms["generation_tokens_per_second"], let share = terms["generation_share"] {
+            if let speed = statistics.generationTokensPerSecond, let share = statistics.generationShare {
                 generation = "  gen \(Int(speed)) tok/s (\(format(100 * share, 1))% of step)"
             }
-            let line = "step \(step)/\(total)  " + shown.joined(separator: "  ")
-                + "  lr \(String(format: "%.2e", rate))  |g| \(format(Double(norm), 3))" + globalBatch
-                + "  \(Int(speed)) tok/s" + generation + allreduce + "  \(duration(left)) left"
-            emit(line, transient: step < total)
+            let line = "step \(report.step)/\(report.total)  " + shown.joined(separator: "  ")
+                + "  lr \(String(format: "%.2e", report.learningRate))  |g| \(format(Double(report.gradientNorm), 3))" + globalBatch
+                + "  \(Int(report.tokensPerSecond)) tok/s" + generation + allreduce + "  \(duration(report.secondsLeft)) left"
+            emit(line, transient: report.step < report.total)
         case let .validation(step, terms):
             // A sample of the validation split (the run's fixed batches); `eval` scores all of it.
-            var parts = ["validation sample @\(step):"]
-            if let ce = terms["ce"] { parts.append("ce \(format(ce, 4))") }
-            if let perplexity = terms["perplexity"] { parts.append("perplexity \(format(perplexity, 2))") }
-            for (name, value) in terms.sorted(by: { $0.key < $1.key }) where name != "ce" && name != "perplexity" {
-                parts.append("\(name) \(format(value, 4))")
-            }
-            emit(parts.joined(separator: " "), transient: false)
+            // Cross-entropy and perplexity first, then the other terms in their order.
+            let first: [LossTerm] = [.ce, .perplexity]
+            let ordered = first.compactMap { term in terms[term].map { (term: term, value: $0) } }
+                + terms.present.filter { !first.contains($0.term) }
+            let parts = ordered.map { "\($0.term.rawValue) \(format($0.value, $0.term == .perplexity ? 2 : 4))" }
+            emit((["validation sample @\(step):"] + parts).joined(separator: " "), transient: false)
         case let .checkpoint(step, directory):
             emit("saved step \(step) to \(directory.path)", transient: false)
         case let .interrupted(step):

@@ -60,7 +60,7 @@ struct StudentCommand: ParsableCommand {
         defer { printer.finish() }
         let request = options.request(defaultPreset: "tiny-student")
         var student = StudentRequest(teachers: teacher, settings: try settings())
-        student.layerMap = layerMap
+        student.layerMap = try layerMap.map { text in try Flags.translatingSettings { try LayerMap.pairs(parsing: text) } }
         student.initFromTeacher = initFromTeacher
         student.teacherWeights = try Flags.translatingSettings { try teacherWeights.map { try ModelEnsemble.parseWeights($0) } }
         student.teacherCache = teacherCache
@@ -97,7 +97,7 @@ struct LogitOptions: ParsableArguments {
     @Option(help: "Weight of the cross-entropy with the true next tokens (default: 0 for student, 1 for mutual).") var ceWeight: Float?
     @Option(help: "Weight of the logit distillation term (default 1).") var kdWeight: Float?
     @Option(help: "Softmax temperature of both models for KD (default: 1 for student, 2 for mutual; with a teacher cache, the cache's).") var temperature: Float?
-    @Option(help: "Divergence between the teacher's and the student's distributions.") var divergence: DivergenceName = .forwardKL
+    @Option(help: "Divergence between the teacher's and the student's distributions.") var divergence: Divergence = .forwardKL
     @Option(help: "β of the generalised JSD (0: forward KL, 1: reverse KL).") var beta: Float = Divergence.defaultBeta
     @Option(help: "α of skew KL and skew reverse KL.") var skewAlpha: Float = Divergence.defaultAlpha
     @Flag(help: "Do not multiply the KD term by τ².") var noTauSquared = false
@@ -118,7 +118,7 @@ struct LogitOptions: ParsableArguments {
         var settings = DistillationSettings()
         settings.weights = DistillationWeights(ce: ceWeight ?? defaults.weights.ce, kd: kdWeight ?? defaults.weights.kd)
         let temperatureSchedule = try temperatureSchedule.map { text in try Flags.translatingSettings { try TemperatureSchedule(parsing: text) } }
-        settings.logits = LogitDistillation(divergence: try Flags.translatingSettings { try Divergence(divergence, beta: beta, alpha: skewAlpha) },
+        settings.logits = LogitDistillation(divergence: try Flags.translatingSettings { try Divergence(name: divergence.name, beta: beta, alpha: skewAlpha) },
                                             temperature: temperature ?? temperatureSchedule?.end ?? defaults.logits.temperature, tauSquared: !noTauSquared,
                                             teacherTopK: teacherTopK)
         settings.schedule = DistillationSchedule(kd: kdSchedule, temperature: temperatureSchedule)

@@ -37,8 +37,7 @@ struct TrainingOptions: ParsableArguments {
     func request(defaultPreset: String) -> TrainingRequest {
         var request = TrainingRequest(data: data, output: output)
         request.tokenizer = tokenizer
-        request.preset = preset
-        request.config = config
+        request.shape = preset.map(ModelShape.preset) ?? config.map(ModelShape.config)
         request.defaultPreset = defaultPreset
         request.context = context
         request.resume = resume

@@ -193,15 +193,15 @@ final class CrossTokenizerTests: XCTestCase {
         }
         expected = tau * tau * expected / Double(length - 1)
         let terms = try alm.evaluate(model: student, batch: batch)
-        XCTAssertEqual(try XCTUnwrap(terms["kd"]), expected, accuracy: 1e-5 * max(1, abs(expected)))
-        XCTAssertEqual(try XCTUnwrap(terms["aligned_bytes"]), Double(alignment.chunks.map(\.bytes.count).reduce(0, +))
+        XCTAssertEqual(try XCTUnwrap(terms[.kd]), expected, accuracy: 1e-5 * max(1, abs(expected)))
+        XCTAssertEqual(try XCTUnwrap(terms[.alignedBytes]), Double(alignment.chunks.map(\.bytes.count).reduce(0, +))
                        / Double(alignment.student.bytes.count), accuracy: 1e-12)
-        XCTAssertEqual(try alm.evaluate(model: twin, batch: batch)["kd"] ?? -1, 0, accuracy: 1e-6)
+        XCTAssertEqual(try alm.evaluate(model: twin, batch: batch)[.kd] ?? -1, 0, accuracy: 1e-6)
 
         let uld = try CrossTokenizerObjective(teacher: teacher, teacherTokenizer: tokenizer, studentTokenizer: tokenizer,
                                               studentConfig: config, loss: .uld, settings: settings)
-        XCTAssertEqual(try uld.evaluate(model: twin, batch: batch)["kd"], 0)
-        XCTAssertGreaterThan(try uld.evaluate(model: student, batch: batch)["kd"] ?? 0, 0)
+        XCTAssertEqual(try uld.evaluate(model: twin, batch: batch)[.kd], 0)
+        XCTAssertGreaterThan(try uld.evaluate(model: student, batch: batch)[.kd] ?? 0, 0)
     }
 
     /// With the text around a window, the teacher's tokens are those of the running text: with the same
@@ -320,13 +320,13 @@ final class CrossTokenizerTests: XCTestCase {
                                                         loss: loss, settings: settings)
             student.zeroGradients()
             let terms = try objective.trainStep(model: student, batch: batch, gradientScale: 1)
-            XCTAssertEqual(Set(terms.keys), ["loss", "ce", "kd", "aligned_bytes"])
-            XCTAssertGreaterThan(terms["kd"] ?? 0, 0)
+            XCTAssertEqual(terms.present.map(\.term), [.loss, .ce, .kd, .alignedBytes])
+            XCTAssertGreaterThan(terms[.kd] ?? 0, 0)
             func total() throws -> Double {
                 let values = try objective.evaluate(model: student, batch: batch)
-                return 0.6 * values["ce"]! + 1.4 * values["kd"]!
+                return 0.6 * values[.ce]! + 1.4 * values[.kd]!
             }
-            XCTAssertEqual(try total(), terms["loss"]!, accuracy: 1e-6)
+            XCTAssertEqual(try total(), terms[.loss]!, accuracy: 1e-6)
             let gradients = Array(student.gradients!)
             var numeric: [Double] = [], exact: [Double] = []
             var skipped = 0
@@ -364,7 +364,7 @@ final class CrossTokenizerTests: XCTestCase {
             }
             let relative = relativeGradientError(numeric, exact)
             print("cross-tokenizer \(loss.rawValue): relative gradient error \(relative) over \(numeric.count) entries "
-                  + "(\(skipped) across a kink), aligned bytes \(terms["aligned_bytes"]!)")
+                  + "(\(skipped) across a kink), aligned bytes \(terms[.alignedBytes]!)")
             XCTAssertLessThan(relative, 2e-3, loss.rawValue)
             // The check must still compare most entries: the share across a kink depends on the rounding of the
             // kernel path (13 of 75 with the AVX-512 bodies, 18 with the plain ones), so the bound is a half.

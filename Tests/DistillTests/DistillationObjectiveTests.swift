@@ -29,12 +29,12 @@ final class DistillationObjectiveTests: XCTestCase {
         student.zeroGradients()
         for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
         let terms = try objective.trainStep(model: student, batch: batch, gradientScale: 1)
-        XCTAssertEqual(Set(terms.keys), ["loss", "ce", "kd", "feature", "rkd_distance", "rkd_angle"])
-        func loss() throws -> Double { try objective.evaluate(model: student, batch: batch).reduce(0) { total, term in
-            let weight: [String: Double] = ["ce": 0.7, "kd": 1.3, "feature": 0.9, "rkd_distance": 1.1, "rkd_angle": 2]
-            return total + (weight[term.key] ?? 0) * term.value
+        XCTAssertEqual(terms.present.map(\.term), [.loss, .ce, .kd, .feature, .rkdDistance, .rkdAngle])
+        func loss() throws -> Double { try objective.evaluate(model: student, batch: batch).present.reduce(0) { total, entry in
+            let weight: [LossTerm: Double] = [.ce: 0.7, .kd: 1.3, .feature: 0.9, .rkdDistance: 1.1, .rkdAngle: 2]
+            return total + (weight[entry.term] ?? 0) * entry.value
         } }
-        XCTAssertEqual(try loss(), terms["loss"]!, accuracy: 1e-5)
+        XCTAssertEqual(try loss(), terms[.loss]!, accuracy: 1e-5)
 
         // Sample entries of every student tensor and of the projections.
         var checks: [(String, UnsafeMutablePointer<Float>, Float)] = []
@@ -80,7 +80,7 @@ final class DistillationObjectiveTests: XCTestCase {
         let batch = Batch(batchSize: 2, contextLength: 4, inputs: [1, 2, 3, 4, 5, 6, 7, 8], targets: [2, 3, 4, 5, 6, 7, 8, 9])
         func kd(_ teachers: [LlamaModel]) throws -> Double {
             try DistillationObjective(teachers: teachers, studentConfig: Self.studentConfig, settings: settings, seed: 1)
-                .evaluate(model: student, batch: batch)["kd"]!
+                .evaluate(model: student, batch: batch)[.kd]!
         }
         XCTAssertEqual(try kd([first, first]), try kd([first]), accuracy: 1e-6)
 

@@ -19,7 +19,7 @@ final class GenerationsAndCachedRunTests: XCTestCase {
 
     static func request(data: String, output: URL, steps: Int, context: Int = 16) -> TrainingRequest {
         var request = TrainingRequest(data: data, output: output.path)
-        request.preset = "tiny-student"
+        request.shape = .preset("tiny-student")
         request.context = context
         request.parameters = parameters(steps: steps)
         return request

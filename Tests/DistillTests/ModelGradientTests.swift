@@ -220,7 +220,7 @@ final class ModelGradientTests: XCTestCase {
         let chunked = try Self.model(config)
         chunked.zeroGradients()
         let terms = try CrossEntropyObjective().trainStep(model: chunked, batch: data, gradientScale: 0.5)
-        XCTAssertEqual(terms["loss"]!, Double(wholeLoss), accuracy: 1e-6 * Double(wholeLoss))
+        XCTAssertEqual(terms[.loss]!, Double(wholeLoss), accuracy: 1e-6 * Double(wholeLoss))
         var largest: Float = 0, size: Float = 0
         for i in 0..<whole.parameterCount {
             largest = max(largest, abs(whole.gradients![i] - chunked.gradients![i]))

@@ -69,20 +69,20 @@ final class MutualAndEnsembleTests: XCTestCase {
         let terms = try objectives[0].evaluate(model: peers[0], batch: batch)
         let pairwise = try [1, 2].map {
             try DistillationObjective(teacher: peers[$0], studentConfig: peers[0].config, settings: settings, seed: 0)
-                .evaluate(model: peers[0], batch: batch)["kd"]!
+                .evaluate(model: peers[0], batch: batch)[.kd]!
         }
-        XCTAssertEqual(terms["kd"]!, (pairwise[0] + pairwise[1]) / 2, accuracy: 1e-6)
+        XCTAssertEqual(terms[.kd]!, (pairwise[0] + pairwise[1]) / 2, accuracy: 1e-6)
 
         peers[0].zeroGradients()
         let step = try objectives[0].trainStep(model: peers[0], batch: batch, gradientScale: 1)
-        XCTAssertEqual(step["loss"]!, 0.5 * terms["ce"]! + 1.2 * terms["kd"]!, accuracy: 1e-5)
+        XCTAssertEqual(step[.loss]!, 0.5 * terms[.ce]! + 1.2 * terms[.kd]!, accuracy: 1e-5)
         let gradients = Array(peers[0].gradients!)
         var numeric: [Double] = [], exact: [Double] = []
         for index in stride(from: 0, to: peers[0].parameterCount, by: 7) {
             let pointer = peers[0].parameters.baseAddress! + index, saved = pointer.pointee
             func loss() throws -> Double {
                 let t = try objectives[0].evaluate(model: peers[0], batch: batch)
-                return 0.5 * t["ce"]! + 1.2 * t["kd"]!
+                return 0.5 * t[.ce]! + 1.2 * t[.kd]!
             }
             pointer.pointee = saved + 2e-3
             let up = try loss()
@@ -149,9 +149,9 @@ final class MutualAndEnsembleTests: XCTestCase {
         let equal = try DistillationObjective(teachers: teachers, studentConfig: student.config, settings: settings, seed: 0)
         let halves = try DistillationObjective(teachers: teachers, studentConfig: student.config, settings: settings, seed: 0,
                                                teacherWeights: [1, 1])
-        XCTAssertEqual(try weighted.evaluate(model: student, batch: batch)["kd"]!, try alone.evaluate(model: student, batch: batch)["kd"]!,
+        XCTAssertEqual(try weighted.evaluate(model: student, batch: batch)[.kd]!, try alone.evaluate(model: student, batch: batch)[.kd]!,
                        accuracy: 1e-5)
-        XCTAssertEqual(try halves.evaluate(model: student, batch: batch)["kd"]!, try equal.evaluate(model: student, batch: batch)["kd"]!,
+        XCTAssertEqual(try halves.evaluate(model: student, batch: batch)[.kd]!, try equal.evaluate(model: student, batch: batch)[.kd]!,
                        accuracy: 1e-5)
     }
 }

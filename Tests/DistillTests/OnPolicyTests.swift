@@ -87,8 +87,8 @@ final class OnPolicyTests: XCTestCase {
             let expectedCE = try crossEntropyForwardBackward(dLogits: nil, logits: studentLogits, targets: mixed.targets, rows: rows,
                                                              vocab: vocab, gradientScale: 0)
             let terms = try distillation.terms(student: student, batch: mixed, distillationMask: mask, gradientScale: 0, backward: false)
-            XCTAssertEqual(terms["kd"]!, Double(expectedKD), accuracy: 1e-5)
-            XCTAssertEqual(terms["ce"]!, Double(expectedCE), accuracy: 1e-5)
+            XCTAssertEqual(terms[.kd]!, Double(expectedKD), accuracy: 1e-5)
+            XCTAssertEqual(terms[.ce]!, Double(expectedCE), accuracy: 1e-5)
             let labelled = mixed.targets.filter { $0 >= 0 }.count
             XCTAssertEqual(labelled, 8 + (lossOnPrompt ? 2 * (prompt - 1) : 0), "CE counts the data row and, when asked, the prompts")
 
@@ -99,9 +99,9 @@ final class OnPolicyTests: XCTestCase {
     /// The gradient `terms` accumulates against central differences of its reported total loss.
     func checkGradient(_ objective: DistillationObjective, student: LlamaModel, batch: Batch, mask: [UInt8], label: String) throws {
         student.zeroGradients()
-        let total = try objective.terms(student: student, batch: batch, distillationMask: mask, gradientScale: 1, backward: true)["loss"]!
+        let total = try objective.terms(student: student, batch: batch, distillationMask: mask, gradientScale: 1, backward: true)[.loss]!
         func loss() throws -> Double {
-            try objective.terms(student: student, batch: batch, distillationMask: mask, gradientScale: 0, backward: false)["loss"]!
+            try objective.terms(student: student, batch: batch, distillationMask: mask, gradientScale: 0, backward: false)[.loss]!
         }
         XCTAssertEqual(try loss(), total, accuracy: 1e-6)
         let gradients = Array(student.gradients!)
@@ -155,12 +155,12 @@ final class OnPolicyTests: XCTestCase {
                                               context: 8, seed: 3)
         let (mixed, maybeMask) = try objective.onPolicyBatch(student: student, batch: Self.windows(batchSize: 2, context: 8, vocab: 11, seed: 53))
         let mask = try XCTUnwrap(maybeMask)
-        let kd = try distillation.terms(student: student, batch: mixed, distillationMask: mask, gradientScale: 0, backward: false)["kd"]!
+        let kd = try distillation.terms(student: student, batch: mixed, distillationMask: mask, gradientScale: 0, backward: false)[.kd]!
         var changed = mixed
         for row in 0..<2 { changed.inputs[row * 8 + 6] = (changed.inputs[row * 8 + 6] + 1) % 11; changed.inputs[row * 8 + 7] = 0 }
-        XCTAssertEqual(try distillation.terms(student: student, batch: changed, distillationMask: mask, gradientScale: 0, backward: false)["kd"]!, kd)
+        XCTAssertEqual(try distillation.terms(student: student, batch: changed, distillationMask: mask, gradientScale: 0, backward: false)[.kd]!, kd)
         // All of it on: a different mean.
-        let whole = try distillation.terms(student: student, batch: mixed, distillationMask: nil, gradientScale: 0, backward: false)["kd"]!
+        let whole = try distillation.terms(student: student, batch: mixed, distillationMask: nil, gradientScale: 0, backward: false)[.kd]!
         XCTAssertNotEqual(whole, kd)
     }
 

@@ -145,6 +145,16 @@ final class RecipeTests: XCTestCase {
         }
     }
 
+    /// Every loss term is documented in docs/formats.md's `metrics.jsonl` table: a term left out fails here.
+    func testEveryLossTermIsDocumented() throws {
+        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("docs/formats.md")
+        let documentation = try String(contentsOf: docs, encoding: .utf8)
+        for term in LossTerm.allCases {
+            XCTAssertTrue(documentation.contains("| `\(term.rawValue)` |"), "docs/formats.md does not describe the \(term.rawValue) term")
+        }
+    }
+
     /// On-policy and sequence-level students: their `generation` fields, with mistakes named by field.
     func testGeneratedStudentsReadTheirGenerationFields() throws {
         let recipe = try Recipe.decode(recipeText(students: #"[{"name": "g", "kind": "on-policy", "generation": {"share": 0.25, "new_tokens": 8, "top_k": 5}}]"#),

@@ -74,7 +74,7 @@ final class ScheduleTests: XCTestCase {
         let straight = try trainer(scheduled, seed: 3)
         try straight.run(trainingTokens: data.trainTokens, validation: [], output: try TestCorpus.scratch("schedule-straight"),
                          tokenizerModel: corpus.tokenizer, report: { event in
-            if case let .step(_, _, terms, _, _, _, _) = event { kdTerms.append(terms["kd"] ?? -1) }
+            if case let .step(report) = event { kdTerms.append(report.terms[.kd] ?? -1) }
         })
         XCTAssertEqual(kdTerms.first, -1, "ce-to-kd starts from pure CE: no KD term at step 0")
         XCTAssertGreaterThan(kdTerms.last ?? 0, 0)

@@ -141,9 +141,9 @@ final class TeacherCacheTests: XCTestCase {
         cachedStudent.zeroGradients()
         let liveTerms = try live.trainStep(model: liveStudent, batch: batch, gradientScale: 1)
         let cachedTerms = try cached.trainStep(model: cachedStudent, batch: batch, gradientScale: 1)
-        print("top-V cache: kd \(cachedTerms["kd"]!) live \(liveTerms["kd"]!)")
-        XCTAssertEqual(cachedTerms["ce"]!, liveTerms["ce"]!, accuracy: 1e-6)
-        XCTAssertEqual(cachedTerms["kd"]!, liveTerms["kd"]!, accuracy: 1e-3 * liveTerms["kd"]!)
+        print("top-V cache: kd \(cachedTerms[.kd]!) live \(liveTerms[.kd]!)")
+        XCTAssertEqual(cachedTerms[.ce]!, liveTerms[.ce]!, accuracy: 1e-6)
+        XCTAssertEqual(cachedTerms[.kd]!, liveTerms[.kd]!, accuracy: 1e-3 * liveTerms[.kd]!)
         let a = Array(liveStudent.gradients!), b = Array(cachedStudent.gradients!)
         let difference = zip(a, b).map { Double($0 - $1) * Double($0 - $1) }.reduce(0, +).squareRoot()
         let size = a.map { Double($0) * Double($0) }.reduce(0, +).squareRoot()
@@ -151,8 +151,8 @@ final class TeacherCacheTests: XCTestCase {
         // Validation reports the same terms as with a live teacher.
         let liveValidation = try live.evaluate(model: liveStudent, batch: batch)
         let cachedValidation = try cached.evaluate(model: cachedStudent, batch: batch)
-        XCTAssertEqual(Set(liveValidation.keys), Set(cachedValidation.keys))
-        XCTAssertEqual(cachedValidation["kd"]!, liveValidation["kd"]!, accuracy: 1e-3 * liveValidation["kd"]!)
+        XCTAssertEqual(liveValidation.present.map(\.term), cachedValidation.present.map(\.term))
+        XCTAssertEqual(cachedValidation[.kd]!, liveValidation[.kd]!, accuracy: 1e-3 * liveValidation[.kd]!)
     }
 
     /// The KD gradient of a cached target (samples, and top-K with a remaining mass; KL and soft CE)
@@ -211,9 +211,9 @@ final class TeacherCacheTests: XCTestCase {
         let terms = try objective.trainStep(model: student, batch: batch, gradientScale: 1)
         func loss() throws -> Double {
             let t = try objective.evaluate(model: student, batch: batch)
-            return 0.6 * t["ce"]! + 1.4 * t["kd"]!
+            return 0.6 * t[.ce]! + 1.4 * t[.kd]!
         }
-        XCTAssertEqual(try loss(), terms["loss"]!, accuracy: 1e-5)
+        XCTAssertEqual(try loss(), terms[.loss]!, accuracy: 1e-5)
         let gradients = Array(student.gradients!)
         var numeric: [Double] = [], exact: [Double] = []
         for index in stride(from: 0, to: student.parameterCount, by: max(1, student.parameterCount / 40)) {

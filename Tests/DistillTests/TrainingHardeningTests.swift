@@ -227,15 +227,15 @@ final class NonFiniteTrainingTests: XCTestCase {
         }
         var extraTensors: [TrainableTensor] { [] }
         var identity: [String: String] { inner.identity }
-        func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+        func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> LossTerms {
             calls += 1
             var terms = try inner.trainStep(model: model, batch: batch, gradientScale: gradientScale)
             if calls >= poisonFrom {
-                if poisonGradients { model.gradients?[0] = .nan } else { terms["loss"] = .nan }
+                if poisonGradients { model.gradients?[0] = .nan } else { terms[.loss] = .nan }
             }
             return terms
         }
-        func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] { try inner.evaluate(model: model, batch: batch) }
+        func evaluate(model: LlamaModel, batch: Batch) throws -> LossTerms { try inner.evaluate(model: model, batch: batch) }
     }
 
     func testNonFiniteStopsAndKeepsTheLastCheckpoint() throws {

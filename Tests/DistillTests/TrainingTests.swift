@@ -106,9 +106,9 @@ final class TrainingTests: XCTestCase {
         let trainer = try Self.trainer(seed: 1, p, tokenizerHash: data.tokenizerHash)
         var validationSampler = try BatchSampler(tokens: data.validationTokens, batchSize: 8, contextLength: 32, seed: 9)
         let validation = (0..<4).map { _ in validationSampler.next() }
-        let before = try trainer.evaluate(validation)["ce"]!
+        let before = try trainer.evaluate(validation)[.ce]!
         try Self.run(trainer, data: data, output: try TestCorpus.scratch("learn"), tokenizer: corpus.tokenizer)
-        let after = try trainer.evaluate(validation)["ce"]!
+        let after = try trainer.evaluate(validation)[.ce]!
         print("unigram entropy \(entropy) nats; validation loss \(before) -> \(after)")
         XCTAssertLessThan(after, entropy - 1.0)
     }
@@ -186,7 +186,7 @@ extension TrainingTests {
         var kd: [Double] = []
         try Trainer.runTogether(straight, trainingTokens: data.trainTokens, validation: [], outputs: straightOutputs,
                                 tokenizerModel: corpus.tokenizer) { _, event in
-            if case let .step(_, _, terms, _, _, _, _) = event { kd.append(terms["kd"] ?? -1) }
+            if case let .step(report) = event { kd.append(report.terms[.kd] ?? -1) }
         }
         XCTAssertEqual(straight.map(\.step), [6, 6])
         XCTAssertTrue(kd.allSatisfy { $0 > 0 }, "each model learns from the other: \(kd)")

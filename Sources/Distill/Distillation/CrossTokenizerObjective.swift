@@ -196,7 +196,7 @@ public final class CrossTokenizerObjective: TermwiseObjective {
         }
     }
 
-    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> LossTerms {
         let weights = current.weights, tau = current.logits.temperature
         let b = batch.batchSize, t = batch.contextLength, rows = b * t
         let studentVocab = student.config.vocabSize, teacherVocab = teacher.config.vocabSize
@@ -295,7 +295,7 @@ public final class CrossTokenizerObjective: TermwiseObjective {
         // The student: CE on its own labels; ULD row by row beside it; ALM needs each chunk's whole
         // log-likelihood before any of its rows' gradients, so a first pass without gradients takes them.
         student.forwardHidden(tokens: batch.inputs, batch: b, length: t, keepForBackward: backward)
-        var result: [String: Double] = [:]
+        var result = LossTerms()
         var crossTerm = 0.0
         var studentLogProbs = [Double]()
         var rowCoefficients = [Double]()  // [B·T] ALM: d(term)/d(row's log-probability of its target)
@@ -372,15 +372,15 @@ public final class CrossTokenizerObjective: TermwiseObjective {
             }
             if loss == .uld { crossTerm = uldSum }
         }
-        result["ce"] = crossEntropy
+        result[.ce] = crossEntropy
         var total = Double(weights.ce) * crossEntropy
         if weights.kd > 0 {
             let term = Double(factor) * crossTerm / Double(termCount)
-            result["kd"] = term
-            result["aligned_bytes"] = Double(alignedBytes) / Double(max(windowBytes, 1))
+            result[.kd] = term
+            result[.alignedBytes] = Double(alignedBytes) / Double(max(windowBytes, 1))
             total += Double(weights.kd) * term
         }
-        result["loss"] = total
+        result[.loss] = total
         if backward { student.backward(dLogits: nil, dFinalHidden: dFinalPointer.map { UnsafePointer($0) }) }
         return result
     }

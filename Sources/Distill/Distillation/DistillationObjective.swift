@@ -155,7 +155,7 @@ public final class DistillationObjective: TermwiseObjective {
     }
 
     /// Every active term on one batch; with `backward`, gradients go into the student and projections.
-    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> LossTerms {
         try terms(student: student, batch: batch, distillationMask: nil, gradientScale: scale, backward: backward)
     }
 
@@ -163,7 +163,7 @@ public final class DistillationObjective: TermwiseObjective {
     /// [B·T] is not 0 (nil: all), its mean over those positions: on-policy rows are distilled at their
     /// generated tokens alone. The feature and relational terms take no mask (on-policy runs refuse them).
     public func terms(student: LlamaModel, batch: Batch, distillationMask: [UInt8]?, gradientScale scale: Float,
-                      backward: Bool) throws -> [String: Double] {
+                      backward: Bool) throws -> LossTerms {
         let weights = current.weights, rows = batch.batchSize * batch.contextLength
         let vocab = student.config.vocabSize, cs = student.config.hiddenSize, ct = teacher.config.hiddenSize
         let pairs = weights.feature > 0 ? settings.layerMap?.pairs ?? [] : []
@@ -196,7 +196,7 @@ public final class DistillationObjective: TermwiseObjective {
         }
         let studentOut = student.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
                                                captureLayers: Set(pairs.map(\.student)), keepForBackward: backward)
-        var result: [String: Double] = [:]
+        var result = LossTerms()
         var total = 0.0
 
         // Logits: CE and the divergence in one pass per row, the student's head a chunk of rows at a time
@@ -224,10 +224,10 @@ public final class DistillationObjective: TermwiseObjective {
                 }
             }
         }
-        result["ce"] = Double(crossEntropy)
+        result[.ce] = Double(crossEntropy)
         total += Double(weights.ce) * Double(crossEntropy)
         if weights.kd > 0 {
-            result["kd"] = Double(distillation)
+            result[.kd] = Double(distillation)
             total += Double(weights.kd) * Double(distillation)
         }
 
@@ -259,7 +259,7 @@ public final class DistillationObjective: TermwiseObjective {
                 }
                 feature += Double(value) / Double(pairs.count)
             }
-            result["feature"] = feature
+            result[.feature] = feature
             total += Double(weights.feature) * feature
         }
 
@@ -270,18 +270,18 @@ public final class DistillationObjective: TermwiseObjective {
             meanPoolForward(out: &studentEmbedding, hidden: studentOut.finalHidden, batch: b, tokens: t, width: cs)
             meanPoolForward(out: &teacherEmbedding, hidden: teacherOut.finalHidden, batch: b, tokens: t, width: ct)
             let dEmbeddingPointer = backward ? dEmbedding.zeroed(b * cs) : nil
-            let relations = [("rkd_distance", weights.rkdDistance, rkdDistanceForwardBackward),
-                             ("rkd_angle", weights.rkdAngle, rkdAngleForwardBackward)]
-            for (name, weight, relation) in relations where weight > 0 {
+            let relations = [(LossTerm.rkdDistance, weights.rkdDistance, rkdDistanceForwardBackward),
+                             (LossTerm.rkdAngle, weights.rkdAngle, rkdAngleForwardBackward)]
+            for (term, weight, relation) in relations where weight > 0 {
                 let value = try relation(dEmbeddingPointer, studentEmbedding, teacherEmbedding, b, cs, ct, scale * weight)
-                result[name] = Double(value)
+                result[term] = Double(value)
                 total += Double(weight) * Double(value)
             }
             if let dEmbeddingPointer, let dFinalPointer {
                 meanPoolBackward(dHidden: dFinalPointer, dOut: dEmbeddingPointer, batch: b, tokens: t, width: cs)
             }
         }
-        result["loss"] = total
+        result[.loss] = total
 
         if backward {
             student.backward(dLogits: nil, dHidden: hiddenGradients, dFinalHidden: dFinalPointer.map { UnsafePointer($0) })

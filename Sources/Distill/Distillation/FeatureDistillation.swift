@@ -48,7 +48,7 @@ public struct LayerMap: Sendable, Equatable, CustomStringConvertible {
     /// Checks every pair against the depths; throws `layerOutOfDepth` or, for no pair or a repeated
     /// pair, `invalidLayerMap`.
     public init(pairs: [LayerPair], studentLayers: Int, teacherLayers: Int) throws {
-        let text = pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
+        let text = LayerMap.text(pairs)
         guard !pairs.isEmpty else { throw DistillationError.invalidLayerMap(text: text, reason: "it has no pair") }
         var seen = Set<LayerPair>()
         for pair in pairs {
@@ -68,6 +68,12 @@ public struct LayerMap: Sendable, Equatable, CustomStringConvertible {
 
     /// Parses "S:T,S:T" (0-based student and teacher block numbers; spaces allowed around numbers).
     public init(parsing text: String, studentLayers: Int, teacherLayers: Int) throws {
+        try self.init(pairs: try LayerMap.pairs(parsing: text), studentLayers: studentLayers, teacherLayers: teacherLayers)
+    }
+
+    /// The pairs of "S:T,S:T", not yet checked against any depth (the command line and recipes parse
+    /// them; `ShapeRules.layerMap` checks them once the depths are known).
+    public static func pairs(parsing text: String) throws -> [LayerPair] {
         var pairs: [LayerPair] = []
         for item in text.split(separator: ",", omittingEmptySubsequences: false) {
             let sides = item.split(separator: ":", omittingEmptySubsequences: false)
@@ -78,7 +84,12 @@ public struct LayerMap: Sendable, Equatable, CustomStringConvertible {
             }
             pairs.append(LayerPair(student: student, teacher: teacher))
         }
-        try self.init(pairs: pairs, studentLayers: studentLayers, teacherLayers: teacherLayers)
+        return pairs
+    }
+
+    /// "S:T,S:T", the form `pairs(parsing:)` reads.
+    public static func text(_ pairs: [LayerPair]) -> String {
+        pairs.map { "\($0.student):\($0.teacher)" }.joined(separator: ",")
     }
 
     /// Every student block i paired with teacher block round((i+1)·L_T/L_S) − 1 (halves round up), so the

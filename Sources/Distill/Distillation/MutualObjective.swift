@@ -81,20 +81,20 @@ public final class MutualObjective: TrainingObjective {
         return result
     }
 
-    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> LossTerms {
         if let single { return try single.trainStep(model: model, batch: batch, gradientScale: gradientScale) }
         return try terms(peer: model, batch: batch, gradientScale: gradientScale, backward: true)
     }
 
-    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> LossTerms {
         if let single { return try single.evaluate(model: model, batch: batch) }
         var result = try terms(peer: model, batch: batch, gradientScale: 0, backward: false)
-        result["loss"] = nil
+        result[.loss] = nil
         return result
     }
 
     /// CE once, then each other peer's divergence with weight w_kd/(N−1), into one logit gradient.
-    private func terms(peer: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+    private func terms(peer: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> LossTerms {
         let rows = batch.batchSize * batch.contextLength, vocab = peer.config.vocabSize
         let weights = settings.weights, share = weights.kd / Float(others.count)
         // The others first: their logits stay valid, as each model keeps its own buffers.
@@ -114,10 +114,10 @@ public final class MutualObjective: TrainingObjective {
                 dStudentLogits: d, studentLogits: output.logits, teacherLogits: target, targets: nil, rows: rows, vocab: vocab,
                 distillation: settings.logits, crossEntropyWeight: 0, distillationWeight: share, gradientScale: scale).distillation)
         }
-        var result: [String: Double] = ["ce": Double(ce), "loss": Double(weights.ce) * Double(ce)]
+        var result: LossTerms = [.ce: Double(ce), .loss: Double(weights.ce) * Double(ce)]
         if weights.kd > 0 {
-            result["kd"] = kd / Double(others.count)
-            result["loss", default: 0] += Double(weights.kd) * kd / Double(others.count)
+            result[.kd] = kd / Double(others.count)
+            result[.loss, default: 0] += Double(weights.kd) * kd / Double(others.count)
         }
         if let d { peer.backward(dLogits: d) }
         return result

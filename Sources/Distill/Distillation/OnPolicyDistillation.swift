@@ -190,13 +190,13 @@ public final class OnPolicyObjective: SamplingObjective {
 
     public func prepare(step: Int, totalSteps: Int) { distillation.prepare(step: step, totalSteps: totalSteps) }
 
-    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> LossTerms {
         let (mixed, mask) = try onPolicyBatch(student: model, batch: batch)
         return try distillation.terms(student: model, batch: mixed, distillationMask: mask, gradientScale: gradientScale,
                                       backward: true)
     }
 
-    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> LossTerms {
         try distillation.evaluate(model: model, batch: batch)
     }
 

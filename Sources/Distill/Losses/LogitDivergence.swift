@@ -8,12 +8,9 @@ import Foundation
 //
 // Notation per row: s, t student/teacher logits; S = softmax(s/τ), T = softmax(t/τ); P = softmax(s).
 
-/// The divergences by name (what the command line and recipes spell).
-public enum DivergenceName: String, Sendable, CaseIterable, Codable {
-    case forwardKL = "forward-kl", reverseKL = "reverse-kl", jsd, tvd, skewKL = "skew-kl", skewReverseKL = "skew-reverse-kl"
-}
-
 /// A divergence between the teacher's distribution T and the student's S (both at temperature τ).
+/// A new divergence is a case here (with its name, its place in `all` and its row in the kernel switch
+/// of `logitLossesForwardBackward`) and its row kernel in CKernels.
 public enum Divergence: Sendable, Equatable, CustomStringConvertible {
     /// KL(T‖S) = Σ T log(T/S), the classic (Hinton) distillation loss; mass-covering.
     case forwardKL
@@ -31,48 +28,53 @@ public enum Divergence: Sendable, Equatable, CustomStringConvertible {
     /// Skew reverse KL(α) = KL(S ‖ αS + (1−α)T) (DistiLLM); α = 0 is reverse KL.
     case skewReverseKL(alpha: Float)
 
-    /// The names the command line and recipes accept, in the order of the cases.
-    public static let names = DivergenceName.allCases.map(\.rawValue)
     /// JSD's β when none is given (the symmetric JSD).
     public static let defaultBeta: Float = 0.5
     /// The skew divergences' α when none is given (DistiLLM's value).
     public static let defaultAlpha: Float = 0.1
 
-    /// Parses a name; `beta` is used by `jsd` and `alpha` by the skew divergences.
-    public init(name: String, beta: Float = Divergence.defaultBeta, alpha: Float = Divergence.defaultAlpha) throws {
-        guard let kind = DivergenceName(rawValue: name.lowercased()) else {
-            throw SettingError(.divergence, "is '\(name)'; use one of \(Divergence.names.joined(separator: ", "))")
+    /// Every divergence with its default parameter, in the order the command line and recipes list them.
+    public static let all: [Divergence] = [
+        .forwardKL, .reverseKL, .jsd(beta: defaultBeta), .tvd, .skewKL(alpha: defaultAlpha), .skewReverseKL(alpha: defaultAlpha),
+    ]
+
+    /// The names the command line and recipes accept.
+    public static let names = all.map(\.name)
+
+    /// The command-line and recipe name, without the parameter.
+    public var name: String {
+        switch self {
+        case .forwardKL: return "forward-kl"
+        case .reverseKL: return "reverse-kl"
+        case .jsd: return "jsd"
+        case .tvd: return "tvd"
+        case .skewKL: return "skew-kl"
+        case .skewReverseKL: return "skew-reverse-kl"
         }
-        try self.init(kind, beta: beta, alpha: alpha)
     }
 
-    /// The divergence `kind`, with `beta` for `jsd` and `alpha` for the skew divergences.
-    public init(_ kind: DivergenceName, beta: Float = Divergence.defaultBeta, alpha: Float = Divergence.defaultAlpha) throws {
-        switch kind {
-        case .forwardKL: self = .forwardKL
-        case .reverseKL: self = .reverseKL
+    /// Whether the divergence has a β (`jsd`) or an α (the skew divergences).
+    public var takesBeta: Bool { if case .jsd = self { return true } else { return false } }
+    public var takesAlpha: Bool {
+        switch self {
+        case .skewKL, .skewReverseKL: return true
+        default: return false
+        }
+    }
+
+    /// Parses a name (any case); `beta` is used by `jsd` and `alpha` by the skew divergences.
+    public init(name: String, beta: Float = Divergence.defaultBeta, alpha: Float = Divergence.defaultAlpha) throws {
+        guard let named = Divergence.all.first(where: { $0.name == name.lowercased() }) else {
+            throw SettingError(.divergence, "is '\(name)'; use one of \(Divergence.names.joined(separator: ", "))")
+        }
+        switch named {
         case .jsd: self = .jsd(beta: beta)
-        case .tvd: self = .tvd
         case .skewKL: self = .skewKL(alpha: alpha)
         case .skewReverseKL: self = .skewReverseKL(alpha: alpha)
+        default: self = named
         }
         try validate()
     }
-
-    /// The divergence's name, without its parameter.
-    public var kind: DivergenceName {
-        switch self {
-        case .forwardKL: return .forwardKL
-        case .reverseKL: return .reverseKL
-        case .jsd: return .jsd
-        case .tvd: return .tvd
-        case .skewKL: return .skewKL
-        case .skewReverseKL: return .skewReverseKL
-        }
-    }
-
-    /// The command-line and recipe name.
-    public var name: String { kind.rawValue }
 
     public var description: String {
         switch self {
@@ -95,21 +97,15 @@ public enum Divergence: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// The row kernel that computes this divergence, with the end points mapped to the plain KLs.
-    fileprivate var rowKind: RowDivergence {
+    /// The same divergence with its end points written as the plain KLs they equal (the form the row
+    /// kernels are chosen by).
+    var atEndPoints: Divergence {
         switch self {
-        case .forwardKL, .jsd(beta: 0), .skewKL(alpha: 0): return .forward
-        case .reverseKL, .jsd(beta: 1), .skewReverseKL(alpha: 0): return .reverse
-        case .jsd(let beta): return .jsd(beta)
-        case .tvd: return .tvd
-        case .skewKL(let alpha): return .skew(alpha)
-        case .skewReverseKL(let alpha): return .skewReverse(alpha)
+        case .jsd(beta: 0), .skewKL(alpha: 0): return .forwardKL
+        case .jsd(beta: 1), .skewReverseKL(alpha: 0): return .reverseKL
+        default: return self
         }
     }
-}
-
-private enum RowDivergence: Equatable {
-    case forward, reverse, jsd(Float), tvd, skew(Float), skewReverse(Float)
 }
 
 /// The settings of the logit distillation term.
@@ -255,10 +251,10 @@ public func logitLossesForwardBackward(
     let tau = distillation.temperature
     let invTau = 1 / tau
     let kdFactor: Float = distillation.tauSquared ? tau * tau : 1
-    let kind = distillation.divergence.rowKind
+    let kind = distillation.divergence.atEndPoints
     // A K that covers the vocabulary is the full distribution: skip the selection altogether.
     let topK = distillation.teacherTopK.flatMap { $0 < vocab ? $0 : nil }
-    let floorTeacher = topK != nil && kind == .reverse
+    let floorTeacher = topK != nil && kind == .reverseKL
     // Means over these rows, or over the whole batch these rows are a chunk of.
     var distilledRows = rows
     if let distillationMask { distilledRows = (0..<rows).reduce(0) { $0 + (distillationMask[$1] != 0 ? 1 : 0) } }
@@ -318,7 +314,7 @@ public func logitLossesForwardBackward(
                 let studentLSE = Double(studentShift) + log(Double(studentSum))
                 let teacherLSE = Double(teacherShift) + log(Double(teacherSum))
 
-                if kind == .forward {
+                if kind == .forwardKL {
                     // KL(T‖S) = Σ T·(t − s)/τ + lse_S − lse_T, since Σ T = 1; the gradient is S − T,
                     // written together with CE's P − onehot in the same sweep.
                     let writes = kdGradient || plain != nil
@@ -341,13 +337,13 @@ public func logitLossesForwardBackward(
                     let logS = UnsafePointer(studentLog), logT = UnsafePointer(teacherLog)
                     var sumSG = 0.0
                     switch kind {
-                    case .reverse: kdSum += ck_reverse_kl_row(score, &sumSG, S, logS, logT, vocab)
+                    case .reverseKL: kdSum += ck_reverse_kl_row(score, &sumSG, S, logS, logT, vocab)
                     case .jsd(let beta): kdSum += ck_jsd_row(score, &sumSG, S, logS, T, logT, beta, vocab)
                     case .tvd: kdSum += ck_tvd_row(score, &sumSG, S, T, vocab)
-                    case .skew(let alpha): kdSum += ck_skew_kl_row(score, &sumSG, S, logS, T, logT, alpha, vocab)
-                    case .skewReverse(let alpha):
+                    case .skewKL(let alpha): kdSum += ck_skew_kl_row(score, &sumSG, S, logS, T, logT, alpha, vocab)
+                    case .skewReverseKL(let alpha):
                         kdSum += ck_skew_reverse_kl_row(score, &sumSG, S, logS, logT, alpha, vocab)
-                    case .forward: break
+                    case .forwardKL: break
                     }
                     if kdGradient, let dRow {
                         ck_softmax_backward(dRow, S, score, Float(sumSG), kdGradScale, vocab)

@@ -117,8 +117,7 @@ public final class Pipeline {
         case let .train(shape, training, context):
             if stopRequested() { return try finish(models) }
             var request = TrainingRequest(data: dataPath, output: modelPath("teacher"))
-            request.preset = shape.presetName
-            request.config = shape.configPath
+            request.shape = shape
             request.parameters = training
             request.context = context
             let settings = try Plan.withConfigHash(Normal.teacher(recipe.teacher), shape)
@@ -329,8 +328,7 @@ public final class Pipeline {
         let context = plan.studentContexts[index]
         func request(_ name: String) -> TrainingRequest {
             var request = TrainingRequest(data: dataPath, output: modelPath(name))
-            request.preset = student.shape.presetName
-            request.config = student.shape.configPath
+            request.shape = student.shape
             request.parameters = student.training
             request.context = context
             return request
@@ -592,9 +590,4 @@ public final class Pipeline {
         ])
         try RunDirectory.writeManifest(run, manifest)
     }
-}
-
-extension RecipeModelShape {
-    var presetName: String? { if case .preset(let name) = self { return name } else { return nil } }
-    var configPath: String? { if case .config(let path) = self { return path } else { return nil } }
 }

@@ -60,19 +60,13 @@ struct Plan {
         // The teacher.
         switch recipe.teacher.source {
         case let .train(shape, training, context):
-            switch shape {
-            case .preset(let name):
-                teacherContext = context ?? 256
-                teacherConfig = try LlamaConfig.preset(name, vocabSize: vocabSize, context: teacherContext)
-            case .config(let path):
-                inputs.append(OutputGuard.Role("teacher.config", path))
-                let config = try Plan.readConfig(path, field: "teacher.config", vocabSize: vocabSize)
-                teacherContext = context ?? config.maxPositionEmbeddings
-                guard teacherContext <= config.maxPositionEmbeddings else {
-                    throw RecipeError("teacher.training.context", "is \(teacherContext), longer than max_position_embeddings \(config.maxPositionEmbeddings) in \(path)")
-                }
-                teacherConfig = config
+            if let path = shape.configPath { inputs.append(OutputGuard.Role("teacher.config", path)) }
+            let vocab = vocabSize
+            let resolved = try Plan.shaped("teacher", shapeField: shape.configPath != nil ? "teacher.config" : "teacher.preset") {
+                try ShapeRules.scratch(try shape.read(), defaultPreset: "tiny", context: context, vocabSize: vocab)
             }
+            teacherConfig = resolved.config
+            teacherContext = resolved.context
             do {
                 try training.validateIgnoringContext()
                 try teacherConfig.checkTrainingActivations(batch: training.batchSize, context: teacherContext)
@@ -96,40 +90,32 @@ struct Plan {
             }
         }
 
-        // The students.
+        // The students: the rules `distill student` and `distill train` follow (`ShapeRules`).
         var contexts: [Int] = []
+        let (teacher, trainedContext, vocab) = (teacherConfig, teacherContext, vocabSize)
         for (index, student) in recipe.students.enumerated() {
             let field = "students[\(index)]"
-            // Students of an existing teacher take its vocabulary (a Hugging Face head may be padded).
-            let vocab = student.kind.usesTeacher ? teacherConfig.vocabSize : vocabSize
-            var studentConfig: LlamaConfig
-            switch student.shape {
-            case .preset(let name):
-                studentConfig = try LlamaConfig.preset(name, vocabSize: vocab)
-            case .config(let path):
-                inputs.append(OutputGuard.Role(student.shapeField, path))
-                studentConfig = try Plan.readConfig(path, field: student.shapeField, vocabSize: vocab)
+            if let path = student.shape.configPath { inputs.append(OutputGuard.Role(student.shapeField, path)) }
+            let resolved = try Plan.shaped(field, shapeField: student.shapeField) {
+                let shape = try student.shape.read()
+                return student.kind.usesTeacher
+                    ? try ShapeRules.student(shape, context: student.context, initFromTeacher: student.method.initFromTeacher,
+                                             teacher: teacher, teacherContext: trainedContext)
+                    : try ShapeRules.scratch(shape, defaultPreset: "tiny-student", context: student.context, vocabSize: vocab,
+                                             defaultContext: min(256, trainedContext))
             }
-            let context = student.context ?? (student.shape.configPath != nil ? studentConfig.maxPositionEmbeddings : min(256, teacherContext))
-            if case .config(let path) = student.shape, context > studentConfig.maxPositionEmbeddings {
-                throw RecipeError("\(field).training.context", "is \(context), longer than max_position_embeddings \(studentConfig.maxPositionEmbeddings) in \(path)")
-            }
-            if student.kind.usesTeacher && context > teacherContext {
-                throw RecipeError("\(field).training.context", "is \(context), longer than the teacher's context \(teacherContext)")
-            }
-            studentConfig.maxPositionEmbeddings = max(studentConfig.maxPositionEmbeddings, context)
-            contexts.append(context)
+            contexts.append(resolved.context)
             do {
                 try student.training.validateIgnoringContext()
                 try student.settings.validate()
-                try studentConfig.checkTrainingActivations(batch: student.training.batchSize, context: context)
+                try resolved.config.checkTrainingActivations(batch: student.training.batchSize, context: resolved.context)
             } catch let error as SettingError {
                 throw RecipeError("\(field).\(Plan.field(error.setting))", error.problem)
             } catch {
                 throw RecipeError(field, "\(error)")
             }
             if case let .generated(kind, options, _) = student.method {
-                do { _ = try options.lengths(context: context) } catch let error as OnPolicyError {
+                do { _ = try options.lengths(context: resolved.context) } catch let error as OnPolicyError {
                     let name = "\(field).generation.\(StudentMethod.generationField(error.setting))"
                     throw RecipeError(name, error.message(naming: { "\"\(StudentMethod.generationField($0))\"" }))
                 }
@@ -137,26 +123,9 @@ struct Plan {
                     throw RecipeError("\(field).kind", "seq-kd samples from one teacher, and this recipe has an ensemble of \(directories.count)")
                 }
             }
-            if student.method.initFromTeacher {
-                if case .config(let path) = student.shape {
-                    let t = teacherConfig, s = studentConfig
-                    for (name, given, teachers) in [("hidden_size", s.hiddenSize, t.hiddenSize), ("intermediate_size", s.intermediateSize, t.intermediateSize),
-                                                    ("num_attention_heads", s.numAttentionHeads, t.numAttentionHeads),
-                                                    ("num_key_value_heads", s.numKeyValueHeads, t.numKeyValueHeads)] where given != teachers {
-                        throw RecipeError(student.shapeField, "\(path) has \(name) \(given) but the teacher's is \(teachers); init_from_teacher copies the teacher's blocks, so only num_hidden_layers may differ")
-                    }
-                }
-            }
-            if case let .kd(.kdFeature, initFromTeacher, layerMap) = student.method {
-                let studentDepth = initFromTeacher && student.shape.presetName == nil && student.shape.configPath == nil
-                    ? max(1, teacherConfig.numHiddenLayers / 2) : studentConfig.numHiddenLayers
-                do {
-                    if let map = layerMap {
-                        _ = try LayerMap(parsing: map, studentLayers: studentDepth, teacherLayers: teacherConfig.numHiddenLayers)
-                    } else {
-                        _ = try LayerMap.uniform(studentLayers: studentDepth, teacherLayers: teacherConfig.numHiddenLayers)
-                    }
-                } catch { throw RecipeError("\(field).feature.layer_map", "\(error)") }
+            if case let .kd(.kdFeature, _, layerMap) = student.method {
+                do { _ = try ShapeRules.layerMap(layerMap, student: resolved.config, teacher: teacherConfig) }
+                catch { throw RecipeError("\(field).feature.layer_map", "\(error)") }
             }
         }
         studentContexts = contexts
@@ -185,14 +154,19 @@ struct Plan {
         }
     }
 
-    /// A config.json through the training path's reader, with its vocabulary checked.
-    static func readConfig(_ path: String, field: String, vocabSize: Int) throws -> LlamaConfig {
-        let config: LlamaConfig
-        do { config = try TrainingRun.readConfigFile(path) } catch { throw RecipeError(field, "\(error)") }
-        guard config.vocabSize == vocabSize else {
-            throw RecipeError(field, "\(path) has vocab_size \(config.vocabSize) but the tokenizer has \(vocabSize) pieces: set \"vocab_size\": \(vocabSize)")
+    /// A shape rule's refusal, named by the recipe field it comes from: the shape's own field for the
+    /// config or preset, `FIELD.training.context` for the context.
+    static func shaped(_ field: String, shapeField: String, _ decide: () throws -> ResolvedShape) throws -> ResolvedShape {
+        do { return try decide() } catch let error as SettingError {
+            switch error.setting {
+            case .config, .preset: throw RecipeError(shapeField, error.problem)
+            default: throw RecipeError("\(field).\(Plan.field(error.setting))", error.problem)
+            }
+        } catch let error as RecipeError {
+            throw error
+        } catch {
+            throw RecipeError(shapeField, "\(error)")
         }
-        return config
     }
 
     /// The key of the corpus: the contents of its files, in order.
@@ -234,7 +208,7 @@ struct Plan {
     }
 
     /// `settings` with the content hash of a config file, so that editing the file re-runs the stage.
-    static func withConfigHash(_ settings: JSONNode, _ shape: RecipeModelShape) throws -> JSONNode {
+    static func withConfigHash(_ settings: JSONNode, _ shape: ModelShape) throws -> JSONNode {
         guard case .config(let path) = shape else { return settings }
         return .object([("settings", settings), ("config_hash", .string(try Fingerprint.contents(of: path)))])
     }

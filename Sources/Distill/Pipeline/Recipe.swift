@@ -138,16 +138,11 @@ public enum RecipeTokenizer: Sendable, Equatable {
 }
 
 /// A model shape: a preset name or a config.json (absolute path).
-public enum RecipeModelShape: Sendable, Equatable {
-    case preset(String)
-    case config(String)
-}
-
 /// The teacher: trained by the run, or existing model directories (ours or Hugging Face Llama).
 public struct RecipeTeacher: Sendable {
     public enum Source: Sendable {
         /// `context`: tokens per sequence when the recipe gives it (nil: the model's).
-        case train(shape: RecipeModelShape, training: TrainingParameters, context: Int?)
+        case train(shape: ModelShape, training: TrainingParameters, context: Int?)
         case directories([String])
     }
     public var source: Source
@@ -163,7 +158,7 @@ public struct RecipeStudent: Sendable {
     public var name: String
     /// How it is made: its kind with that kind's own options.
     public var method: StudentMethod
-    public var shape: RecipeModelShape
+    public var shape: ModelShape
     /// The JSON path the shape came from (the student's own, or the shared `student` block's).
     public var shapeField: String
     public var training: TrainingParameters
@@ -372,7 +367,7 @@ struct RecipeParser {
     }
 
     /// `preset` or `config`, or nil when neither is given.
-    func shape(_ reader: inout FieldReader) throws -> RecipeModelShape? {
+    func shape(_ reader: inout FieldReader) throws -> ModelShape? {
         let preset = try reader.string("preset"), config = try reader.string("config")
         switch (preset, config) {
         case (.some, .some): throw RecipeError(reader.path("config"), "give \"preset\" or \"config\", not both")
@@ -484,7 +479,7 @@ struct RecipeParser {
         return name
     }
 
-    func student(_ reader: inout FieldReader, sharedShape: RecipeModelShape, sharedShapeField: String, sharedTraining: TrainingParameters,
+    func student(_ reader: inout FieldReader, sharedShape: ModelShape, sharedShapeField: String, sharedTraining: TrainingParameters,
                  sharedContext: Int?, teacher: RecipeTeacher) throws -> RecipeStudent {
         guard let name = try reader.string("name") else { throw RecipeError(reader.path("name"), "missing: give the student a name (its directory under models/)") }
         try Self.directoryName(name, field: reader.path("name"))
@@ -516,19 +511,19 @@ struct RecipeParser {
                 guard v > 0 && v.isFinite else { throw RecipeError(logits.path("temperature"), "must be positive, got \(v)") }
                 settings.logits.temperature = v
             }
-            let divergenceText = try logits.string("divergence") ?? DivergenceName.forwardKL.rawValue
+            let divergenceText = try logits.string("divergence") ?? Divergence.forwardKL.name
             let beta = try logits.number("beta").map(Float.init) ?? Divergence.defaultBeta
             let alpha = try logits.number("skew_alpha").map(Float.init) ?? Divergence.defaultAlpha
-            guard let divergence = DivergenceName(rawValue: divergenceText) else {
+            guard let named = Divergence.all.first(where: { $0.name == divergenceText }) else {
                 throw RecipeError(logits.path("divergence"), "unknown divergence \"\(divergenceText)\"; use one of \(Divergence.names.joined(separator: ", "))")
             }
-            if logits.has("beta") && divergence != .jsd { throw RecipeError(logits.path("beta"), "only the jsd divergence takes beta") }
-            if logits.has("skew_alpha") && ![.skewKL, .skewReverseKL].contains(divergence) {
+            if logits.has("beta") && !named.takesBeta { throw RecipeError(logits.path("beta"), "only the jsd divergence takes beta") }
+            if logits.has("skew_alpha") && !named.takesAlpha {
                 throw RecipeError(logits.path("skew_alpha"), "only skew-kl and skew-reverse-kl take skew_alpha")
             }
             guard beta >= 0 && beta <= 1 else { throw RecipeError(logits.path("beta"), "must be between 0 and 1, got \(beta)") }
             guard alpha >= 0 && alpha <= 1 else { throw RecipeError(logits.path("skew_alpha"), "must be between 0 and 1, got \(alpha)") }
-            settings.logits.divergence = try Divergence(divergence, beta: beta, alpha: alpha)
+            settings.logits.divergence = try Divergence(name: divergenceText, beta: beta, alpha: alpha)
             if let v = try logits.bool("tau_squared") { settings.logits.tauSquared = v }
             settings.logits.teacherTopK = try logits.int("teacher_top_k", in: 1...Int64(Int32.max))
             for (key, value) in [("ce_weight", settings.weights.ce), ("kd_weight", settings.weights.kd)] where !(value >= 0 && value.isFinite) {
@@ -536,14 +531,16 @@ struct RecipeParser {
             }
             try logits.finish()
         }
-        var layerMap: String?
+        var layerMap: [LayerPair]?
         if kind == .kdFeature {
             var feature = try reader.object("feature") ?? FieldReader(.object([]), path: reader.path("feature"))
             settings.weights.feature = (try feature.float("weight") ?? 1)
             guard settings.weights.feature > 0 && settings.weights.feature.isFinite else {
                 throw RecipeError(feature.path("weight"), "must be positive for a kd-feature student")
             }
-            layerMap = try feature.string("layer_map")
+            if let text = try feature.string("layer_map") {
+                do { layerMap = try LayerMap.pairs(parsing: text) } catch { throw RecipeError(feature.path("layer_map"), "\(error)") }
+            }
             let distance = try feature.string("distance") ?? FeatureDistance.l1.rawValue
             guard let parsed = FeatureDistance(rawValue: distance) else {
                 throw RecipeError(feature.path("distance"), "unknown distance \"\(distance)\"; use one of \(FeatureDistance.names.joined(separator: ", "))")
@@ -592,7 +589,7 @@ enum Normal {
     /// A Float as the shortest decimal that reads back as it (0.003, not 0.003000000026077032).
     static func float(_ value: Float) -> JSONNode { .number(Double("\(value)") ?? Double(value)) }
 
-    static func shape(_ shape: RecipeModelShape) -> JSONNode {
+    static func shape(_ shape: ModelShape) -> JSONNode {
         switch shape {
         case .preset(let name): return .object([("preset", .string(name))])
         case .config(let path): return .object([("config", .string(path))])

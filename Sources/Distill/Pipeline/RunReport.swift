@@ -162,8 +162,8 @@ public struct RunReport: Sendable {
         // A model keeps its colour in every chart: the colour of its row.
         for (index, model) in models.enumerated() {
             guard let metrics = TrainingMetrics.read(directory: resolve(model.directory)) else { continue }
-            validation.append(ChartSeries(name: model.name, points: metrics.points("ce", validation: true), colour: index))
-            training.append(ChartSeries(name: model.name, points: SVGChart.smoothed(metrics.points("ce", validation: false)), colour: index))
+            validation.append(ChartSeries(name: model.name, points: metrics.points(LossTerm.ce.rawValue, validation: true), colour: index))
+            training.append(ChartSeries(name: model.name, points: SVGChart.smoothed(metrics.points(LossTerm.ce.rawValue, validation: false)), colour: index))
         }
         func plot(_ id: String, _ title: String, _ svg: String) throws {
             let url = plotsDirectory.appendingPathComponent(id + ".svg")

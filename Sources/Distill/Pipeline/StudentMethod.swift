@@ -45,8 +45,8 @@ public enum StudentKind: String, Sendable, CaseIterable {
 /// normal form, the pipeline's stage).
 public enum StudentMethod: Sendable, Equatable {
     case baseline
-    /// `layerMap` ("S:T,..."; nil: uniform) only for feature distillation.
-    case kd(StudentKind, initFromTeacher: Bool, layerMap: String?)
+    /// `layerMap` (student:teacher block pairs; nil: uniform) only for feature distillation.
+    case kd(StudentKind, initFromTeacher: Bool, layerMap: [LayerPair]?)
     case kdCached(TeacherCacheMode)
     /// `on-policy` or `seq-kd`: the generated share (the student's or the teacher's) and its sampler.
     case generated(StudentKind, OnPolicySettings, initFromTeacher: Bool)
@@ -92,7 +92,7 @@ public enum StudentMethod: Sendable, Equatable {
     /// Reads the kind's own fields of a student (`kind`'s in `StudentKind.ownFields`, besides the
     /// objective's sections), with their defaults and checks. `settings` is the student's objective as
     /// parsed, for the checks that depend on it.
-    static func parse(_ kind: StudentKind, _ reader: inout FieldReader, settings: DistillationSettings, layerMap: String?) throws -> StudentMethod {
+    static func parse(_ kind: StudentKind, _ reader: inout FieldReader, settings: DistillationSettings, layerMap: [LayerPair]?) throws -> StudentMethod {
         switch kind {
         case .baseline:
             return .baseline
@@ -163,7 +163,7 @@ public enum StudentMethod: Sendable, Equatable {
             var fields: [(String, JSONNode)] = [("init_from_teacher", .bool(initFromTeacher))]
             if kind == .kdFeature {
                 fields.append(("feature", .object([("weight", Normal.float(settings.weights.feature)),
-                                                    ("layer_map", layerMap.map(JSONNode.string) ?? .null),
+                                                    ("layer_map", layerMap.map { .string(LayerMap.text($0)) } ?? .null),
                                                     ("distance", .string(settings.featureDistance.rawValue))])))
             }
             if kind == .kdRelational {

@@ -44,7 +44,7 @@ public struct TrainingMetrics: Sendable, Equatable {
     /// The validation cross-entropy at its lowest and at the last validation, with their steps; nil without
     /// validation records.
     public var validationCE: ValidationCurve? {
-        let points = validation.compactMap { record in record.terms["ce"].map { (step: record.step, value: $0) } }
+        let points = validation.compactMap { record in record.terms[LossTerm.ce.rawValue].map { (step: record.step, value: $0) } }
         guard let last = points.last, let best = points.min(by: { $0.value < $1.value }) else { return nil }
         return ValidationCurve(bestStep: best.step, best: best.value, finalStep: last.step, final: last.value)
     }

@@ -114,7 +114,7 @@ public enum BornAgain {
         if ranks.isRoot { try AtomicFile.ensureDirectory(URL(fileURLWithPath: root)) }
         var shape = request.training
         // One architecture for all: the preset is fixed here, not chosen from the teacher's width.
-        if shape.preset == nil && shape.config == nil { shape.preset = shape.defaultPreset }
+        if shape.shape == nil { shape.shape = .preset(shape.defaultPreset) }
 
         var outcomes: [TrainingOutcome] = []
         for k in 1...request.count {

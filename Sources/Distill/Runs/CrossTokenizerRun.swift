@@ -37,9 +37,11 @@ extension TrainingRun {
         let path = student.teachers[0]
         let output = try claimOutput(request, reads: [OutputGuard.Role(Setting.teacher.rawValue, path)])
         let teacher = try ModelDirectory.load(URL(fileURLWithPath: path))
-        var shape = request
-        shape.defaultPreset = teacher.config.hiddenSize >= 256 ? "small-student" : "tiny-student"
-        let (config, context) = try modelConfig(shape, vocabSize: inputs.data.vocabSize, defaultContext: min(256, teacher.config.maxPositionEmbeddings))
+        // The student's own vocabulary, not the teacher's: otherwise the rules of any student.
+        var own = request
+        own.defaultPreset = teacher.config.hiddenSize >= 256 ? "small-student" : "tiny-student"
+        let shape = try scratchShape(own, vocabSize: inputs.data.vocabSize, defaultContext: min(256, teacher.config.maxPositionEmbeddings))
+        let config = shape.config, context = shape.context
         var parameters = request.parameters
         parameters.context = context
         try parameters.validate()

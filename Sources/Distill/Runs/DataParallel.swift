@@ -11,7 +11,7 @@ extension Trainer {
     /// Sums the gradients over the ranks and returns the terms averaged over them (each rank's terms
     /// are means over its share of the batch, and the shares are equal). `stopRequested` travels with
     /// the terms, so that every rank learns in the same step whether any rank was asked to stop.
-    func reduceAcrossRanks(_ terms: [String: Double], stopRequested: Bool) -> [String: Double] {
+    func reduceAcrossRanks(_ terms: LossTerms, stopRequested: Bool) -> LossTerms {
         if ProcessGroup.separatesWaiting { group.barrier() }
         let before = group.communicationSeconds
         if let gradients = model.gradients, let base = gradients.baseAddress {
@@ -20,20 +20,27 @@ extension Trainer {
         for tensor in objective.extraTensors {
             if let base = tensor.gradients.baseAddress { group.sum(base, count: tensor.gradients.count) }
         }
-        let names = terms.keys.sorted()
-        var values = names.map { terms[$0] ?? 0 } + [stopRequested ? 1 : 0]
+        let present = terms.present
+        var values = present.map(\.value) + [stopRequested ? 1 : 0]
         group.sum(&values)
         stopAgreed = (values.last ?? 0) > 0
         reduceSeconds += group.communicationSeconds - before
-        return Dictionary(uniqueKeysWithValues: zip(names, values.map { $0 / Double(group.size) }))
+        return meanTerms(present.map(\.term), sums: values)
     }
 
     /// Terms averaged over the ranks.
-    func meanOverRanks(_ terms: [String: Double]) -> [String: Double] {
-        let names = terms.keys.sorted()
-        var values = names.map { terms[$0] ?? 0 }
+    func meanOverRanks(_ terms: LossTerms) -> LossTerms {
+        let present = terms.present
+        var values = present.map(\.value)
         group.sum(&values)
-        return Dictionary(uniqueKeysWithValues: zip(names, values.map { $0 / Double(group.size) }))
+        return meanTerms(present.map(\.term), sums: values)
+    }
+
+    /// The terms whose sums over the ranks are `sums` (in the same order), divided by the rank count.
+    private func meanTerms(_ terms: [LossTerm], sums: [Double]) -> LossTerms {
+        var result = LossTerms()
+        for (term, sum) in zip(terms, sums) { result[term] = sum / Double(group.size) }
+        return result
     }
 
     /// Compares a hash of every rank's weights and extra tensors with rank 0's: they must be equal, bit

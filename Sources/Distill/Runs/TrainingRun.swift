@@ -8,9 +8,9 @@ public struct TrainingRequest: Sendable {
     public var output: String
     /// SentencePiece model of the data; nil: the copy `prepare` left beside the token file.
     public var tokenizer: String?
-    /// A named preset, or a `config.json` path (Hugging Face names); neither: `defaultPreset`.
-    public var preset: String?
-    public var config: String?
+    /// A named preset or a `config.json` path (Hugging Face names); nil: `defaultPreset` (a student of a
+    /// teacher: the student preset of the teacher's size, see `ShapeRules.student`).
+    public var shape: ModelShape?
     public var defaultPreset = "tiny"
     /// Everything about the optimisation. Its `context` is ignored: see `context`.
     public var parameters = TrainingParameters()
@@ -31,8 +31,8 @@ public struct StudentRequest: Sendable {
     /// Model directories (ours or Hugging Face Llama ones); several form an ensemble.
     public var teachers: [String]
     public var settings: DistillationSettings
-    /// "S:T,..." pairs for feature distillation; nil: the uniform map.
-    public var layerMap: String?
+    /// Student:teacher block pairs for feature distillation; nil: the uniform map.
+    public var layerMap: [LayerPair]?
     /// DistilBERT-style start from every k-th teacher block.
     public var initFromTeacher = false
     /// Weights of the ensemble's members (nil: equal).
@@ -105,32 +105,10 @@ public enum TrainingRun {
         return Inputs(data: data, tokenizerModel: tokenizerModel)
     }
 
-    /// The model's shape and the run's context, decided here and nowhere else: a `config` keeps its
-    /// `max_position_embeddings` and the context defaults to it; a preset takes the context, which
-    /// defaults to `defaultContext`.
-    public static func modelConfig(_ request: TrainingRequest, vocabSize: Int, defaultContext: Int = 256) throws -> (LlamaConfig, context: Int) {
-        if let path = request.config {
-            let config = try readConfigFile(path)
-            guard config.vocabSize == vocabSize else {
-                throw SettingError(.config, "\(path) has vocab_size \(config.vocabSize) but the data's tokenizer has \(vocabSize) pieces")
-            }
-            let context = request.context ?? config.maxPositionEmbeddings
-            guard context <= config.maxPositionEmbeddings else {
-                throw SettingError(.context, "is \(context), longer than max_position_embeddings \(config.maxPositionEmbeddings) in \(path)")
-            }
-            return (config, context)
-        }
-        let context = request.context ?? defaultContext
-        if context < 1 { throw SettingError(.context, "must be positive (got \(context))") }
-        return (try LlamaConfig.preset(request.preset ?? request.defaultPreset, vocabSize: vocabSize, context: context), context)
-    }
-
-    /// A `config.json` given by path, through the model's strict config reader.
-    static func readConfigFile(_ path: String) throws -> LlamaConfig {
-        var isDirectory: ObjCBool = false
-        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) else { throw IOError.missing(path) }
-        if isDirectory.boolValue { throw SettingError(.config, "\(path) is a folder; give the path of a config.json file") }
-        return try LlamaConfig.decode(try RegularFile.read(path), source: path)
+    /// The shape and context of a model trained from scratch on `vocabSize` pieces (`ShapeRules.scratch`).
+    public static func scratchShape(_ request: TrainingRequest, vocabSize: Int, defaultContext: Int = 256) throws -> ResolvedShape {
+        try ShapeRules.scratch(try request.shape?.read(), defaultPreset: request.defaultPreset, context: request.context,
+                               vocabSize: vocabSize, defaultContext: defaultContext)
     }
 
     // MARK: the commands
@@ -138,7 +116,8 @@ public enum TrainingRun {
     /// `distill train`: next-token cross-entropy from scratch.
     public static func train(_ request: TrainingRequest, callbacks: TrainingCallbacks) throws -> TrainingOutcome {
         let inputs = try openInputs(request)
-        let (config, context) = try modelConfig(request, vocabSize: inputs.data.vocabSize)
+        let shape = try scratchShape(request, vocabSize: inputs.data.vocabSize)
+        let config = shape.config, context = shape.context
         var parameters = request.parameters
         parameters.context = context
         try parameters.validate()
@@ -178,25 +157,14 @@ public enum TrainingRun {
         let teachers = try student.teachers.map { try loadTeacher($0, data: inputs.data, dataPath: request.data) }
         let first = teachers[0]
 
-        let model: LlamaModel, context: Int
-        if student.initFromTeacher {
-            context = try teacherContext(request, teacher: first)
-            model = try studentFromTeacher(first, layers: try initialDepth(request, teacher: first))
-        } else {
-            var shape = request
-            shape.defaultPreset = first.config.hiddenSize >= 256 ? "small-student" : "tiny-student"
-            let (config, chosen) = try modelConfig(shape, vocabSize: first.config.vocabSize,
-                                                   defaultContext: min(256, first.config.maxPositionEmbeddings))
-            context = chosen
-            guard context <= first.config.maxPositionEmbeddings else {
-                throw SettingError(.context, "is \(context), longer than the teacher's context \(first.config.maxPositionEmbeddings)")
-            }
-            model = try LlamaModel(config: config, seed: request.parameters.seed)
-        }
+        let shape = try ShapeRules.student(try request.shape?.read(), context: request.context, initFromTeacher: student.initFromTeacher,
+                                           teacher: first.config, teacherContext: first.config.maxPositionEmbeddings)
+        let context = shape.context
+        let model = student.initFromTeacher
+            ? try studentFromTeacher(first, layers: shape.config.numHiddenLayers)
+            : try LlamaModel(config: shape.config, seed: request.parameters.seed)
         if settings.weights.feature > 0 {
-            let depths = (model.config.numHiddenLayers, first.config.numHiddenLayers)
-            settings.layerMap = try student.layerMap.map { try LayerMap(parsing: $0, studentLayers: depths.0, teacherLayers: depths.1) }
-                ?? LayerMap.uniform(studentLayers: depths.0, teacherLayers: depths.1)
+            settings.layerMap = try ShapeRules.layerMap(student.layerMap, student: model.config, teacher: first.config)
         }
         var parameters = request.parameters
         parameters.context = context
@@ -247,7 +215,8 @@ public enum TrainingRun {
         var settings = student.settings
         if !student.temperatureGiven { settings.logits.temperature = cache.temperature }
         try settings.validate()
-        let (config, context) = try modelConfig(request, vocabSize: cache.vocabSize, defaultContext: min(256, cache.window))
+        let shape = try scratchShape(request, vocabSize: cache.vocabSize, defaultContext: min(256, cache.window))
+        let config = shape.config, context = shape.context
         var parameters = request.parameters
         parameters.context = context
         try parameters.validate()
@@ -277,8 +246,8 @@ public enum TrainingRun {
             OutputGuard.Role($0.offset == 0 ? Setting.output.rawValue : Setting.peerOutput.rawValue, $0.element.output)
         })
         let inputs = try openInputs(peers[0])
-        let shapes = try peers.map { try modelConfig($0, vocabSize: inputs.data.vocabSize) }
-        let configs = shapes.map(\.0)
+        let shapes = try peers.map { try scratchShape($0, vocabSize: inputs.data.vocabSize) }
+        let configs = shapes.map(\.config)
         var parameters = peers[0].parameters
         // The same windows for every peer: the longest context all of their shapes allow.
         parameters.context = shapes.map(\.context).min() ?? 256
@@ -317,7 +286,7 @@ public enum TrainingRun {
         }
         var inputs = [OutputGuard.Role(Setting.data.rawValue, request.data)] + reads
         if let tokenizer = request.tokenizer { inputs.append(OutputGuard.Role(Setting.tokenizer.rawValue, tokenizer)) }
-        if let config = request.config { inputs.append(OutputGuard.Role(Setting.config.rawValue, config)) }
+        if let config = request.shape?.configPath { inputs.append(OutputGuard.Role(Setting.config.rawValue, config)) }
         try OutputGuard.refuseOverlap(output: OutputGuard.Role(Setting.output.rawValue, request.output), inputs: inputs)
         let url = URL(fileURLWithPath: request.output)
         try AtomicFile.ensureDirectory(url)
@@ -424,13 +393,11 @@ public enum TrainingRun {
 
     /// A teacher model directory whose tokenizer is the data's.
     public static func loadTeacher(_ path: String, data: TokenFile, dataPath: String) throws -> LlamaModel {
-        let directory = URL(fileURLWithPath: path)
-        let model = try ModelDirectory.load(directory)
-        let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
-        guard tokenizer.modelHash == data.tokenizerHash else {
+        let loaded = try ModelAndTokenizer(directory: URL(fileURLWithPath: path), fit: .paddedHead)
+        guard loaded.tokenizer.modelHash == data.tokenizerHash else {
             throw TrainingError.tokenizerMismatch("\(path) uses another tokenizer than \(dataPath): logit distillation needs a shared vocabulary, so prepare the data with the teacher's tokenizer.model")
         }
-        return model
+        return loaded.model
     }
 
     /// One line per active term, for the run's summary.
@@ -462,35 +429,5 @@ public enum TrainingRun {
             let (loss, minimum) = weights.rkdAngle > 0 ? ("angle", 3) : ("distance", 2)
             throw SettingError(.batchSize, "is \(batchSize), but relational \(loss) distillation needs at least \(minimum) sequences per batch")
         }
-    }
-
-    /// The context of a student that copies the teacher's shape.
-    static func teacherContext(_ request: TrainingRequest, teacher: LlamaModel) throws -> Int {
-        let context = request.context ?? min(256, teacher.config.maxPositionEmbeddings)
-        guard context <= teacher.config.maxPositionEmbeddings else {
-            throw SettingError(.context, "is \(context), longer than the teacher's context \(teacher.config.maxPositionEmbeddings)")
-        }
-        return context
-    }
-
-    /// The depth of a student started from the teacher's blocks: a preset's or a config's depth (a config
-    /// must otherwise have the teacher's shape, since the blocks are copied), or half the teacher's.
-    static func initialDepth(_ request: TrainingRequest, teacher: LlamaModel) throws -> Int {
-        if let path = request.config {
-            let config = try readConfigFile(path)
-            let t = teacher.config
-            let fields: [(String, Int, Int)] = [
-                ("hidden_size", config.hiddenSize, t.hiddenSize), ("intermediate_size", config.intermediateSize, t.intermediateSize),
-                ("num_attention_heads", config.numAttentionHeads, t.numAttentionHeads),
-                ("num_key_value_heads", config.numKeyValueHeads, t.numKeyValueHeads), ("vocab_size", config.vocabSize, t.vocabSize),
-            ]
-            for (name, given, teachers) in fields where given != teachers {
-                throw SettingError(.config, "\(path) has \(name) \(given) but the teacher's is \(teachers); starting from the teacher's blocks "
-                    + "copies its shape, so only num_hidden_layers may differ")
-            }
-            return config.numHiddenLayers
-        }
-        if let preset = request.preset { return try LlamaConfig.preset(preset, vocabSize: teacher.config.vocabSize).numHiddenLayers }
-        return max(1, teacher.config.numHiddenLayers / 2)
     }
 }

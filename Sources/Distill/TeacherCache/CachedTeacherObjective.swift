@@ -69,7 +69,7 @@ public final class CachedTeacherObjective: TermwiseObjective {
         return result
     }
 
-    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> [String: Double] {
+    public func terms(student: LlamaModel, batch: Batch, gradientScale scale: Float, backward: Bool) throws -> LossTerms {
         let rows = batch.batchSize * batch.contextLength, vocab = student.config.vocabSize, t = batch.contextLength
         let weights = settings.weights
         try checkPositions(batch)
@@ -82,16 +82,16 @@ public final class CachedTeacherObjective: TermwiseObjective {
                                            distillation: settings.logits, crossEntropyWeight: weights.ce,
                                            distillationWeight: 0, gradientScale: scale).crossEntropy
         }
-        var result: [String: Double] = ["ce": Double(ce)]
+        var result: LossTerms = [.ce: Double(ce)]
         var total = Double(weights.ce) * Double(ce)
         if weights.kd > 0 {
             let kd = cachedDistillationForwardBackward(
                 dStudentLogits: d, studentLogits: output.logits, positions: batch.starts, length: t, rows: rows, vocab: vocab,
                 gradientScale: scale * weights.kd)
-            result["kd"] = kd
+            result[.kd] = kd
             total += Double(weights.kd) * kd
         }
-        result["loss"] = total
+        result[.loss] = total
         if let d { student.backward(dLogits: d) }
         return result
     }

@@ -33,10 +33,10 @@ public protocol TrainingObjective: AnyObject {
     /// their weights). Saved with a checkpoint; a resume with any difference is refused.
     var identity: [String: String] { get }
     /// Forward and backward on one micro-batch; accumulates gradientScale × gradients. Returns the
-    /// loss terms by name ("loss" is the total that is optimised).
-    func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double]
-    /// Validation terms on one batch, no gradients ("ce" is the student's cross-entropy in nats).
-    func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double]
+    /// loss terms (`.loss` is the total that is optimised).
+    func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> LossTerms
+    /// Validation terms on one batch, no gradients (`.ce` is the student's cross-entropy in nats).
+    func evaluate(model: LlamaModel, batch: Batch) throws -> LossTerms
     /// Called before each optimizer step with its 0-based index: a scheduled objective sets the weights
     /// of that step. It must depend on nothing else, so that a resumed run is exact.
     func prepare(step: Int, totalSteps: Int)
@@ -60,19 +60,19 @@ public protocol SamplingObjective: TrainingObjective {
 /// An objective written as one function of its terms, forward and, with `backward`, backward: a training
 /// step is that function with gradients, validation the same without them (and without the total).
 public protocol TermwiseObjective: TrainingObjective {
-    /// Every active term on one batch ("loss" is their weighted total); with `backward`, accumulates
+    /// Every active term on one batch (`.loss` is their weighted total); with `backward`, accumulates
     /// gradientScale × gradients into the student and the extra tensors.
-    func terms(student: LlamaModel, batch: Batch, gradientScale: Float, backward: Bool) throws -> [String: Double]
+    func terms(student: LlamaModel, batch: Batch, gradientScale: Float, backward: Bool) throws -> LossTerms
 }
 
 extension TermwiseObjective {
-    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> LossTerms {
         try terms(student: model, batch: batch, gradientScale: gradientScale, backward: true)
     }
 
-    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> LossTerms {
         var result = try terms(student: model, batch: batch, gradientScale: 0, backward: false)
-        result["loss"] = nil
+        result[.loss] = nil
         return result
     }
 }
@@ -85,15 +85,15 @@ public final class CrossEntropyObjective: TrainingObjective {
 
     public init() {}
 
-    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> [String: Double] {
+    public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> LossTerms {
         let dFinal = dFinalHidden.zeroed(batch.batchSize * batch.contextLength * model.config.hiddenSize)
         let loss = try crossEntropy(model: model, batch: batch, gradientScale: gradientScale, dFinalHidden: dFinal)
         model.backward(dLogits: nil, dFinalHidden: dFinal)
-        return ["loss": Double(loss), "ce": Double(loss)]
+        return [.loss: Double(loss), .ce: Double(loss)]
     }
 
-    public func evaluate(model: LlamaModel, batch: Batch) throws -> [String: Double] {
-        ["ce": Double(try meanCrossEntropy(model: model, batch: batch))]
+    public func evaluate(model: LlamaModel, batch: Batch) throws -> LossTerms {
+        [.ce: Double(try meanCrossEntropy(model: model, batch: batch))]
     }
 }
 

@@ -6,10 +6,9 @@ public enum TrainingEvent {
     /// next `.step`, what is on disk is all there is to save.
     case started(step: Int)
     /// A progress report: step (1-based) of total, loss terms, learning rate, gradient norm, speed.
-    case step(step: Int, total: Int, terms: [String: Double], learningRate: Float, gradientNorm: Float,
-              tokensPerSecond: Double, secondsLeft: Double)
+    case step(StepReport)
     /// Validation terms averaged over the validation batches.
-    case validation(step: Int, terms: [String: Double])
+    case validation(step: Int, terms: LossTerms)
     case checkpoint(step: Int, directory: URL)
     case interrupted(step: Int)
 }
@@ -137,7 +136,7 @@ public final class Trainer {
 
     /// What one optimizer step measured.
     struct StepResult {
-        let terms: [String: Double]
+        let terms: LossTerms
         let learningRate: Float
         let gradientNorm: Float
     }
@@ -154,18 +153,18 @@ public final class Trainer {
         let segments = self.segments
         model.zeroGradients()
         for tensor in objective.extraTensors { tensor.gradients.update(repeating: 0) }
-        var terms: [String: Double] = [:]
+        var terms = LossTerms()
         // The mean over the global batch: each rank's share of it weighs 1/N.
         let scale = 1 / Float(parameters.accumulationSteps * group.size)
         objective.prepare(step: step, totalSteps: parameters.steps)
         for _ in 0..<parameters.accumulationSteps {
             let batch = try nextBatch(&random)
             let micro = try objective.trainStep(model: model, batch: batch, gradientScale: scale)
-            for (name, value) in micro { terms[name, default: 0] += value / Double(parameters.accumulationSteps) }
+            terms.add(micro, times: 1 / Double(parameters.accumulationSteps))
         }
         if group.size > 1 { terms = reduceAcrossRanks(terms, stopRequested: stopRequested) }
         // Stop before a non-finite step reaches the weights; the last checkpoint stays as it was.
-        guard let loss = terms["loss"], loss.isFinite else { throw TrainingError.diverged(step: step + 1, what: "loss") }
+        guard let loss = terms[.loss], loss.isFinite else { throw TrainingError.diverged(step: step + 1, what: "loss") }
         let norm = clipGradientNorm(segments, maxNorm: parameters.gradientClip)
         guard norm.isFinite else { throw TrainingError.diverged(step: step + 1, what: "gradient norm") }
         let rate = learningRate(step: step, totalSteps: parameters.steps, peak: parameters.learningRate,
@@ -187,36 +186,37 @@ public final class Trainer {
             clock.windowStart = Date()
             clock.windowSteps = 0
             let left = Double((parameters.steps - step) * tokensPerStep) / max(speed, 1e-9)
-            var terms = result.terms
+            var statistics = StepStatistics()
             if let sampling = objective as? SamplingObjective {
                 // Generation inside the step: its speed and its share of the step time.
                 let generation = sampling.takeGenerationTiming()
-                terms["generation_tokens_per_second"] = Double(generation.tokens) / max(generation.seconds, 1e-9)
-                terms["generation_share"] = generation.seconds / max(seconds, 1e-9)
+                statistics.generationTokensPerSecond = Double(generation.tokens) / max(generation.seconds, 1e-9)
+                statistics.generationShare = generation.seconds / max(seconds, 1e-9)
             }
             if group.size > 1 {
                 // Sequences per optimizer step over all ranks, and the share of the time spent summing gradients.
-                terms["global_batch"] = Double(parameters.batchSize * parameters.accumulationSteps * group.size)
-                terms["allreduce_share"] = reduceSeconds / max(seconds, 1e-9)
+                statistics.globalBatch = parameters.batchSize * parameters.accumulationSteps * group.size
+                statistics.allreduceShare = reduceSeconds / max(seconds, 1e-9)
                 reduceSeconds = 0
                 if ProcessGroup.separatesWaiting {
-                    terms["allreduce_wait_share"] = group.waitingSeconds / max(seconds, 1e-9)
+                    statistics.allreduceWaitShare = group.waitingSeconds / max(seconds, 1e-9)
                     group.waitingSeconds = 0
                 }
             }
             if group.isRoot {
-                report(.step(step: step, total: parameters.steps, terms: terms, learningRate: result.learningRate,
-                             gradientNorm: result.gradientNorm, tokensPerSecond: speed, secondsLeft: left))
+                report(.step(StepReport(step: step, total: parameters.steps, terms: result.terms, statistics: statistics,
+                                        learningRate: result.learningRate, gradientNorm: result.gradientNorm,
+                                        tokensPerSecond: speed, secondsLeft: left)))
                 MetricsLog.append(["kind": "train", "step": step, "lr": Double(result.learningRate),
                                "grad_norm": Double(result.gradientNorm), "tokens_per_second": speed]
-                    .merging(terms) { a, _ in a }, to: output)
+                    .merging(result.terms.byName.merging(statistics.byName) { a, _ in a }) { a, _ in a }, to: output)
             }
         }
         if (parameters.evalEvery > 0 && step % parameters.evalEvery == 0) || last, !validation.isEmpty {
             let terms = try evaluate(validation)
             if group.isRoot {
                 report(.validation(step: step, terms: terms))
-                MetricsLog.append(["kind": "validation", "step": step].merging(terms) { a, _ in a }, to: output)
+                MetricsLog.append(["kind": "validation", "step": step].merging(terms.byName) { a, _ in a }, to: output)
             }
         }
         if (parameters.saveEvery > 0 && step % parameters.saveEvery == 0) || last {
@@ -227,16 +227,16 @@ public final class Trainer {
 
     /// Validation terms averaged over `batches`, plus perplexity from the mean cross-entropy.
     /// Under mpirun each rank scores its rows of every batch and the terms are averaged over the ranks.
-    public func evaluate(_ batches: [Batch]) throws -> [String: Double] {
+    public func evaluate(_ batches: [Batch]) throws -> LossTerms {
         let split = group.size > 1 && batches.allSatisfy { $0.batchSize % group.size == 0 }
-        var totals: [String: Double] = [:]
+        var totals = LossTerms()
         for batch in batches {
             let share = split ? batch.rows(group.rank * batch.batchSize / group.size, count: batch.batchSize / group.size) : batch
-            for (name, value) in try objective.evaluate(model: model, batch: share) { totals[name, default: 0] += value }
+            totals.add(try objective.evaluate(model: model, batch: share))
         }
         if split { totals = meanOverRanks(totals) }
         var terms = totals.mapValues { $0 / Double(max(batches.count, 1)) }
-        if let ce = terms["ce"] { terms["perplexity"] = exp(ce) }
+        if let ce = terms[.ce] { terms[.perplexity] = exp(ce) }
         return terms
     }
 
