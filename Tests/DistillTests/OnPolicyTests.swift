@@ -108,16 +108,7 @@ final class OnPolicyTests: XCTestCase {
         var numeric: [Double] = [], exact: [Double] = []
         for tensor in student.layout.tensors {
             for j in stride(from: 0, to: tensor.count, by: max(1, tensor.count / 5)) {
-                let pointer = student.parameters.baseAddress! + tensor.offset + j, saved = pointer.pointee
-                func difference(_ h: Float) throws -> Double {
-                    pointer.pointee = saved + h
-                    let up = try loss()
-                    pointer.pointee = saved - h
-                    let down = try loss()
-                    pointer.pointee = saved
-                    return (up - down) / Double(2 * h)
-                }
-                numeric.append((4 * (try difference(2.5e-3)) - (try difference(5e-3))) / 3)
+                numeric.append(try richardsonDerivative(at: student.parameters.baseAddress! + tensor.offset + j, step: 2.5e-3, loss))
                 exact.append(Double(gradients[tensor.offset + j]))
             }
         }
