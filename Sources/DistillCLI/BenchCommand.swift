@@ -10,6 +10,8 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Teacher preset (the student is PRESET-student).") var preset: String = "small"
     @Option(help: "Timed repetitions per figure (the median is reported).") var repeats: Int = 5
     @Option(help: "Threads (default: all cores).") var threads: Int?
+    @Option(help: "Vocabulary size of both models (default: 2048 for tiny, 4096 for small).") var vocabSize: Int?
+    @Option(help: "Sequences per step (default: 8).") var batchSize: Int = 8
     @Flag(help: "Print one JSON object.") var json = false
 
     /// More repetitions only narrow the median; a bound keeps a typo from running for days.
@@ -24,12 +26,17 @@ struct BenchCommand: ParsableCommand {
         guard Self.presets.contains(preset) else {
             throw ValidationError("--preset takes a teacher preset, \(Self.presets.joined(separator: " or ")) (its student is PRESET-student), got '\(preset)'")
         }
+        if let vocabSize, !(2...1_048_576).contains(vocabSize) {
+            throw ValidationError("--vocab-size must be between 2 and 1048576, got \(vocabSize)")
+        }
+        guard (1...4096).contains(batchSize) else { throw ValidationError("--batch-size must be between 1 and 4096, got \(batchSize)") }
         try checkThreads(threads)
     }
 
     func run() throws {
         if let threads { Compute.setThreads(threads) }
-        let vocab = preset.hasPrefix("tiny") ? 2048 : 4096, context = preset.hasPrefix("tiny") ? 128 : 256, batch = 8
+        let vocab = vocabSize ?? (preset.hasPrefix("tiny") ? 2048 : 4096), context = preset.hasPrefix("tiny") ? 128 : 256
+        let batch = batchSize
         let teacher = try LlamaConfig.preset(preset, vocabSize: vocab, context: context)
         let student = try LlamaConfig.preset(preset + "-student", vocabSize: vocab, context: context)
         let report = try Benchmark.run(preset: preset, teacher: teacher, student: student, batch: batch, context: context,

@@ -28,20 +28,8 @@ extension XCTestCase {
 
     @discardableResult
     func run(_ arguments: [String], input: String? = nil) throws -> CommandOutcome {
-        let process = Process()
-        process.executableURL = Self.distillExecutable
-        process.arguments = arguments
-        let output = Pipe(), error = Pipe(), stdin = Pipe()
-        process.standardOutput = output
-        process.standardError = error
-        process.standardInput = stdin
-        try process.run()
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try stdin.fileHandleForWriting.close()
-        let out = output.fileHandleForReading.readDataToEndOfFile(), err = error.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return CommandOutcome(status: process.terminationStatus, output: String(decoding: out, as: UTF8.self),
-                              error: String(decoding: err, as: UTF8.self))
+        let result = try runProcess(Self.distillExecutable, arguments, input: input)
+        return CommandOutcome(status: result.status, output: result.output, error: result.errors)
     }
 
     /// Starts `distill` with `arguments` and returns once it has printed `marker` (by default its first
@@ -49,13 +37,8 @@ extension XCTestCase {
     /// as it comes (so the child never blocks on a full pipe); without, the caller reads it from `errors`.
     func startAndWaitForProgress(_ arguments: [String], until marker: String = "step ", drain: Bool = true) throws
         -> (process: Process, errors: Pipe, seen: Data) {
-        let process = Process()
-        process.executableURL = Self.distillExecutable
-        process.arguments = arguments
         let error = Pipe()
-        process.standardError = error
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let process = try startProcess(Self.distillExecutable, arguments, standardError: error)
         var seen = Data()
         while !String(decoding: seen, as: UTF8.self).contains(marker) {
             let chunk = error.fileHandleForReading.availableData

@@ -332,15 +332,8 @@ final class CrossTokenizerTests: XCTestCase {
             var skipped = 0
             for tensor in student.layout.tensors {
                 for j in stride(from: 0, to: tensor.count, by: max(1, tensor.count / 6)) {
-                    let pointer = student.parameters.baseAddress! + tensor.offset + j, saved = pointer.pointee
-                    func difference(_ h: Float) throws -> Double {
-                        pointer.pointee = saved + h
-                        let up = try total()
-                        pointer.pointee = saved - h
-                        let down = try total()
-                        pointer.pointee = saved
-                        return (up - down) / Double(2 * h)
-                    }
+                    let pointer = student.parameters.baseAddress! + tensor.offset + j
+                    func difference(_ h: Float) throws -> Double { try centralDifference(at: pointer, step: h, total) }
                     // ULD is only piecewise smooth (|S↓ᵢ − T↓ᵢ| and the sort's order change): an entry whose
                     // steps h and 2h disagree crossed a kink, where no difference quotient is the gradient.
                     let h: Float = loss == .uld ? 1e-3 : 2.5e-3

@@ -90,22 +90,51 @@ final class DataParallelTests: XCTestCase {
         XCTAssertEqual(validation(parallel.errors), validation(single.errors))
     }
 
+    /// A tiny teacher trained for 3 steps under `scratch`.
+    func tinyTeacher(in scratch: URL) throws -> String {
+        let teacher = scratch.appendingPathComponent("teacher").path
+        let trained = try plain(["train", "--output", teacher, "--preset", "tiny"] + runFlags(try TestCorpus.files(), batch: 2, steps: 3))
+        XCTAssertEqual(trained.status, 0, trained.errors)
+        return teacher
+    }
+
+    /// Runs `arguments` in 1 process with batch 2 × `batch` and on 2 ranks with batch `batch` each (into
+    /// `scratch/NAME-one` and `scratch/NAME-two`), expects the same weights within float reassociation,
+    /// and returns the 2-rank job.
+    @discardableResult
+    func expectTwoRanksMatchOne(_ arguments: [String], batch: Int, steps: Int, scratch: URL, name: String) throws -> ProcessResult {
+        let corpus = try TestCorpus.files()
+        let one = scratch.appendingPathComponent(name + "-one").path, two = scratch.appendingPathComponent(name + "-two").path
+        let single = try plain(arguments + ["--output", one] + runFlags(corpus, batch: 2 * batch, steps: steps))
+        XCTAssertEqual(single.status, 0, single.errors)
+        let parallel = try mpi(2, arguments + ["--output", two] + runFlags(corpus, batch: batch, steps: steps))
+        XCTAssertEqual(parallel.status, 0, parallel.transcript)
+        XCTAssertLessThan(try weightDifference(one, two), 1e-5, name)
+        return parallel
+    }
+
     /// Distillation with accumulation: 2 ranks × batch 1 × 2 micro-batches against 1 process × batch 2 × 2.
     func testTwoRanksDistilLikeOneProcess() throws {
-        let corpus = try TestCorpus.files()
         let scratch = try TestCorpus.scratch("mpi-student")
-        let teacher = scratch.appendingPathComponent("teacher").path
-        let trained = try plain(["train", "--output", teacher, "--preset", "tiny"] + runFlags(corpus, batch: 2, steps: 3))
-        XCTAssertEqual(trained.status, 0, trained.errors)
-        let one = scratch.appendingPathComponent("one").path, two = scratch.appendingPathComponent("two").path
-        let student = ["student", "--teacher", teacher, "--preset", "tiny-student", "--accumulation", "2", "--temperature", "2",
-                       "--feature-weight", "1"]
-        let single = try plain(student + ["--output", one] + runFlags(corpus, batch: 2, steps: 10))
-        XCTAssertEqual(single.status, 0, single.errors)
-        let parallel = try mpi(2, student + ["--output", two] + runFlags(corpus, batch: 1, steps: 10))
-        XCTAssertEqual(parallel.status, 0, parallel.transcript)
-        XCTAssertLessThan(try weightDifference(one, two), 1e-5)
+        let student = ["student", "--teacher", try tinyTeacher(in: scratch), "--preset", "tiny-student", "--accumulation", "2",
+                       "--temperature", "2", "--feature-weight", "1"]
+        let parallel = try expectTwoRanksMatchOne(student, batch: 1, steps: 10, scratch: scratch, name: "kd")
         XCTAssertEqual(parallel.output.split(separator: "\n").filter { $0.hasPrefix("validation perplexity") }.count, 1, parallel.output)
+    }
+
+    /// On-policy distillation: each rank generates its own rows of the global micro-batch, with those rows'
+    /// seeds, so 2 ranks × batch 2 end where 1 process × batch 4 ends: with the student's samples alone (a
+    /// row on each rank) and with the student's and the teacher's (rank 0 continues its row with the
+    /// student, rank 1 with the teacher), accumulation included.
+    func testTwoRanksDistilOnPolicyLikeOneProcess() throws {
+        let scratch = try TestCorpus.scratch("mpi-onpolicy")
+        let teacher = try tinyTeacher(in: scratch)
+        for (name, shares) in [("student", ["--on-policy", "0.5"]), ("both", ["--on-policy", "0.25", "--teacher-generated", "0.25"])] {
+            let student = ["student", "--teacher", teacher, "--preset", "tiny-student", "--accumulation", "2", "--prompt-tokens", "12",
+                           "--new-tokens", "16"] + shares
+            let parallel = try expectTwoRanksMatchOne(student, batch: 2, steps: 8, scratch: scratch, name: name)
+            XCTAssertTrue(parallel.errors.contains("gen "), parallel.errors)
+        }
     }
 
     /// Mutual learning: both peers match.
@@ -273,12 +302,7 @@ final class DataParallelTests: XCTestCase {
         let straight = try mpi(2, arguments(reference))
         XCTAssertEqual(straight.status, 0, straight.transcript)
 
-        let job = Process()
-        job.executableURL = try XCTUnwrap(Self.mpirun)
-        job.arguments = Self.mpirunFlags + ["-np", "2", executable.path] + arguments(killed)
-        job.standardOutput = FileHandle.nullDevice
-        job.standardError = FileHandle.nullDevice
-        try job.run()
+        let job = try startProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", "2", executable.path] + arguments(killed))
         let state = killed.appendingPathComponent("training/state.json").path
         while job.isRunning && !FileManager.default.fileExists(atPath: state) { usleep(10_000) }
         XCTAssertTrue(job.isRunning, "the job ended before its first checkpoint")
@@ -306,12 +330,7 @@ final class DataParallelTests: XCTestCase {
         let output = try TestCorpus.scratch("mpi-term").appendingPathComponent("model")
         let arguments = ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "0"]
             + runFlags(corpus, batch: 2, steps: 1_000_000)
-        let job = Process()
-        job.executableURL = try XCTUnwrap(Self.mpirun)
-        job.arguments = Self.mpirunFlags + ["-np", "2", executable.path] + arguments
-        job.standardOutput = FileHandle.nullDevice
-        job.standardError = FileHandle.nullDevice
-        try job.run()
+        let job = try startProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", "2", executable.path] + arguments)
         // The first progress line is in metrics.jsonl: the ranks are training.
         let metrics = output.appendingPathComponent("metrics.jsonl").path
         while job.isRunning && !FileManager.default.fileExists(atPath: metrics) { usleep(10_000) }

@@ -51,16 +51,7 @@ final class DistillationObjectiveTests: XCTestCase {
         }
         var numeric: [Double] = [], exact: [Double] = []
         for (_, pointer, gradient) in checks {
-            let saved = pointer.pointee
-            func difference(_ h: Float) throws -> Double {
-                pointer.pointee = saved + h
-                let up = try loss()
-                pointer.pointee = saved - h
-                let down = try loss()
-                pointer.pointee = saved
-                return (up - down) / Double(2 * h)
-            }
-            numeric.append((4 * (try difference(2.5e-3)) - (try difference(5e-3))) / 3)
+            numeric.append(try richardsonDerivative(at: pointer, step: 2.5e-3, loss))
             exact.append(Double(gradient))
         }
         let relative = relativeGradientError(numeric, exact)

@@ -93,17 +93,12 @@ extension CommandLineTests {
 
     /// Nil when `arguments` exits 0, or non-zero with one "Error:" line and no crash, within `timeout`.
     static func checkOneLineOrSuccess(_ arguments: [String], timeout: Double) -> String? {
-        let process = Process()
-        process.executableURL = executable
-        process.arguments = arguments
         let errorFile = FileManager.default.temporaryDirectory.appendingPathComponent("distill-flag-\(UUID().uuidString)")
         _ = FileManager.default.createFile(atPath: errorFile.path, contents: nil)
         defer { try? FileManager.default.removeItem(at: errorFile) }
         guard let handle = try? FileHandle(forWritingTo: errorFile) else { return "cannot capture stderr" }
-        process.standardError = handle
-        process.standardOutput = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        do { try process.run() } catch { return "cannot start: \(error)" }
+        let process: Process
+        do { process = try startProcess(executable, arguments, standardError: handle) } catch { return "cannot start: \(error)" }
         let deadline = Date().addingTimeInterval(timeout)
         while process.isRunning && Date() < deadline { usleep(20_000) }
         let hung = process.isRunning

@@ -328,13 +328,9 @@ final class IOCommandLineTests: XCTestCase {
         try handle.close()
         let output = scratch.appendingPathComponent("out")
         try FileManager.default.createDirectory(at: output, withIntermediateDirectories: true)
-        let process = Process()
-        process.executableURL = Self.distillExecutable
-        process.arguments = ["prepare", "--tokenizer", corpus.tokenizer, "--input", big.path, "--output", output.appendingPathComponent("big.tok").path]
         let errors = Pipe()
-        process.standardError = errors
-        process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        let process = try startProcess(Self.distillExecutable, ["prepare", "--tokenizer", corpus.tokenizer, "--input", big.path, "--output",
+                                                                output.appendingPathComponent("big.tok").path], standardError: errors)
         var sawTemporary = false
         for _ in 0..<4000 where process.isRunning {
             if try FileManager.default.contentsOfDirectory(atPath: output.path).contains(where: { $0.contains(".tmp-") }) {
@@ -361,13 +357,9 @@ final class IOCommandLineTests: XCTestCase {
         var random = SeededRandom(seed: 5)
         var outcomes: [Int32: Int] = [:]
         for trial in 0..<20 {
-            let process = Process()
-            process.executableURL = Self.distillExecutable
             let dtype = trial % 2 == 0 ? "f32" : "bf16"
-            process.arguments = ["export", "--model", model.directory.path, "--format", "hf", "--output", output.path, "--dtype", dtype]
-            process.standardError = FileHandle.nullDevice
-            process.standardOutput = FileHandle.nullDevice
-            try process.run()
+            let process = try startProcess(Self.distillExecutable, ["export", "--model", model.directory.path, "--format", "hf",
+                                                                    "--output", output.path, "--dtype", dtype])
             // Starting the process takes tens of milliseconds; the export itself about as long again.
             usleep(UInt32(30_000 + random.next() % 170_000))
             process.interrupt()

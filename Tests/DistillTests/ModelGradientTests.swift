@@ -57,17 +57,8 @@ final class ModelGradientTests: XCTestCase {
         for tensor in model.layout.tensors {
             var numeric = [Double](), exact = [Double]()
             for j in stride(from: 0, to: tensor.count, by: max(1, tensor.count / 12)) {
-                let index = tensor.offset + j, saved = model.parameters[index]
-                func centralDifference(_ step: Float) -> Double {
-                    model.parameters[index] = saved + step
-                    let up = loss()
-                    model.parameters[index] = saved - step
-                    let down = loss()
-                    model.parameters[index] = saved
-                    return (up - down) / Double(2 * step)
-                }
-                // Richardson extrapolation cancels the h² error term, so Float's coarse steps suffice.
-                numeric.append((4 * centralDifference(5e-3) - centralDifference(1e-2)) / 3)
+                let index = tensor.offset + j
+                numeric.append(richardsonDerivative(at: model.parameters.baseAddress! + index, step: 5e-3, loss))
                 exact.append(Double(analytic[index]))
             }
             let difference = zip(numeric, exact).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
@@ -256,6 +247,24 @@ final class ModelGradientTests: XCTestCase {
 
 /// ‖numeric − exact‖ / ‖numeric‖: how far a backward pass's gradient is from finite differences, over all
 /// the entries checked at once.
+/// (loss(x + h) − loss(x − h)) / 2h with the value at `pointer` as x, put back afterwards.
+func centralDifference(at pointer: UnsafeMutablePointer<Float>, step h: Float, _ loss: () throws -> Double) rethrows -> Double {
+    let saved = pointer.pointee
+    defer { pointer.pointee = saved }
+    pointer.pointee = saved + h
+    let up = try loss()
+    pointer.pointee = saved - h
+    let down = try loss()
+    return (up - down) / Double(2 * h)
+}
+
+/// The derivative of `loss` in the value at `pointer` by central differences at steps h and 2h, with
+/// Richardson extrapolation ((4·D(h) − D(2h)) / 3), which cancels the h² error term so that Float's
+/// coarse steps suffice.
+func richardsonDerivative(at pointer: UnsafeMutablePointer<Float>, step h: Float, _ loss: () throws -> Double) rethrows -> Double {
+    (4 * (try centralDifference(at: pointer, step: h, loss)) - (try centralDifference(at: pointer, step: 2 * h, loss))) / 3
+}
+
 func relativeGradientError(_ numeric: [Double], _ exact: [Double]) -> Double {
     let error = zip(numeric, exact).map { ($0 - $1) * ($0 - $1) }.reduce(0, +).squareRoot()
     let size = numeric.map { $0 * $0 }.reduce(0, +).squareRoot()

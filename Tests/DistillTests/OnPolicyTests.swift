@@ -108,16 +108,7 @@ final class OnPolicyTests: XCTestCase {
         var numeric: [Double] = [], exact: [Double] = []
         for tensor in student.layout.tensors {
             for j in stride(from: 0, to: tensor.count, by: max(1, tensor.count / 5)) {
-                let pointer = student.parameters.baseAddress! + tensor.offset + j, saved = pointer.pointee
-                func difference(_ h: Float) throws -> Double {
-                    pointer.pointee = saved + h
-                    let up = try loss()
-                    pointer.pointee = saved - h
-                    let down = try loss()
-                    pointer.pointee = saved
-                    return (up - down) / Double(2 * h)
-                }
-                numeric.append((4 * (try difference(2.5e-3)) - (try difference(5e-3))) / 3)
+                numeric.append(try richardsonDerivative(at: student.parameters.baseAddress! + tensor.offset + j, step: 2.5e-3, loss))
                 exact.append(Double(gradients[tensor.offset + j]))
             }
         }
@@ -164,33 +155,75 @@ final class OnPolicyTests: XCTestCase {
         XCTAssertNotEqual(whole, kd)
     }
 
+    /// The generated rows are spread over the micro-batch, in the numbers `generatedRows` gives; at
+    /// L = 0.5 and with the teacher's and the student's shares each half of an even batch holds half of
+    /// each kind, so each of 2 ranks generates its own share.
+    func testGeneratedRowsAreSpreadOverTheBatch() {
+        for (student, teacher) in [(0.5, 0.0), (0.25, 0.25), (1.0, 0.0), (0.3, 0.2), (0.0, 0.0), (0.0, 1.0), (0.6, 0.4)] {
+            let settings = Self.settings(student: student, teacher: teacher)
+            for batch in 1...17 {
+                let sources = settings.rowSources(batchSize: batch), counts = settings.generatedRows(batchSize: batch)
+                XCTAssertEqual(sources.filter { $0 == .student }.count, counts.student, "\(student) \(teacher) batch \(batch)")
+                XCTAssertEqual(sources.filter { $0 == .teacher }.count, counts.teacher, "\(student) \(teacher) batch \(batch)")
+            }
+        }
+        XCTAssertEqual(Self.settings(student: 0.5).rowSources(batchSize: 8), [.data, .student, .data, .student, .data, .student, .data, .student])
+        XCTAssertEqual(Self.settings(student: 0.25, teacher: 0.25).rowSources(batchSize: 8),
+                       [.data, .student, .data, .teacher, .data, .student, .data, .teacher])
+    }
+
     // MARK: generation
 
     /// Rows decoded together draw, token for token, what each row decoded alone by the KV-cache session
     /// draws with the same seed: greedy, plain sampling, top-k and top-p.
     func testBatchedGenerationEqualsOneSequenceAtATime() throws {
+        try checkBatchedAgainstAlone(prompts: (0..<3).map { Self.prompt(row: $0, length: 5) }, newTokens: [30, 30, 30])
+    }
+
+    /// The same for rows of different lengths in one batch: prompts of 1 to 9 tokens (the shortest sets
+    /// the shared prompt pass; with 1 there is none) and 4 to 30 new tokens, rows leaving the pass as
+    /// they finish, in an order that is not their length's.
+    func testBatchedGenerationOfRowsOfDifferentLengths() throws {
+        let lengths: [[(prompt: Int, new: Int)]] = [[(2, 12), (5, 30), (9, 20), (3, 24)], [(1, 10), (7, 25), (3, 4)]]
+        for rows in lengths {
+            try checkBatchedAgainstAlone(prompts: rows.indices.map { Self.prompt(row: $0, length: rows[$0].prompt) },
+                                         newTokens: rows.map(\.new))
+        }
+    }
+
+    /// A prompt of `length` tokens of the decoding tests' vocabulary (67), different for each row.
+    static func prompt(row: Int, length: Int) -> [Int32] {
+        (0..<length).map { position in Int32((position * 13 + row * 7 + 1) % 67) }
+    }
+
+    /// Decodes `prompts` together (row r continued for `newTokens[r]` tokens) with each sampler and checks
+    /// every row against the row decoded alone, the prompts and the buffer past each row left as they were,
+    /// and that the decoder reused on one thread draws the same again.
+    func checkBatchedAgainstAlone(prompts: [[Int32]], newTokens: [Int], file: StaticString = #filePath, line: UInt = #line) throws {
         let config = LlamaConfig(hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2,
                                  vocabSize: 67, maxPositionEmbeddings: 40)
         let model = try ModelGradientTests.model(config, seed: 61)
-        let rows = 3, prompt = 5, new = 30
-        var prompts: [[Int32]] = []
-        for row in 0..<rows {
-            prompts.append((0..<prompt).map { position -> Int32 in Int32((position * 13 + row * 7 + 1) % 67) })
-        }
+        let rows = prompts.count, seeds = (0..<rows).map { UInt64(11 + $0) }
+        let decoder = try BatchedDecoder(model: model, promptLengths: prompts.map(\.count), newTokens: newTokens)
+        let stride = decoder.sequenceLength
+        XCTAssertEqual(stride, zip(prompts, newTokens).map { $0.count + $1 }.max(), file: file, line: line)
+        let untouched: Int32 = -7
         let samplers: [(temperature: Float, topK: Int?, topP: Float?)] = [(0, nil, nil), (1, nil, nil), (0.8, 10, nil), (1.2, nil, 0.9)]
         for (temperature, topK, topP) in samplers {
-            let seeds: [UInt64] = [11, 12, 13]
+            let label = "temperature \(temperature), top-k \(String(describing: topK)), top-p \(String(describing: topP))"
             var batchedSamplers = try seeds.map { try Sampler(temperature: temperature, topK: topK, topP: topP, seed: $0) }
-            let decoder = try BatchedDecoder(model: model, rows: rows, promptLength: prompt, newTokens: new)
-            var sequences = [Int32](repeating: 0, count: rows * (prompt + new))
-            for row in 0..<rows { for i in 0..<prompt { sequences[row * (prompt + new) + i] = prompts[row][i] } }
+            var sequences = [Int32](repeating: untouched, count: rows * stride)
+            for row in 0..<rows { for (i, token) in prompts[row].enumerated() { sequences[row * stride + i] = token } }
             try sequences.withUnsafeMutableBufferPointer { try decoder.generate(sequences: $0.baseAddress!, samplers: &batchedSamplers) }
             for row in 0..<rows {
+                let prompt = prompts[row].count, end = row * stride + prompt + newTokens[row]
                 var sampler = try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seeds[row])
-                let alone = try generate(session: KVCacheSession(model: model), prompt: prompts[row], maxTokens: new, sampler: &sampler)
-                let together = Array(sequences[(row * (prompt + new) + prompt)..<((row + 1) * (prompt + new))])
-                XCTAssertEqual(together, alone, "row \(row), temperature \(temperature), top-k \(String(describing: topK)), top-p \(String(describing: topP))")
-                XCTAssertEqual(Array(sequences[(row * (prompt + new))..<(row * (prompt + new) + prompt)]), prompts[row])
+                let alone = try generate(session: KVCacheSession(model: model), prompt: prompts[row], maxTokens: newTokens[row],
+                                         sampler: &sampler)
+                XCTAssertEqual(Array(sequences[(row * stride + prompt)..<end]), alone, "row \(row), \(label)", file: file, line: line)
+                XCTAssertEqual(Array(sequences[(row * stride)..<(row * stride + prompt)]), prompts[row], file: file, line: line)
+                XCTAssertTrue(sequences[end..<((row + 1) * stride)].allSatisfy { $0 == untouched }, "row \(row) written past its end",
+                              file: file, line: line)
             }
             // Reused for a second run, on one thread (its two row groups one after the other instead of side
             // by side), the decoder draws the same again from the same seeds.
@@ -199,8 +232,13 @@ final class OnPolicyTests: XCTestCase {
             try Compute.withThreads(1) {
                 try second.withUnsafeMutableBufferPointer { try decoder.generate(sequences: $0.baseAddress!, samplers: &again) }
             }
-            XCTAssertEqual(second, sequences)
+            XCTAssertEqual(second, sequences, label, file: file, line: line)
         }
+        // A shape the model cannot hold, an empty prompt or no new tokens: refused.
+        XCTAssertThrowsError(try BatchedDecoder(model: model, promptLengths: [3, 30], newTokens: [4, 11]))
+        XCTAssertThrowsError(try BatchedDecoder(model: model, promptLengths: [3, 0], newTokens: [4, 4]))
+        XCTAssertThrowsError(try BatchedDecoder(model: model, promptLengths: [3, 2], newTokens: [4, 0]))
+        XCTAssertThrowsError(try BatchedDecoder(model: model, promptLengths: [], newTokens: []))
     }
 
     /// The workspace sampler draws what the allocating one draws, with and without cuts.

@@ -101,6 +101,8 @@ extension CommandLineTests {
         let first = try startAndWaitForProgress(arguments + ["--steps", "1000000"]).process
         defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) } }
         try expectError(arguments + ["--steps", "1000000", "--resume"], mentions: "in use by another distill command")
+        // The first progress line comes before the first save: on a loaded machine the kill could come first.
+        for _ in 0..<6000 where first.isRunning && !FileManager.default.fileExists(atPath: output + "/training/state.json") { usleep(10_000) }
         kill(first.processIdentifier, SIGKILL)
         first.waitUntilExit()
         // Killed between the two renames of a save, the last complete state is the one set aside.
@@ -163,12 +165,7 @@ extension CommandLineTests {
         var killedMidRun = 0
         for trial in 0..<50 {
             let output = scratch.appendingPathComponent("trial-\(trial)")
-            let process = Process()
-            process.executableURL = Self.executable
-            process.arguments = arguments(output)
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
+            let process = try startProcess(Self.executable, arguments(output))
             usleep(useconds_t(20_000 + random.next() % 400_000))
             if process.isRunning { killedMidRun += 1 }
             kill(process.processIdentifier, SIGKILL)

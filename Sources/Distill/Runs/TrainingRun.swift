@@ -178,8 +178,9 @@ public enum TrainingRun {
             let onPolicy = try OnPolicyObjective(distillation: distillation, settings: student.onPolicy, context: context,
                                                  seed: parameters.seed, rank: ProcessGroup.world.rank, ranks: ProcessGroup.world.size)
             objective = onPolicy
-            generation = [describe(student.onPolicy, batchSize: parameters.batchSize, prompt: onPolicy.promptLength,
-                                   new: onPolicy.newTokens)]
+            // Under mpirun the rows are laid out over the global micro-batch (every rank's rows).
+            generation = [describe(student.onPolicy, batchSize: parameters.batchSize * ProcessGroup.world.size,
+                                   prompt: onPolicy.promptLength, new: onPolicy.newTokens)]
         }
         let trainer = try Trainer(model: model, objective: objective, parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
         let sizes = teachers.map { String($0.parameterCount) }.joined(separator: " + ")
