@@ -191,18 +191,18 @@ final class RecipeTests: XCTestCase {
         XCTAssertEqual(recipe.students[2].normalized["cross_tokenizer"], .string("alm"))
         XCTAssertEqual(recipe.students[2].normalized["tokenizer"]?["vocab_size"], .integer(1024))
         XCTAssertNil(recipe.students[2].normalized["init_from_teacher"])
-        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "tokenizer": {"vocab_size": 300}}]"#),
-                    path: "students[0].tokenizer", mentions: "is the run's own tokenizer")
-        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "cross_tokenizer": "kl"}]"#),
-                    path: "students[0].cross_tokenizer", mentions: "use uld or alm")
-        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "logits": {"kd_weight": 0}}]"#),
-                    path: "students[0].logits.kd_weight", mentions: "must be positive")
-        expectError(recipeText(students: #"[{"name": "x", "kind": "kd", "tokenizer": {"vocab_size": 280}}]"#),
-                    path: "students[0].tokenizer", mentions: "does not take")
-        expectError(recipeText(students: #"[{"name": "x", "kind": "baseline", "cross_tokenizer": "alm"}]"#),
-                    path: "students[0].cross_tokenizer", mentions: "does not take")
-        expectError(recipeText(students: #"[{"name": "x", "kind": "cross-tokenizer", "tokenizer": {"vocab_size": 10}}]"#),
-                    path: "students[0].tokenizer.vocab_size", mentions: "at least 260")
+        // A student's fields, the path of the mistake, a phrase of its message.
+        let mistakes: [(String, String, String)] = [
+            (#""kind": "cross-tokenizer", "tokenizer": {"vocab_size": 300}"#, "tokenizer", "is the run's own tokenizer"),
+            (#""kind": "cross-tokenizer", "cross_tokenizer": "kl""#, "cross_tokenizer", "use uld or alm"),
+            (#""kind": "cross-tokenizer", "logits": {"kd_weight": 0}"#, "logits.kd_weight", "must be positive"),
+            (#""kind": "kd", "tokenizer": {"vocab_size": 280}"#, "tokenizer", "does not take"),
+            (#""kind": "baseline", "cross_tokenizer": "alm""#, "cross_tokenizer", "does not take"),
+            (#""kind": "cross-tokenizer", "tokenizer": {"vocab_size": 10}"#, "tokenizer.vocab_size", "at least 260"),
+        ]
+        for (fields, path, phrase) in mistakes {
+            expectError(recipeText(students: #"[{"name": "x", "#  + fields + "}]"), path: "students[0].\(path)", mentions: phrase)
+        }
     }
 
     func testMissingAndWrongTopLevelFields() throws {
