@@ -302,25 +302,32 @@ final class DataParallelTests: XCTestCase {
         let straight = try mpi(2, arguments(reference))
         XCTAssertEqual(straight.status, 0, straight.transcript)
 
-        let job = try startProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", "2", executable.path] + arguments(killed))
-        let state = killed.appendingPathComponent("training/state.json").path
-        while job.isRunning && !FileManager.default.fileExists(atPath: state) { usleep(10_000) }
-        XCTAssertTrue(job.isRunning, "the job ended before its first checkpoint")
-        let rankOne = try XCTUnwrap(Self.children(of: job.processIdentifier).first { Self.rank(of: $0) == 1 }, "no rank 1 process")
-        kill(rankOne, SIGKILL)
-        var waited = 0
-        while job.isRunning && waited < 120_000 { usleep(10_000); waited += 10 }
-        if job.isRunning {
-            kill(job.processIdentifier, SIGKILL)
-            XCTFail("the job still ran two minutes after rank 1 died")
-        }
-        job.waitUntilExit()
+        let job = try signalRankOne(SIGKILL, arguments(killed), once: killed.appendingPathComponent("training/state.json").path,
+                                    "the job ended before its first checkpoint")
         XCTAssertNotEqual(job.terminationStatus, 0)
         let resumed = try mpi(2, arguments(killed) + ["--resume"])
         XCTAssertEqual(resumed.status, 0, resumed.transcript)
         XCTAssertTrue(resumed.errors.contains("resumed"), resumed.errors)
         XCTAssertEqual(try Data(contentsOf: killed.appendingPathComponent("model.safetensors")),
                        try Data(contentsOf: reference.appendingPathComponent("model.safetensors")))
+    }
+
+    /// Starts a 2-rank job of `arguments`, sends `signal` to rank 1 once `file` exists, and returns the
+    /// job after it ended (killed, and a failure, when it still ran two minutes later).
+    private func signalRankOne(_ signal: Int32, _ arguments: [String], once file: String, _ endedEarly: String) throws -> Process {
+        let job = try startProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", "2", executable.path] + arguments)
+        while job.isRunning && !FileManager.default.fileExists(atPath: file) { usleep(10_000) }
+        XCTAssertTrue(job.isRunning, endedEarly)
+        let rankOne = try XCTUnwrap(Self.children(of: job.processIdentifier).first { Self.rank(of: $0) == 1 }, "no rank 1 process")
+        kill(rankOne, signal)
+        var waited = 0
+        while job.isRunning && waited < 120_000 { usleep(10_000); waited += 10 }
+        if job.isRunning {
+            kill(job.processIdentifier, SIGKILL)
+            XCTFail("the job still ran two minutes after rank 1 got signal \(signal)")
+        }
+        job.waitUntilExit()
+        return job
     }
 
     /// SIGTERM to one rank reaches the others with the next step's gradients: every rank stops after that
@@ -330,19 +337,9 @@ final class DataParallelTests: XCTestCase {
         let output = try TestCorpus.scratch("mpi-term").appendingPathComponent("model")
         let arguments = ["train", "--output", output.path, "--preset", "tiny-student", "--save-every", "0"]
             + runFlags(corpus, batch: 2, steps: 1_000_000)
-        let job = try startProcess(try XCTUnwrap(Self.mpirun), Self.mpirunFlags + ["-np", "2", executable.path] + arguments)
         // The first progress line is in metrics.jsonl: the ranks are training.
-        let metrics = output.appendingPathComponent("metrics.jsonl").path
-        while job.isRunning && !FileManager.default.fileExists(atPath: metrics) { usleep(10_000) }
-        let rankOne = try XCTUnwrap(Self.children(of: job.processIdentifier).first { Self.rank(of: $0) == 1 }, "no rank 1 process")
-        kill(rankOne, SIGTERM)
-        var waited = 0
-        while job.isRunning && waited < 120_000 { usleep(10_000); waited += 10 }
-        if job.isRunning {
-            kill(job.processIdentifier, SIGKILL)
-            XCTFail("the job still ran two minutes after rank 1 was asked to stop")
-        }
-        job.waitUntilExit()
+        let job = try signalRankOne(SIGTERM, arguments, once: output.appendingPathComponent("metrics.jsonl").path,
+                                    "the job ended before its first progress line")
         XCTAssertEqual(job.terminationStatus, 130)
         let state = try JSONSerialization.jsonObject(with: Data(contentsOf: output.appendingPathComponent("training/state.json"))) as? [String: Any]
         let step = try XCTUnwrap(state?["step"] as? Int)

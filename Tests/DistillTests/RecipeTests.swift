@@ -250,5 +250,13 @@ final class RecipeTests: XCTestCase {
         XCTAssertTrue(value.canonicalText.hasPrefix(#"{"a":"#), "canonical text sorts keys")
         XCTAssertThrowsError(try JSONNode.parse("[1, 2")) { XCTAssertTrue("\($0)".contains("']'"), "\($0)") }
         XCTAssertThrowsError(try JSONNode.parse("01"))
+        // The accessors and the message form, shared with the config reader.
+        XCTAssertEqual(JSONNode.number(1024).intValue, 1024)
+        XCTAssertNil(JSONNode.number(1e300).intValue, "a number too large for Int is not a whole number here, not a trap")
+        XCTAssertNil(JSONNode.number(2.5).intValue)
+        XCTAssertEqual(try JSONNode.parse(#"{"b": ["gelu", 2.0], "a": "x"}"#).plainText, #"{"a": "x", "b": ["gelu", 2]}"#)
+        XCTAssertEqual(JSONNode.string("gelu").plainText, "gelu")
+        let decoded = try JSONDecoder().decode(JSONNode.self, from: Data(#"{"n": 3, "x": 0.5, "s": [null, false]}"#.utf8))
+        XCTAssertEqual(decoded, .object([("n", .integer(3)), ("x", .number(0.5)), ("s", .array([.null, .bool(false)]))]))
     }
 }

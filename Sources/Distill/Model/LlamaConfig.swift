@@ -45,7 +45,7 @@ public struct LlamaConfig: Codable, Equatable, Sendable {
     /// Decodes a `config.json` strictly (see `LlamaConfig.decode(_:source:)`): whatever route a config
     /// takes into distill, it goes through the same checks.
     public init(from decoder: Decoder) throws {
-        let fields = try decoder.singleValueContainer().decode([String: JSONValue].self)
+        let fields = try decoder.singleValueContainer().decode([String: JSONNode].self)
         self = try LlamaConfig(checking: fields)
     }
 

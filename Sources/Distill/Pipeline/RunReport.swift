@@ -379,25 +379,6 @@ public struct RunReport: Sendable {
     }
 }
 
-extension JSONNode {
-    public var stringValue: String? { if case .string(let text) = self { return text } else { return nil } }
-    public var intValue: Int? {
-        switch self {
-        case .integer(let value): return Int(value)
-        case .number(let value) where value == value.rounded(): return Int(value)
-        default: return nil
-        }
-    }
-    public var doubleValue: Double? {
-        switch self {
-        case .integer(let value): return Double(value)
-        case .number(let value): return value
-        default: return nil
-        }
-    }
-    public var arrayValue: [JSONNode]? { if case .array(let values) = self { return values } else { return nil } }
-}
-
 extension StageStore {
     /// The result of a stage whose record says it finished (whatever its key: the report shows what
     /// the run directory holds).

@@ -3,8 +3,9 @@ import Foundation
 /// A JSON document as a tree, kept exactly as written: integers stay integers (seeds beyond 2⁵³
 /// survive), objects keep their key order, and duplicate keys are an error. Recipes are read through
 /// it so that every mistake can be reported with its JSON path, and stage settings are hashed from its
-/// canonical text, which does not depend on how a file happened to be formatted.
-public indirect enum JSONNode: Equatable, Sendable, CustomStringConvertible {
+/// canonical text, which does not depend on how a file happened to be formatted. A `config.json`
+/// decodes into it too (`Decodable`, key order lost), so that its fields are checked before use.
+public indirect enum JSONNode: Equatable, Sendable, CustomStringConvertible, Decodable {
     case null
     case bool(Bool)
     case integer(Int64)
@@ -33,6 +34,55 @@ public indirect enum JSONNode: Equatable, Sendable, CustomStringConvertible {
     public subscript(key: String) -> JSONNode? {
         guard case .object(let pairs) = self else { return nil }
         return pairs.first { $0.0 == key }?.1
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.singleValueContainer()
+        if container.decodeNil() { self = .null }
+        else if let value = try? container.decode(Bool.self) { self = .bool(value) }
+        else if let value = try? container.decode(Int64.self) { self = .integer(value) }
+        else if let value = try? container.decode(Double.self) { self = .number(value) }
+        else if let value = try? container.decode(String.self) { self = .string(value) }
+        else if let value = try? container.decode([JSONNode].self) { self = .array(value) }
+        else { self = .object(try container.decode([String: JSONNode].self).sorted { $0.key < $1.key }.map { ($0.key, $0.value) }) }
+    }
+
+    public var stringValue: String? { if case .string(let text) = self { return text } else { return nil } }
+
+    /// A whole number (1024 or 1024.0), if it is one that fits an `Int`.
+    public var intValue: Int? {
+        switch self {
+        case .integer(let value): return Int(exactly: value)
+        case .number(let value): return value == value.rounded() && abs(value) < 0x1p62 ? Int(value) : nil
+        default: return nil
+        }
+    }
+
+    public var doubleValue: Double? {
+        switch self {
+        case .integer(let value): return Double(value)
+        case .number(let value): return value
+        default: return nil
+        }
+    }
+
+    public var arrayValue: [JSONNode]? { if case .array(let values) = self { return values } else { return nil } }
+
+    /// The value as an error message quotes it: strings bare at the top level (`gelu`), quoted inside
+    /// lists and objects; whole numbers without `.0`.
+    public var plainText: String { plain(quoted: false) }
+
+    private func plain(quoted: Bool) -> String {
+        switch self {
+        case .null: return "null"
+        case .bool(let value): return String(value)
+        case .integer(let value): return String(value)
+        case .number(let value): return intValue.map(String.init) ?? String(value)
+        case .string(let value): return quoted ? "\"\(value)\"" : value
+        case .array(let values): return "[" + values.map { $0.plain(quoted: true) }.joined(separator: ", ") + "]"
+        case .object(let pairs):
+            return "{" + pairs.sorted { $0.0 < $1.0 }.map { "\"\($0.0)\": \($0.1.plain(quoted: true))" }.joined(separator: ", ") + "}"
+        }
     }
 
     /// What kind of value this is, in words, for error messages.
