@@ -200,6 +200,8 @@ final class PipelineTests: XCTestCase {
                           path: "students[1].logits.divergence", mentions: "only forward-kl")
         try expectRefusal(#"[{"name": "s", "kind": "kd", "training": {"context": 64}}]"#, path: "students[0].training.context",
                           mentions: "longer than the teacher's context 32")
+        try expectRefusal(#"[{"name": "r", "kind": "kd-relational", "training": {"batch_size": 2}}]"#, path: "students[0].training.batch_size",
+                          mentions: "relational angle distillation needs at least 3 sequences")
         try expectRefusal(#"[{"name": "s", "kind": "kd-feature", "feature": {"layer_map": "0:9"}}]"#, path: "students[0].feature.layer_map",
                           mentions: "9")
         try expectRefusal(#"[{"name": "s", "kind": "baseline", "training": {"eval_batches": 100000}}]"#,

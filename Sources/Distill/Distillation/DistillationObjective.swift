@@ -168,10 +168,7 @@ public final class DistillationObjective: TermwiseObjective {
         let vocab = student.config.vocabSize, cs = student.config.hiddenSize, ct = teacher.config.hiddenSize
         let pairs = weights.feature > 0 ? settings.layerMap?.pairs ?? [] : []
         let rkd = weights.rkdDistance > 0 || weights.rkdAngle > 0
-        if weights.rkdDistance > 0 && batch.batchSize < 2 || weights.rkdAngle > 0 && batch.batchSize < 3 {
-            throw DistillationError.batchTooSmall(loss: weights.rkdAngle > 0 ? "angle" : "distance", batch: batch.batchSize,
-                                                  minimum: weights.rkdAngle > 0 ? 3 : 2)
-        }
+        try weights.checkBatchSize(batch.batchSize)
 
         // One teacher: its head is taken a chunk of rows at a time beside the student's (below). An
         // ensemble's target mixes whole distributions and is built at once.

@@ -78,4 +78,19 @@ public struct DistillationWeights: Sendable, Equatable, Codable {
         }
         if named.allSatisfy({ $0.1 == 0 }) { throw DistillationError.allWeightsZero }
     }
+
+    /// The relational term that needs the most sequences per batch, with that count: angles take
+    /// triplets (3), distances pairs (2); nil without relational terms.
+    public var relationalMinimum: (loss: String, batch: Int)? {
+        rkdAngle > 0 ? ("angle", 3) : rkdDistance > 0 ? ("distance", 2) : nil
+    }
+
+    /// Throws `DistillationError.batchTooSmall` when batches of `batchSize` sequences are too small for
+    /// the relational terms: the one check that the commands, `distill run`'s dry run and the objective
+    /// itself make.
+    public func checkBatchSize(_ batchSize: Int) throws {
+        if let (loss, minimum) = relationalMinimum, batchSize < minimum {
+            throw DistillationError.batchTooSmall(loss: loss, batch: batchSize, minimum: minimum)
+        }
+    }
 }

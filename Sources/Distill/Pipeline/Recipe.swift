@@ -571,9 +571,8 @@ struct RecipeParser {
             if settings.weights.rkdDistance == 0 && settings.weights.rkdAngle == 0 {
                 throw RecipeError(relational.path, "a kd-relational student needs a positive distance_weight or angle_weight")
             }
-            let minimum = settings.weights.rkdAngle > 0 ? 3 : 2
-            if training.batchSize < minimum {
-                throw RecipeError(reader.path("training.batch_size"), "relational distillation needs a batch of at least \(minimum) sequences, the student's is \(training.batchSize)")
+            do { try TrainingRun.checkRelationalBatch(settings.weights, batchSize: training.batchSize) } catch let error as SettingError {
+                throw RecipeError(reader.path("training.batch_size"), error.problem)
             }
             try relational.finish()
         }

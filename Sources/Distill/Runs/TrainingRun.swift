@@ -435,8 +435,7 @@ public enum TrainingRun {
 
     /// Relations need several sequences per batch: say so before loading and training anything.
     static func checkRelationalBatch(_ weights: DistillationWeights, batchSize: Int) throws {
-        if weights.rkdAngle > 0 && batchSize < 3 || weights.rkdDistance > 0 && batchSize < 2 {
-            let (loss, minimum) = weights.rkdAngle > 0 ? ("angle", 3) : ("distance", 2)
+        if let (loss, minimum) = weights.relationalMinimum, batchSize < minimum {
             throw SettingError(.batchSize, "is \(batchSize), but relational \(loss) distillation needs at least \(minimum) sequences per batch")
         }
     }
