@@ -90,12 +90,12 @@ final class ReportTests: XCTestCase {
     }
 
     func testGapClosedIsTheShareOfTheBaselineToTeacherDistance() {
-        func model(_ name: String, _ role: String, _ kind: String, bitsPerByte: Double) -> ReportModel {
-            ReportModel(name: name, role: role, kind: kind, directory: name,
+        func model(_ name: String, _ kind: String, bitsPerByte: Double) -> ReportModel {
+            ReportModel(name: name, kind: ModelKind(name: kind)!, directory: name,
                         evaluation: PerplexityReport(tokens: 100, nllSum: bitsPerByte * log(2) * 1000, bytes: 1000))
         }
-        var models = [model("teacher", "teacher", "teacher", bitsPerByte: 1.0), model("baseline", "student", "baseline", bitsPerByte: 2.0),
-                      model("kd", "student", "kd", bitsPerByte: 1.5), model("worse", "student", "kd", bitsPerByte: 2.2)]
+        var models = [model("teacher", "teacher", bitsPerByte: 1.0), model("baseline", "baseline", bitsPerByte: 2.0),
+                      model("kd", "kd", bitsPerByte: 1.5), model("worse", "kd", bitsPerByte: 2.2)]
         RunReport.fillGaps(&models)
         XCTAssertNil(models[0].gapClosed)
         XCTAssertNil(models[1].gapClosed)
@@ -170,11 +170,11 @@ final class ReportTests: XCTestCase {
     /// A baseline that overfits is marked, and a student's gap is also measured against the baseline at
     /// its best (issue 22's honest baselines: a win that is only regularisation shows).
     func testOverfittingIsMarkedAndTheGapIsAlsoTakenFromTheBestBaseline() throws {
-        var teacher = ReportModel(name: "teacher", role: "teacher", kind: "teacher", directory: "t")
+        var teacher = ReportModel(name: "teacher", kind: .teacher, directory: "t")
         teacher.validationCurve = ValidationCurve(bestStep: 100, best: 3.0, finalStep: 100, final: 3.0)
-        var baseline = ReportModel(name: "baseline", role: "student", kind: "baseline", directory: "b")
+        var baseline = ReportModel(name: "baseline", kind: .student(.baseline), directory: "b")
         baseline.validationCurve = ValidationCurve(bestStep: 50, best: 4.0, finalStep: 100, final: 4.5)
-        var student = ReportModel(name: "kd", role: "student", kind: "kd", directory: "s")
+        var student = ReportModel(name: "kd", kind: .student(.kd), directory: "s")
         student.validationCurve = ValidationCurve(bestStep: 100, best: 3.8, finalStep: 100, final: 3.8)
         var models = [teacher, baseline, student]
         RunReport.fillGaps(&models)

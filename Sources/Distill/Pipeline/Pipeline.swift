@@ -57,8 +57,7 @@ public final class Pipeline {
     /// One model of the report: where it lives and which stages made and measured it.
     struct ModelEntry {
         let name: String
-        let role: String
-        let kind: String
+        let kind: ModelKind
         /// Relative to the run directory, or absolute (existing teachers).
         let directory: String
         let trainingStage: String?
@@ -150,7 +149,7 @@ public final class Pipeline {
         case .directories(let directories):
             teacherKey = StageStore.key(stage: "teacher", settings: Normal.teacher(recipe.teacher),
                                         inputs: try directories.map { ("directory", try Fingerprint.modelDirectory($0)) })
-            for entry in models where entry.role == "teacher" { producers[entry.name] = teacherKey }
+            for entry in models where entry.kind == .teacher { producers[entry.name] = teacherKey }
             callbacks.log("teacher: \(directories.joined(separator: ", ")) (existing)")
         case let .train(shape, training, context):
             if stopRequested() { return try finish(models) }
@@ -195,8 +194,9 @@ public final class Pipeline {
             var judge: ModelEnsemble?
             let loadJudge = { () throws -> ModelEnsemble in
                 if let judge { return judge }
-                let loaded = try ModelEnsemble(members: try plan.teacherDirectories(self.modelPath("teacher")).map { try ModelDirectory.load(URL(fileURLWithPath: $0)) },
-                                               weights: self.recipe.teacher.weights)
+                let members = try ModelAndTokenizer.members(plan.teacherDirectories(self.modelPath("teacher")).map { URL(fileURLWithPath: $0) },
+                                                            fit: .paddedHead)
+                let loaded = try ModelEnsemble(members: members.models, weights: self.recipe.teacher.weights)
                 judge = loaded
                 return loaded
             }
@@ -479,6 +479,12 @@ public final class Pipeline {
         return (path, key)
     }
 
+    /// A model entry's weights (one model, or an ensemble's members) with their tokenizer, through the
+    /// one loader. Teachers may come from Hugging Face with a padded head.
+    private func loadModels(_ entry: ModelEntry) throws -> (models: [LlamaModel], tokenizer: Tokenizer) {
+        try ModelAndTokenizer.members((entry.members ?? [entry.directory]).map(resolve), fit: .paddedHead)
+    }
+
     private func evaluationStage(_ entry: ModelEntry, producer: String, plan: Plan) throws {
         let vocabulary = try self.vocabulary(entry.vocabulary)
         var settings = JSONNode.object([("text", recipe.evaluation.text.map(JSONNode.string) ?? .null),
@@ -490,9 +496,7 @@ public final class Pipeline {
         let stage = "eval-\(entry.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
         try simpleStage(stage, label: "evaluation \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
-            let directories = (entry.members ?? [entry.directory]).map(resolve)
-            let models = try directories.map { try ModelDirectory.load($0) }
-            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
+            let (models, tokenizer) = try loadModels(entry)
             let tokens: [Int32], bytes: Int
             if let text = recipe.evaluation.text {
                 let raw = try RegularFile.read(text)
@@ -523,9 +527,7 @@ public final class Pipeline {
         let stage = "samples-\(entry.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
         try simpleStage(stage, label: "samples \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
-            let directories = (entry.members ?? [entry.directory]).map(resolve)
-            let models = try directories.map { try ModelDirectory.load($0) }
-            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
+            let (models, tokenizer) = try loadModels(entry)
             // One model, or the ensemble's mixture (an ensemble of one generates exactly what its member does).
             let session = try EnsembleSession(ensemble: try ModelEnsemble(members: models))
             // A short untimed generation first: the first one pays for thread start-up and page faults.
@@ -567,9 +569,8 @@ public final class Pipeline {
         let stage = "quality-\(entry.name)"
         let key = StageStore.key(stage: stage, settings: settings, inputs: inputs)
         try simpleStage(stage, label: "sample quality \(entry.name)", key: key, settings: settings, inputs: inputs, outputs: []) {
-            let directories = (entry.members ?? [entry.directory]).map(resolve)
-            let model = try ModelEnsemble(members: try directories.map { try ModelDirectory.load($0) })
-            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directories[0]).tokenizerModel().path)
+            let (members, tokenizer) = try loadModels(entry)
+            let model = try ModelEnsemble(members: members)
             let data = try TokenFile(path: vocabulary.dataPath)
             let prompts = SampleQuality.prompts(from: Array(data.validationTokens), count: count, promptLength: promptLength)
             // A model with its own tokenizer: the teacher scores its samples' text through the run's.
@@ -595,27 +596,27 @@ public final class Pipeline {
         var entries: [ModelEntry] = []
         switch recipe.teacher.source {
         case .train:
-            entries.append(ModelEntry(name: "teacher", role: "teacher", kind: "teacher", directory: "models/teacher", trainingStage: "teacher"))
+            entries.append(ModelEntry(name: "teacher", kind: .teacher, directory: "models/teacher", trainingStage: "teacher"))
         case .directories(let directories):
             for (index, directory) in directories.enumerated() {
-                entries.append(ModelEntry(name: directories.count == 1 ? "teacher" : "teacher-\(index + 1)", role: "teacher",
-                                          kind: "teacher", directory: directory, trainingStage: nil))
+                entries.append(ModelEntry(name: directories.count == 1 ? "teacher" : "teacher-\(index + 1)", kind: .teacher,
+                                          directory: directory, trainingStage: nil))
             }
         }
         for student in recipe.students {
-            let stage = "student-\(student.name)", kind = student.kind.rawValue
+            let stage = "student-\(student.name)", kind = ModelKind.student(student.kind)
             if case .bornAgain(let count, _) = student.method {
                 // BornAgain keeps its generations in one folder: models/NAME/gen-k.
                 let directories = (1...count).map { "models/\(student.name)/gen-\($0)" }
                 for (name, directory) in zip(student.modelNames, directories) {
-                    entries.append(ModelEntry(name: name, role: "student", kind: kind, directory: directory, trainingStage: stage))
+                    entries.append(ModelEntry(name: name, kind: kind, directory: directory, trainingStage: stage))
                 }
-                entries.append(ModelEntry(name: "\(student.name)-ensemble", role: "student", kind: kind, directory: "models/\(student.name)",
+                entries.append(ModelEntry(name: "\(student.name)-ensemble", kind: kind, directory: "models/\(student.name)",
                                           trainingStage: stage, members: directories))
                 continue
             }
             for name in student.modelNames {
-                entries.append(ModelEntry(name: name, role: "student", kind: kind, directory: "models/\(name)", trainingStage: stage,
+                entries.append(ModelEntry(name: name, kind: kind, directory: "models/\(name)", trainingStage: stage,
                                           vocabulary: student.tokenizer.map(Self.vocabularyDirectory)))
             }
         }
@@ -629,7 +630,7 @@ public final class Pipeline {
             ("distill_version", .string(DistillVersion.string)), ("machine", .string(RunDirectory.machineDescription)),
             ("description", recipe.about.map(JSONNode.string) ?? .null), ("evaluation", .string(evaluation)),
             ("models", .array(models.map { entry in
-                .object([("name", .string(entry.name)), ("role", .string(entry.role)), ("kind", .string(entry.kind)),
+                .object([("name", .string(entry.name)), ("role", .string(entry.kind.role)), ("kind", .string(entry.kind.description)),
                          ("directory", .string(entry.directory)), ("training_stage", entry.trainingStage.map(JSONNode.string) ?? .null),
                          ("members", entry.members.map { .array($0.map(JSONNode.string)) } ?? .null),
                          ("vocabulary", entry.vocabulary.map(JSONNode.string) ?? .null),

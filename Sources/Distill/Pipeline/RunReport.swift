@@ -1,12 +1,32 @@
 import Foundation
 
+/// What a model of a run is: the teacher (or a member of the teachers' ensemble), or a student of a kind.
+public enum ModelKind: Sendable, Equatable, CustomStringConvertible {
+    case teacher
+    case student(StudentKind)
+
+    /// "teacher" or the student kind's recipe name, as `run.json` and `report.json` spell it.
+    public init?(name: String) {
+        if name == "teacher" { self = .teacher } else if let kind = StudentKind(rawValue: name) { self = .student(kind) } else { return nil }
+    }
+
+    public var description: String {
+        switch self {
+        case .teacher: return "teacher"
+        case .student(let kind): return kind.rawValue
+        }
+    }
+
+    /// "teacher" or "student", the `role` field of `run.json` and `report.json`.
+    public var role: String { self == .teacher ? "teacher" : "student" }
+
+    public var isBaseline: Bool { self == .student(.baseline) }
+}
+
 /// One row of a run's report.
 public struct ReportModel: Sendable, Equatable {
     public var name: String
-    /// "teacher" or "student".
-    public var role: String
-    /// "teacher" or the student kind (baseline, kd, ...).
-    public var kind: String
+    public var kind: ModelKind
     /// The model directory (relative paths are inside the run directory).
     public var directory: String
     public var parameters: Int?
@@ -32,11 +52,10 @@ public struct ReportModel: Sendable, Equatable {
     /// mean over its logged steps).
     public var alignedBytes: Double?
 
-    public init(name: String, role: String, kind: String, directory: String, parameters: Int? = nil,
+    public init(name: String, kind: ModelKind, directory: String, parameters: Int? = nil,
                 evaluation: PerplexityReport? = nil, trainingSeconds: Double? = nil, trainingTokensPerSecond: Double? = nil,
                 generationTokensPerSecond: Double? = nil, gapClosed: Double? = nil) {
         self.name = name
-        self.role = role
         self.kind = kind
         self.directory = directory
         self.parameters = parameters
@@ -84,8 +103,10 @@ public struct RunReport: Sendable {
         guard case .array(let entries)? = run["models"] else { throw PipelineError.damagedRun(runDirectory.path, "run.json lists no models") }
         for entry in entries {
             guard case .string(let name)? = entry["name"], case .string(let directory)? = entry["directory"] else { continue }
-            var model = ReportModel(name: name, role: entry["role"]?.stringValue ?? "student", kind: entry["kind"]?.stringValue ?? "",
-                                    directory: directory)
+            guard let kindName = entry["kind"]?.stringValue, let kind = ModelKind(name: kindName) else {
+                throw PipelineError.damagedRun(runDirectory.path, "run.json's model \(name) has no kind this version knows")
+            }
+            var model = ReportModel(name: name, kind: kind, directory: directory)
             let trainingStage = entry["training_stage"]?.stringValue
             model.vocabulary = entry["vocabulary"]?.stringValue
             if let stage = entry["eval_stage"]?.stringValue, let result = store.currentResult(stage, after: trainingStage) {
@@ -143,12 +164,12 @@ public struct RunReport: Sendable {
     /// on the validation sample against the baseline's best. Validation CE is per token, so that gap is
     /// only taken when student, baseline and teacher share the run's tokenizer.
     public static func fillGaps(_ models: inout [ReportModel]) {
-        let students = models.indices.filter { models[$0].role == "student" && models[$0].kind != "baseline" }
-        let teacherModel = models.first(where: { $0.role == "teacher" })
+        let students = models.indices.filter { models[$0].kind != .teacher && !models[$0].kind.isBaseline }
+        let teacherModel = models.first(where: { $0.kind == .teacher })
         for index in students {
             let vocabulary = models[index].vocabulary
-            guard let baselineModel = models.first(where: { $0.kind == "baseline" && $0.vocabulary == vocabulary })
-                    ?? models.first(where: { $0.kind == "baseline" }) else { continue }
+            guard let baselineModel = models.first(where: { $0.kind.isBaseline && $0.vocabulary == vocabulary })
+                    ?? models.first(where: { $0.kind.isBaseline }) else { continue }
             if let teacher = teacherModel?.evaluation?.bitsPerByte, let baseline = baselineModel.evaluation?.bitsPerByte,
                abs(baseline - teacher) > 1e-9, let own = models[index].evaluation?.bitsPerByte {
                 models[index].gapClosed = (baseline - own) / (baseline - teacher)
@@ -214,7 +235,7 @@ public struct RunReport: Sendable {
         func optional(_ value: Double?) -> JSONNode { value.map { $0.isFinite ? .number($0) : .null } ?? .null }
         let modelValues = models.map { model -> JSONNode in
             var fields: [(String, JSONNode)] = [
-                ("name", .string(model.name)), ("role", .string(model.role)), ("kind", .string(model.kind)),
+                ("name", .string(model.name)), ("role", .string(model.kind.role)), ("kind", .string(model.kind.description)),
                 ("directory", .string(model.directory)), ("parameters", model.parameters.map { .integer(Int64($0)) } ?? .null),
             ]
             if let evaluation = model.evaluation {
@@ -268,7 +289,7 @@ public struct RunReport: Sendable {
                       "repeated 4-grams", "training time", "train tok/s", "generate tok/s"] + (aligned ? ["aligned bytes"] : [])
         let rows = models.map { model -> [String] in
             let alignedCell: [String] = aligned ? [model.alignedBytes.map { String(format: "%.1f%%", 100 * $0) } ?? "–"] : []
-            let cells: [String] = [model.name, model.kind, model.parameters.map(SVGChart.grouped) ?? "–",
+            let cells: [String] = [model.name, model.kind.description, model.parameters.map(SVGChart.grouped) ?? "–",
              model.evaluation.map { String(format: "%.2f", $0.perplexity) } ?? "–",
              model.evaluation.map { String(format: "%.4f", $0.bitsPerByte) } ?? "–",
              // Rounded first, so that a tiny negative share prints as 0%, not -0%.

@@ -36,7 +36,8 @@ extension TrainingRun {
         try settings.validate()
         let path = student.teachers[0]
         let output = try claimOutput(request, reads: [OutputGuard.Role(Setting.teacher.rawValue, path)])
-        let teacher = try ModelDirectory.load(URL(fileURLWithPath: path))
+        let loaded = try ModelAndTokenizer(directory: URL(fileURLWithPath: path), fit: .paddedHead)
+        let teacher = loaded.model
         // The student's own vocabulary, not the teacher's: otherwise the rules of any student.
         var own = request
         own.defaultPreset = teacher.config.hiddenSize >= 256 ? "small-student" : "tiny-student"
@@ -47,7 +48,7 @@ extension TrainingRun {
         try parameters.validate()
         let model = try LlamaModel(config: config, seed: parameters.seed)
         let objective = try CrossTokenizerObjective(
-            teacher: teacher, teacherTokenizer: try teacherTokenizer(path), studentTokenizer: try Tokenizer(modelPath: inputs.tokenizerModel),
+            teacher: teacher, teacherTokenizer: loaded.tokenizer, studentTokenizer: try Tokenizer(modelPath: inputs.tokenizerModel),
             studentConfig: config, loss: loss, settings: settings)
         objective.surroundings = inputs.data
         // A teacher that cannot spell the data's text is refused now, not at the first batch that meets it.

@@ -68,13 +68,11 @@ public enum TeacherCacheBuilder {
         try data.checkTokenRange()
         var models: [LlamaModel] = []
         for path in paths {
-            let directory = URL(fileURLWithPath: path)
-            let model = try ModelDirectory.load(directory)
-            let tokenizer = try Tokenizer(modelPath: try HFModelDirectory(directory).tokenizerModel().path)
-            guard tokenizer.modelHash == data.tokenizerHash else {
+            let loaded = try ModelAndTokenizer(directory: URL(fileURLWithPath: path), fit: .paddedHead)
+            guard loaded.tokenizer.modelHash == data.tokenizerHash else {
                 throw TeacherCacheError.teacherTokenizer(teacher: path, data: dataPath)
             }
-            models.append(model)
+            models.append(loaded.model)
         }
         return try build(teachers: models, data: data, output: output, settings: settings, group: group, progress: progress,
                          shouldStop: shouldStop)
