@@ -3,6 +3,9 @@
 #include <stdlib.h>
 #include <math.h>
 #include <string.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 
 // Each kernel gets an AVX-512, an AVX2 and a baseline body (dispatch.h).
 
@@ -209,4 +212,10 @@ int ck_isa_level(void) {
     known = wanted >= 0 && wanted < cpu ? wanted : cpu;
     __atomic_store_n(&level, known, __ATOMIC_RELAXED);
     return known;
+}
+
+void ck_release_free_memory(void) {
+#ifdef __GLIBC__
+    malloc_trim(0);
+#endif
 }

@@ -43,6 +43,10 @@ void ck_add_inplace(float *y, const float *x, size_t n);
 /// y[i] *= s
 void ck_scale_inplace(float *y, float s, size_t n);
 
+/// Hands the allocator's free memory back to the system (glibc's malloc_trim; nothing elsewhere), so
+/// that the resident size counts only live memory: `bench` calls it before each workload's peak.
+void ck_release_free_memory(void);
+
 /// Sum of squares, accumulated in double.
 double ck_sum_squares(const float *x, size_t n);
 

@@ -1,4 +1,5 @@
 import CBLAS
+import CKernels
 import Foundation
 
 /// Speed figures of `distill bench`, each the median over repeated timings in one run.
@@ -141,14 +142,15 @@ public enum Benchmark {
         func objective() throws -> DistillationObjective {
             try DistillationObjective(teacher: teacher, studentConfig: studentConfig, settings: DistillationSettings(), seed: 3)
         }
-        let (offPolicy, data) = try stepWorkload(model: LlamaModel(config: studentConfig, seed: 2), objective: objective(),
-                                                 batch: batch, context: context, seed: 4)
+        // One student for both trainers, as a run has one: the steps' work is the same, and two students
+        // (weights, gradients, activations, head chunks) would count twice in the workload's peak.
+        let student = try LlamaModel(config: studentConfig, seed: 2)
+        let (offPolicy, data) = try stepWorkload(model: student, objective: objective(), batch: batch, context: context, seed: 4)
         var settings = OnPolicySettings()
         settings.studentShare = 0.5
         settings.promptTokens = context / 2
         let generating = try OnPolicyObjective(distillation: objective(), settings: settings, context: context, seed: 5)
-        let (onPolicy, _) = try stepWorkload(model: LlamaModel(config: studentConfig, seed: 2), objective: generating,
-                                             batch: batch, context: context, seed: 4)
+        let (onPolicy, _) = try stepWorkload(model: student, objective: generating, batch: batch, context: context, seed: 4)
         func seconds(_ trainer: Trainer) throws -> Double {
             let start = DispatchTime.now().uptimeNanoseconds
             try trainer.singleStep(data)
@@ -306,8 +308,10 @@ public enum Benchmark {
     }
 
     /// Resets the peak resident memory to the current one (Linux's clear_refs), so that the next
-    /// `peakResidentMB` is the peak of what runs in between.
+    /// `peakResidentMB` is the peak of what runs in between; memory an earlier workload freed is first
+    /// handed back, so that it does not count in the next one's figure.
     public static func resetPeakResident() {
+        ck_release_free_memory()
         try? "5".write(toFile: "/proc/self/clear_refs", atomically: false, encoding: .utf8)
     }
 
