@@ -21,9 +21,11 @@ final class ModelGradientTests: XCTestCase {
 
     /// loss = Σ logits·R + Σ hidden(block 0)·S + Σ finalHidden·U: a linear read-out, so d loss/d output
     /// is R, S, U, and the check isolates the model's own backward.
-    func checkGradients(tied: Bool, batch: Int = 2, length: Int = 5, heads: Int = 2, kvHeads: Int = 1) throws {
+    func checkGradients(tied: Bool, batch: Int = 2, length: Int = 5, heads: Int = 2, kvHeads: Int = 1,
+                        recomputingGateUp: Bool = false) throws {
         let config = Self.tinyConfig(tied: tied, context: max(8, length), heads: heads, kvHeads: kvHeads)
         let model = try Self.model(config)
+        model.recomputesGateUp = recomputingGateUp
         let rows = batch * length, c = config.hiddenSize
         var random = SeededRandom(seed: 7)
         let tokens: [Int32] = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
@@ -70,6 +72,35 @@ final class ModelGradientTests: XCTestCase {
 
     func testGradientsUntied() throws { try checkGradients(tied: false) }
     func testGradientsTied() throws { try checkGradients(tied: true) }
+    /// Gate/up recomputed in backward, with backward's scratch in the buffers dead at that moment.
+    func testGradientsRecomputingGateUp() throws { try checkGradients(tied: false, recomputingGateUp: true) }
+
+    /// Recomputing gate/up in backward (`recomputesGateUp`) gives the same bits as keeping it, with the
+    /// scratch in the shared buffers (F ≥ C) and in buffers of its own (F < C); and the kept buffers are
+    /// smaller, as the estimate says.
+    func testRecomputingGateUpGivesTheSameBits() throws {
+        for intermediate in [24, 6] {
+            var config = Self.tinyConfig(tied: false, context: 8)
+            config.numHiddenLayers = 3
+            config.intermediateSize = intermediate
+            var random = SeededRandom(seed: 11)
+            let tokens: [Int32] = (0..<2 * 7).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
+            let dLogits = (0..<2 * 7 * config.vocabSize).map { _ in random.nextGaussian() }
+            func gradients(recomputing: Bool) throws -> (gradients: [Float], held: Int, estimate: Double) {
+                let model = try Self.model(config, seed: 3)
+                model.recomputesGateUp = recomputing
+                model.zeroGradients()
+                model.forward(tokens: tokens, batch: 2, length: 7)
+                dLogits.withUnsafeBufferPointer { model.backward(dLogits: $0.baseAddress!) }
+                return (Array(model.gradients!), model.activationBytesHeld, model.activationBytes(batch: 2, length: 7))
+            }
+            let kept = try gradients(recomputing: false), recomputed = try gradients(recomputing: true)
+            XCTAssertEqual(kept.gradients, recomputed.gradients, "F = \(intermediate)")
+            XCTAssertEqual(Double(recomputed.held), recomputed.estimate)
+            XCTAssertEqual(Double(kept.held), kept.estimate)
+            XCTAssertLessThan(recomputed.held, kept.held, "F = \(intermediate)")
+        }
+    }
     /// Long enough for attention's causal blocks of 64 query rows to come in three pieces.
     func testGradientsLongSequence() throws { try checkGradients(tied: false, batch: 1, length: 130) }
     /// Attention recomputes its probabilities in backward: one head, a length (70) that leaves a short

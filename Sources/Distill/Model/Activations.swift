@@ -11,7 +11,7 @@ struct ActivationSizes {
         let attentionOut: Int       // [B·T, C]
         let attentionResidual: Int  // [B·T, C]
         let mlpRstd: Int            // [B·T]
-        let gateUp: Int             // [B·T, 2F]
+        let gateUp: Int             // [B·T, 2F]; 0 when recomputed (then one buffer serves all blocks)
 
         var total: Int {
             saturatingSum([attentionRstd, qkv, attentionRowStats, attentionOut, attentionResidual, mlpRstd, gateUp]
@@ -25,8 +25,11 @@ struct ActivationSizes {
     let block: Block
     let blockCount: Int      // L when kept for backward, else 1 (shared)
     // Shared by all blocks and recomputed in backward (cheap element-wise work): the normed input of
-    // attention and of the MLP, and the SwiGLU output.
+    // attention and of the MLP, and the SwiGLU output; with `recomputeGateUp`, gate/up too (one product,
+    // the same call as forward's, so the same bits: about 9% more of a step's work for the largest
+    // per-block buffer).
     let normed: Int          // [B·T, C]
+    let sharedGateUp: Int    // [B·T, 2F] with recomputeGateUp, else 0
     let swiglu: Int          // [B·T, F]
     let finalNormed: Int     // [B·T, C]
     let finalRstd: Int       // [B·T]
@@ -36,10 +39,15 @@ struct ActivationSizes {
     let scratchNormed: Int   // [B·T, C]
     let dAttentionOut: Int   // [B·T, C]
     let dQKV: Int            // [B·T, C + 2·KVd]
+    let recomputeGateUp: Bool
+    /// With recomputeGateUp, d normed and d attention output live in the SwiGLU output's buffer and d qkv
+    /// in gate/up's while those are dead in a block's backward, when they fit (F ≥ C, 2F ≥ C + 2·KVd);
+    /// they then take no room of their own (0 above).
+    let backwardScratchInSharedBuffers: Bool
     // Attention's per-thread scratch, forward and backward.
     let attentionScratch: Int  // [threads, 2·attentionBlock, T]
 
-    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int) {
+    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int, recomputeGateUp: Bool = false) {
         let rows = saturatingProduct(batch, length), c = config.hiddenSize, f = config.intermediateSize
         let qkvWidth = saturatingSum([c, saturatingProduct(2, config.numKeyValueHeads, config.headDim)])
         tokens = rows
@@ -48,18 +56,22 @@ struct ActivationSizes {
         block = Block(attentionRstd: rows, qkv: saturatingProduct(rows, qkvWidth),
                       attentionRowStats: saturatingProduct(batch, config.numAttentionHeads, length, 2),
                       attentionOut: residual, attentionResidual: residual, mlpRstd: rows,
-                      gateUp: saturatingProduct(rows, 2, f))
+                      gateUp: recomputeGateUp && perBlock ? 0 : saturatingProduct(rows, 2, f))
         blockCount = perBlock ? config.numHiddenLayers : 1
         normed = residual
+        self.recomputeGateUp = recomputeGateUp && perBlock
+        sharedGateUp = self.recomputeGateUp ? saturatingProduct(rows, 2, f) : 0
         swiglu = saturatingProduct(rows, f)
         finalNormed = residual
         finalRstd = rows
         logits = saturatingProduct(rows, config.vocabSize)
         let scratch = perBlock ? 1 : 0
+        backwardScratchInSharedBuffers = self.recomputeGateUp && f >= c && saturatingProduct(2, f) >= qkvWidth
+        let ownScratch = backwardScratchInSharedBuffers ? 0 : scratch
         dResidual = scratch * residual
-        scratchNormed = scratch * residual
-        dAttentionOut = scratch * residual
-        dQKV = scratch * block.qkv
+        scratchNormed = ownScratch * residual
+        dAttentionOut = ownScratch * residual
+        dQKV = ownScratch * block.qkv
         attentionScratch = saturatingProduct(threads, attentionScratchPerThread(length: length))
     }
 
@@ -69,7 +81,7 @@ struct ActivationSizes {
     /// Floats of all the buffers `Activations` carves, padding included.
     var floatCount: Int {
         saturatingSum([saturatingProduct(Self.padded(residual), residualCount), saturatingProduct(block.total, blockCount)]
-                      + [normed, swiglu, finalNormed, finalRstd, dResidual, scratchNormed, dAttentionOut, dQKV,
+                      + [normed, sharedGateUp, swiglu, finalNormed, finalRstd, dResidual, scratchNormed, dAttentionOut, dQKV,
                          attentionScratch].map(Self.padded))
     }
 
@@ -108,12 +120,13 @@ final class Activations {
     let dQKV: UnsafeMutablePointer<Float>             // [B·T, C + 2·KVd]
     let attentionScratch: UnsafeMutablePointer<Float> // [threads, 2·attentionBlock, T]
 
-    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads) {
+    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads, recomputeGateUp: Bool = false) {
         self.batch = batch
         self.length = length
         self.perBlock = perBlock
         self.threads = threads
-        let sizes = ActivationSizes(config: config, batch: batch, length: length, perBlock: perBlock, threads: threads)
+        let sizes = ActivationSizes(config: config, batch: batch, length: length, perBlock: perBlock, threads: threads,
+                                    recomputeGateUp: recomputeGateUp)
         self.sizes = sizes
         let total = sizes.floatCount
         let base = alignedFloats(max(total, 1))
@@ -126,20 +139,21 @@ final class Activations {
         tokens = .allocate(capacity: max(sizes.tokens, 1))
         residual = (0..<sizes.residualCount).map { _ in take(sizes.residual) }
         let block = sizes.block
-        let normed = take(sizes.normed), swiglu = take(sizes.swiglu)
+        let normed = take(sizes.normed), sharedGateUp = take(sizes.sharedGateUp), swiglu = take(sizes.swiglu)
         blocks = (0..<sizes.blockCount).map { _ in
             BlockActivations(
                 attentionNormed: normed, attentionRstd: take(block.attentionRstd), qkv: take(block.qkv),
                 attentionRowStats: take(block.attentionRowStats), attentionOut: take(block.attentionOut),
                 attentionResidual: take(block.attentionResidual), mlpNormed: normed,
-                mlpRstd: take(block.mlpRstd), gateUp: take(block.gateUp), swiglu: swiglu)
+                mlpRstd: take(block.mlpRstd), gateUp: sizes.recomputeGateUp ? sharedGateUp : take(block.gateUp), swiglu: swiglu)
         }
         finalNormed = take(sizes.finalNormed)
         finalRstd = take(sizes.finalRstd)
         dResidual = take(sizes.dResidual)
-        scratchNormed = take(sizes.scratchNormed)
-        dAttentionOut = take(sizes.dAttentionOut)
-        dQKV = take(sizes.dQKV)
+        let shared = sizes.backwardScratchInSharedBuffers
+        scratchNormed = shared ? swiglu : take(sizes.scratchNormed)
+        dAttentionOut = shared ? swiglu : take(sizes.dAttentionOut)
+        dQKV = shared ? sharedGateUp : take(sizes.dQKV)
         attentionScratch = take(sizes.attentionScratch)
         // Every buffer is carved from the table, and the table's sum is what was carved.
         precondition(cursor == total, "activation buffers and ActivationSizes disagree")

@@ -47,6 +47,7 @@ extension TrainingRun {
         parameters.context = context
         try parameters.validate()
         let model = try LlamaModel(config: config, seed: parameters.seed)
+        model.recomputesGateUp = request.recomputeActivations
         let objective = try CrossTokenizerObjective(
             teacher: teacher, teacherTokenizer: loaded.tokenizer, studentTokenizer: try Tokenizer(modelPath: inputs.tokenizerModel),
             studentConfig: config, loss: loss, settings: settings)

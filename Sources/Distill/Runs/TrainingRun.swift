@@ -19,6 +19,9 @@ public struct TrainingRequest: Sendable {
     public var context: Int?
     /// Continue the checkpoint in `output` instead of refusing to touch it.
     public var resume = false
+    /// Trade time for memory: recompute each block's gate/up in backward (`LlamaModel.recomputesGateUp`).
+    /// The results are the same bits either way.
+    public var recomputeActivations = false
 
     public init(data: String, output: String) {
         self.data = data
@@ -123,6 +126,7 @@ public enum TrainingRun {
         try parameters.validate()
         let output = try claimOutput(request, reads: [])
         let model = try LlamaModel(config: config, seed: parameters.seed)
+        model.recomputesGateUp = request.recomputeActivations
         let trainer = try Trainer(model: model, objective: CrossEntropyObjective(), parameters: parameters,
                                   tokenizerHash: inputs.data.tokenizerHash)
         callbacks.log("model: \(model.parameterCount) parameters (width \(config.hiddenSize), \(config.numHiddenLayers) layers, "
@@ -163,6 +167,7 @@ public enum TrainingRun {
         let model = student.initFromTeacher
             ? try studentFromTeacher(first, layers: shape.config.numHiddenLayers)
             : try LlamaModel(config: shape.config, seed: request.parameters.seed)
+        model.recomputesGateUp = request.recomputeActivations
         if settings.weights.feature > 0 {
             settings.layerMap = try ShapeRules.layerMap(student.layerMap, student: model.config, teacher: first.config)
         }
@@ -221,6 +226,7 @@ public enum TrainingRun {
         parameters.context = context
         try parameters.validate()
         let model = try LlamaModel(config: config, seed: parameters.seed)
+        model.recomputesGateUp = request.recomputeActivations
         let objective = try CachedTeacherObjective(cache: cache, studentConfig: config, settings: settings, loss: student.cachedLoss)
         let trainer = try Trainer(model: model, objective: objective, parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
         var terms = ["ce \(settings.weights.ce)"]
@@ -255,6 +261,7 @@ public enum TrainingRun {
         let outputs = try peers.map { try claimOutput($0, reads: []) }
         // Different initial weights, the same batches (the sampler's seed is the run's).
         let models = try configs.enumerated().map { try LlamaModel(config: $0.element, seed: parameters.seed &+ UInt64($0.offset)) }
+        for (model, peer) in zip(models, peers) { model.recomputesGateUp = peer.recomputeActivations }
         let objectives = try MutualObjective.objectives(peers: models, settings: settings)
         let trainers = try models.indices.map { index -> Trainer in
             try Trainer(model: models[index], objective: objectives[index], parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
