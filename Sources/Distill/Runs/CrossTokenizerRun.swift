@@ -43,11 +43,7 @@ extension TrainingRun {
         own.defaultPreset = teacher.config.hiddenSize >= 256 ? "small-student" : "tiny-student"
         let shape = try scratchShape(own, vocabSize: inputs.data.vocabSize, defaultContext: min(256, teacher.config.maxPositionEmbeddings))
         let config = shape.config, context = shape.context
-        var parameters = request.parameters
-        parameters.context = context
-        try parameters.validate()
-        let model = try LlamaModel(config: config, seed: parameters.seed)
-        model.recomputesGateUp = request.recomputeActivations
+        let (model, parameters) = try newModel(shape, for: request)
         let objective = try CrossTokenizerObjective(
             teacher: teacher, teacherTokenizer: loaded.tokenizer, studentTokenizer: try Tokenizer(modelPath: inputs.tokenizerModel),
             studentConfig: config, loss: loss, settings: settings)

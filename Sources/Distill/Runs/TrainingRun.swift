@@ -114,6 +114,17 @@ public enum TrainingRun {
                                vocabSize: vocabSize, defaultContext: defaultContext)
     }
 
+    /// A new model of `shape` for `request`, with its training parameters at the shape's context (checked),
+    /// its weights drawn from the run's seed, and the request's choice of memory against work.
+    static func newModel(_ shape: ResolvedShape, for request: TrainingRequest) throws -> (LlamaModel, TrainingParameters) {
+        var parameters = request.parameters
+        parameters.context = shape.context
+        try parameters.validate()
+        let model = try LlamaModel(config: shape.config, seed: parameters.seed)
+        model.recomputesGateUp = request.recomputeActivations
+        return (model, parameters)
+    }
+
     // MARK: the commands
 
     /// `distill train`: next-token cross-entropy from scratch.
@@ -121,12 +132,8 @@ public enum TrainingRun {
         let inputs = try openInputs(request)
         let shape = try scratchShape(request, vocabSize: inputs.data.vocabSize)
         let config = shape.config, context = shape.context
-        var parameters = request.parameters
-        parameters.context = context
-        try parameters.validate()
+        let (model, parameters) = try newModel(shape, for: request)
         let output = try claimOutput(request, reads: [])
-        let model = try LlamaModel(config: config, seed: parameters.seed)
-        model.recomputesGateUp = request.recomputeActivations
         let trainer = try Trainer(model: model, objective: CrossEntropyObjective(), parameters: parameters,
                                   tokenizerHash: inputs.data.tokenizerHash)
         callbacks.log("model: \(model.parameterCount) parameters (width \(config.hiddenSize), \(config.numHiddenLayers) layers, "
@@ -222,11 +229,7 @@ public enum TrainingRun {
         try settings.validate()
         let shape = try scratchShape(request, vocabSize: cache.vocabSize, defaultContext: min(256, cache.window))
         let config = shape.config, context = shape.context
-        var parameters = request.parameters
-        parameters.context = context
-        try parameters.validate()
-        let model = try LlamaModel(config: config, seed: parameters.seed)
-        model.recomputesGateUp = request.recomputeActivations
+        let (model, parameters) = try newModel(shape, for: request)
         let objective = try CachedTeacherObjective(cache: cache, studentConfig: config, settings: settings, loss: student.cachedLoss)
         let trainer = try Trainer(model: model, objective: objective, parameters: parameters, tokenizerHash: inputs.data.tokenizerHash)
         var terms = ["ce \(settings.weights.ce)"]
