@@ -152,6 +152,22 @@ final class BadInputSweepTests: XCTestCase {
         }
     }
 
+    /// The activation pre-check counts what `--recompute-activations` saves: a batch that only fits with it
+    /// is refused without it (naming the option) and accepted with it.
+    func testTheActivationCheckCountsRecomputation() throws {
+        let config = try LlamaConfig.preset("small", vocabSize: 4096, context: 256)
+        let model = try LlamaModel(config: config, seed: 1)
+        let kept = model.activationBytes(batch: 8, length: 256)
+        model.recomputesGateUp = true
+        let recomputed = model.activationBytes(batch: 8, length: 256)
+        XCTAssertLessThan(recomputed, kept)
+        let available = (kept + recomputed) / 2 / MachineMemory.usableFraction
+        XCTAssertThrowsError(try config.checkTrainingActivations(batch: 8, context: 256, availableBytes: available)) {
+            XCTAssertTrue("\($0)".contains("recompute activations"), "\($0)")
+        }
+        XCTAssertNoThrow(try config.checkTrainingActivations(batch: 8, context: 256, recomputingGateUp: true, availableBytes: available))
+    }
+
     /// Finding 26: a config.json with a NaN literal was "not a JSON object of config fields".
     func testAConfigThatIsNotJSONSaysSoAndWhere() throws {
         let root = try TestCorpus.scratch("nan-config")

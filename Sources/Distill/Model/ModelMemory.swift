@@ -85,13 +85,17 @@ extension LlamaConfig {
     /// Refuses, naming the batch size, a training batch of `batch` × `context` tokens whose activations
     /// (what a forward pass keeps for backward, from the same size table the buffers are allocated from)
     /// need more than `MachineMemory.usableFraction` of `availableBytes`: a context or batch far beyond
-    /// the machine fails in a sentence before any work, not in the allocator.
-    public func checkTrainingActivations(batch: Int, context: Int, availableBytes: Double = MachineMemory.physicalBytes) throws {
-        let needed = Double(ActivationSizes(config: self, batch: batch, length: context, perBlock: true, threads: Compute.threads).bytes)
+    /// the machine fails in a sentence before any work, not in the allocator. `recomputingGateUp`: the
+    /// smaller buffers of `LlamaModel.recomputesGateUp`.
+    public func checkTrainingActivations(batch: Int, context: Int, recomputingGateUp: Bool = false,
+                                         availableBytes: Double = MachineMemory.physicalBytes) throws {
+        let needed = Double(ActivationSizes(config: self, batch: batch, length: context, perBlock: true, threads: Compute.threads,
+                                            recomputeGateUp: recomputingGateUp).bytes)
         guard needed >= MachineMemory.usableFraction * availableBytes else { return }
         // Counts by interpolation: String(format: "%d") takes 32 bits and printed a context of 2^40 as 0.
         throw SettingError(.batchSize, "is \(batch); a batch of \(batch) × \(context) tokens needs about \(MachineMemory.describe(needed)) "
-                           + "of activations but this machine has \(MachineMemory.describe(availableBytes)): lower the batch size or the context")
+                           + "of activations but this machine has \(MachineMemory.describe(availableBytes)): lower the batch size or the context"
+                           + (recomputingGateUp ? "" : ", or recompute activations in backward"))
     }
 }
 

@@ -42,7 +42,8 @@ public final class Trainer {
         guard parameters.context <= model.config.maxPositionEmbeddings else {
             throw SettingError(.context, "is \(parameters.context), longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
         }
-        try model.config.checkTrainingActivations(batch: parameters.batchSize, context: parameters.context)
+        try model.config.checkTrainingActivations(batch: parameters.batchSize, context: parameters.context,
+                                                  recomputingGateUp: model.recomputesGateUp)
         self.model = model
         self.objective = objective
         self.parameters = parameters
