@@ -128,12 +128,16 @@ final class RecipeTests: XCTestCase {
         XCTAssertEqual(Recipe.runName(forCorpus: "/data/../notes.md"), "notes")
     }
 
+    /// A file of the repository (the tests' sources sit two folders below its root).
+    static func projectDocument(_ path: String) throws -> String {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return try String(contentsOf: root.appendingPathComponent(path), encoding: .utf8)
+    }
+
     /// Every student kind is parsed, written in normal form, listed in the report and documented in
     /// docs/recipes.md: a kind left out of one of them fails here.
     func testEveryStudentKindIsParsedReportedAndDocumented() throws {
-        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("docs/recipes.md")
-        let documentation = try String(contentsOf: docs, encoding: .utf8)
+        let documentation = try Self.projectDocument("docs/recipes.md")
         for kind in StudentKind.allCases {
             XCTAssertTrue(documentation.contains("`\(kind.rawValue)`"), "docs/recipes.md does not document the \(kind.rawValue) kind")
             let recipe = try Recipe.decode(recipeText(students: #"[{"name": "s", "kind": "\#(kind.rawValue)"}]"#), baseDirectory: base)
@@ -147,9 +151,7 @@ final class RecipeTests: XCTestCase {
 
     /// Every loss term is documented in docs/formats.md's `metrics.jsonl` table: a term left out fails here.
     func testEveryLossTermIsDocumented() throws {
-        let docs = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-            .appendingPathComponent("docs/formats.md")
-        let documentation = try String(contentsOf: docs, encoding: .utf8)
+        let documentation = try Self.projectDocument("docs/formats.md")
         for term in LossTerm.allCases {
             XCTAssertTrue(documentation.contains("| `\(term.rawValue)` |"), "docs/formats.md does not describe the \(term.rawValue) term")
         }
