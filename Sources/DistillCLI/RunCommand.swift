@@ -24,6 +24,8 @@ struct RunCommand: ParsableCommand {
     var corpus: [String] = []
     @Option(help: "Run directory (default: runs/NAME, NAME from the recipe or the first corpus file).") var output: String?
     @Option(help: "Threads (default: all cores).") var threads: Int?
+    @Flag(help: "Every training recomputes each block's gate/up in backward: less memory, about 9% more work, the same results.")
+    var recomputeActivations = false
 
     func validate() throws {
         if recipe == nil && corpus.isEmpty { throw ValidationError("give a RECIPE file (e.g. recipes/quick.json) or --corpus PATH...") }
@@ -50,7 +52,7 @@ struct RunCommand: ParsableCommand {
         do {
             outcome = try Pipeline.run(loaded, output: output, searchRoots: searchRoots, callbacks: PipelineCallbacks(
                 log: progress.stage, training: progress.training, trainingLog: progress.trainingLog,
-                shouldStop: { Interrupt.isRequested }))
+                shouldStop: { Interrupt.isRequested }), recomputeActivations: recomputeActivations)
         } catch let error as RecipeError where recipe == nil {
             // With --corpus the recipe is the built-in one: say where to change it.
             throw DefaultRecipeError(underlying: error)

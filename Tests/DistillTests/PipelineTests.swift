@@ -106,6 +106,28 @@ final class PipelineTests: XCTestCase {
         XCTAssertEqual(third.report.models.map(\.evaluation), first.report.models.map(\.evaluation))
     }
 
+    /// `distill run --recompute-activations`: every training (teacher, a student, mutual peers) says it
+    /// recomputes, and writes the same weights as without it (the choice gives the same bits).
+    func testRecomputingActivationsInARunGivesTheSameWeights() throws {
+        let scratch = try TestCorpus.scratch("pipeline-recompute")
+        let recipe = try Self.recipe(in: scratch, students: #"[{"name": "kd", "kind": "kd"}, {"name": "mutual", "kind": "mutual"}]"#,
+                                     teacherSteps: 10)
+        _ = try Pipeline.run(recipe, output: scratch.appendingPathComponent("plain").path)
+        var recomputing: Set<String> = []
+        let callbacks = PipelineCallbacks(trainingLog: { model, line in
+            if line.hasPrefix("activations: gate/up recomputed") { recomputing.insert(model) }
+        })
+        _ = try Pipeline.run(recipe, output: scratch.appendingPathComponent("recomputed").path, callbacks: callbacks,
+                             recomputeActivations: true)
+        let models = ["teacher", "kd", "mutual-1", "mutual-2"]
+        XCTAssertEqual(recomputing, Set(models))
+        for model in models {
+            let file = "models/\(model)/model.safetensors"
+            XCTAssertEqual(try Data(contentsOf: scratch.appendingPathComponent("plain/" + file)),
+                           try Data(contentsOf: scratch.appendingPathComponent("recomputed/" + file)), model)
+        }
+    }
+
     func testChangingOrAddingAStudentRerunsOnlyThatStudent() throws {
         let scratch = try TestCorpus.scratch("pipeline-edit")
         let run = scratch.appendingPathComponent("run")

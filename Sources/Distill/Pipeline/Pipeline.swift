@@ -49,6 +49,9 @@ public final class Pipeline {
     let recipe: Recipe
     let run: URL
     let callbacks: PipelineCallbacks
+    /// Every training of the run recomputes gate/up in backward (`TrainingRequest.recomputeActivations`):
+    /// a choice of memory against time that gives the same bits, so no stage key holds it.
+    let recomputeActivations: Bool
     let store: StageStore
     var ran: [String] = []
     var skipped: [String] = []
@@ -88,18 +91,21 @@ public final class Pipeline {
         return found
     }
 
-    private init(recipe: Recipe, run: URL, callbacks: PipelineCallbacks) throws {
+    private init(recipe: Recipe, run: URL, callbacks: PipelineCallbacks, recomputeActivations: Bool) throws {
         self.recipe = recipe
         self.run = run
         self.callbacks = callbacks
+        self.recomputeActivations = recomputeActivations
         store = try StageStore(runDirectory: run)
     }
 
     /// Runs `recipe` in `output`. Everything that can be checked before work starts is checked first
     /// (the recipe against the files it names, shapes, vocabularies, contexts), so a mistake never costs
     /// a trained teacher. `searchRoots`: where to look for the default corpus (corpora/kjv.txt).
+    /// `recomputeActivations`: every training trades time for memory (`distill run --recompute-activations`).
     public static func run(_ recipe: Recipe, output: String, searchRoots: [URL] = [],
-                           callbacks: PipelineCallbacks = PipelineCallbacks()) throws -> PipelineOutcome {
+                           callbacks: PipelineCallbacks = PipelineCallbacks(),
+                           recomputeActivations: Bool = false) throws -> PipelineOutcome {
         let runURL = URL(fileURLWithPath: output).standardizedFileURL
         let plan = try Plan(recipe: recipe, searchRoots: searchRoots, log: callbacks.log)
         try OutputGuard.refuseOverlap(output: OutputGuard.Role("output", runURL.path), inputs: plan.inputs)
@@ -107,7 +113,7 @@ public final class Pipeline {
         // One run at a time in a run directory: a second one would restart stages under the first.
         let lock = try OutputLock(directory: runURL)
         defer { withExtendedLifetime(lock) {} }
-        let pipeline = try Pipeline(recipe: recipe, run: runURL, callbacks: callbacks)
+        let pipeline = try Pipeline(recipe: recipe, run: runURL, callbacks: callbacks, recomputeActivations: recomputeActivations)
         return try pipeline.execute(plan)
     }
 
@@ -157,6 +163,7 @@ public final class Pipeline {
             request.shape = shape
             request.parameters = training
             request.context = context
+            request.recomputeActivations = recomputeActivations
             let settings = try Plan.withConfigHash(Normal.teacher(recipe.teacher), shape)
             let key = StageStore.key(stage: "teacher", settings: settings, inputs: [("data", dataKey)])
             try trainingStage("teacher", label: "teacher", key: key, settings: settings, inputs: [("data", dataKey)],

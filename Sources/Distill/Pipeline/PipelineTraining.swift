@@ -139,6 +139,7 @@ extension Pipeline {
             request.shape = student.shape
             request.parameters = student.training
             request.context = context
+            request.recomputeActivations = recomputeActivations
             return request
         }
         let label = "student \(student.name) (\(student.kind.rawValue))"

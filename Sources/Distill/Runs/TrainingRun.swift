@@ -349,6 +349,9 @@ public enum TrainingRun {
         for (index, trainer) in trainers.enumerated() where group.isRoot && outputs[index].resume && trainer.step >= trainer.parameters.steps {
             try ModelDirectory.save(trainer.model, tokenizerModel: inputs.tokenizerModel, to: outputs[index].url)
         }
+        for (index, trainer) in trainers.enumerated() where trainer.model.recomputesGateUp {
+            callbacks[index].log("activations: gate/up recomputed in backward (--recompute-activations): less memory, the same results")
+        }
         let startSteps = trainers.map(\.step)
         let started = Date()
         let shouldStop = callbacks[0].shouldStop
