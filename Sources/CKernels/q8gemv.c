@@ -51,10 +51,18 @@ __attribute__((target("avx512f"))) static void linear_avx512(float *y, size_t ld
     }
 }
 
-// MARK: AVX2 with FMA: a block is four vectors of 8, one output row at a time.
+// MARK: AVX2 with FMA: a block is four vectors of 8; four output rows at a time, as the AVX-512 body (one
+// row's chain of dependent FMAs waited on each one's latency).
 
 __attribute__((target("avx2,fma"))) static inline __m256 widen8(const int8_t *p) {
     return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)p)));
+}
+
+__attribute__((target("avx2,fma"))) static inline __m256 block8x4(const float *xb, const int8_t *qb) {
+    __m256 block = _mm256_mul_ps(_mm256_loadu_ps(xb), widen8(qb));
+    block = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8), widen8(qb + 8), block);
+    block = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 16), widen8(qb + 16), block);
+    return _mm256_fmadd_ps(_mm256_loadu_ps(xb + 24), widen8(qb + 24), block);
 }
 
 __attribute__((target("avx2,fma"))) static void linear_avx2(float *y, size_t ldy, const float *x, const int8_t *q,
@@ -64,24 +72,22 @@ __attribute__((target("avx2,fma"))) static void linear_avx2(float *y, size_t ldy
     for (size_t r = 0; r < rows; r++) {
         const float *xr = x + r * in;
         float *yr = y + r * ldy;
-        for (size_t o = 0; o < out; o++) {
-            const int8_t *q0 = q + o * in;
-            const float *d0 = scales + o * blocks;
-            __m256 s0 = _mm256_setzero_ps();
+        for (size_t o = 0; o < out; o += 4) {
+            size_t o1 = ck_group_row(o, 1, out), o2 = ck_group_row(o, 2, out), o3 = ck_group_row(o, 3, out);
+            const int8_t *q0 = q + o * in, *q1 = q + o1 * in, *q2 = q + o2 * in, *q3 = q + o3 * in;
+            const float *d0 = scales + o * blocks, *d1 = scales + o1 * blocks, *d2 = scales + o2 * blocks;
+            const float *d3 = scales + o3 * blocks;
+            __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (size_t b = 0; b < blocks; b++) {
+                for (size_t ahead = 4; ahead < 8; ahead++) _mm_prefetch((const char *)(q0 + ahead * in + 32 * b), _MM_HINT_T0);
                 const float *xb = xr + 32 * b;
-                const int8_t *qb = q0 + 32 * b;
-                __m256 block = _mm256_mul_ps(_mm256_loadu_ps(xb), widen8(qb));
-                block = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8), widen8(qb + 8), block);
-                block = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 16), widen8(qb + 16), block);
-                block = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 24), widen8(qb + 24), block);
-                s0 = _mm256_fmadd_ps(block, _mm256_set1_ps(d0[b]), s0);
+                s0 = _mm256_fmadd_ps(block8x4(xb, q0 + 32 * b), _mm256_set1_ps(d0[b]), s0);
+                s1 = _mm256_fmadd_ps(block8x4(xb, q1 + 32 * b), _mm256_set1_ps(d1[b]), s1);
+                s2 = _mm256_fmadd_ps(block8x4(xb, q2 + 32 * b), _mm256_set1_ps(d2[b]), s2);
+                s3 = _mm256_fmadd_ps(block8x4(xb, q3 + 32 * b), _mm256_set1_ps(d3[b]), s3);
             }
-            __m128 s = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
-            s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-            s = _mm_add_ss(s, _mm_movehdup_ps(s));
-            float e0 = _mm_cvtss_f32(s);
-            yr[o] = accumulate ? yr[o] + e0 : e0;
+            float sums[4] = {ck_sum8(s0), ck_sum8(s1), ck_sum8(s2), ck_sum8(s3)};
+            ck_store_group(yr, o, out, accumulate, sums);
         }
     }
 }

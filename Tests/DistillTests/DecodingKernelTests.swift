@@ -2,7 +2,7 @@ import CKernels
 import Distill
 import XCTest
 
-/// The decoding products over reduced weights, `ck_linear_half` (bf16/f16) and `ck_linear_q8_0`: each
+/// The decoding products, `ck_linear_f32` and over reduced weights `ck_linear_half` (bf16/f16) and `ck_linear_q8_0`: each
 /// of their bodies this CPU runs (AVX-512, AVX2, plain C) against a double-precision sum over the
 /// exactly widened weights, on shapes that are not multiples of their 16 lanes or 4 rows, two input
 /// rows, a row stride wider than the output, and accumulation into y.
@@ -34,6 +34,34 @@ final class DecodingKernelTests: XCTestCase {
                            weight: { o, k in Double(scales[o * blocks + k / 32]) * Double(quants[o * inFeatures + k]) }) {
                 level, y, stride, x, rows, accumulate in
                 ck_linear_q8_0_at_level(level, y, stride, x, quants, scales, rows, inFeatures, outFeatures, accumulate)
+            }
+        }
+    }
+
+    /// `ck_linear_f32`, the f32 decoding product in place of OpenBLAS's sgemv: every body against the
+    /// double sum, and a part of the outputs (as a thread computes it) bitwise equal to the same outputs
+    /// of the whole product, for group starts that are and are not multiples of four.
+    func testEveryF32BodyMatchesThePlainSumAndASplitIsBitwiseTheWhole() {
+        var random = SeededRandom(seed: 23)
+        for (inFeatures, outFeatures) in [(1, 1), (7, 3), (8, 4), (16, 5), (17, 9), (33, 7), (300, 67)] {
+            let weights = (0..<outFeatures * inFeatures).map { _ in random.nextGaussian() }
+            checkEveryBody("f32", inFeatures: inFeatures, outFeatures: outFeatures, random: &random,
+                           weight: { o, k in Double(weights[o * inFeatures + k]) }) { level, y, stride, x, rows, accumulate in
+                for r in 0..<rows {
+                    ck_linear_f32_at_level(level, y + r * stride, x + r * inFeatures, weights, inFeatures, outFeatures, accumulate)
+                }
+            }
+            let x = (0..<inFeatures).map { _ in random.nextGaussian() }
+            for level in 0...ck_isa_level() {
+                var whole = [Float](repeating: 0, count: outFeatures)
+                ck_linear_f32_at_level(level, &whole, x, weights, inFeatures, outFeatures, 0)
+                for part in [0..<outFeatures, (outFeatures / 3)..<outFeatures, 0..<(outFeatures / 2 + 1)] where !part.isEmpty {
+                    var y = [Float](repeating: 0, count: part.count)
+                    weights.withUnsafeBufferPointer { w in
+                        ck_linear_f32_at_level(level, &y, x, w.baseAddress! + part.lowerBound * inFeatures, inFeatures, part.count, 0)
+                    }
+                    XCTAssertEqual(y.map(\.bitPattern), whole[part].map(\.bitPattern), "level \(level) in \(inFeatures) out \(outFeatures) part \(part)")
+                }
             }
         }
     }
