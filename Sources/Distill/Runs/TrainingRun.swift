@@ -350,7 +350,7 @@ public enum TrainingRun {
             try ModelDirectory.save(trainer.model, tokenizerModel: inputs.tokenizerModel, to: outputs[index].url)
         }
         for (index, trainer) in trainers.enumerated() where trainer.model.recomputesGateUp {
-            callbacks[index].log("activations: gate/up recomputed in backward (--recompute-activations): less memory, the same results")
+            callbacks[index].log("activations: gate/up recomputed in backward: less memory, the same results")
         }
         let startSteps = trainers.map(\.step)
         let started = Date()
