@@ -24,15 +24,24 @@
 // part itself for a while (20 ms, doubling up to a second while the helpers stay late), then tries the
 // helpers again. The parts are the same either way, each output computed whole by one thread, so the
 // results do not change.
+//
+// While the caller runs alone its helpers sleep on their condition variable (napping, they took slices
+// of the busy core or of the caller's). A stretch ends with a warm-up: the caller wakes them and goes on
+// alone for WARM_UP_NS, time for a woken thread to be running again, and only the step after that is
+// judged. Without it a probe found every helper late by its own wake-up (tens of microseconds, longer
+// than a decoding step's part), and a team that once went solo stayed solo on an idle machine.
 
 // Pauses (~0.3 ms), then yields (~1–2 ms), then 20 µs naps (~0.1 s), then sleep.
 enum { SPINS_BEFORE_YIELDING = 1 << 12, SPINS_BEFORE_NAPPING = (1 << 12) + (1 << 11), NAPS_BEFORE_SLEEPING = 2000 };
 
 // Late helpers: a step is late when the caller waited more than its own part took plus LATE_SLACK_NS
 // (a helper waking from a nap costs tens of microseconds); LATE_STEPS_BEFORE_SOLO late steps in a row
-// send the team solo for SOLO_FIRST_NS, and each late probe after that doubles the stretch.
+// send the team solo for SOLO_FIRST_NS, and the same after a stretch alone doubles the next one. (One
+// late step after a stretch is not enough: after a pause in the work the helpers nap, and the first step
+// finds them late by their wake-up however idle their cores are.)
 enum { LATE_STEPS_BEFORE_SOLO = 3 };
 static const uint64_t LATE_SLACK_NS = 50000, SOLO_FIRST_NS = 20000000, SOLO_LONGEST_NS = 1000000000;
+static const uint64_t WARM_UP_NS = 500000;
 
 struct ck_helper {
     pthread_t thread;
@@ -50,13 +59,18 @@ struct ck_team {
     struct ck_helper *helpers;
     _Atomic int quit;
     _Atomic int busy;
+    // Set while the caller runs alone: idle helpers sleep at once. `wake_count` rises with each
+    // warm-up, which ends every helper's sleep.
+    _Atomic int resting;
+    _Atomic unsigned long wake_count;
     ck_team_task task;
     void *context;
     // Touched only by the caller that holds `busy`.
     int late_steps;         // consecutive steps in which the helpers came late
-    int probing;            // the last solo stretch has ended: the next step tries the helpers again
+    int probing;            // since the last stretch alone no step was on time: the next stretch doubles
     uint64_t solo_until;    // until then (CLOCK_MONOTONIC ns), the caller runs every part itself
     uint64_t solo_span;     // the length of the last solo stretch
+    unsigned long steps, solo_steps; // steps run, and of those run by the caller alone (ck_team_counts)
 };
 
 static uint64_t now_ns(void) {
@@ -77,20 +91,25 @@ static unsigned long wait_for_step(struct ck_helper *helper, unsigned long seen)
     unsigned long spins = 0, naps = 0, posted;
     while ((posted = atomic_load_explicit(&helper->posted, memory_order_acquire)) == seen) {
         if (atomic_load_explicit(&team->quit, memory_order_relaxed)) return 0;
-        if (++spins <= SPINS_BEFORE_YIELDING) {
+        int resting = atomic_load_explicit(&team->resting, memory_order_relaxed);
+        if (!resting && ++spins <= SPINS_BEFORE_YIELDING) {
             cpu_relax();
-        } else if (spins <= SPINS_BEFORE_NAPPING) {
+        } else if (!resting && spins <= SPINS_BEFORE_NAPPING) {
             sched_yield(); // with more threads than cores, let the thread that has work run
-        } else if (++naps <= NAPS_BEFORE_SLEEPING) {
+        } else if (!resting && ++naps <= NAPS_BEFORE_SLEEPING) {
             struct timespec pause = {0, 20000};
             nanosleep(&pause, NULL);
         } else {
             // Long idle (the caller reading data, writing a checkpoint, or done with parallel work):
             // sleep until posted. `sleeping` and `posted` are both sequentially consistent, so either
-            // this thread sees the new count or the caller sees `sleeping` and signals.
+            // this thread sees the new count or the caller sees `sleeping` and signals. A warm-up
+            // (`wake_count`) ends the sleep too, after which the helper spins again.
+            // A helper sent to sleep by `resting` also wakes when it is cleared.
+            unsigned long wakes = atomic_load(&team->wake_count);
             atomic_store(&helper->sleeping, 1);
             pthread_mutex_lock(&helper->lock);
-            while (atomic_load(&helper->posted) == seen && !atomic_load(&team->quit))
+            while (atomic_load(&helper->posted) == seen && !atomic_load(&team->quit) && atomic_load(&team->wake_count) == wakes
+                   && (!resting || atomic_load(&team->resting)))
                 pthread_cond_wait(&helper->wake, &helper->lock);
             pthread_mutex_unlock(&helper->lock);
             atomic_store(&helper->sleeping, 0);
@@ -166,7 +185,16 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     int idle = 0;
     if (!atomic_compare_exchange_strong(&team->busy, &idle, 1)) return 0;
     uint64_t start = now_ns();
+    team->steps++;
+    if (start >= team->solo_until && atomic_load_explicit(&team->resting, memory_order_relaxed)) {
+        // The stretch is over: wake the helpers, and judge them only after the warm-up.
+        atomic_store(&team->resting, 0);
+        atomic_fetch_add(&team->wake_count, 1);
+        for (int i = 0; i < team->helper_count; i++) wake_helper(&team->helpers[i]);
+        team->solo_until = start + WARM_UP_NS;
+    }
     if (start < team->solo_until) {
+        team->solo_steps++;
         for (int part = 0; part < parts; part++) task(context, part);
         atomic_store_explicit(&team->busy, 0, memory_order_release);
         return 1;
@@ -193,12 +221,13 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     }
     uint64_t end = now_ns();
     if (end - own_end > (own_end - start) + LATE_SLACK_NS) {
-        if (team->probing || ++team->late_steps >= LATE_STEPS_BEFORE_SOLO) {
+        if (++team->late_steps >= LATE_STEPS_BEFORE_SOLO) {
             uint64_t doubled = team->solo_span * 2;
             team->solo_span = team->probing ? (doubled < SOLO_LONGEST_NS ? doubled : SOLO_LONGEST_NS) : SOLO_FIRST_NS;
             team->solo_until = end + team->solo_span;
             team->probing = 1;
             team->late_steps = 0;
+            atomic_store(&team->resting, 1);
         }
     } else {
         team->late_steps = 0;
@@ -206,4 +235,9 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     }
     atomic_store_explicit(&team->busy, 0, memory_order_release);
     return 1;
+}
+
+void ck_team_counts(const ck_team *team, unsigned long *steps, unsigned long *solo_steps) {
+    *steps = team->steps;
+    *solo_steps = team->solo_steps;
 }

@@ -65,6 +65,9 @@ ck_team *ck_team_create(int helpers);
 void ck_team_destroy(ck_team *team);
 int ck_team_helpers(const ck_team *team);
 int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts);
+/// Steps the team has run, and how many of them the caller ran alone (helpers late: another process on
+/// their core). Read by the caller that runs the steps.
+void ck_team_counts(const ck_team *team, unsigned long *steps, unsigned long *solo_steps);
 
 /// The 16-bit weight formats of ck_linear_half.
 enum { CK_HALF_BF16 = 0, CK_HALF_F16 = 1 };

@@ -49,6 +49,9 @@ public struct BenchmarkReport: Codable, Sendable {
     /// `inference`, `generation`,
     /// `generation bf16`, `generation f16`, `generation q8_0`).
     public var peakResidentMBByWorkload: [String: Double]
+    /// Per workload (as `peakResidentMBByWorkload`), the share of its parallel steps that one thread ran
+    /// alone because the others came late (another process busy on their cores; `Sources/CKernels/team.c`).
+    public var aloneStepShareByWorkload: [String: Double]?
 }
 
 /// The benchmark's workloads, on random tokens (no corpus needed).
@@ -340,12 +343,16 @@ extension Benchmark {
         let gflops = sgemmRate()
         say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512): %.1f GFLOP/s", gflops))
         let setupPeak = peakResidentMB()  // the sgemm probe's matrices
-        var peaks: [String: Double] = [:]
-        // Each workload's own peak: the counter is reset before it starts.
+        var peaks: [String: Double] = [:], alone: [String: Double] = [:]
+        // Each workload's own peak: the counter is reset before it starts. And the share of its parallel
+        // steps that the caller ran alone (the team's helpers late: another process on their cores).
         func measured<T>(_ workload: String, _ body: () throws -> T) rethrows -> T {
             resetPeakResident()
+            let before = Compute.teamCounts
             let result = try body()
             peaks[workload] = peakResidentMB()
+            let after = Compute.teamCounts
+            if after.steps > before.steps { alone[workload] = Double(after.alone - before.alone) / Double(after.steps - before.steps) }
             return result
         }
         let train = try measured("training") { try trainingSpeed(config: teacher, batch: batch, context: context, repeats: repeats) }
@@ -411,6 +418,11 @@ extension Benchmark {
         }
         let peak = max(setupPeak, peaks.values.max() ?? 0)
         say(String(format: "peak resident memory: %.0f MB (%.0f MB by the sgemm probe)", peak, setupPeak))
+        if Compute.threads > 1 {
+            say("parallel steps run by one thread alone (helpers late: another process busy on their cores): "
+                + ["training", "distillation", "inference", "generation"].map { String(format: "%@ %.0f%%", $0, 100 * (alone[$0] ?? 0)) }
+                    .joined(separator: ", "))
+        }
         return BenchmarkReport(preset: preset, threads: Compute.threads, blasCore: BLASKernels.coreName, ownKernels: OwnKernels.instructionSet, sgemmGFLOPS: gflops, trainTokensPerSecond: train,
                                trainModelGFLOPS: modelRate, trainUtilisation: modelRate / gflops,
                                trainRecomputingTokensPerSecond: recomputing, distillTokensPerSecond: distill,
@@ -424,6 +436,6 @@ extension Benchmark {
                                generationTokensPerSecondByReducedWeights: reducedGeneration,
                                batchedGenerationTokensPerSecond: batchedGeneration, parameters: ParameterLayout(config: teacher).count,
                                studentParameters: ParameterLayout(config: student).count, peakResidentMB: peak,
-                               peakResidentMBByWorkload: peaks)
+                               peakResidentMBByWorkload: peaks, aloneStepShareByWorkload: alone)
     }
 }

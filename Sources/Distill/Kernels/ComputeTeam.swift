@@ -17,6 +17,14 @@ final class ComputeTeam {
 
     deinit { ck_team_destroy(team) }
 
+    /// Steps run, and how many of them the caller ran alone because the helpers came late (another
+    /// process on their core: team.c).
+    var counts: (steps: Int, alone: Int) {
+        var steps: UInt = 0, alone: UInt = 0
+        ck_team_counts(team, &steps, &alone)
+        return (Int(steps), Int(alone))
+    }
+
     /// Runs body(part) for every part in 0..<parts, part 0 on this thread; returns false, having run
     /// nothing, when the team is busy with another step (a nested or concurrent call).
     func run(parts: Int, _ body: (Int) -> Void) -> Bool {
@@ -51,6 +59,13 @@ extension Compute {
         }
         sharedTeam = team
         return team
+    }
+
+    /// The process team's `ComputeTeam.counts` so far ((0, 0) before it is made). Read between steps.
+    static var teamCounts: (steps: Int, alone: Int) {
+        teamLock.lock()
+        defer { teamLock.unlock() }
+        return sharedTeam?.counts ?? (0, 0)
     }
 
     /// Runs body(part) for part in 0..<parts on the cores: on the team when it is free, else (a nested
