@@ -47,6 +47,31 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(one, two)
     }
 
+    /// `DecodingThreads` times its first steps on all threads and on one, alternately, then runs on the
+    /// faster until it checks again: here steps on two threads take 3 ms and on one nothing, and then
+    /// the other way round. (A step's logits are the same on any thread count: the test above.)
+    func testDecodingTakesTheFasterThreadCountAndChecksAgain() {
+        let setting = Compute.threads
+        var threads = DecodingThreads(most: 2)
+        var slowCount = 2, used: [Int] = []
+        func step() {
+            threads.step {
+                used.append(Compute.threads)
+                if Compute.threads == slowCount { usleep(3000) }
+            }
+        }
+        for _ in 0..<(2 * DecodingThreads.trialSteps) { step() }
+        XCTAssertEqual(used, Array(repeating: [2, 1], count: DecodingThreads.trialSteps).flatMap { $0 }, "the trial alternates")
+        XCTAssertEqual(threads.chosen, 1)
+        used = []
+        slowCount = 1
+        for _ in 0..<DecodingThreads.checkEvery { step() }
+        XCTAssertEqual(Set(used), [1], "the choice holds until the next check")
+        for _ in 0..<(2 * DecodingThreads.trialSteps) { step() }
+        XCTAssertEqual(threads.chosen, 2, "the next trial finds two threads faster now")
+        XCTAssertEqual(Compute.threads, setting, "the setting is restored after each step")
+    }
+
     /// Decoding with a bf16, f16 or Q8_0 copy of the weights gives the logits of the f32 model whose
     /// weights were rounded the same way (the kernels widen them exactly; only the order of the sums
     /// differs), on widths that are not multiples of the kernels' 16 lanes or 4 rows, with Q8_0 on all
