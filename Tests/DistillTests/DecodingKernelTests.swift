@@ -38,29 +38,36 @@ final class DecodingKernelTests: XCTestCase {
         }
     }
 
-    /// `ck_linear_f32`, the f32 decoding product in place of OpenBLAS's sgemv: every body against the
-    /// double sum, and a part of the outputs (as a thread computes it) bitwise equal to the same outputs
-    /// of the whole product, for group starts that are and are not multiples of four.
-    func testEveryF32BodyMatchesThePlainSumAndASplitIsBitwiseTheWhole() {
+    /// `ck_linear_f32`, the f32 decoding product in place of OpenBLAS's sgemv and sgemm: every body
+    /// against the double sum; a part of the outputs (as a thread computes it) and each row alone bitwise
+    /// equal to the same outputs of the whole product, for group starts that are and are not multiples of
+    /// four and 1 to 5 rows.
+    func testEveryF32BodyMatchesThePlainSumAndAPartIsBitwiseTheWhole() {
         var random = SeededRandom(seed: 23)
         for (inFeatures, outFeatures) in [(1, 1), (7, 3), (8, 4), (16, 5), (17, 9), (33, 7), (300, 67)] {
             let weights = (0..<outFeatures * inFeatures).map { _ in random.nextGaussian() }
             checkEveryBody("f32", inFeatures: inFeatures, outFeatures: outFeatures, random: &random,
                            weight: { o, k in Double(weights[o * inFeatures + k]) }) { level, y, stride, x, rows, accumulate in
-                for r in 0..<rows {
-                    ck_linear_f32_at_level(level, y + r * stride, x + r * inFeatures, weights, inFeatures, outFeatures, accumulate)
-                }
+                ck_linear_f32_at_level(level, y, stride, x, rows, weights, inFeatures, outFeatures, accumulate)
             }
-            let x = (0..<inFeatures).map { _ in random.nextGaussian() }
+            let rows = 5
+            let x = (0..<rows * inFeatures).map { _ in random.nextGaussian() }
             for level in 0...ck_isa_level() {
-                var whole = [Float](repeating: 0, count: outFeatures)
-                ck_linear_f32_at_level(level, &whole, x, weights, inFeatures, outFeatures, 0)
+                var whole = [Float](repeating: 0, count: rows * outFeatures)
+                ck_linear_f32_at_level(level, &whole, outFeatures, x, rows, weights, inFeatures, outFeatures, 0)
                 for part in [0..<outFeatures, (outFeatures / 3)..<outFeatures, 0..<(outFeatures / 2 + 1)] where !part.isEmpty {
-                    var y = [Float](repeating: 0, count: part.count)
-                    weights.withUnsafeBufferPointer { w in
-                        ck_linear_f32_at_level(level, &y, x, w.baseAddress! + part.lowerBound * inFeatures, inFeatures, part.count, 0)
+                    for row in 0..<rows {
+                        var y = [Float](repeating: 0, count: part.count)
+                        weights.withUnsafeBufferPointer { w in
+                            x.withUnsafeBufferPointer { x in
+                                ck_linear_f32_at_level(level, &y, part.count, x.baseAddress! + row * inFeatures, 1,
+                                                       w.baseAddress! + part.lowerBound * inFeatures, inFeatures, part.count, 0)
+                            }
+                        }
+                        let expected = whole[(row * outFeatures + part.lowerBound)..<(row * outFeatures + part.upperBound)]
+                        XCTAssertEqual(y.map(\.bitPattern), expected.map(\.bitPattern),
+                                       "level \(level) in \(inFeatures) out \(outFeatures) part \(part) row \(row)")
                     }
-                    XCTAssertEqual(y.map(\.bitPattern), whole[part].map(\.bitPattern), "level \(level) in \(inFeatures) out \(outFeatures) part \(part)")
                 }
             }
         }

@@ -91,11 +91,13 @@ void ck_linear_q8_0(float *y, size_t ldy, const float *x, const int8_t *q, const
 void ck_linear_q8_0_at_level(int level, float *y, size_t ldy, const float *x, const int8_t *q, const float *scales,
                              size_t rows, size_t in, size_t out, int accumulate);
 
-/// y[o] = x · w[o, ·] for o < out (added to y when `accumulate`), w [out, in] in f32: one token's
-/// matrix–vector product in decoding, in place of OpenBLAS's sgemv. Each output is one dot product in a
-/// fixed order, whatever part of w a caller passes.
-void ck_linear_f32(float *y, const float *x, const float *w, size_t in, size_t out, int accumulate);
-void ck_linear_f32_at_level(int level, float *y, const float *x, const float *w, size_t in, size_t out, int accumulate);
+/// y[r, o] = x[r, ·] · w[o, ·] for r < rows, o < out (added to y when `accumulate`), x [rows, in] and
+/// w [out, in] in f32, y's rows `ldy` apart: the products of decoding (one token, or a few sequences
+/// decoded together), in place of OpenBLAS's sgemv and sgemm. Each output is one dot product in the same
+/// fixed order whatever the rows and whatever part of w a caller passes.
+void ck_linear_f32(float *y, size_t ldy, const float *x, size_t rows, const float *w, size_t in, size_t out, int accumulate);
+void ck_linear_f32_at_level(int level, float *y, size_t ldy, const float *x, size_t rows, const float *w, size_t in,
+                            size_t out, int accumulate);
 
 #include "ck_losses.h"
 /// Whether this CPU runs AVX-512 (F, BW, DQ, VL, CD: OpenBLAS's SkylakeX kernels) and AVX2 with FMA

@@ -139,7 +139,7 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
                 // scores[0..<seen] = K[0..<seen, g] · q_h / √d, then softmax, then Σ p·V. The scores are our
                 // decoding product (each a dot product of d): OpenBLAS's sgemv over rows of d = 32 floats took
                 // a tenth of an f32 token's time, ten times this.
-                ck_linear_f32(scores, qkv + r * stride + h * d, keys + g * capacity * d, d, seen, 0)
+                ck_linear_f32(scores, seen, qkv + r * stride + h * d, 1, keys + g * capacity * d, d, seen, 0)
                 for j in 0..<seen { scores[j] *= scale }
                 ck_softmax_prefix(scores, seen, seen)
                 cblas_sgemv(CblasRowMajor, CblasTrans, Int32(seen), Int32(d), 1, values + g * capacity * d, Int32(d),

@@ -40,16 +40,20 @@ func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Fl
     Compute.parallel(workers) { worker in product(alignedPart(worker, of: workers, splitting: m)) }
 }
 
+/// Products of at most this many rows are decoding's (`ck_linear_f32`); larger ones OpenBLAS's sgemm.
+let decodingRows = 32
+
 /// y[N, out] = x[N, in] · W[out, in]ᵀ  (overwrites y, or adds when `accumulate`).
 @inline(__always)
 func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
                    rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false) {
-    if rows == 1 {
-        // One row (a decoding step) is a matrix–vector product (OpenBLAS's sgemm does not switch to gemv),
-        // by our own kernel: OpenBLAS's sgemv ran it at a quarter of the bf16 kernel's speed (f32gemv.c).
+    if rows <= decodingRows {
+        // A decoding step (one token, or a few sequences decoded together): our own product, which reads
+        // each weight once for all the rows; OpenBLAS's sgemv ran one row at a quarter of our bf16
+        // kernel's speed, and its sgemm packed the whole weight matrix again at each call (f32gemv.c).
         splitDecodingOutputs(outFeatures) { outputs in
-            ck_linear_f32(y + outputs.lowerBound, x, weight + outputs.lowerBound * inFeatures, inFeatures, outputs.count,
-                          accumulate ? 1 : 0)
+            ck_linear_f32(y + outputs.lowerBound, outFeatures, x, rows, weight + outputs.lowerBound * inFeatures, inFeatures,
+                          outputs.count, accumulate ? 1 : 0)
         }
         return
     }
