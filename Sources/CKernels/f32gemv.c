@@ -10,6 +10,17 @@
 // held it back. Every output is one dot product in a fixed order, so the result does not depend on how
 // the outputs are split between threads (or on the row's place in its group of four: ck_group_row).
 
+// The scalar end of four dot products, k in [from, in), after their vector part.
+static inline void add_tail(float sums[4], const float *w0, const float *w1, const float *w2, const float *w3,
+                            const float *x, size_t from, size_t in) {
+    for (size_t k = from; k < in; k++) {
+        sums[0] += w0[k] * x[k];
+        sums[1] += w1[k] * x[k];
+        sums[2] += w2[k] * x[k];
+        sums[3] += w3[k] * x[k];
+    }
+}
+
 // Several input rows (a batch of sequences decoded together): each group of four weight rows is read
 // from memory once and then from the L1 cache for every input row, where OpenBLAS's sgemm packed the
 // whole weight matrix again at every call (batch 8 decoded fewer tokens a second than batch 1). Each
@@ -34,12 +45,7 @@ linear_avx512(float *y, size_t ldy, const float *x, size_t rows, const float *w,
             }
             float sums[4] = {_mm512_reduce_add_ps(s0), _mm512_reduce_add_ps(s1), _mm512_reduce_add_ps(s2),
                              _mm512_reduce_add_ps(s3)};
-            for (size_t k = vectorised; k < in; k++) {
-                sums[0] += w0[k] * xr[k];
-                sums[1] += w1[k] * xr[k];
-                sums[2] += w2[k] * xr[k];
-                sums[3] += w3[k] * xr[k];
-            }
+            add_tail(sums, w0, w1, w2, w3, xr, vectorised, in);
             ck_store_group(y + r * ldy, o, out, accumulate, sums);
         }
     }
@@ -67,12 +73,7 @@ linear_avx2(float *y, size_t ldy, const float *x, size_t rows, const float *w, s
                 s3 = _mm256_fmadd_ps(_mm256_loadu_ps(w3 + k), xv, s3);
             }
             float sums[4] = {ck_sum8(s0), ck_sum8(s1), ck_sum8(s2), ck_sum8(s3)};
-            for (size_t k = vectorised; k < in; k++) {
-                sums[0] += w0[k] * xr[k];
-                sums[1] += w1[k] * xr[k];
-                sums[2] += w2[k] * xr[k];
-                sums[3] += w3[k] * xr[k];
-            }
+            add_tail(sums, w0, w1, w2, w3, xr, vectorised, in);
             ck_store_group(y + r * ldy, o, out, accumulate, sums);
         }
     }
