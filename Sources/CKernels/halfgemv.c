@@ -38,6 +38,17 @@ static inline float widen_f16(uint16_t h) {
 
 static inline float widen(uint16_t h, int format) { return format == CK_HALF_BF16 ? widen_bf16(h) : widen_f16(h); }
 
+// The scalar end of four dot products, k in [from, in), after their vector part.
+static inline void add_tail(float sums[4], const uint16_t *w0, const uint16_t *w1, const uint16_t *w2, const uint16_t *w3,
+                            const float *x, size_t from, size_t in, int format) {
+    for (size_t k = from; k < in; k++) {
+        sums[0] += widen(w0[k], format) * x[k];
+        sums[1] += widen(w1[k], format) * x[k];
+        sums[2] += widen(w2[k], format) * x[k];
+        sums[3] += widen(w3[k], format) * x[k];
+    }
+}
+
 // MARK: AVX-512: 16 lanes, four output rows at a time (decoding.h).
 
 __attribute__((target("avx512f"))) static inline __m512 widen16(const uint16_t *p, int format) {
@@ -68,12 +79,7 @@ linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t ro
             }
             float sums[4] = {_mm512_reduce_add_ps(s0), _mm512_reduce_add_ps(s1), _mm512_reduce_add_ps(s2),
                              _mm512_reduce_add_ps(s3)};
-            for (size_t k = vectorised; k < in; k++) {
-                sums[0] += widen(w0[k], format) * xr[k];
-                sums[1] += widen(w1[k], format) * xr[k];
-                sums[2] += widen(w2[k], format) * xr[k];
-                sums[3] += widen(w3[k], format) * xr[k];
-            }
+            add_tail(sums, w0, w1, w2, w3, xr, vectorised, in, format);
             ck_store_group(yr, o, out, accumulate, sums);
         }
     }
@@ -110,12 +116,7 @@ linear_avx2(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows
                 s3 = _mm256_fmadd_ps(widen8(w3 + k, format), xv, s3);
             }
             float sums[4] = {ck_sum8(s0), ck_sum8(s1), ck_sum8(s2), ck_sum8(s3)};
-            for (size_t k = vectorised; k < in; k++) {
-                sums[0] += widen(w0[k], format) * xr[k];
-                sums[1] += widen(w1[k], format) * xr[k];
-                sums[2] += widen(w2[k], format) * xr[k];
-                sums[3] += widen(w3[k], format) * xr[k];
-            }
+            add_tail(sums, w0, w1, w2, w3, xr, vectorised, in, format);
             ck_store_group(yr, o, out, accumulate, sums);
         }
     }

@@ -17,7 +17,7 @@ struct SampleCommand: ParsableCommand {
     @Option(help: "Seed of the sampler.") var seed: UInt64 = 0
     @Option(help: "Samples to draw, decoded together in one batch (sample i with seed SEED + i); each is exactly --max-tokens long (no stop at the end-of-text token) and must fit the context with its prompt.")
     var numSamples: Int = 1
-    @Option(help: "Threads (default: all cores).") var threads: Int?
+    @Option(help: "Threads at most (default: all cores); decoding times all and one at the start and keeps the faster.") var threads: Int?
     @Option(help: "Weights read while generating: f32, a bf16/f16 copy (half the memory traffic per token), or q8_0 (llama.cpp's 8-bit blocks, a little over a quarter); faster, and the logits are the rounded weights'.")
     var precision: WeightFormat = .f32
 
