@@ -27,9 +27,9 @@
 //
 // While the caller runs alone its helpers sleep on their condition variable (napping, they took slices
 // of the busy core or of the caller's). A stretch ends with a warm-up: the caller wakes them and goes on
-// alone for WARM_UP_NS, time for a woken thread to be running again, and only the step after that is
-// judged. Without it a probe found every helper late by its own wake-up (tens of microseconds, longer
-// than a decoding step's part), and a team that once went solo stayed solo on an idle machine.
+// alone for WARM_UP_NS, time for a woken thread to be running again, and only the steps after that are
+// judged, so that a helper is not found late merely by its own wake-up (tens of microseconds, longer
+// than a decoding step's part).
 
 // Pauses (~0.3 ms), then yields (~1–2 ms), then 20 µs naps (~0.1 s), then sleep.
 enum { SPINS_BEFORE_YIELDING = 1 << 12, SPINS_BEFORE_NAPPING = (1 << 12) + (1 << 11), NAPS_BEFORE_SLEEPING = 2000 };
