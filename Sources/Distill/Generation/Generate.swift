@@ -59,9 +59,9 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
 }
 
 /// The thread count of each decoding step, chosen by measurement. A one-token step reads every weight
-/// once; whether a second core speeds that up depends on the machine (its caches and memory: on one
-/// AMD EPYC two threads decoded bf16 weights at 0.9× the rate of one, f32 at 1.9×) and on what else
-/// runs there. So the first steps alternate between all threads and one, timing each, and the steps
+/// once; whether a second core speeds that up depends on the machine and on what else runs there (on
+/// one AMD EPYC two threads decoded reduced weights 1.4–1.6× as fast as one in some runs, 0.85–0.95× in
+/// others). So the first steps alternate between all threads and one, timing each, and the steps
 /// after use the faster, trying both again every `checkEvery` steps. A decoding step gives the same
 /// logits on any thread count (each output is computed whole by one thread), so the choice changes
 /// only the speed.

@@ -40,7 +40,8 @@ func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Fl
     Compute.parallel(workers) { worker in product(alignedPart(worker, of: workers, splitting: m)) }
 }
 
-/// Products of at most this many rows are decoding's (`ck_linear_f32`); larger ones OpenBLAS's sgemm.
+/// Products of at most this many rows (decoding: one token, or a few sequences together) are
+/// `ck_linear_f32`'s, which reads each weight once for all rows; larger ones OpenBLAS's sgemm.
 let decodingRows = 32
 
 /// y[N, out] = x[N, in] · W[out, in]ᵀ  (overwrites y, or adds when `accumulate`).
@@ -157,6 +158,8 @@ public enum Compute {
 
     /// Runs `body` with `count` threads, then restores the setting.
     public static func withThreads<R>(_ count: Int, _ body: () throws -> R) rethrows -> R {
+        // Decoding calls this at every step (`DecodingThreads`): nothing to change, nothing to do.
+        guard count != threads else { return try body() }
         let saved = threads
         setThreads(count)
         defer { setThreads(saved) }
