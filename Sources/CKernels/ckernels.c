@@ -219,3 +219,26 @@ void ck_release_free_memory(void) {
     malloc_trim(0);
 #endif
 }
+
+// Rotary embedding, Hugging Face's "rotate half": in each of `heads` heads of width d of rows [from, to)
+// of x (rows `row_stride` apart, row r at position start + r % length), element i pairs with i + d/2 and
+// the pair turns by the angle whose cosine and sine are cos_table/sin_table [position, d/2]; direction
+// −1 turns it back (the backward pass). Products and sums stay apart (no fused multiply-add), so every
+// body gives the bits of the scalar expression.
+CK_KERNEL(void, ck_rotary, (float *x, size_t row_stride, size_t from, size_t to, size_t length, size_t start,
+          size_t heads, size_t d, const float *cos_table, const float *sin_table, float direction),
+          (x, row_stride, from, to, length, start, heads, d, cos_table, sin_table, direction)) {
+#pragma clang fp contract(off)
+    size_t half = d / 2;
+    for (size_t r = from; r < to; r++) {
+        const float *c = cos_table + (start + r % length) * half, *s = sin_table + (start + r % length) * half;
+        for (size_t h = 0; h < heads; h++) {
+            float *restrict low = x + r * row_stride + h * d, *restrict high = low + half;
+            for (size_t i = 0; i < half; i++) {
+                float a = low[i], b = high[i], sine = direction * s[i];
+                low[i] = a * c[i] - b * sine;
+                high[i] = b * c[i] + a * sine;
+            }
+        }
+    }
+}

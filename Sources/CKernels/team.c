@@ -14,8 +14,12 @@
 // than cores), nap after a few milliseconds idle, and block on a condition variable after about a
 // tenth of a second, from which the caller wakes them.
 //
-// The caller posts a step by bumping each needed helper's `posted`; a helper runs its part and stores
-// the same count in `finished`, on which the caller spins.
+// The caller posts a step by bumping each needed helper's `posted`. The parts are not assigned: the
+// caller and the posted helpers claim them one at a time from the step's `claim` word, so a thread that
+// runs slower (its core shared with another process) simply claims fewer, and a helper that has not
+// started when the caller runs out of parts finds none left. The step is over when `done` counts every
+// part; the caller spins on it. A part is computed the same whichever thread claims it, so results do
+// not depend on the assignment.
 //
 // A core that another process keeps busy breaks this: the helper there runs only when the scheduler
 // gives it a slice, so a step of microseconds waits milliseconds for it (measured: 2-thread decoding at
@@ -43,12 +47,15 @@ enum { LATE_STEPS_BEFORE_SOLO = 3 };
 static const uint64_t LATE_SLACK_NS = 50000, SOLO_FIRST_NS = 20000000, SOLO_LONGEST_NS = 1000000000;
 static const uint64_t WARM_UP_NS = 500000;
 
+// The team is contended when at least this many of the last 64 shared steps came late: then callers
+// split their work finer (ck_team_contended), so that a slowed helper claims fewer parts. One late step
+// is not enough: after any pause in the work the first step finds the helpers napping.
+enum { CONTENDED_LATE_STEPS = 4 };
+
 struct ck_helper {
     pthread_t thread;
     struct ck_team *team;
-    int part;
     _Atomic unsigned long posted;
-    _Atomic unsigned long finished;
     _Atomic int sleeping;
     pthread_mutex_t lock;
     pthread_cond_t wake;
@@ -65,12 +72,20 @@ struct ck_team {
     _Atomic unsigned long wake_count;
     ck_team_task task;
     void *context;
+    // The step's generation (high 32 bits), its parts (16 bits) and the next part to claim (low 16 bits),
+    // in one word so that a thread still looking at an earlier step can never claim a part of this one
+    // under that step's count; and the parts finished so far.
+    _Atomic uint64_t claim;
+    _Atomic int done;
+    uint32_t generation;
     // Touched only by the caller that holds `busy`.
     int late_steps;         // consecutive steps in which the helpers came late
     int probing;            // since the last stretch alone no step was on time: the next stretch doubles
     uint64_t solo_until;    // until then (CLOCK_MONOTONIC ns), the caller runs every part itself
     uint64_t solo_span;     // the length of the last solo stretch
     unsigned long steps, solo_steps; // steps run, and of those run by the caller alone (ck_team_counts)
+    // One bit per step the helpers took part in, the latest lowest: set when they came late.
+    _Atomic uint64_t late_history;
 };
 
 static uint64_t now_ns(void) {
@@ -119,6 +134,29 @@ static unsigned long wait_for_step(struct ck_helper *helper, unsigned long seen)
     return posted;
 }
 
+// Claims the next part of the step whose generation is `generation`: its index, or -1 when none is
+// left or another step has begun. task and context are read after a claim: the caller wrote them
+// before publishing the claim word, and keeps them until every claimed part is done.
+static int claim_part(struct ck_team *team, uint32_t generation) {
+    uint64_t word = atomic_load_explicit(&team->claim, memory_order_acquire);
+    for (;;) {
+        uint32_t parts = (uint32_t)(word >> 16) & 0xFFFF, next = (uint32_t)word & 0xFFFF;
+        if ((uint32_t)(word >> 32) != generation || next >= parts) return -1;
+        if (atomic_compare_exchange_weak_explicit(&team->claim, &word, word + 1, memory_order_acq_rel,
+                                                  memory_order_acquire))
+            return (int)next;
+    }
+}
+
+// Runs parts of the current step until none is left.
+static void run_parts(struct ck_team *team, uint32_t generation) {
+    int part;
+    while ((part = claim_part(team, generation)) >= 0) {
+        team->task(team->context, part);
+        atomic_fetch_add_explicit(&team->done, 1, memory_order_release);
+    }
+}
+
 static void *helper_main(void *argument) {
     struct ck_helper *helper = argument;
     unsigned long seen = 0;
@@ -126,8 +164,10 @@ static void *helper_main(void *argument) {
         unsigned long posted = wait_for_step(helper, seen);
         if (posted == 0) return NULL;
         seen = posted;
-        helper->team->task(helper->team->context, helper->part);
-        atomic_store_explicit(&helper->finished, posted, memory_order_release);
+        // The step now running, which may be a later one than posted (this helper came late): its
+        // parts are as good to take.
+        uint32_t generation = (uint32_t)(atomic_load_explicit(&helper->team->claim, memory_order_acquire) >> 32);
+        run_parts(helper->team, generation);
     }
 }
 
@@ -149,9 +189,7 @@ ck_team *ck_team_create(int helpers) {
     for (int i = 0; i < helpers; i++) {
         struct ck_helper *helper = &team->helpers[i];
         helper->team = team;
-        helper->part = i + 1;
         atomic_init(&helper->posted, 0);
-        atomic_init(&helper->finished, 0);
         atomic_init(&helper->sleeping, 0);
         pthread_mutex_init(&helper->lock, NULL);
         pthread_cond_init(&helper->wake, NULL);
@@ -181,7 +219,7 @@ void ck_team_destroy(ck_team *team) {
 int ck_team_helpers(const ck_team *team) { return team->helper_count; }
 
 int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
-    if (parts < 1 || parts > team->helper_count + 1) return 0;
+    if (parts < 1 || parts > CK_TEAM_MAX_PARTS) return 0;
     int idle = 0;
     if (!atomic_compare_exchange_strong(&team->busy, &idle, 1)) return 0;
     uint64_t start = now_ns();
@@ -201,26 +239,32 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     }
     team->task = task;
     team->context = context;
+    atomic_store_explicit(&team->done, 0, memory_order_relaxed);
+    uint32_t generation = ++team->generation;
+    atomic_store_explicit(&team->claim, (uint64_t)generation << 32 | (uint64_t)parts << 16, memory_order_release);
     // Helper 0 takes part in every step with parts > 1, so its count is the largest any helper has
     // seen and one ticket above it is new to all; helpers beyond the parts are not posted.
     unsigned long ticket = atomic_load_explicit(&team->helpers[0].posted, memory_order_relaxed) + 1;
-    for (int i = 0; i < parts - 1; i++) {
+    int posted = parts - 1 < team->helper_count ? parts - 1 : team->helper_count;
+    for (int i = 0; i < posted; i++) {
         struct ck_helper *helper = &team->helpers[i];
         atomic_store(&helper->posted, ticket);
         if (atomic_load(&helper->sleeping)) wake_helper(helper);
     }
-    task(context, 0);
+    run_parts(team, generation);
     uint64_t own_end = now_ns();
-    for (int i = 0; i < parts - 1; i++) {
-        // With more threads than cores a helper may be waiting for this core: yield after a while.
-        unsigned long spins = 0;
-        while (atomic_load_explicit(&team->helpers[i].finished, memory_order_acquire) != ticket) {
-            if (++spins < SPINS_BEFORE_YIELDING) cpu_relax();
-            else sched_yield();
-        }
+    // Parts the helpers claimed and still run. With more threads than cores a helper may be waiting
+    // for this core: yield after a while.
+    unsigned long spins = 0;
+    while (atomic_load_explicit(&team->done, memory_order_acquire) != parts) {
+        if (++spins < SPINS_BEFORE_YIELDING) cpu_relax();
+        else sched_yield();
     }
     uint64_t end = now_ns();
-    if (end - own_end > (own_end - start) + LATE_SLACK_NS) {
+    int late = end - own_end > (own_end - start) + LATE_SLACK_NS;
+    uint64_t history = atomic_load_explicit(&team->late_history, memory_order_relaxed);
+    atomic_store_explicit(&team->late_history, history << 1 | (uint64_t)late, memory_order_relaxed);
+    if (late) {
         if (++team->late_steps >= LATE_STEPS_BEFORE_SOLO) {
             uint64_t doubled = team->solo_span * 2;
             team->solo_span = team->probing ? (doubled < SOLO_LONGEST_NS ? doubled : SOLO_LONGEST_NS) : SOLO_FIRST_NS;
@@ -235,6 +279,10 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     }
     atomic_store_explicit(&team->busy, 0, memory_order_release);
     return 1;
+}
+
+int ck_team_contended(const ck_team *team) {
+    return __builtin_popcountll(atomic_load_explicit(&team->late_history, memory_order_relaxed)) >= CONTENDED_LATE_STEPS;
 }
 
 void ck_team_counts(const ck_team *team, unsigned long *steps, unsigned long *solo_steps) {

@@ -3,16 +3,30 @@ import Foundation
 import XCTest
 
 /// The team of threads behind every parallel step (`CKernels/team.c`): each part of a step runs exactly
-/// once whether the helpers take their parts or the caller runs them all alone, the caller goes alone
-/// when a helper keeps coming late, and it takes the helpers back once they are on time again.
+/// once whether the helpers claim parts or the caller runs them all alone, the caller goes alone
+/// when a helper keeps coming late, it takes the helpers back once they are on time again, and a slow
+/// helper leaves the remaining parts to the caller.
 final class ComputeTeamTests: XCTestCase {
-    /// The parts' context: [runs of part 0, runs of part 1, microseconds part 1 (a helper's) sleeps].
-    /// Each part counts its own runs, so no two threads write the same word.
+    /// The parts' context: [microseconds a part sleeps on a helper, on the caller, the caller's thread,
+    /// parts the caller ran, then runs of each part]. Each part counts its own runs, so no two threads
+    /// write the same word (the caller alone writes the fourth).
     private static let task: ck_team_task = { context, part in
-        let words = context!.assumingMemoryBound(to: Int32.self)
-        if part == 1 && words[2] > 0 { usleep(UInt32(words[2])) }
-        words[Int(part)] += 1
+        let words = context!.assumingMemoryBound(to: UInt.self)
+        let onCaller = UInt(pthread_self()) == words[2]
+        let micros = onCaller ? words[1] : words[0]
+        if micros > 0 { usleep(UInt32(micros)) }
+        if onCaller { words[3] += 1 }
+        words[4 + Int(part)] += 1
     }
+
+    private func makeStep(parts: Int) -> UnsafeMutablePointer<UInt> {
+        let step = UnsafeMutablePointer<UInt>.allocate(capacity: 4 + parts)
+        step.initialize(repeating: 0, count: 4 + parts)
+        step[2] = UInt(pthread_self())
+        return step
+    }
+
+    private func runs(_ step: UnsafeMutablePointer<UInt>, parts: Int) -> [UInt] { (0..<parts).map { step[4 + $0] } }
 
     private func counts(_ team: OpaquePointer) -> (steps: UInt, alone: UInt) {
         var steps: UInt = 0, alone: UInt = 0
@@ -23,14 +37,15 @@ final class ComputeTeamTests: XCTestCase {
     func testALateHelperSendsTheCallerAloneAndAnOnTimeOneBringsItBack() throws {
         let team = try XCTUnwrap(ck_team_create(1))
         defer { ck_team_destroy(team) }
-        let step = UnsafeMutablePointer<Int32>.allocate(capacity: 3)
-        step.initialize(repeating: 0, count: 3)
+        let step = makeStep(parts: 2)
         defer { step.deallocate() }
 
-        // A helper part of 2 ms against a caller's part of nothing: late every time.
-        step[2] = 2000
+        // A helper's part takes 2 ms, a caller's 0.2 ms (time for the helper to claim the other part):
+        // late every time.
+        step[0] = 2000
+        step[1] = 200
         for _ in 0..<10 { XCTAssertEqual(ck_team_run(team, Self.task, step, 2), 1) }
-        XCTAssertEqual([step[0], step[1]], [10, 10], "every part ran once a step")
+        XCTAssertEqual(runs(step, parts: 2), [10, 10], "every part ran once a step")
         let late = counts(team)
         XCTAssertEqual(late.steps, 10)
         XCTAssertGreaterThan(late.alone, 0, "three late steps send the caller alone")
@@ -38,7 +53,8 @@ final class ComputeTeamTests: XCTestCase {
         // Parts of nothing, step after step: once the stretch alone (20 ms, doubled after each stretch
         // whose helpers were late again) and the warm-up are over, the helper is on time and takes its
         // parts again: some 10 ms window has no step run alone.
-        step[2] = 0
+        step[0] = 0
+        step[1] = 0
         var stepsSince = 0
         let deadline = Date().addingTimeInterval(10)
         var recovered = false
@@ -51,6 +67,23 @@ final class ComputeTeamTests: XCTestCase {
             recovered = counts(team).alone == before.alone
         }
         XCTAssertTrue(recovered, "the helper never took its parts back")
-        XCTAssertEqual([step[0], step[1]], [Int32(10 + stepsSince), Int32(10 + stepsSince)], "every part ran once a step")
+        XCTAssertEqual(runs(step, parts: 2), [UInt(10 + stepsSince), UInt(10 + stepsSince)], "every part ran once a step")
+    }
+
+    /// A helper slowed down (its core shared with another process) claims fewer parts: the caller takes
+    /// the rest instead of waiting for a fixed half.
+    func testASlowHelperLeavesTheRemainingPartsToTheCaller() throws {
+        let team = try XCTUnwrap(ck_team_create(1))
+        defer { ck_team_destroy(team) }
+        let parts = 8
+        let step = makeStep(parts: parts)
+        defer { step.deallocate() }
+        step[0] = 20_000  // 20 ms a part on the helper
+        step[1] = 200     // 0.2 ms on the caller
+        XCTAssertEqual(ck_team_run(team, Self.task, step, Int32(parts)), 1)
+        XCTAssertEqual(runs(step, parts: parts), Array(repeating: 1, count: parts), "every part ran once")
+        // The helper is busy with its first part for all the time the caller needs for the other seven.
+        XCTAssertGreaterThanOrEqual(step[3], UInt(parts - 1), "the caller ran the parts the slow helper did not claim")
+        XCTAssertEqual(ck_team_run(team, Self.task, step, Int32(CK_TEAM_MAX_PARTS) + 1), 0, "too many parts: refused")
     }
 }

@@ -186,6 +186,34 @@ final class ModelGradientTests: XCTestCase {
         }
     }
 
+    /// Logits and every gradient of one forward and backward pass of a fresh model on tokens and logit
+    /// gradients drawn from `seed`, on `threads` threads with `partsPerThread` parts a product.
+    private func logitsAndGradients(_ config: LlamaConfig, batch: Int, length: Int, seed: UInt64, threads: Int,
+                                    partsPerThread: Int? = nil) throws -> (logits: [Float], gradients: [Float]) {
+        let rows = batch * length
+        var random = SeededRandom(seed: seed)
+        let tokens = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
+        let readLogits = (0..<rows * config.vocabSize).map { _ in random.nextGaussian() }
+        Compute.fixedProductPartsPerThread = partsPerThread
+        defer { Compute.fixedProductPartsPerThread = nil }
+        return try Compute.withThreads(threads) {
+            let model = try Self.model(config)
+            model.zeroGradients()
+            let acts = model.forward(tokens: tokens, batch: batch, length: length)
+            let logits = Array(UnsafeBufferPointer(start: acts.logits, count: rows * config.vocabSize))
+            model.backward(dLogits: readLogits)
+            return (logits, Array(model.gradients!))
+        }
+    }
+
+    private func assertBitwiseEqual(_ other: (logits: [Float], gradients: [Float]), _ one: (logits: [Float], gradients: [Float]),
+                                    _ setting: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertTrue(one.gradients.contains { $0 != 0 }, file: file, line: line)
+        XCTAssertEqual(zip(other.logits, one.logits).filter { $0 != $1 }.count, 0, "logits that differ \(setting)", file: file, line: line)
+        XCTAssertEqual(zip(other.gradients, one.gradients).filter { $0 != $1 }.count, 0, "gradients that differ \(setting)",
+                       file: file, line: line)
+    }
+
     /// The products, attention and element-wise passes split their rows and heads over the compute
     /// team's threads, but every output is computed whole by one thread: logits and gradients are
     /// bitwise the same on 1, 2, 3 and 4 threads (the team grows with the count; 3 and 4 oversubscribe
@@ -193,28 +221,24 @@ final class ModelGradientTests: XCTestCase {
     func testThreadCountsGiveBitwiseTheSameResult() throws {
         let config = LlamaConfig(hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 2, numAttentionHeads: 4,
                                  numKeyValueHeads: 2, vocabSize: 200, maxPositionEmbeddings: 70)
-        let batch = 3, length = 70, rows = batch * length
-        var random = SeededRandom(seed: 5)
-        let tokens = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
-        let readLogits = (0..<rows * config.vocabSize).map { _ in random.nextGaussian() }
-        func run(threads: Int) throws -> (logits: [Float], gradients: [Float]) {
-            try Compute.withThreads(threads) {
-                let model = try Self.model(config)
-                model.zeroGradients()
-                let acts = model.forward(tokens: tokens, batch: batch, length: length)
-                let logits = Array(UnsafeBufferPointer(start: acts.logits, count: rows * config.vocabSize))
-                model.backward(dLogits: readLogits)
-                return (logits, Array(model.gradients!))
-            }
-        }
-        let one = try run(threads: 1)
-        XCTAssertTrue(one.gradients.contains { $0 != 0 })
+        let one = try logitsAndGradients(config, batch: 3, length: 70, seed: 5, threads: 1)
         for threads in 2...4 {
-            let other = try run(threads: threads)
-            let logitsDiffer = zip(other.logits, one.logits).filter { $0 != $1 }.count
-            let gradientsDiffer = zip(other.gradients, one.gradients).filter { $0 != $1 }.count
-            XCTAssertEqual(logitsDiffer, 0, "logits that differ on \(threads) threads")
-            XCTAssertEqual(gradientsDiffer, 0, "gradients that differ on \(threads) threads")
+            assertBitwiseEqual(try logitsAndGradients(config, batch: 3, length: 70, seed: 5, threads: threads), one,
+                               "on \(threads) threads")
+        }
+    }
+
+    /// Products large enough to split (rows 512): with other processes on the cores they split into more
+    /// parts than threads (parts are claimed, so a slowed thread takes fewer). Logits and gradients are
+    /// bitwise those of one thread whatever the number of parts: each part is one OpenBLAS call on rows
+    /// at multiples of its row group (`openBLASRowGroup`), above its small-matrix kernel.
+    func testProductPartsGiveBitwiseTheSameResult() throws {
+        let config = LlamaConfig(hiddenSize: 128, intermediateSize: 344, numHiddenLayers: 2, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 512, maxPositionEmbeddings: 128)
+        let one = try logitsAndGradients(config, batch: 4, length: 128, seed: 6, threads: 1)
+        for parts in [1, 2, 3, 8] {
+            assertBitwiseEqual(try logitsAndGradients(config, batch: 4, length: 128, seed: 6, threads: 2, partsPerThread: parts),
+                               one, "at \(parts) parts a thread")
         }
     }
 

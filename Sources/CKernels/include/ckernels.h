@@ -37,6 +37,11 @@ void ck_swiglu_forward(float *h, const float *gateUp, size_t rows, size_t hidden
 /// gradients from dh [N, F] on return (the training pass keeps no other copy of gateUp's gradient).
 void ck_swiglu_backward_inplace(float *gateUp, const float *dh, size_t rows, size_t hidden);
 
+/// Rotary embedding of rows [from, to) of x [rows, row_stride] in place: `heads` heads of width d, row r
+/// at position start + r % length, tables [positions, d/2]; direction 1 forward, −1 backward.
+void ck_rotary(float *x, size_t row_stride, size_t from, size_t to, size_t length, size_t start, size_t heads,
+               size_t d, const float *cos_table, const float *sin_table, float direction);
+
 /// y[i] += x[i]
 void ck_add_inplace(float *y, const float *x, size_t n);
 
@@ -56,15 +61,20 @@ void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
               float bias_correction1, float bias_correction2);
 
 /// The caller and `helpers` threads that share the parallel steps of the model (team.c says why they
-/// spin between steps). ck_team_run runs task(context, 0) on the caller and task(context, i) on helper
-/// i for i in 1..<parts, and returns 1 when all are done; it returns 0 at once, running nothing, when
-/// the team is busy with another step (a nested or concurrent call) or parts exceeds helpers + 1.
+/// spin between steps). ck_team_run runs task(context, i) once for each i in 0..<parts, each part on
+/// whichever thread claims it first (the caller, or one of the first parts − 1 helpers), and returns 1
+/// when all are done; it returns 0 at once, running nothing, when the team is busy with another step (a
+/// nested or concurrent call) or parts is outside 1...CK_TEAM_MAX_PARTS.
+enum { CK_TEAM_MAX_PARTS = 0xFFFF };
 typedef struct ck_team ck_team;
 typedef void (*ck_team_task)(void *context, int part);
 ck_team *ck_team_create(int helpers);
 void ck_team_destroy(ck_team *team);
 int ck_team_helpers(const ck_team *team);
 int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts);
+/// 1 when the helpers have often come late of late (another process on their cores): splitting work
+/// into more parts than threads then lets the caller take what a slowed helper cannot. 0 otherwise.
+int ck_team_contended(const ck_team *team);
 /// Steps the team has run, and how many of them the caller ran alone (helpers late: another process on
 /// their core). Read by the caller that runs the steps.
 void ck_team_counts(const ck_team *team, unsigned long *steps, unsigned long *solo_steps);

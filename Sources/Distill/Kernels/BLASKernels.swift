@@ -23,6 +23,17 @@ public enum BLASKernels {
     /// command line sets it and starts again (`DistillCommand.main`).
     public static var betterCoreType: String? { betterCoreType(than: coreName) }
 
+    /// When the user's `OPENBLAS_CORETYPE` holds OpenBLAS to weaker kernels than this CPU runs (an
+    /// AVX-512 CPU on "Haswell", say), one line saying so and what to do; nil otherwise. The setting is
+    /// kept (the user may have a reason), but `bench` says what it costs.
+    public static var weakerKernelsNote: String? {
+        let environment = ProcessInfo.processInfo.environment
+        guard let setting = environment["OPENBLAS_CORETYPE"], environment["DISTILL_CHOSE_OPENBLAS_CORETYPE"] == nil,
+              let better = betterCoreType else { return nil }
+        return "note: OPENBLAS_CORETYPE=\(setting) holds OpenBLAS to its \(coreName) kernels, but this CPU runs its \(better) ones, "
+            + "which multiplied matrices about twice as fast on an AVX-512 machine (docs/performance.md): unset it to let OpenBLAS choose"
+    }
+
     /// The OpenBLAS core type this CPU can run that is better than `chosen`, if any.
     public static func betterCoreType(than chosen: String) -> String? {
         if ck_cpu_has_avx512() != 0 && !avx512Cores.contains(chosen) { return "SkylakeX" }

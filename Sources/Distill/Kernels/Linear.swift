@@ -34,10 +34,10 @@ func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Fl
                     Int32(rows.count), Int32(n), Int32(k), alpha, aStart, Int32(lda), b, Int32(ldb), beta,
                     c + rows.lowerBound * ldc, Int32(ldc))
     }
-    var workers = min(Compute.threads, m / minimumRowsPerThread)
-    while workers > 1 && (m / workers) * n * k <= openBLASSmallProductLimit { workers -= 1 }
-    guard workers > 1 else { return product(0..<m) }
-    Compute.parallel(workers) { worker in product(alignedPart(worker, of: workers, splitting: m)) }
+    var parts = min(Compute.threads * Compute.productPartsPerThread, m / max(minimumRowsPerThread, openBLASRowGroup))
+    while parts > 1 && (m / parts) * n * k <= openBLASSmallProductLimit { parts -= 1 }
+    guard parts > 1 else { return product(0..<m) }
+    Compute.parallel(parts) { part in product(alignedPart(part, of: parts, splitting: m)) }
 }
 
 /// Products of at most this many rows (decoding: one token, or a few sequences together) are
@@ -84,20 +84,31 @@ func linearForwardQ8_0(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Floa
 }
 
 /// Runs `product` over the output features 0..<count of a decoding step, split over the cores (at
-/// least `minimumRowsPerThread` rows each) as `sgemm` splits a product's rows.
+/// least `minimumRowsPerThread` rows each, bounds at multiples of 16: our kernels' outputs do not depend
+/// on the split, and each part keeps whole groups of four rows).
 @inline(__always)
 private func splitDecodingOutputs(_ count: Int, _ product: (Range<Int>) -> Void) {
     let parts = min(Compute.threads, count / minimumRowsPerThread)
     guard parts > 1 else { return product(0..<count) }
-    Compute.parallel(parts) { part in product(alignedPart(part, of: parts, splitting: count)) }
+    Compute.parallel(parts) { part in product(alignedPart(part, of: parts, splitting: count, alignment: 16)) }
 }
 
-/// Part `part` of 0..<count split into `parts` nearly equal ranges whose inner bounds are multiples of
-/// 16 (count ≥ 16·parts). OpenBLAS works on rows in groups of a few (4 to 16) and may sum a last,
-/// partial group in another order; with aligned bounds every row falls in the same group as in the
-/// whole product, so a split product is bitwise the whole one.
-func alignedPart(_ part: Int, of parts: Int, splitting count: Int) -> Range<Int> {
-    func bound(_ index: Int) -> Int { index == parts ? count : count * index / parts / 16 * 16 }
+/// Rows at whose multiples a product may be split with every row in the same group as in the whole:
+/// OpenBLAS works on rows in groups (16 in its AVX-512 kernels, 24 in its Haswell and Zen ones) and sums
+/// a last, partial group in another order; 48 serves every core type. (Splits at multiples of 16 changed
+/// a few percent of the outputs' last bits under the Haswell kernels: `testProductPartsGiveBitwiseTheSameResult`.)
+let openBLASRowGroup: Int = {
+    let core = BLASKernels.coreName
+    return BLASKernels.avx512Cores.contains(core) ? 16 : ["Haswell", "Zen"].contains(core) ? 24 : 48
+}()
+
+/// Part `part` of 0..<count split into `parts` nearly equal ranges whose inner bounds are the multiples
+/// of `alignment` nearest to equal shares (count ≥ alignment·parts), so that with OpenBLAS's row groups a
+/// split product is bitwise the whole one.
+func alignedPart(_ part: Int, of parts: Int, splitting count: Int, alignment: Int = openBLASRowGroup) -> Range<Int> {
+    func bound(_ index: Int) -> Int {
+        index == parts ? count : (count * index / parts + alignment / 2) / alignment * alignment
+    }
     return bound(part)..<bound(part + 1)
 }
 

@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 
 /// Rotary position embedding in Hugging Face's "rotate half" convention: within a head of width d,
@@ -44,23 +45,13 @@ struct RotaryTable {
     func apply(_ qkv: UnsafeMutablePointer<Float>, rowStride: Int, batch: Int, length: Int, startPosition: Int,
                queryHeads: Int, keyHeads: Int, inverse: Bool) {
         precondition(startPosition + length <= positions, "rotary table too short: reserve the positions first")
-        let half = headDim / 2, heads = queryHeads + keyHeads
+        let heads = queryHeads + keyHeads
         let direction: Float = inverse ? -1 : 1
         cos.withUnsafeBufferPointer { cosTable in
             sin.withUnsafeBufferPointer { sinTable in
                 forEachRowRange(batch * length) { rows in
-                    for row in rows {
-                        let position = startPosition + row % length
-                        let c = cosTable.baseAddress! + position * half, s = sinTable.baseAddress! + position * half
-                        for head in 0..<heads {
-                            let x = qkv + row * rowStride + head * headDim
-                            for i in 0..<half {
-                                let a = x[i], b = x[i + half], sine = direction * s[i]
-                                x[i] = a * c[i] - b * sine
-                                x[i + half] = b * c[i] + a * sine
-                            }
-                        }
-                    }
+                    ck_rotary(qkv, rowStride, rows.lowerBound, rows.upperBound, length, startPosition, heads, headDim,
+                              cosTable.baseAddress!, sinTable.baseAddress!, direction)
                 }
             }
         }
