@@ -35,6 +35,8 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         if let threads { Compute.setThreads(threads) }
+        // On stderr, so that it is seen with --json too.
+        if let note = BLASKernels.weakerKernelsNote { FileHandle.standardError.write(Data((note + "\n").utf8)) }
         let vocab = vocabSize ?? (preset.hasPrefix("tiny") ? 2048 : 4096), context = preset.hasPrefix("tiny") ? 128 : 256
         let batch = batchSize
         let teacher = try LlamaConfig.preset(preset, vocabSize: vocab, context: context)

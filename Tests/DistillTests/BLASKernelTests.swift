@@ -39,6 +39,8 @@ final class BLASKernelTests: XCTestCase {
         let kept = try runProcess(executable, ["bench", "--preset", "tiny", "--repeats", "1", "--json"],
                                   environment: ProcessInfo.processInfo.environment.merging(["OPENBLAS_CORETYPE": "Prescott"]) { $1 })
         XCTAssertTrue(kept.output.contains(#""blasCore":"Prescott""#), kept.transcript)
+        // ... and says what it costs, on stderr (stdout stays one JSON object).
+        XCTAssertTrue(kept.errors.contains("note: OPENBLAS_CORETYPE=Prescott holds OpenBLAS to its Prescott kernels"), kept.transcript)
     }
 
     /// `DISTILL_ISA` caps our own kernels' instruction set; bench names the path taken; a value that names

@@ -340,7 +340,6 @@ extension Benchmark {
                            repeats: Int, say: (String) -> Void) throws -> BenchmarkReport {
         say("preset \(preset): vocab \(teacher.vocabSize), context \(context), batch \(batch), threads \(Compute.threads), "
             + KernelPath.description)
-        if let note = BLASKernels.weakerKernelsNote { say(note) }
         let gflops = sgemmRate()
         say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512): %.1f GFLOP/s", gflops))
         let setupPeak = peakResidentMB()  // the sgemm probe's matrices
