@@ -70,6 +70,35 @@ final class ComputeTeamTests: XCTestCase {
         XCTAssertEqual(runs(step, parts: 2), [UInt(10 + stepsSince), UInt(10 + stepsSince)], "every part ran once a step")
     }
 
+    /// Helpers that keep coming late make the team contended (callers then split their work finer), and
+    /// once they are on time again it clears: not on one late step, and not for ever.
+    func testLateHelpersMakeTheTeamContendedUntilTheyAreOnTimeAgain() throws {
+        let team = try XCTUnwrap(ck_team_create(1))
+        defer { ck_team_destroy(team) }
+        let step = makeStep(parts: 2)
+        defer { step.deallocate() }
+        XCTAssertEqual(ck_team_contended(team), 0, "a new team")
+
+        func runUntil(_ contended: Int32, within seconds: TimeInterval) -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while Date() < deadline {
+                XCTAssertEqual(ck_team_run(team, Self.task, step, 2), 1)
+                if ck_team_contended(team) == contended { return true }
+            }
+            return false
+        }
+        // Late every time (as above): between the stretches alone, late steps accumulate.
+        step[0] = 2000
+        step[1] = 200
+        XCTAssertEqual(ck_team_run(team, Self.task, step, 2), 1)
+        XCTAssertEqual(ck_team_contended(team), 0, "one late step")
+        XCTAssertTrue(runUntil(1, within: 5), "late helpers never made the team contended")
+        // On time: the late steps leave the last 64 once the stretch alone is over.
+        step[0] = 0
+        step[1] = 0
+        XCTAssertTrue(runUntil(0, within: 10), "on-time helpers never cleared the contention")
+    }
+
     /// A helper slowed down (its core shared with another process) claims fewer parts: the caller takes
     /// the rest instead of waiting for a fixed half.
     func testASlowHelperLeavesTheRemainingPartsToTheCaller() throws {
