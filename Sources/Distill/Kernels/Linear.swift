@@ -94,9 +94,10 @@ private func splitDecodingOutputs(_ count: Int, _ product: (Range<Int>) -> Void)
 }
 
 /// Rows at whose multiples a product may be split with every row in the same group as in the whole:
-/// OpenBLAS works on rows in groups (16 in its AVX-512 kernels, 24 in its Haswell and Zen ones) and sums
-/// a last, partial group in another order; 48 serves every core type. (Splits at multiples of 16 changed
-/// a few percent of the outputs' last bits under the Haswell kernels: `testProductPartsGiveBitwiseTheSameResult`.)
+/// OpenBLAS works on rows in groups (16 in its AVX-512 kernels, 24 in its Haswell and Zen ones, measured)
+/// and sums a last, partial group in another order; any other core type gets 48, a multiple of both (its
+/// SSE3 "Prescott" kernels pass the test with it). Splits at multiples of 16 changed a few percent of the
+/// outputs' last bits under the Haswell kernels (`testProductPartsGiveBitwiseTheSameResult`).
 let openBLASRowGroup: Int = {
     let core = BLASKernels.coreName
     return BLASKernels.avx512Cores.contains(core) ? 16 : ["Haswell", "Zen"].contains(core) ? 24 : 48
