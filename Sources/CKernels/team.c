@@ -24,7 +24,7 @@
 // A core that another process keeps busy breaks this: the helper there runs only when the scheduler
 // gives it a slice, so a step of microseconds waits milliseconds for it (measured: 2-thread decoding at
 // a seventh of the 1-thread rate with a busy loop on the other core). So the caller times each step:
-// after a few steps in which it waited on the helpers far longer than its own part took, it runs every
+// after a few steps in which it waited on the helpers far longer than its own parts took, it runs every
 // part itself for a while (20 ms, doubling up to a second while the helpers stay late), then tries the
 // helpers again. The parts are the same either way, each output computed whole by one thread, so the
 // results do not change.
@@ -38,7 +38,7 @@
 // Pauses (~0.3 ms), then yields (~1–2 ms), then 20 µs naps (~0.1 s), then sleep.
 enum { SPINS_BEFORE_YIELDING = 1 << 12, SPINS_BEFORE_NAPPING = (1 << 12) + (1 << 11), NAPS_BEFORE_SLEEPING = 2000 };
 
-// Late helpers: a step is late when the caller waited more than its own part took plus LATE_SLACK_NS
+// Late helpers: a step is late when the caller waited more than its own parts took plus LATE_SLACK_NS
 // (a helper waking from a nap costs tens of microseconds); LATE_STEPS_BEFORE_SOLO late steps in a row
 // send the team solo for SOLO_FIRST_NS, and the same after a stretch alone doubles the next one. (One
 // late step after a stretch is not enough: after a pause in the work the helpers nap, and the first step
