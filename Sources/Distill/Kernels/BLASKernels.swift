@@ -63,8 +63,13 @@ public enum OwnKernels {
 public enum KernelPath {
     public static var description: String {
         let environment = ProcessInfo.processInfo.environment
+        // A setting that holds OpenBLAS below the CPU says so: the figures of a report or a bench are then
+        // not what this machine can do.
         let core = environment["DISTILL_CHOSE_OPENBLAS_CORETYPE"] != nil ? " (chosen by distill for this CPU)"
-            : environment["OPENBLAS_CORETYPE"].map { " (OPENBLAS_CORETYPE=\($0))" } ?? ""
+            : environment["OPENBLAS_CORETYPE"].map { setting in
+                BLASKernels.betterCoreType.map { " (OPENBLAS_CORETYPE=\(setting); this CPU runs its \($0) kernels)" }
+                    ?? " (OPENBLAS_CORETYPE=\(setting))"
+            } ?? ""
         let isa = environment["DISTILL_ISA"].map { " (DISTILL_ISA=\($0))" } ?? ""
         return "OpenBLAS \(BLASKernels.coreName) kernels\(core), own kernels \(OwnKernels.instructionSet)\(isa)"
     }
