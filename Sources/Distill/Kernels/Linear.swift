@@ -35,7 +35,8 @@ func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Fl
                     c + rows.lowerBound * ldc, Int32(ldc))
     }
     var parts = min(Compute.threads * Compute.productPartsPerThread, m / max(minimumRowsPerThread, openBLASRowGroup))
-    while parts > 1 && (m / parts) * n * k <= openBLASSmallProductLimit { parts -= 1 }
+    // A part's bounds move to a row group by up to a group's rows: its smallest must stay above the limit.
+    while parts > 1 && (m / parts - openBLASRowGroup) * n * k <= openBLASSmallProductLimit { parts -= 1 }
     guard parts > 1 else { return product(0..<m) }
     Compute.parallel(parts) { part in product(alignedPart(part, of: parts, splitting: m)) }
 }
