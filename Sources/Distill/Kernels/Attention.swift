@@ -117,11 +117,12 @@ import Dispatch
 /// cache: the rows' keys and values (from qkv [length, C + 2·KVd]) are written to `keys` and `values`
 /// [KV, capacity, d] first, then query row r sees the cached positions [0, start + r]. out: [length, C].
 /// Nothing is kept for backward. `scores` holds scoreRows·(start + length) floats: one row per thread,
-/// the heads split over up to `scoreRows` threads.
+/// the heads split over up to `scoreRows` threads, or all on the calling thread when not
+/// `splittingHeads` (sequences decoded together split over the threads by sequence instead).
 func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer<Float>,
                             keys: UnsafeMutablePointer<Float>, values: UnsafeMutablePointer<Float>, capacity: Int,
                             scores: UnsafeMutablePointer<Float>, scoreRows: Int, start: Int, length: Int,
-                            heads: Int, kvHeads: Int, headDim d: Int) {
+                            heads: Int, kvHeads: Int, headDim d: Int, splittingHeads: Bool = true) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let group = heads / kvHeads, scale = 1 / Float(d).squareRoot()
     precondition(start + length <= capacity, "the cache holds \(capacity) positions")
@@ -146,7 +147,7 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
                             scores, 1, 0, out + r * c + h * d, 1)
             }
         }
-        let parts = min(Compute.threads, heads, scoreRows)
+        let parts = splittingHeads ? min(Compute.threads, heads, scoreRows) : 1
         Compute.parallel(parts) { part in
             attend((heads * part / parts)..<(heads * (part + 1) / parts), scores: scores + part * seen)
         }
