@@ -1,3 +1,4 @@
+import Foundation
 import CKernels
 import Distill
 import XCTest
@@ -77,6 +78,41 @@ final class DecodingKernelTests: XCTestCase {
     /// Runs `product(level, y, stride, x, rows, accumulate)` with each body this CPU has on random x and
     /// y (two rows, three floats of padding after each row of y), and checks every output against the
     /// double sum of `weight(o, k) · x[r, k]`, within a few ulps of the sum of the terms' sizes.
+    /// `ck_attend_cached`, decoding attention of one row and head (the body DISTILL_ISA leaves in force;
+    /// `tools/test` runs it on each): against a double-precision softmax and sum, for head widths that are
+    /// and are not multiples of the column blocks, position counts around the 64-position blocks and the
+    /// four p·V streams, and caches that end within a block. Positions past `seen` hold NaN, which must not
+    /// reach the output; the same keys and values in a larger cache give the same bits.
+    func testCachedAttentionMatchesThePlainSoftmaxAndSum() {
+        var random = SeededRandom(seed: 24)
+        for (d, seen) in [(1, 1), (7, 5), (16, 64), (32, 63), (32, 65), (48, 130), (80, 3), (32, 200), (113, 70)] {
+            let q = (0..<d).map { _ in random.nextGaussian() }
+            let keys = (0..<seen * d).map { _ in random.nextGaussian() }   // [seen, d]
+            let values = (0..<seen * d).map { _ in random.nextGaussian() } // [seen, d]
+            let scale = 1 / Float(d).squareRoot()
+            var expected = [Double](repeating: 0, count: d)
+            let scores = (0..<seen).map { j in (0..<d).reduce(0.0) { $0 + Double(q[$1]) * Double(keys[j * d + $1]) } * Double(scale) }
+            let maximum = scores.max() ?? 0
+            let weights = scores.map { Foundation.exp($0 - maximum) }
+            let total = weights.reduce(0, +)
+            for j in 0..<seen { for k in 0..<d { expected[k] += weights[j] / total * Double(values[j * d + k]) } }
+            var outputs: [[Float]] = []
+            for capacity in [seen, seen + 67] {
+                var keysT = [Float](repeating: .nan, count: d * capacity), cachedValues = [Float](repeating: .nan, count: capacity * d)
+                for j in 0..<seen {
+                    for k in 0..<d { keysT[k * capacity + j] = keys[j * d + k]; cachedValues[j * d + k] = values[j * d + k] }
+                }
+                var out = [Float](repeating: 0, count: d), scratch = [Float](repeating: 0, count: capacity)
+                ck_attend_cached(&out, q, keysT, cachedValues, capacity, seen, d, scale, &scratch)
+                for k in 0..<d {
+                    XCTAssertEqual(Double(out[k]), expected[k], accuracy: 1e-5 * (1 + abs(expected[k])), "d \(d), seen \(seen), capacity \(capacity)")
+                }
+                outputs.append(out)
+            }
+            XCTAssertEqual(outputs[0].map(\.bitPattern), outputs[1].map(\.bitPattern), "d \(d), seen \(seen): the cache's size changed the bits")
+        }
+    }
+
     private func checkEveryBody(_ name: String, inFeatures: Int, outFeatures: Int, random: inout SeededRandom,
                                 weight: (Int, Int) -> Double,
                                 product: (Int32, UnsafeMutablePointer<Float>, Int, UnsafePointer<Float>, Int, Int32) -> Void) {

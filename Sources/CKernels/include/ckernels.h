@@ -19,6 +19,13 @@ void ck_softmax_prefix(float *row, size_t valid, size_t n);
 void ck_softmax_prefix_keeping(float *row, size_t valid, size_t n, float *maximum, float *inverse);
 void ck_softmax_prefix_recompute(float *row, size_t valid, size_t n, float maximum, float inverse);
 
+/// Decoding attention of one query row and one head over the first `seen` cached positions:
+/// out[d] = sum_j p_j values[j, :], p = softmax(scale * (q . keys_t[:, j])). keys_t [d, capacity] (the keys
+/// kept transposed), values [capacity, d], scores: `seen` floats of scratch (left holding p). Every body
+/// sums in the same order (positions in four interleaved streams for p.V).
+void ck_attend_cached(float *out, const float *q, const float *keys_t, const float *values, size_t capacity,
+                      size_t seen, size_t d, float scale, float *scores);
+
 /// Backward of a softmax row: dx[i] = p[i] * (dp[i] - sum_j p[j] dp[j]), written over dp.
 void ck_softmax_backward_row(float *dp, const float *p, size_t n);
 

@@ -114,8 +114,9 @@ func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Fl
 import Dispatch
 
 /// Attention of `length` new rows of one sequence, at positions start..<start+length, against a key/value
-/// cache: the rows' keys and values (from qkv [length, C + 2·KVd]) are written to `keys` and `values`
-/// [KV, capacity, d] first, then query row r sees the cached positions [0, start + r]. out: [length, C].
+/// cache: the rows' keys and values (from qkv [length, C + 2·KVd]) are written to `keys` [KV, d, capacity]
+/// and `values` [KV, capacity, d] first, then query row r sees the cached positions [0, start + r].
+/// out: [length, C].
 /// Nothing is kept for backward. `scores` holds scoreRows·(start + length) floats: one row per thread,
 /// the heads split over up to `scoreRows` threads, or all on the calling thread when not
 /// `splittingHeads` (sequences decoded together split over the threads by sequence instead).
@@ -128,7 +129,8 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
     precondition(start + length <= capacity, "the cache holds \(capacity) positions")
     for r in 0..<length {
         for g in 0..<kvHeads {
-            (keys + (g * capacity + start + r) * d).update(from: qkv + r * stride + c + g * d, count: d)
+            let key = qkv + r * stride + c + g * d
+            for k in 0..<d { keys[(g * d + k) * capacity + start + r] = key[k] }
             (values + (g * capacity + start + r) * d).update(from: qkv + r * stride + c + kvWidth + g * d, count: d)
         }
     }
@@ -137,14 +139,10 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
         func attend(_ headRange: Range<Int>, scores: UnsafeMutablePointer<Float>) {
             for h in headRange {
                 let g = h / group
-                // scores[0..<seen] = K[0..<seen, g] · q_h / √d, then softmax, then Σ p·V. The scores are our
-                // decoding product (each a dot product of d): OpenBLAS's sgemv over rows of d = 32 floats took
-                // a tenth of an f32 token's time, ten times this.
-                ck_linear_f32(scores, seen, qkv + r * stride + h * d, 1, keys + g * capacity * d, d, seen, 0)
-                for j in 0..<seen { scores[j] *= scale }
-                ck_softmax_prefix(scores, seen, seen)
-                cblas_sgemv(CblasRowMajor, CblasTrans, Int32(seen), Int32(d), 1, values + g * capacity * d, Int32(d),
-                            scores, 1, 0, out + r * c + h * d, 1)
+                // One C call: scores, softmax and Σ p·V. (OpenBLAS's sgemv over rows of d = 32 floats took a
+                // tenth of an f32 token's time; dot products of 32 floats, a third of batch-32 decoding's.)
+                ck_attend_cached(out + r * c + h * d, qkv + r * stride + h * d, keys + g * d * capacity,
+                                 values + g * capacity * d, capacity, seen, d, scale, scores)
             }
         }
         let parts = splittingHeads ? min(Compute.threads, heads, scoreRows) : 1
