@@ -27,23 +27,51 @@ let openBLASSmallProductLimit = 1_000_000
 func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
            c: UnsafeMutablePointer<Float>, ldc: Int) {
-    func product(_ rows: Range<Int>) {
+    forEachProductPart(m: m, n: n, k: k) { rows in
         // Rows of op(A) are rows of A, or columns of A when it is transposed.
         let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
         cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, transposeB ? CblasTrans : CblasNoTrans,
                     Int32(rows.count), Int32(n), Int32(k), alpha, aStart, Int32(lda), b, Int32(ldb), beta,
                     c + rows.lowerBound * ldc, Int32(ldc))
     }
+}
+
+/// Runs `body` over the parts of 0..<m that a product of M × N × K splits into over the cores (bounds at
+/// OpenBLAS's row groups, no part inside its small-matrix kernel), or over 0..<m at once.
+private func forEachProductPart(m: Int, n: Int, k: Int, _ body: (Range<Int>) -> Void) {
     var parts = min(Compute.threads * Compute.productPartsPerThread, m / max(minimumRowsPerThread, openBLASRowGroup))
     // A part's bounds move to a row group by up to a group's rows: its smallest must stay above the limit.
     while parts > 1 && (m / parts - openBLASRowGroup) * n * k <= openBLASSmallProductLimit { parts -= 1 }
-    guard parts > 1 else { return product(0..<m) }
-    Compute.parallel(parts) { part in product(alignedPart(part, of: parts, splitting: m)) }
+    guard parts > 1 else { return body(0..<m) }
+    Compute.parallel(parts) { part in body(alignedPart(part, of: parts, splitting: m)) }
 }
 
 /// Products of at most this many rows (decoding: one token, or a few sequences together) are
 /// `ck_linear_f32`'s, which reads each weight once for all rows; larger ones OpenBLAS's sgemm.
 let decodingRows = 32
+
+/// y[N, out] = x[N, in] · W[out, in]ᵀ (overwrites y, or adds when `accumulate`) with row-wise passes that
+/// ride in the product's parallel parts: `before` prepares a part's rows of the input ahead of the part of
+/// the product that reads them, `after` finishes the same rows of the output behind it, on the same thread.
+/// An output row depends on its input row alone, so a part needs no other part's rows: one hand-off between
+/// the cores where three took turns (a norm, the product, a rotation), and the rows still in cache. Each
+/// pass must give a row the same bits on any range of rows. A decoding step's few rows run them whole.
+func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
+                   rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false,
+                   before: (Range<Int>) -> Void, after: (Range<Int>) -> Void) {
+    guard rows > decodingRows else {
+        before(0..<rows)
+        linearForward(y, x, weight, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)
+        return after(0..<rows)
+    }
+    forEachProductPart(m: rows, n: outFeatures, k: inFeatures) { part in
+        before(part)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Int32(part.count), Int32(outFeatures), Int32(inFeatures), 1,
+                    x + part.lowerBound * inFeatures, Int32(inFeatures), weight, Int32(inFeatures), accumulate ? 1 : 0,
+                    y + part.lowerBound * outFeatures, Int32(outFeatures))
+        after(part)
+    }
+}
 
 /// y[N, out] = x[N, in] · W[out, in]ᵀ  (overwrites y, or adds when `accumulate`).
 @inline(__always)

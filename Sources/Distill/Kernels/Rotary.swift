@@ -44,15 +44,21 @@ struct RotaryTable {
     /// `inverse` applies the transposed rotation, which is the backward pass.
     func apply(_ qkv: UnsafeMutablePointer<Float>, rowStride: Int, batch: Int, length: Int, startPosition: Int,
                queryHeads: Int, keyHeads: Int, inverse: Bool) {
+        forEachRowRange(batch * length) { rows in
+            apply(qkv, rowStride: rowStride, rows: rows, length: length, startPosition: startPosition,
+                  queryHeads: queryHeads, keyHeads: keyHeads, inverse: inverse)
+        }
+    }
+
+    /// The same for the rows `rows` of the B·T only, on the calling thread (a row gives the same bits
+    /// whichever range it is in).
+    func apply(_ qkv: UnsafeMutablePointer<Float>, rowStride: Int, rows: Range<Int>, length: Int, startPosition: Int,
+               queryHeads: Int, keyHeads: Int, inverse: Bool) {
         precondition(startPosition + length <= positions, "rotary table too short: reserve the positions first")
-        let heads = queryHeads + keyHeads
-        let direction: Float = inverse ? -1 : 1
         cos.withUnsafeBufferPointer { cosTable in
             sin.withUnsafeBufferPointer { sinTable in
-                forEachRowRange(batch * length) { rows in
-                    ck_rotary(qkv, rowStride, rows.lowerBound, rows.upperBound, length, startPosition, heads, headDim,
-                              cosTable.baseAddress!, sinTable.baseAddress!, direction)
-                }
+                ck_rotary(qkv, rowStride, rows.lowerBound, rows.upperBound, length, startPosition, queryHeads + keyHeads,
+                          headDim, cosTable.baseAddress!, sinTable.baseAddress!, inverse ? -1 : 1)
             }
         }
     }

@@ -260,6 +260,23 @@ public final class LlamaModel {
         }
     }
 
+    /// `project` with row-wise passes before and after that ride in the product's parallel parts (see
+    /// `linearForward(_:_:_:rows:inFeatures:outFeatures:accumulate:before:after:)`).
+    @inline(__always)
+    private func project(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, weightAt offset: Int, rows: Int,
+                         inFeatures: Int, outFeatures: Int, accumulate: Bool = false, reducedWeights: DecodingWeights?,
+                         before: (Range<Int>) -> Void, after: (Range<Int>) -> Void = { _ in }) {
+        if reducedWeights == nil {
+            linearForward(y, x, parameters.baseAddress! + offset, rows: rows, inFeatures: inFeatures,
+                          outFeatures: outFeatures, accumulate: accumulate, before: before, after: after)
+        } else {
+            before(0..<rows)
+            project(y, x, weightAt: offset, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
+                    accumulate: accumulate, reducedWeights: reducedWeights)
+            after(0..<rows)
+        }
+    }
+
     /// One decoder block: output [B·T, C] = block(input [B·T, C]). With caches (one per sequence),
     /// attention reads the earlier positions' keys and values from them and nothing is kept for backward.
     private func blockForward(layer: Int, acts: BlockActivations, input: UnsafeMutablePointer<Float>,
@@ -271,12 +288,16 @@ public final class LlamaModel {
         let qkvWidth = c + 2 * kvHeads * d
         let block = layout.blocks[layer], weights = UnsafeMutablePointer(parameters.baseAddress!)
 
-        // Attention half: output = input + o_proj(attention(rope(qkv(norm(input)))))
-        rmsnormForward(acts.attentionNormed, acts.attentionRstd, input, gain: weights + block.attentionNorm, rows: rows)
+        // Attention half: output = input + o_proj(attention(rope(qkv(norm(input))))). The row-wise passes
+        // ride in the products' parts: the norm before qkv, the rotation after it, the residual
+        // copy before o_proj; then the MLP's norm before gate/up, SwiGLU after it.
         project(acts.qkv, acts.attentionNormed, weightAt: block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth,
-                reducedWeights: reducedWeights)
-        rope.apply(acts.qkv, rowStride: qkvWidth, batch: batch, length: length, startPosition: startPosition,
-                   queryHeads: heads, keyHeads: kvHeads, inverse: false)
+                reducedWeights: reducedWeights, before: { part in
+                    rmsnormRows(acts.attentionNormed, acts.attentionRstd, input, gain: weights + block.attentionNorm, rows: part)
+                }, after: { part in
+                    rope.apply(acts.qkv, rowStride: qkvWidth, rows: part, length: length, startPosition: startPosition,
+                               queryHeads: heads, keyHeads: kvHeads, inverse: false)
+                })
         if !caches.isEmpty {
             // Each sequence attends over its own cache; the sequences' rows lie one after another. One
             // sequence splits its heads over the cores; several (decoded together) are each one thread's,
@@ -299,17 +320,22 @@ public final class LlamaModel {
             attentionForward(out: acts.attentionOut, rowStats: acts.attentionRowStats, scratch: scratch,
                              qkv: acts.qkv, batch: batch, length: length, heads: heads, kvHeads: kvHeads, headDim: d)
         }
-        output.update(from: input, count: rows * c)
         project(output, acts.attentionOut, weightAt: block.output, rows: rows, inFeatures: c, outFeatures: c, accumulate: true,
-                reducedWeights: reducedWeights)
+                reducedWeights: reducedWeights, before: { part in
+                    (output + part.lowerBound * c).update(from: input + part.lowerBound * c, count: part.count * c)
+                })
 
         // MLP half: output += down(silu(gate(norm(x))) * up(norm(x)))
-        rmsnormForward(acts.mlpNormed, acts.mlpRstd, output, gain: weights + block.mlpNorm, rows: rows)
         project(acts.gateUp, acts.mlpNormed, weightAt: block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f,
-                reducedWeights: reducedWeights)
-        swigluForward(acts.swiglu, acts.gateUp, rows: rows)
-        // The residual before the MLP must survive for backward: keep it in `attentionResidual`.
-        if keepForBackward { acts.attentionResidual.update(from: output, count: rows * c) }
+                reducedWeights: reducedWeights, before: { part in
+                    rmsnormRows(acts.mlpNormed, acts.mlpRstd, output, gain: weights + block.mlpNorm, rows: part)
+                }, after: { part in
+                    ck_swiglu_forward(acts.swiglu + part.lowerBound * f, acts.gateUp + part.lowerBound * 2 * f, part.count, f)
+                    // The residual before the MLP must survive for backward: keep it in `attentionResidual`.
+                    if keepForBackward {
+                        (acts.attentionResidual + part.lowerBound * c).update(from: output + part.lowerBound * c, count: part.count * c)
+                    }
+                })
         project(output, acts.swiglu, weightAt: block.down, rows: rows, inFeatures: f, outFeatures: c, accumulate: true,
                 reducedWeights: reducedWeights)
     }
@@ -325,11 +351,15 @@ public final class LlamaModel {
     /// out [N, C] = RMSNorm(x [N, C]) · gain, rstd [N] kept for backward; the rows split over the cores.
     private func rmsnormForward(_ out: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>,
                                 _ x: UnsafePointer<Float>, gain: UnsafePointer<Float>, rows: Int) {
+        forEachRowRange(rows) { range in rmsnormRows(out, rstd, x, gain: gain, rows: range) }
+    }
+
+    /// The same for the rows `rows` only, on the calling thread.
+    private func rmsnormRows(_ out: UnsafeMutablePointer<Float>, _ rstd: UnsafeMutablePointer<Float>,
+                             _ x: UnsafePointer<Float>, gain: UnsafePointer<Float>, rows: Range<Int>) {
         let c = config.hiddenSize
-        forEachRowRange(rows) { range in
-            ck_rmsnorm_forward(out + range.lowerBound * c, rstd + range.lowerBound, x + range.lowerBound * c, gain,
-                               range.count, c, config.rmsNormEps)
-        }
+        ck_rmsnorm_forward(out + rows.lowerBound * c, rstd + rows.lowerBound, x + rows.lowerBound * c, gain,
+                           rows.count, c, config.rmsNormEps)
     }
 
     // MARK: backward
