@@ -72,6 +72,27 @@ final class GenerationTests: XCTestCase {
         XCTAssertEqual(Compute.threads, setting, "the setting is restored after each step")
     }
 
+    /// A session's next generation goes on with the thread count the last one chose (no new trial until
+    /// `checkEvery` steps in all), unless the thread setting changed in between.
+    func testTheNextGenerationKeepsTheChosenThreadCount() throws {
+        let model = try ModelGradientTests.model(ModelGradientTests.tinyConfig(context: 64, heads: 4, kvHeads: 2))
+        let session = KVCacheSession(model: model)
+        var sampler = try Sampler(temperature: 0)
+        let prompt: [Int32] = [1, 2, 3, 4]
+        try Compute.withThreads(2) {
+            try generate(session: session, prompt: prompt, maxTokens: 20, sampler: &sampler)
+            let trial = 2 * DecodingThreads.trialSteps, steps = prompt.count + 19  // the last token is not fed
+            XCTAssertNotNil(session.decodingThreads?.chosen)
+            XCTAssertEqual(session.decodingThreads?.sinceChoice, steps - trial)
+            try generate(session: session, prompt: prompt, maxTokens: 20, sampler: &sampler)
+            XCTAssertEqual(session.decodingThreads?.sinceChoice, 2 * steps - trial, "no second trial")
+        }
+        try Compute.withThreads(1) {
+            try generate(session: session, prompt: prompt, maxTokens: 20, sampler: &sampler)
+            XCTAssertEqual(session.decodingThreads?.most, 1, "a new setting starts anew")
+        }
+    }
+
     /// Decoding with a bf16, f16 or Q8_0 copy of the weights gives the logits of the f32 model whose
     /// weights were rounded the same way (the kernels widen them exactly; only the order of the sums
     /// differs), on widths that are not multiples of the kernels' 16 lanes or 4 rows, with Q8_0 on all

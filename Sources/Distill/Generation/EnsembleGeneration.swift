@@ -11,6 +11,8 @@ public final class EnsembleSession {
     public let logits: UnsafeMutablePointer<Float>
     private let scratch: UnsafeMutablePointer<Float>
     public let vocabSize: Int
+    /// The thread count the last generation chose (see `TokenStream`).
+    public internal(set) var decodingThreads: DecodingThreads?
 
     /// One session per member, each over its f32 weights or a reduced copy (`precision`; refused when
     /// the copies would not fit in memory).

@@ -21,6 +21,9 @@ protocol TokenStream: AnyObject {
     var logits: UnsafeMutablePointer<Float> { get }
     func reset()
     func feed(_ token: Int32) throws
+    /// The thread count chosen by the last generation over this stream, kept so that the next one (a
+    /// report's samples, `bench`'s repeats) goes on with it instead of timing both counts again.
+    var decodingThreads: DecodingThreads? { get set }
 }
 
 extension KVCacheSession: TokenStream {
@@ -35,7 +38,8 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
         throw GenerationError.promptTooLong(tokens: prompt.count, context: stream.capacity)
     }
     stream.reset()
-    var threads = DecodingThreads(most: Compute.threads)
+    var threads = stream.decodingThreads.flatMap { $0.most == Compute.threads ? $0 : nil } ?? DecodingThreads(most: Compute.threads)
+    defer { stream.decodingThreads = threads }
     for token in prompt { try threads.step { try stream.feed(token) } }
     var history = prompt, produced: [Int32] = []
     // One workspace for the whole run: a draw per token allocates nothing.
@@ -62,7 +66,9 @@ func generate(stream: some TokenStream, prompt: [Int32], maxTokens: Int, sampler
 /// once; whether a second core speeds that up depends on the machine and on what else runs there (on
 /// one AMD EPYC two threads decoded reduced weights 1.4–1.6× as fast as one in some runs, 0.85–0.95× in
 /// others). So the first steps alternate between all threads and one, timing each, and the steps
-/// after use the faster, trying both again every `checkEvery` steps. A decoding step gives the same
+/// after use the faster, trying both again every `checkEvery` steps (counted across the generations over
+/// one stream: with a busy core, timing both counts anew for each 120-token sample cost up to 0.7× the
+/// rate, each trial's two-thread steps waiting on a helper the busy core had preempted). A decoding step gives the same
 /// logits on any thread count (each output is computed whole by one thread), so the choice changes
 /// only the speed.
 public struct DecodingThreads {
@@ -73,7 +79,8 @@ public struct DecodingThreads {
     /// The count in use; nil while both are being timed.
     public private(set) var chosen: Int?
     private var timings: [Int: [UInt64]] = [:]
-    private var sinceChoice = 0
+    /// Steps run with `chosen` since the trial.
+    public private(set) var sinceChoice = 0
 
     public init(most: Int = Compute.threads) { self.most = most }
 

@@ -14,6 +14,8 @@ public final class KVCacheSession {
     public let reducedWeights: DecodingWeights?
     /// Next-token logits after the last `feed`.  [V]
     public var logits: UnsafeMutablePointer<Float> { activations.logits }
+    /// The thread count the last generation chose (see `TokenStream`).
+    public internal(set) var decodingThreads: DecodingThreads?
 
     /// A session over `model`'s f32 weights.
     public convenience init(model: LlamaModel) {
