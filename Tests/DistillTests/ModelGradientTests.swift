@@ -22,8 +22,9 @@ final class ModelGradientTests: XCTestCase {
     /// loss = Σ logits·R + Σ hidden(block 0)·S + Σ finalHidden·U: a linear read-out, so d loss/d output
     /// is R, S, U, and the check isolates the model's own backward.
     func checkGradients(tied: Bool, batch: Int = 2, length: Int = 5, heads: Int = 2, kvHeads: Int = 1,
-                        recomputingGateUp: Bool = false) throws {
-        let config = Self.tinyConfig(tied: tied, context: max(8, length), heads: heads, kvHeads: kvHeads)
+                        recomputingGateUp: Bool = false, intermediate: Int? = nil) throws {
+        var config = Self.tinyConfig(tied: tied, context: max(8, length), heads: heads, kvHeads: kvHeads)
+        if let intermediate { config.intermediateSize = intermediate }
         let model = try Self.model(config)
         model.recomputesGateUp = recomputingGateUp
         let rows = batch * length, c = config.hiddenSize
@@ -74,6 +75,9 @@ final class ModelGradientTests: XCTestCase {
     func testGradientsTied() throws { try checkGradients(tied: true) }
     /// Gate/up recomputed in backward, with backward's scratch in the buffers dead at that moment.
     func testGradientsRecomputingGateUp() throws { try checkGradients(tied: false, recomputingGateUp: true) }
+    /// F < C: backward's d normed, d attention output and d qkv do not fit in the SwiGLU and gate/up buffers
+    /// and take buffers of their own.
+    func testGradientsWithBackwardScratchOfItsOwn() throws { try checkGradients(tied: false, intermediate: 6) }
 
     /// Recomputing gate/up in backward (`recomputesGateUp`) gives the same bits as keeping it, with the
     /// scratch in the shared buffers (F ≥ C) and in buffers of its own (F < C); and the kept buffers are

@@ -84,7 +84,9 @@ final class ModelHardeningTests: XCTestCase {
         // The residual stream, the final norm, the logits; the normed input and SwiGLU output that all
         // blocks share; attention's per-thread scratch of two 64-row blocks.
         let shared = rows * c * (layers + 1) + rows * (c + 1 + config.vocabSize) + rows * (c + f) + threads * 2 * 64 * length
-        let backward = rows * (3 * c + qkv)
+        // Backward's own scratch is d residual: d normed and d attention output live in the SwiGLU output's
+        // buffer and d qkv in the block's gate/up while those are dead (f ≥ c, 2f ≥ qkv).
+        let backward = rows * c
         let tokens = rows
         let training = 4 * (layers * perBlock + shared + backward + tokens)
         let inference = 4 * (perBlock + shared + tokens)

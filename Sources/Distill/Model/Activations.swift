@@ -40,9 +40,10 @@ struct ActivationSizes {
     let dAttentionOut: Int   // [B·T, C]
     let dQKV: Int            // [B·T, C + 2·KVd]
     let recomputeGateUp: Bool
-    /// With recomputeGateUp, d normed and d attention output live in the SwiGLU output's buffer and d qkv
-    /// in gate/up's while those are dead in a block's backward, when they fit (F ≥ C, 2F ≥ C + 2·KVd);
-    /// they then take no room of their own (0 above).
+    /// d normed and d attention output live in the SwiGLU output's buffer (shared by all blocks, recomputed
+    /// in backward) and d qkv in the block's gate/up (dead once dW_gateUp has read it, rewritten by the
+    /// next forward pass) while those are dead in a block's backward, when they fit (F ≥ C, 2F ≥ C + 2·KVd);
+    /// they then take no room of their own (0 above): 10 MB of `bench --preset small`'s training peak.
     let backwardScratchInSharedBuffers: Bool
     // Attention's per-thread scratch, forward and backward.
     let attentionScratch: Int  // [threads, 2·attentionBlock, T]
@@ -66,7 +67,7 @@ struct ActivationSizes {
         finalRstd = rows
         logits = saturatingProduct(rows, config.vocabSize)
         let scratch = perBlock ? 1 : 0
-        backwardScratchInSharedBuffers = self.recomputeGateUp && f >= c && saturatingProduct(2, f) >= qkvWidth
+        backwardScratchInSharedBuffers = perBlock && f >= c && saturatingProduct(2, f) >= qkvWidth
         let ownScratch = backwardScratchInSharedBuffers ? 0 : scratch
         dResidual = scratch * residual
         scratchNormed = ownScratch * residual
@@ -117,7 +118,7 @@ final class Activations {
     let dResidual: UnsafeMutablePointer<Float>        // [B·T, C]
     let scratchNormed: UnsafeMutablePointer<Float>    // [B·T, C]
     let dAttentionOut: UnsafeMutablePointer<Float>    // [B·T, C]
-    let dQKV: UnsafeMutablePointer<Float>             // [B·T, C + 2·KVd]
+    private let ownDQKV: UnsafeMutablePointer<Float>? // [B·T, C + 2·KVd], unless it lives in gate/up
     let attentionScratch: UnsafeMutablePointer<Float> // [threads, 2·attentionBlock, T]
 
     init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads, recomputeGateUp: Bool = false) {
@@ -153,13 +154,17 @@ final class Activations {
         let shared = sizes.backwardScratchInSharedBuffers
         scratchNormed = shared ? swiglu : take(sizes.scratchNormed)
         dAttentionOut = shared ? swiglu : take(sizes.dAttentionOut)
-        dQKV = shared ? sharedGateUp : take(sizes.dQKV)
+        ownDQKV = shared ? nil : take(sizes.dQKV)
         attentionScratch = take(sizes.attentionScratch)
         // Every buffer is carved from the table, and the table's sum is what was carved.
         precondition(cursor == total, "activation buffers and ActivationSizes disagree")
     }
 
     func block(_ layer: Int) -> BlockActivations { blocks[perBlock ? layer : 0] }
+
+    /// Where `block`'s backward puts d qkv [B·T, C + 2·KVd]: its gate/up buffer when that is dead by then
+    /// (`ActivationSizes.backwardScratchInSharedBuffers`), else a buffer of its own.
+    func dQKV(in block: BlockActivations) -> UnsafeMutablePointer<Float> { ownDQKV ?? block.gateUp }
 
     /// Bytes held: `sizes.bytes`, less the logits until they are first used.
     var bytes: Int { logitsAllocated ? sizes.bytes : sizes.bytes - 4 * sizes.logits }

@@ -416,8 +416,9 @@ public final class LlamaModel {
         // with `recomputesGateUp` gate/up too, by the calls forward made on the same inputs, so bitwise as
         // forward had them (the last block's gate/up is still there from forward). Buffers are reused once
         // dead: d swiglu goes over the SwiGLU output once dW_down has read it, and gateUp's gradient over
-        // gateUp; with `backwardScratchInSharedBuffers`, d normed and d attention output live in the SwiGLU
-        // buffer after its gradient is consumed, d qkv in gate/up's after dW_gateUp has read it.
+        // gateUp; with `backwardScratchInSharedBuffers` (unless the shapes forbid it), d normed and d attention
+        // output live in the SwiGLU buffer after its gradient is consumed, d qkv in gate/up's after dW_gateUp
+        // has read it.
         let dSwiglu = acts.swiglu, dGateUp = acts.gateUp, dNormed = scratch.scratchNormed
         rmsnormForward(acts.mlpNormed, acts.mlpRstd, acts.attentionResidual, gain: weights + block.mlpNorm, rows: rows)
         if scratch.sizes.recomputeGateUp && layer != config.numHiddenLayers - 1 {
@@ -438,7 +439,7 @@ public final class LlamaModel {
                             weights + block.mlpNorm, acts.mlpRstd, rows, c)
 
         // Attention: d attentionOut = dResidual · W_o; through attention and rope into dqkv.
-        let dAttention = scratch.dAttentionOut, dQKV = scratch.dQKV
+        let dAttention = scratch.dAttentionOut, dQKV = scratch.dQKV(in: acts)
         linearBackward(dx: dAttention, dWeight: grads + block.output, dy: dResidual, x: acts.attentionOut,
                        weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c, overwritingDx: true)
         dQKV.update(repeating: 0, count: rows * qkvWidth)
