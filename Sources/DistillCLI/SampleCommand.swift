@@ -30,7 +30,6 @@ struct SampleCommand: ParsableCommand {
         guard (1...1024).contains(numSamples) else { throw ValidationError("--num-samples must be between 1 and 1024, got \(numSamples)") }
         if numSamples > 1 {
             if model.count > 1 { throw ValidationError("--num-samples decodes one model's batch: give one --model (an ensemble samples one at a time)") }
-            if precision != .f32 { throw ValidationError("--num-samples decodes from the f32 weights: leave out --precision") }
             if maxTokens < 1 { throw ValidationError("--num-samples needs --max-tokens of at least 1") }
         }
     }
@@ -63,7 +62,8 @@ struct SampleCommand: ParsableCommand {
         if promptIDs.isEmpty && tokenizer.bosId >= 0 { promptIDs = [tokenizer.bosId] }
         guard !promptIDs.isEmpty else { throw ValidationError("give a --prompt: this tokenizer has no BOS token to start from") }
         let decoder = try Flags.translatingSettings {
-            try BatchedDecoder(model: ensemble.members[0], rows: numSamples, promptLength: promptIDs.count, newTokens: maxTokens)
+            try BatchedDecoder(model: ensemble.members[0], rows: numSamples, promptLength: promptIDs.count, newTokens: maxTokens,
+                               precision: precision)
         }
         var samplers = try (0..<numSamples).map { try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seed &+ UInt64($0)) }
         var sequences = [Int32](repeating: 0, count: numSamples * decoder.sequenceLength)

@@ -66,7 +66,14 @@ final class CommandLineTests: XCTestCase {
         let texts = greedy.output.components(separatedBy: "\n").filter { !$0.hasPrefix("--- sample") && !$0.isEmpty }
         XCTAssertEqual(texts.count, 2, greedy.output)
         XCTAssertEqual(Set(texts).count, 1, "greedy samples differ: \(texts)")
-        try expectError(["sample", "--model", model.path, "--num-samples", "2", "--precision", "bf16"], mentions: "--num-samples")
+        // Decoded together from a reduced copy: the greedy text of `sample --precision` alone, twice.
+        let reducedBatch = try run(["sample", "--model", model.path, "--prompt", "the king", "--num-samples", "2", "--max-tokens", "6",
+                                    "--temperature", "0", "--precision", "q8_0"])
+        XCTAssertEqual(reducedBatch.status, 0, reducedBatch.error)
+        let reducedAlone = try run(["sample", "--model", model.path, "--prompt", "the king", "--max-tokens", "6", "--temperature", "0",
+                                    "--precision", "q8_0"])
+        let reducedTexts = reducedBatch.output.components(separatedBy: "\n").filter { !$0.hasPrefix("--- sample") && !$0.isEmpty }
+        XCTAssertEqual(reducedTexts, Array(repeating: reducedAlone.output.trimmingCharacters(in: .newlines), count: 2), reducedBatch.output)
         try expectError(["sample", "--model", model.path, "--num-samples", "0"], mentions: "--num-samples")
         try expectError(["sample", "--model", model.path, "--num-samples", "2", "--max-tokens", "100"], mentions: "context")
         try expectError(["eval", "--model", scratch.path, "--text", corpus.text.path], mentions: "config.json")

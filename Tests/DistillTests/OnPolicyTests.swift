@@ -181,6 +181,15 @@ final class OnPolicyTests: XCTestCase {
         try checkBatchedAgainstAlone(prompts: (0..<6).map { Self.prompt(row: $0, length: 5) }, newTokens: Array(repeating: 30, count: 6))
     }
 
+    /// The same with the weights read as bf16, f16 or Q8_0 (`sample --num-samples --precision`): the rows
+    /// draw what a session over the same reduced copy draws, prompts of different lengths included.
+    func testBatchedGenerationWithReducedWeightsEqualsOneSequenceAtATime() throws {
+        for precision in [WeightFormat.bf16, .f16, .q8_0] {
+            try checkBatchedAgainstAlone(prompts: (0..<5).map { Self.prompt(row: $0, length: 2 + $0) }, newTokens: [20, 12, 20, 7, 16],
+                                         precision: precision, intermediate: 64)
+        }
+    }
+
     /// The same for rows of different lengths in one batch: prompts of 1 to 9 tokens (the shortest sets
     /// the shared prompt pass; with 1 there is none) and 4 to 30 new tokens, rows leaving the pass as
     /// they finish, in an order that is not their length's.
@@ -200,12 +209,13 @@ final class OnPolicyTests: XCTestCase {
     /// Decodes `prompts` together (row r continued for `newTokens[r]` tokens) with each sampler and checks
     /// every row against the row decoded alone, the prompts and the buffer past each row left as they were,
     /// and that the decoder reused on one thread draws the same again.
-    func checkBatchedAgainstAlone(prompts: [[Int32]], newTokens: [Int], file: StaticString = #filePath, line: UInt = #line) throws {
-        let config = LlamaConfig(hiddenSize: 32, intermediateSize: 48, numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2,
+    func checkBatchedAgainstAlone(prompts: [[Int32]], newTokens: [Int], precision: WeightFormat = .f32, intermediate: Int = 48,
+                                  file: StaticString = #filePath, line: UInt = #line) throws {
+        let config = LlamaConfig(hiddenSize: 32, intermediateSize: intermediate, numHiddenLayers: 2, numAttentionHeads: 4, numKeyValueHeads: 2,
                                  vocabSize: 67, maxPositionEmbeddings: 40)
         let model = try ModelGradientTests.model(config, seed: 61)
         let rows = prompts.count, seeds = (0..<rows).map { UInt64(11 + $0) }
-        let decoder = try BatchedDecoder(model: model, promptLengths: prompts.map(\.count), newTokens: newTokens)
+        let decoder = try BatchedDecoder(model: model, promptLengths: prompts.map(\.count), newTokens: newTokens, precision: precision)
         let stride = decoder.sequenceLength
         XCTAssertEqual(stride, zip(prompts, newTokens).map { $0.count + $1 }.max(), file: file, line: line)
         let untouched: Int32 = -7
@@ -219,9 +229,9 @@ final class OnPolicyTests: XCTestCase {
             for row in 0..<rows {
                 let prompt = prompts[row].count, end = row * stride + prompt + newTokens[row]
                 var sampler = try Sampler(temperature: temperature, topK: topK, topP: topP, seed: seeds[row])
-                let alone = try generate(session: KVCacheSession(model: model), prompt: prompts[row], maxTokens: newTokens[row],
-                                         sampler: &sampler)
-                XCTAssertEqual(Array(sequences[(row * stride + prompt)..<end]), alone, "row \(row), \(label)", file: file, line: line)
+                let alone = try generate(session: KVCacheSession(model: model, precision: precision), prompt: prompts[row],
+                                         maxTokens: newTokens[row], sampler: &sampler)
+                XCTAssertEqual(Array(sequences[(row * stride + prompt)..<end]), alone, "row \(row), \(label), \(precision)", file: file, line: line)
                 XCTAssertEqual(Array(sequences[(row * stride)..<(row * stride + prompt)]), prompts[row], file: file, line: line)
                 XCTAssertTrue(sequences[end..<((row + 1) * stride)].allSatisfy { $0 == untouched }, "row \(row) written past its end",
                               file: file, line: line)

@@ -6,7 +6,8 @@
 /// that has all its tokens leaves the pass. So every row sits at the same position at every step, and a
 /// row's tokens are those it would draw decoded alone. Built once for a shape and reused: a decoding run
 /// allocates nothing per token. Reads the model's weights in place, so it always decodes with the
-/// model's current weights.
+/// model's current weights; with a reduced `precision` (bf16, f16, Q8_0), it reads a copy made when it
+/// is built, as `KVCacheSession(model:precision:)` does, and draws what such a session draws.
 ///
 /// Threads: a small model's decoding step is a few dozen products and row passes, each too short to hand
 /// to another thread, so its rows are split in two groups that decode side by side, each on one thread
@@ -22,6 +23,8 @@ public final class BatchedDecoder {
     public let newTokenCounts: [Int]
     /// The rows split for the threads: one group, or two of about half the rows each.
     private let groups: [RowGroup]
+    /// The reduced copy of the weights the products read, or nil for the model's f32 weights.
+    public let reducedWeights: DecodingWeights?
 
     /// Weights × rows of a decoding step below which its rows decode in two single-threaded groups.
     /// Measured here on the tiny-student preset (230k weights), 4 rows: 32,900 tokens/s on one thread,
@@ -29,15 +32,15 @@ public final class BatchedDecoder {
     static let smallStepWork = 32_000_000
 
     /// `rows` sequences of one shape: P prompt tokens and N new ones each.
-    public convenience init(model: LlamaModel, rows: Int, promptLength: Int, newTokens: Int) throws {
+    public convenience init(model: LlamaModel, rows: Int, promptLength: Int, newTokens: Int, precision: WeightFormat = .f32) throws {
         guard rows >= 1 else { throw GenerationError.emptyBatch }
         try self.init(model: model, promptLengths: Array(repeating: promptLength, count: rows),
-                      newTokens: Array(repeating: newTokens, count: rows))
+                      newTokens: Array(repeating: newTokens, count: rows), precision: precision)
     }
 
     /// Row r has `promptLengths[r]` prompt tokens and receives `newTokens[r]`. Refuses an empty shape, a
-    /// sequence longer than the model's context, and caches beyond the machine's memory.
-    public init(model: LlamaModel, promptLengths: [Int], newTokens: [Int]) throws {
+    /// sequence longer than the model's context, caches or a reduced copy beyond the machine's memory.
+    public init(model: LlamaModel, promptLengths: [Int], newTokens: [Int], precision: WeightFormat = .f32) throws {
         precondition(promptLengths.count == newTokens.count, "one prompt length and one count of new tokens per row")
         guard !promptLengths.isEmpty else { throw GenerationError.emptyBatch }
         guard promptLengths.allSatisfy({ $0 >= 1 }) else { throw GenerationError.emptyPrompt }
@@ -57,6 +60,7 @@ public final class BatchedDecoder {
         }
         // The groups read the rotary table side by side: it must not grow while they do.
         model.reserveRotaryPositions(longest - 1)
+        reducedWeights = precision == .f32 ? nil : try DecodingWeights(model: model, format: precision)
     }
 
     /// Tokens from one row's start to the next in `generate`'s buffer: the longest row's P_r + N_r.
@@ -77,16 +81,20 @@ public final class BatchedDecoder {
             }
         }
         samplers.withUnsafeMutableBufferPointer { rowSamplers in
-            guard groups.count > 1 else { return groups[0].decode(model: model, sequences: sequences, samplers: rowSamplers) }
+            guard groups.count > 1 else {
+                return groups[0].decode(model: model, reducedWeights: reducedWeights, sequences: sequences, samplers: rowSamplers)
+            }
             let threads = Compute.threads
             // Each group on one thread: the steps' own loops and products run inline.
             Compute.withThreads(1) {
                 if threads >= 2 {
                     DispatchQueue.concurrentPerform(iterations: groups.count) { group in
-                        groups[group].decode(model: model, sequences: sequences, samplers: rowSamplers)
+                        groups[group].decode(model: model, reducedWeights: reducedWeights, sequences: sequences, samplers: rowSamplers)
                     }
                 } else {
-                    for group in groups { group.decode(model: model, sequences: sequences, samplers: rowSamplers) }
+                    for group in groups {
+                        group.decode(model: model, reducedWeights: reducedWeights, sequences: sequences, samplers: rowSamplers)
+                    }
                 }
             }
         }
@@ -152,14 +160,15 @@ final class RowGroup {
 
     /// Decodes this group's rows of `sequences` [B, stride] with their `samplers` [B] (see
     /// `BatchedDecoder.generate`; the prompts' tokens are checked there).
-    func decode(model: LlamaModel, sequences: UnsafeMutablePointer<Int32>, samplers: UnsafeMutableBufferPointer<Sampler>) {
+    func decode(model: LlamaModel, reducedWeights: DecodingWeights?, sequences: UnsafeMutablePointer<Int32>,
+                samplers: UnsafeMutableBufferPointer<Sampler>) {
         let vocab = model.config.vocabSize
         if let promptActivations {
             for (index, row) in order.enumerated() {
                 (promptTokens + index * sharedPrompt).update(from: sequences + row * stride, count: sharedPrompt)
             }
             model.forward(tokens: promptTokens, batch: order.count, length: sharedPrompt, startPosition: 0, caches: caches,
-                          into: promptActivations, head: false)
+                          into: promptActivations, head: false, reducedWeights: reducedWeights)
         }
         // Each step feeds position `position` of every row that still has tokens to draw; its logits give
         // the token after it: the row's own prompt token while the prompt lasts, else a sampled one.
@@ -168,7 +177,7 @@ final class RowGroup {
             while fedPositions[active - 1] <= position { active -= 1 }
             for index in 0..<active { stepTokens[index] = sequences[order[index] * stride + position] }
             model.forward(tokens: stepTokens, batch: active, length: 1, startPosition: position, caches: leadingCaches[active],
-                          into: stepActivations)
+                          into: stepActivations, reducedWeights: reducedWeights)
             let logits = stepActivations.logits
             for index in 0..<active where position + 1 >= promptLengths[index] {
                 let row = order[index]
