@@ -11,6 +11,8 @@
 //
 // Every output is one dot product in a fixed order (16 or 8 lanes over k, the tail after), so the
 // result does not depend on how the outputs are split between threads.
+// Several rows (sequences decoded together) take each group of four weight rows in turn, so that its
+// weights are read from memory once for all of them, not once per row; each row's sums are the same.
 
 static inline float widen_bf16(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
@@ -61,12 +63,12 @@ __attribute__((always_inline, target("avx512f"))) static inline void
 linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out,
               int accumulate, const int format) {
     size_t vectorised = in / 16 * 16;
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * in;
-        float *yr = y + r * ldy;
-        for (size_t o = 0; o < out; o += 4) {
-            const uint16_t *w0 = w + o * in, *w1 = w + ck_group_row(o, 1, out) * in;
-            const uint16_t *w2 = w + ck_group_row(o, 2, out) * in, *w3 = w + ck_group_row(o, 3, out) * in;
+    for (size_t o = 0; o < out; o += 4) {
+        const uint16_t *w0 = w + o * in, *w1 = w + ck_group_row(o, 1, out) * in;
+        const uint16_t *w2 = w + ck_group_row(o, 2, out) * in, *w3 = w + ck_group_row(o, 3, out) * in;
+        for (size_t r = 0; r < rows; r++) { // several rows: the group's weights come from L1 after the first
+            const float *xr = x + r * in;
+            float *yr = y + r * ldy;
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (size_t k = 0; k < vectorised; k += 16) {
                 // The next four rows, ahead of the hardware prefetcher (as in q8gemv.c).
@@ -98,12 +100,12 @@ __attribute__((always_inline, target("avx2,fma,f16c"))) static inline void
 linear_avx2(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows, size_t in, size_t out,
             int accumulate, const int format) {
     size_t vectorised = in / 8 * 8;
-    for (size_t r = 0; r < rows; r++) {
-        const float *xr = x + r * in;
-        float *yr = y + r * ldy;
-        for (size_t o = 0; o < out; o += 4) {
-            const uint16_t *w0 = w + o * in, *w1 = w + ck_group_row(o, 1, out) * in;
-            const uint16_t *w2 = w + ck_group_row(o, 2, out) * in, *w3 = w + ck_group_row(o, 3, out) * in;
+    for (size_t o = 0; o < out; o += 4) {
+        const uint16_t *w0 = w + o * in, *w1 = w + ck_group_row(o, 1, out) * in;
+        const uint16_t *w2 = w + ck_group_row(o, 2, out) * in, *w3 = w + ck_group_row(o, 3, out) * in;
+        for (size_t r = 0; r < rows; r++) { // several rows: the group's weights come from L1 after the first
+            const float *xr = x + r * in;
+            float *yr = y + r * ldy;
             __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (size_t k = 0; k < vectorised; k += 8) {
                 // A cache line of each of the next four rows every fourth step (a line holds 32 halves).
