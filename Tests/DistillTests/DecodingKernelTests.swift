@@ -75,9 +75,6 @@ final class DecodingKernelTests: XCTestCase {
         }
     }
 
-    /// Runs `product(level, y, stride, x, rows, accumulate)` with each body this CPU has on random x and
-    /// y (two rows, three floats of padding after each row of y), and checks every output against the
-    /// double sum of `weight(o, k) · x[r, k]`, within a few ulps of the sum of the terms' sizes.
     /// `ck_attend_cached`, decoding attention of one row and head (the body DISTILL_ISA leaves in force;
     /// `tools/test` runs it on each): against a double-precision softmax and sum, for head widths that are
     /// and are not multiples of the column blocks, position counts around the 64-position blocks and the
@@ -113,6 +110,9 @@ final class DecodingKernelTests: XCTestCase {
         }
     }
 
+    /// Runs `product(level, y, stride, x, rows, accumulate)` with each body this CPU has on random x and
+    /// y (two rows, three floats of padding after each row of y), and checks every output against the
+    /// double sum of `weight(o, k) · x[r, k]`, within a few ulps of the sum of the terms' sizes.
     private func checkEveryBody(_ name: String, inFeatures: Int, outFeatures: Int, random: inout SeededRandom,
                                 weight: (Int, Int) -> Double,
                                 product: (Int32, UnsafeMutablePointer<Float>, Int, UnsafePointer<Float>, Int, Int32) -> Void) {
