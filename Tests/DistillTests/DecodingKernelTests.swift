@@ -19,6 +19,22 @@ final class DecodingKernelTests: XCTestCase {
                                weight: { o, k in Double(widen(weights[o * inFeatures + k])) }) { level, y, stride, x, rows, accumulate in
                     ck_linear_half_at_level(level, y, stride, x, weights, code, rows, inFeatures, outFeatures, accumulate)
                 }
+                // Several rows (sequences decoded together): each bitwise what it gives alone.
+                let rows = 9
+                let x = (0..<rows * inFeatures).map { _ in random.nextGaussian() }
+                for level in 0...ck_isa_level() {
+                    var whole = [Float](repeating: 0, count: rows * outFeatures)
+                    ck_linear_half_at_level(level, &whole, outFeatures, x, weights, code, rows, inFeatures, outFeatures, 0)
+                    for row in 0..<rows {
+                        var alone = [Float](repeating: 0, count: outFeatures)
+                        x.withUnsafeBufferPointer { x in
+                            ck_linear_half_at_level(level, &alone, outFeatures, x.baseAddress! + row * inFeatures, weights, code, 1,
+                                                    inFeatures, outFeatures, 0)
+                        }
+                        XCTAssertEqual(alone.map(\.bitPattern), whole[(row * outFeatures)..<((row + 1) * outFeatures)].map(\.bitPattern),
+                                       "\(format) level \(level) in \(inFeatures) out \(outFeatures) row \(row)")
+                    }
+                }
             }
         }
     }
