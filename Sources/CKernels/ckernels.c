@@ -79,7 +79,8 @@ CK_KERNEL(void, ck_softmax_prefix_recompute, (float *row, size_t valid, size_t n
 
 // Decoding attention. The keys are kept transposed, so a block of 64 positions' scores is d broadcast
 // FMAs into four (AVX-512) or eight (AVX2) registers: a score per position as a dot product of d = 32
-// floats spent more time in its horizontal sum than in its products (a third of batch-32 decoding).
+// floats spent more time in its horizontal sum than in its products (29% of batch-32 decoding's time
+// in a profile of 32 samples × 240 tokens at `small`).
 // p.V sums the positions in four interleaved streams (j mod 4) so that four FMA chains run at once; the
 // order is written out, so every body with FMA gives the same bits.
 static inline __attribute__((always_inline)) void attend_scores(float *scores, const float *q,

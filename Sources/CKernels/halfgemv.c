@@ -71,8 +71,10 @@ linear_avx512(float *y, size_t ldy, const float *x, const uint16_t *w, size_t ro
             float *yr = y + r * ldy;
             __m512 s0 = _mm512_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (size_t k = 0; k < vectorised; k += 16) {
-                // The next four rows, ahead of the hardware prefetcher (as in q8gemv.c).
-                for (size_t ahead = 4; ahead < 8; ahead++) _mm_prefetch((const char *)(w0 + ahead * in + k), _MM_HINT_T0);
+                // The next four rows, ahead of the hardware prefetcher (as in q8gemv.c), during the first
+                // input row only: the others find this group in L1.
+                if (r == 0)
+                    for (size_t ahead = 4; ahead < 8; ahead++) _mm_prefetch((const char *)(w0 + ahead * in + k), _MM_HINT_T0);
                 __m512 xv = _mm512_loadu_ps(xr + k);
                 s0 = _mm512_fmadd_ps(widen16(w0 + k, format), xv, s0);
                 s1 = _mm512_fmadd_ps(widen16(w1 + k, format), xv, s1);
@@ -109,7 +111,7 @@ linear_avx2(float *y, size_t ldy, const float *x, const uint16_t *w, size_t rows
             __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
             for (size_t k = 0; k < vectorised; k += 8) {
                 // A cache line of each of the next four rows every fourth step (a line holds 32 halves).
-                if ((k & 31) == 0)
+                if (r == 0 && (k & 31) == 0)
                     for (size_t ahead = 4; ahead < 8; ahead++) _mm_prefetch((const char *)(w0 + ahead * in + k), _MM_HINT_T0);
                 __m256 xv = _mm256_loadu_ps(xr + k);
                 s0 = _mm256_fmadd_ps(widen8(w0 + k, format), xv, s0);

@@ -140,7 +140,7 @@ func cachedAttentionForward(out: UnsafeMutablePointer<Float>, qkv: UnsafePointer
             for h in headRange {
                 let g = h / group
                 // One C call: scores, softmax and Σ p·V. (OpenBLAS's sgemv over rows of d = 32 floats took a
-                // tenth of an f32 token's time; dot products of 32 floats, a third of batch-32 decoding's.)
+                // tenth of an f32 token's time; dot products of 32 floats, 29% of batch-32 decoding's.)
                 ck_attend_cached(out + r * c + h * d, qkv + r * stride + h * d, keys + g * d * capacity,
                                  values + g * capacity * d, capacity, seen, d, scale, scores)
             }

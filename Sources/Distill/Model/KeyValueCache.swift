@@ -59,6 +59,9 @@ final class KeyValueCache {
             throw ModelError.insufficientMemory("the key/value cache for \(newCapacity) positions needs about \(MachineMemory.describe(needed)); this machine has \(MachineMemory.describe(MachineMemory.physicalBytes)): generate fewer tokens")
         }
         let newKeys = UnsafeMutablePointer<Float>.allocate(capacity: layers * newCapacity * width)
+        // Zeros past the filled positions: attention's 64-position blocks read (and drop) them, and garbage
+        // there could be subnormal floats, which some CPUs multiply a hundred times slower.
+        newKeys.initialize(repeating: 0, count: layers * newCapacity * width)
         let newValues = UnsafeMutablePointer<Float>.allocate(capacity: layers * newCapacity * width)
         for layer in 0..<layers where filled > 0 {
             for head in 0..<heads {
