@@ -82,8 +82,10 @@ final class ModelHardeningTests: XCTestCase {
         // attention row's softmax maximum and 1/sum (no [T, T] probabilities).
         let perBlock = rows * (qkv + 2 * c + 2 * f + 2) + batch * 4 * length * 2
         // The residual stream, the final norm, the logits; the normed input and SwiGLU output that all
-        // blocks share; attention's per-thread scratch of two 64-row blocks.
-        let shared = rows * c * (layers + 1) + rows * (c + 1 + config.vocabSize) + rows * (c + f) + threads * 2 * 64 * length
+        // blocks share; attention's per-thread scratch: keys and values transposed [d, T'] and two blocks
+        // of 16 rows [16, T'] (T' = T rounded up to 16), and 16 floats of slack.
+        let attentionScratch = (2 * 4 + 2 * 16) * 16 + 16
+        let shared = rows * c * (layers + 1) + rows * (c + 1 + config.vocabSize) + rows * (c + f) + threads * attentionScratch
         // Backward's own scratch is d residual: d normed and d attention output live in the SwiGLU output's
         // buffer and d qkv in the block's gate/up while those are dead (f ≥ c, 2f ≥ qkv).
         let backward = rows * c

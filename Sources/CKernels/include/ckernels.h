@@ -26,6 +26,22 @@ void ck_softmax_prefix_recompute(float *row, size_t valid, size_t n, float maxim
 void ck_attend_cached(float *out, const float *q, const float *keys_t, const float *values, size_t capacity,
                       size_t seen, size_t d, float scale, float *scores);
 
+/// Causal attention of one query head over one sequence of `length` rows (training and scoring):
+/// out[t, :] = Σ_{j≤t} p_tj v[j, :], p_t = softmax_j(scale · q_t · k_j). q, k and v rows are `stride` floats
+/// apart (the fused qkv rows), out rows `out_stride`; d floats each. stats [length, 2] receives each row's
+/// maximum and 1/sum (ck_softmax_prefix_keeping's) for the backward. scratch: ck_attention_scratch_floats.
+void ck_attention_forward(float *out, size_t out_stride, float *stats, const float *q, const float *k, const float *v,
+                          size_t stride, size_t length, size_t d, float scale, float *scratch);
+
+/// Backward of ck_attention_forward: adds to dq, dk and dv (rows `stride` apart) the gradients from d_out
+/// (rows `out_stride` apart), recomputing the probabilities from q, k and stats.
+void ck_attention_backward(float *dq, float *dk, float *dv, const float *d_out, size_t out_stride, const float *stats,
+                           const float *q, const float *k, const float *v, size_t stride, size_t length, size_t d,
+                           float scale, float *scratch);
+
+/// Floats of scratch one call of ck_attention_forward or ck_attention_backward needs.
+size_t ck_attention_scratch_floats(size_t length, size_t d);
+
 /// Backward of a softmax row: dx[i] = p[i] * (dp[i] - sum_j p[j] dp[j]), written over dp.
 void ck_softmax_backward_row(float *dp, const float *p, size_t n);
 

@@ -1,4 +1,3 @@
-import CBLAS
 import CKernels
 
 // Causal multi-head attention over the fused qkv buffer [B·T, C + 2·KVd], with H query heads and KV
@@ -6,19 +5,17 @@ import CKernels
 // value heads at C + KVd + g·d. Query head h reads key/value head h / (H / KV) (grouped-query
 // attention).
 //
-// Memory: scores are computed a block of query rows at a time into a per-thread scratch
-// [attentionBlock, T], and only each row's softmax maximum and 1/sum are kept for backward ([B, H, T, 2]),
-// which recomputes the block's probabilities from the same scores. Kept state grows as B·H·T, not
-// B·H·T², and the scratch as threads·T.
+// Each (sequence, head) is one call of our own kernel (`ck_attention_forward` / `_backward`,
+// attention.c): scores, softmax and p·V in blocks of 16 query rows, with only each row's softmax maximum
+// and 1/sum kept for backward ([B, H, T, 2]), which recomputes the probabilities from the same scores.
+// Kept state grows as B·H·T, not B·H·T², and the scratch as threads·T·d.
 
-/// Query rows per block of the causal products.
-let attentionBlock = 64
+/// Floats of scratch attention needs per thread, forward or backward.
+func attentionScratchPerThread(length: Int, headDim: Int) -> Int {
+    Int(ck_attention_scratch_floats(length, headDim))
+}
 
-/// Floats of scratch attention needs per thread: a block of probabilities and one of their gradients.
-func attentionScratchPerThread(length: Int) -> Int { saturatingProduct(2, attentionBlock, length) }
-
-/// Runs `body(worker, jobs)` on the cores, the jobs 0..<count split into contiguous ranges (each worker
-/// calls OpenBLAS, single-threaded, on its own small products).
+/// Runs `body(worker, jobs)` on the cores, the jobs 0..<count split into contiguous ranges.
 private func forEachWorker(jobs count: Int, _ body: (Int, Range<Int>) -> Void) {
     let workers = min(Compute.threads, count)
     guard workers > 1 else {
@@ -31,39 +28,26 @@ private func forEachWorker(jobs count: Int, _ body: (Int, Range<Int>) -> Void) {
 }
 
 /// out[B·T, C] = softmax(mask(Q Kᵀ / √d)) V per head; writes each row's softmax maximum and 1/sum to
-/// rowStats [B, H, T, 2] for backward. scratch: [threads, 2·attentionBlock, T].
+/// rowStats [B, H, T, 2] for backward. scratch: [threads, attentionScratchPerThread].
 func attentionForward(out: UnsafeMutablePointer<Float>, rowStats: UnsafeMutablePointer<Float>,
                       scratch: UnsafeMutablePointer<Float>, qkv: UnsafePointer<Float>, batch: Int, length: Int,
                       heads: Int, kvHeads: Int, headDim d: Int) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let scale = 1 / Float(d).squareRoot(), t = length
     forEachWorker(jobs: batch * heads) { worker, jobs in
-        let p = scratch + worker * attentionScratchPerThread(length: t)  // [attentionBlock, T]
+        let p = scratch + worker * attentionScratchPerThread(length: t, headDim: d)
         for job in jobs {
             let b = job / heads, h = job % heads, g = h / (heads / kvHeads)
-            let q = qkv + b * t * stride + h * d
-            let k = qkv + b * t * stride + c + g * d
-            let v = qkv + b * t * stride + c + kvWidth + g * d
-            let stats = rowStats + job * t * 2
-            // Causal: query rows [r0, r1) only see keys [0, r1), so each block of rows multiplies only the
-            // columns it can see (about 5/8 of the full T×T work at T = 256).
-            for r0 in Swift.stride(from: 0, to: t, by: attentionBlock) {
-                let r1 = min(r0 + attentionBlock, t), rows = Int32(r1 - r0)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, Int32(r1), Int32(d),
-                            scale, q + r0 * stride, Int32(stride), k, Int32(stride), 0, p, Int32(t))
-                for row in r0..<r1 {
-                    ck_softmax_prefix_keeping(p + (row - r0) * t, row + 1, r1, stats + 2 * row, stats + 2 * row + 1)
-                }
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(d), Int32(r1),
-                            1, p, Int32(t), v, Int32(stride), 0, out + (b * t + r0) * c + h * d, Int32(c))
-            }
+            let rows = qkv + b * t * stride
+            ck_attention_forward(out + b * t * c + h * d, c, rowStats + job * t * 2, rows + h * d, rows + c + g * d,
+                                 rows + c + kvWidth + g * d, stride, t, d, scale, p)
         }
     }
 }
 
 /// Accumulates dqkv [B·T, C + 2·KVd] (gradient w.r.t. the rotated q and k, and v) from dOut [B·T, C],
-/// recomputing each block's probabilities from qkv and rowStats [B, H, T, 2].
-/// scratch: [threads, 2·attentionBlock, T]. Work is split by (batch, key/value head) so that heads
+/// recomputing the probabilities from qkv and rowStats [B, H, T, 2].
+/// scratch: [threads, attentionScratchPerThread]. Work is split by (batch, key/value head) so that heads
 /// sharing keys never write the same rows at once.
 func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
                        rowStats: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
@@ -72,40 +56,14 @@ func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Fl
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let group = heads / kvHeads, scale = 1 / Float(d).squareRoot(), t = length
     forEachWorker(jobs: batch * kvHeads) { worker, jobs in
-        let p = scratch + worker * attentionScratchPerThread(length: t)  // [attentionBlock, T]
-        let dScores = p + attentionBlock * t                             // [attentionBlock, T]
+        let p = scratch + worker * attentionScratchPerThread(length: t, headDim: d)
         for job in jobs {
             let b = job / kvHeads, g = job % kvHeads
-            let k = qkv + b * t * stride + c + g * d, v = k + kvWidth
-            let dk = dqkv + b * t * stride + c + g * d, dv = dk + kvWidth
+            let rows = qkv + b * t * stride, dRows = dqkv + b * t * stride
             for h in (g * group)..<((g + 1) * group) {
-                let q = qkv + b * t * stride + h * d, dq = dqkv + b * t * stride + h * d
-                let stats = rowStats + (b * heads + h) * t * 2
-                let dO = dOut + b * t * c + h * d
-                for r0 in Swift.stride(from: 0, to: t, by: attentionBlock) {
-                    // Query rows [r0, r1) against the keys [0, r1) they can see, as in the forward.
-                    let r1 = min(r0 + attentionBlock, t), rows = Int32(r1 - r0), seen = Int32(r1)
-                    // P again: the forward's scores, then its softmax from the kept maximum and 1/sum.
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, seen, Int32(d),
-                                scale, q + r0 * stride, Int32(stride), k, Int32(stride), 0, p, Int32(t))
-                    for row in r0..<r1 {
-                        ck_softmax_prefix_recompute(p + (row - r0) * t, row + 1, r1, stats[2 * row], stats[2 * row + 1])
-                    }
-                    // dP = dO Vᵀ;  dV += Pᵀ dO
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, seen, Int32(d),
-                                1, dO + r0 * c, Int32(c), v, Int32(stride), 0, dScores, Int32(t))
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seen, Int32(d), rows,
-                                1, p, Int32(t), dO + r0 * c, Int32(c), 1, dv, Int32(stride))
-                    // dS = P ⊙ (dP − rowsum(P ⊙ dP)); masked entries have P = 0, so dS is 0 there.
-                    for row in r0..<r1 {
-                        ck_softmax_backward_row(dScores + (row - r0) * t, p + (row - r0) * t, Int(seen))
-                    }
-                    // dQ += scale · dS K;  dK += scale · dSᵀ Q
-                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, Int32(d), seen,
-                                scale, dScores, Int32(t), k, Int32(stride), 1, dq + r0 * stride, Int32(stride))
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, seen, Int32(d), rows,
-                                scale, dScores, Int32(t), q + r0 * stride, Int32(stride), 1, dk, Int32(stride))
-                }
+                ck_attention_backward(dRows + h * d, dRows + c + g * d, dRows + c + kvWidth + g * d,
+                                      dOut + b * t * c + h * d, c, rowStats + (b * heads + h) * t * 2,
+                                      rows + h * d, rows + c + g * d, rows + c + kvWidth + g * d, stride, t, d, scale, p)
             }
         }
     }

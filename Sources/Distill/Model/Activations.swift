@@ -46,7 +46,7 @@ struct ActivationSizes {
     /// they then take no room of their own (0 above): 10 MB of `bench --preset small`'s training peak.
     let backwardScratchInSharedBuffers: Bool
     // Attention's per-thread scratch, forward and backward.
-    let attentionScratch: Int  // [threads, 2·attentionBlock, T]
+    let attentionScratch: Int  // [threads, attentionScratchPerThread]
 
     init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int, recomputeGateUp: Bool = false) {
         let rows = saturatingProduct(batch, length), c = config.hiddenSize, f = config.intermediateSize
@@ -73,7 +73,7 @@ struct ActivationSizes {
         scratchNormed = ownScratch * residual
         dAttentionOut = ownScratch * residual
         dQKV = ownScratch * block.qkv
-        attentionScratch = saturatingProduct(threads, attentionScratchPerThread(length: length))
+        attentionScratch = saturatingProduct(threads, attentionScratchPerThread(length: length, headDim: config.headDim))
     }
 
     /// Each buffer starts on a 64-byte boundary of the allocation, as separate allocations would.
@@ -119,7 +119,7 @@ final class Activations {
     let scratchNormed: UnsafeMutablePointer<Float>    // [B·T, C]
     let dAttentionOut: UnsafeMutablePointer<Float>    // [B·T, C]
     private let ownDQKV: UnsafeMutablePointer<Float>? // [B·T, C + 2·KVd], unless it lives in gate/up
-    let attentionScratch: UnsafeMutablePointer<Float> // [threads, 2·attentionBlock, T]
+    let attentionScratch: UnsafeMutablePointer<Float> // [threads, attentionScratchPerThread]
 
     init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads, recomputeGateUp: Bool = false) {
         self.batch = batch

@@ -1,0 +1,83 @@
+import Foundation
+import CKernels
+import Distill
+import XCTest
+
+/// Our training attention kernel (`ck_attention_forward` / `ck_attention_backward`, attention.c), in the
+/// body this CPU runs (`tools/test` runs it again with the AVX2 and plain C bodies), against a
+/// double-precision causal softmax and its gradients: sequence lengths around the 16-row blocks and the
+/// 64-column score chunks, head widths that are and are not multiples of the vector tiles, rows wider
+/// than a head (the fused qkv layout), and gradients added to what dq, dk and dv already hold.
+final class AttentionKernelTests: XCTestCase {
+    func testForwardAndBackwardMatchTheDoubleReference() {
+        var random = SeededRandom(seed: 31)
+        for (length, d) in [(1, 1), (5, 3), (16, 32), (17, 32), (33, 5), (64, 16), (100, 48), (130, 113), (200, 32)] {
+            let stride = 3 * d + 7, outStride = d + 3, scale = 1 / Float(d).squareRoot()
+            let qkv = (0..<length * stride).map { _ in random.nextGaussian() }
+            let dOut = (0..<length * outStride).map { _ in random.nextGaussian() }
+            let start = (0..<length * stride).map { _ in random.nextGaussian() }
+            func q(_ t: Int, _ k: Int) -> Double { Double(qkv[t * stride + k]) }
+            func key(_ t: Int, _ k: Int) -> Double { Double(qkv[t * stride + d + k]) }
+            func value(_ t: Int, _ k: Int) -> Double { Double(qkv[t * stride + 2 * d + k]) }
+
+            // The reference: p_t = softmax_j≤t(scale · q_t · k_j), out_t = Σ p_tj v_j, and
+            // dS_tj = p_tj (dP_tj − Σ_j p_tj dP_tj) with dP_tj = dO_t · v_j.
+            var out = [Double](repeating: 0, count: length * d)
+            var dq = start.map(Double.init), dk = dq, dv = dq
+            for t in 0..<length {
+                let scores = (0...t).map { j in (0..<d).reduce(0.0) { $0 + q(t, $1) * key(j, $1) } * Double(scale) }
+                let maximum = scores.max()!
+                let weights = scores.map { Foundation.exp($0 - maximum) }
+                let total = weights.reduce(0, +)
+                let p = weights.map { $0 / total }
+                for j in 0...t { for k in 0..<d { out[t * d + k] += p[j] * value(j, k) } }
+                let dP = (0...t).map { j in (0..<d).reduce(0.0) { $0 + Double(dOut[t * outStride + $1]) * value(j, $1) } }
+                let mean = zip(p, dP).reduce(0.0) { $0 + $1.0 * $1.1 }
+                for j in 0...t {
+                    let dS = p[j] * (dP[j] - mean) * Double(scale)
+                    for k in 0..<d {
+                        dq[t * stride + k] += dS * key(j, k)
+                        dk[j * stride + d + k] += dS * q(t, k)
+                        dv[j * stride + 2 * d + k] += p[j] * Double(dOut[t * outStride + k])
+                    }
+                }
+            }
+
+            // Scratch full of NaN: the kernel must not read anything it did not write.
+            let scratchCount = Int(ck_attention_scratch_floats(length, d))
+            var scratch = [Float](repeating: .nan, count: scratchCount)
+            var output = [Float](repeating: .nan, count: length * outStride), stats = [Float](repeating: 0, count: 2 * length)
+            qkv.withUnsafeBufferPointer { rows in
+                let base = rows.baseAddress!
+                ck_attention_forward(&output, outStride, &stats, base, base + d, base + 2 * d, stride, length, d, scale, &scratch)
+            }
+            for t in 0..<length {
+                for k in 0..<d {
+                    let expected = out[t * d + k]
+                    XCTAssertEqual(Double(output[t * outStride + k]), expected, accuracy: 1e-5 * (1 + abs(expected)),
+                                   "forward T \(length) d \(d) row \(t) column \(k)")
+                }
+                XCTAssert(output[(t * outStride + d)..<((t + 1) * outStride)].allSatisfy(\.isNaN), "forward wrote past its head")
+            }
+
+            var gradient = start
+            scratch = [Float](repeating: .nan, count: scratchCount)
+            qkv.withUnsafeBufferPointer { rows in
+                gradient.withUnsafeMutableBufferPointer { g in
+                    let base = rows.baseAddress!, gBase = g.baseAddress!
+                    ck_attention_backward(gBase, gBase + d, gBase + 2 * d, dOut, outStride, stats, base, base + d, base + 2 * d,
+                                          stride, length, d, scale, &scratch)
+                }
+            }
+            for t in 0..<length {
+                for column in 0..<stride {
+                    let i = t * stride + column
+                    // Columns past the three heads are padding that must stay as it was.
+                    let expected = column < d ? dq[i] : column < 2 * d ? dk[i] : column < 3 * d ? dv[i] : Double(start[i])
+                    XCTAssertEqual(Double(gradient[i]), expected, accuracy: 1e-4 * (1 + abs(expected)),
+                                   "backward T \(length) d \(d) row \(t) column \(column)")
+                }
+            }
+        }
+    }
+}
