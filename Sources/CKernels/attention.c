@@ -1,5 +1,7 @@
 #include "ckernels.h"
 #include "dispatch.h"
+#include "fastexp.h"
+#include <math.h>
 #include <string.h>
 
 // Causal attention of one query head over one sequence, for training and scoring, with the softmax fused
@@ -11,7 +13,7 @@
 // Query rows go in blocks of 16: a block's rows see keys [0, n), n its last row's position + 1 rounded
 // up to 16, so at most 15 masked columns a row are computed (blocks of 64 computed up to 63).
 // Keys (and, in backward, values) are transposed once per call into [d, T'] (T' = T rounded up to 16,
-// zero past T), so two rows' scores are d broadcast FMAs into registers. p·V, dS·K, dSᵀ·Q and Pᵀ·dO are
+// zero past T), so four rows' scores are d broadcast FMAs into registers. p·V, dS·K, dSᵀ·Q and Pᵀ·dO are
 // tiles of four rows (or four positions, reading the block's dS and P transposed) by two (AVX-512) or
 // four vectors, summed over positions (or query rows) in ascending order. Each output is a fixed chain
 // of operations, so the result does not depend on the threads or on how the heads are split.
@@ -50,32 +52,92 @@ static inline __attribute__((always_inline)) void transpose_rows(float *to, cons
     }
 }
 
-// out0/out1 [n] = scale · (a0/a1 [d] · bt[:, j]) for j < n (n a multiple of 16, bt [d, tp]), two rows at a
-// time so that each load of bt serves two FMAs: columns in chunks of `width`, then of 16.
-static inline __attribute__((always_inline)) void scores_chunk(float *out0, float *out1, const float *a0, const float *a1,
+// out_r [n] = scale · (a_r [d] · bt[:, j]) for j < n (n a multiple of 16, bt [d, tp]) and four rows r, so
+// that each load of bt serves four FMAs: columns in chunks of `width`, then of 48, 32 or 16 (four rows of
+// one vector would be four chains of dependent FMAs, too few to hide their latency). Rows may repeat.
+static inline __attribute__((always_inline)) void scores_chunk(float *const out[4], const float *const a[4],
                                                                const float *bt, size_t tp, size_t j, size_t d, float scale,
                                                                const size_t width) {
-    float acc0[64], acc1[64];
-    for (size_t l = 0; l < width; l++) acc0[l] = acc1[l] = 0.0f;
+    float acc[4][64];
+    for (size_t r = 0; r < 4; r++)
+        for (size_t l = 0; l < width; l++) acc[r][l] = 0.0f;
     for (size_t k = 0; k < d; k++) {
-        const float x0 = a0[k], x1 = a1[k], *column = bt + k * tp + j;
-        for (size_t l = 0; l < width; l++) {
-            acc0[l] += x0 * column[l];
-            acc1[l] += x1 * column[l];
+        const float *column = bt + k * tp + j;
+        for (size_t r = 0; r < 4; r++) {
+            const float x = a[r][k];
+            for (size_t l = 0; l < width; l++) acc[r][l] += x * column[l];
         }
     }
-    for (size_t l = 0; l < width; l++) {
-        out0[j + l] = acc0[l] * scale;
-        out1[j + l] = acc1[l] * scale;
-    }
+    // One row at a time: rows that repeat may share memory.
+    for (size_t r = 0; r < 4; r++)
+        for (size_t l = 0; l < width; l++) out[r][j + l] = acc[r][l] * scale;
 }
 
-static inline __attribute__((always_inline)) void scores_rows(float *out0, float *out1, const float *a0, const float *a1,
+static inline __attribute__((always_inline)) void scores_rows(float *const out[4], const float *const a[4],
                                                               const float *bt, size_t tp, size_t n, size_t d, float scale,
                                                               const size_t width) {
     size_t j = 0;
-    for (; j + width <= n; j += width) scores_chunk(out0, out1, a0, a1, bt, tp, j, d, scale, width);
-    for (; j < n; j += 16) scores_chunk(out0, out1, a0, a1, bt, tp, j, d, scale, 16);
+    for (; j + width <= n; j += width) scores_chunk(out, a, bt, tp, j, d, scale, width);
+    switch (n - j) {
+    case 48: scores_chunk(out, a, bt, tp, j, d, scale, 48); break;
+    case 32: scores_chunk(out, a, bt, tp, j, d, scale, 32); break;
+    case 16: scores_chunk(out, a, bt, tp, j, d, scale, 16); break;
+    default: for (; j < n; j += 16) scores_chunk(out, a, bt, tp, j, d, scale, 16);
+    }
+}
+
+// The softmax of a row of scores over its first `valid` entries, the rest of its n (a multiple of 16) set
+// to 0, written over it; its maximum and 1/sum go to maximum_out and inverse_out. Sixteen lanes with the
+// mask as a select, and the lanes folded in a fixed order, so rows of any length vectorise whole.
+static inline __attribute__((always_inline)) float fold16(const float lanes[16]) {
+    float half[8], quarter[4];
+    for (int l = 0; l < 8; l++) half[l] = lanes[l] + lanes[l + 8];
+    for (int l = 0; l < 4; l++) quarter[l] = half[l] + half[l + 4];
+    return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
+}
+
+static inline __attribute__((always_inline)) void softmax_keeping(float *row, size_t valid, size_t n, float *maximum_out,
+                                                                  float *inverse_out) {
+    float lanes[16];
+    for (int l = 0; l < 16; l++) lanes[l] = -INFINITY;
+    for (size_t j = 0; j < n; j += 16)
+        for (int l = 0; l < 16; l++) {
+            const float x = j + l < valid ? row[j + l] : -INFINITY;
+            lanes[l] = x > lanes[l] ? x : lanes[l];
+        }
+    float maximum = -INFINITY;
+    for (int l = 0; l < 16; l++) maximum = lanes[l] > maximum ? lanes[l] : maximum;
+    float sums[16] = {0};
+    for (size_t j = 0; j < n; j += 16)
+        for (int l = 0; l < 16; l++) {
+            const float e = j + l < valid ? fast_expf(row[j + l] - maximum) : 0.0f;
+            row[j + l] = e;
+            sums[l] += e;
+        }
+    const float inverse = 1.0f / fold16(sums);
+    for (size_t j = 0; j < n; j++) row[j] *= inverse;
+    *maximum_out = maximum;
+    *inverse_out = inverse;
+}
+
+// The probabilities again from the kept maximum and 1/sum: the same operations as softmax_keeping, so
+// the same scores give the same bits.
+static inline __attribute__((always_inline)) void softmax_recompute(float *row, size_t valid, size_t n, float maximum,
+                                                                    float inverse) {
+    for (size_t j = 0; j < n; j += 16)
+        for (int l = 0; l < 16; l++) {
+            const float e = j + l < valid ? fast_expf(row[j + l] - maximum) : 0.0f;
+            row[j + l] = e * inverse;
+        }
+}
+
+// dS = P ⊙ (dP − Σ P ⊙ dP) · scale over n entries, written over dP (0 where P is 0).
+static inline __attribute__((always_inline)) void softmax_backward(float *ds, const float *p, size_t n, float scale) {
+    float lanes[16] = {0};
+    for (size_t j = 0; j < n; j += 16)
+        for (int l = 0; l < 16; l++) lanes[l] += p[j + l] * ds[j + l];
+    const float dot = fold16(lanes);
+    for (size_t j = 0; j < n; j++) ds[j] = p[j] * (ds[j] - dot) * scale;
 }
 
 // out[r, c..c+width) (=, or += with `accumulate`) Σ_{j<n} p(r, j) · v[j, c..c+width) for four rows r0..r0+3,
@@ -121,7 +183,7 @@ static inline __attribute__((always_inline)) void rows_times_rows(float *out, si
     }
 }
 
-// Register tiles per instruction set: scores 2 rows × score_width columns, p·V 4 rows × value_width (8
+// Register tiles per instruction set: scores 4 rows × score_width columns, p·V 4 rows × value_width (8
 // accumulators and what feeds them, within the 32 zmm, 16 ymm or 16 xmm registers).
 struct tiles { size_t score_width, value_width; };
 
@@ -134,13 +196,18 @@ attention_forward_body(float *out, size_t out_stride, float *stats, const float 
     memset(p, 0, BLOCK_ROWS * tp * sizeof(float));
     for (size_t r0 = 0; r0 < length; r0 += BLOCK_ROWS) {
         const size_t r1 = r0 + BLOCK_ROWS < length ? r0 + BLOCK_ROWS : length, n = round_up16(r1);
-        for (size_t i = r0; i < r1; i += 2) {
-            // An odd last row is paired with itself.
-            const size_t i1 = i + 1 < r1 ? i + 1 : i;
-            float *row0 = p + (i - r0) * tp, *row1 = p + (i1 - r0) * tp;
-            scores_rows(row0, row1, q + i * stride, q + i1 * stride, keys_t, tp, n, d, scale, tile.score_width);
-            ck_softmax_prefix_keeping(row0, i + 1, n, stats + 2 * i, stats + 2 * i + 1);
-            if (i1 != i) ck_softmax_prefix_keeping(row1, i1 + 1, n, stats + 2 * i1, stats + 2 * i1 + 1);
+        for (size_t i = r0; i < r1; i += 4) {
+            // Rows in fours; a short last group repeats its last row.
+            float *rows_p[4];
+            const float *rows_q[4];
+            for (size_t m = 0; m < 4; m++) {
+                const size_t row = i + m < r1 ? i + m : r1 - 1;
+                rows_p[m] = p + (row - r0) * tp;
+                rows_q[m] = q + row * stride;
+            }
+            scores_rows(rows_p, rows_q, keys_t, tp, n, d, scale, tile.score_width);
+            for (size_t row = i; row < r1 && row < i + 4; row++)
+                softmax_keeping(p + (row - r0) * tp, row + 1, n, stats + 2 * row, stats + 2 * row + 1);
         }
         rows_times_rows(out + r0 * out_stride, out_stride, p, tp, 1, r1 - r0, v, stride, r1, d, 0, tile.value_width);
     }
@@ -157,22 +224,25 @@ attention_backward_body(float *dq, float *dk, float *dv, const float *d_out, siz
     memset(p, 0, (2 * BLOCK_ROWS * tp + 16) * sizeof(float));
     for (size_t r0 = 0; r0 < length; r0 += BLOCK_ROWS) {
         const size_t r1 = r0 + BLOCK_ROWS < length ? r0 + BLOCK_ROWS : length, n = round_up16(r1), rows = r1 - r0;
-        for (size_t i = r0; i < r1; i += 2) {
-            const size_t i1 = i + 1 < r1 ? i + 1 : i;
-            float *p0 = p + (i - r0) * tp, *p1 = p + (i1 - r0) * tp, *ds0 = ds + (i - r0) * tp, *ds1 = ds + (i1 - r0) * tp;
-            // P again, bitwise the forward's: the same scores, then its softmax from the kept maximum and 1/sum.
-            scores_rows(p0, p1, q + i * stride, q + i1 * stride, keys_t, tp, n, d, scale, tile.score_width);
-            // dP = dO · Vᵀ
-            scores_rows(ds0, ds1, d_out + i * out_stride, d_out + i1 * out_stride, values_t, tp, n, d, 1.0f,
-                        tile.score_width);
-            const size_t pair[2] = {i, i1};
-            for (size_t m = 0; m < (i1 != i ? 2 : 1); m++) {
-                const size_t row = pair[m];
-                float *pr = p + (row - r0) * tp, *dsr = ds + (row - r0) * tp;
-                ck_softmax_prefix_recompute(pr, row + 1, n, stats[2 * row], stats[2 * row + 1]);
+        for (size_t i = r0; i < r1; i += 4) {
+            float *rows_p[4], *rows_ds[4];
+            const float *rows_q[4], *rows_d_out[4];
+            for (size_t m = 0; m < 4; m++) {
+                const size_t row = i + m < r1 ? i + m : r1 - 1;
+                rows_p[m] = p + (row - r0) * tp;
+                rows_ds[m] = ds + (row - r0) * tp;
+                rows_q[m] = q + row * stride;
+                rows_d_out[m] = d_out + row * out_stride;
+            }
+            // P again, bitwise the forward's: the same scores, then its softmax from the kept maximum and
+            // 1/sum. dP = dO · Vᵀ.
+            scores_rows(rows_p, rows_q, keys_t, tp, n, d, scale, tile.score_width);
+            scores_rows(rows_ds, rows_d_out, values_t, tp, n, d, 1.0f, tile.score_width);
+            for (size_t row = i; row < r1 && row < i + 4; row++) {
+                float *pr = p + (row - r0) * tp;
+                softmax_recompute(pr, row + 1, n, stats[2 * row], stats[2 * row + 1]);
                 // dS = P ⊙ (dP − rowsum(P ⊙ dP)) · scale; masked entries have P = 0, so dS is 0 there.
-                ck_softmax_backward_row(dsr, pr, n);
-                ck_scale_inplace(dsr, scale, n);
+                softmax_backward(ds + (row - r0) * tp, pr, n, scale);
             }
         }
         // dQ += dS K over the positions the block sees; dK += dSᵀ Q and dV += Pᵀ dO over the block's rows,
@@ -183,7 +253,7 @@ attention_backward_body(float *dq, float *dk, float *dv, const float *d_out, siz
     }
 }
 
-static const struct tiles tiles_avx512 = {64, 32}, tiles_avx2 = {32, 16}, tiles_baseline = {16, 8};
+static const struct tiles tiles_avx512 = {64, 32}, tiles_avx2 = {16, 16}, tiles_baseline = {16, 8};
 
 #define CK_ATTENTION_FORWARD_PARAMS                                                                                    \
     (float *out, size_t out_stride, float *stats, const float *q, const float *k, const float *v, size_t stride,      \
