@@ -214,9 +214,9 @@ attention_forward_body(float *out, size_t out_stride, float *stats, const float 
 }
 
 static inline __attribute__((always_inline)) void
-attention_backward_body(float *dq, float *dk, float *dv, const float *d_out, size_t out_stride, const float *stats,
-                        const float *q, const float *k, const float *v, size_t stride, size_t length, size_t d,
-                        float scale, float *scratch, const struct tiles tile) {
+attention_backward_body(float *dq, float *dk, float *dv, float *out, const float *d_out, size_t out_stride,
+                        const float *stats, const float *q, const float *k, const float *v, size_t stride, size_t length,
+                        size_t d, float scale, float *scratch, const struct tiles tile) {
     const size_t tp = padded_length(length);
     float *keys_t = scratch, *values_t = keys_t + d * tp, *p = values_t + d * tp, *ds = p + BLOCK_ROWS * tp;
     transpose_rows(keys_t, k, stride, length, d, tp);
@@ -245,6 +245,8 @@ attention_backward_body(float *dq, float *dk, float *dv, const float *d_out, siz
                 softmax_backward(ds + (row - r0) * tp, pr, n, scale);
             }
         }
+        // The forward's output again, when asked: the same P and the same call, so the same bits.
+        if (out) rows_times_rows(out + r0 * out_stride, out_stride, p, tp, 1, rows, v, stride, r1, d, 0, tile.value_width);
         // dQ += dS K over the positions the block sees; dK += dSᵀ Q and dV += Pᵀ dO over the block's rows,
         // read as the transposes of the block's dS and P (rows of 4 positions, summed over query rows).
         rows_times_rows(dq + r0 * stride, stride, ds, tp, 1, rows, k, stride, r1, d, 1, tile.value_width);
@@ -260,9 +262,9 @@ static const struct tiles tiles_avx512 = {64, 32}, tiles_avx2 = {16, 16}, tiles_
      size_t length, size_t d, float scale, float *scratch)
 #define CK_ATTENTION_FORWARD_ARGS out, out_stride, stats, q, k, v, stride, length, d, scale, scratch
 #define CK_ATTENTION_BACKWARD_PARAMS                                                                                   \
-    (float *dq, float *dk, float *dv, const float *d_out, size_t out_stride, const float *stats, const float *q,       \
-     const float *k, const float *v, size_t stride, size_t length, size_t d, float scale, float *scratch)
-#define CK_ATTENTION_BACKWARD_ARGS dq, dk, dv, d_out, out_stride, stats, q, k, v, stride, length, d, scale, scratch
+    (float *dq, float *dk, float *dv, float *out, const float *d_out, size_t out_stride, const float *stats,            \
+     const float *q, const float *k, const float *v, size_t stride, size_t length, size_t d, float scale, float *scratch)
+#define CK_ATTENTION_BACKWARD_ARGS dq, dk, dv, out, d_out, out_stride, stats, q, k, v, stride, length, d, scale, scratch
 
 static CK_TARGET_AVX512 void forward_avx512 CK_ATTENTION_FORWARD_PARAMS {
     attention_forward_body(CK_ATTENTION_FORWARD_ARGS, tiles_avx512);

@@ -7,7 +7,8 @@ import XCTest
 /// body this CPU runs (`tools/test` runs it again with the AVX2 and plain C bodies), against a
 /// double-precision causal softmax and its gradients: sequence lengths around the 16-row blocks and the
 /// 64-column score chunks, head widths that are and are not multiples of the vector tiles, rows wider
-/// than a head (the fused qkv layout), and gradients added to what dq, dk and dv already hold.
+/// than a head (the fused qkv layout), and gradients added to what dq, dk and dv already hold. Backward's
+/// second writing of the output (so that training need not keep it) is bitwise the forward's.
 final class AttentionKernelTests: XCTestCase {
     func testForwardAndBackwardMatchTheDoubleReference() {
         var random = SeededRandom(seed: 31)
@@ -60,15 +61,17 @@ final class AttentionKernelTests: XCTestCase {
                 XCTAssert(output[(t * outStride + d)..<((t + 1) * outStride)].allSatisfy(\.isNaN), "forward wrote past its head")
             }
 
-            var gradient = start
+            var gradient = start, recomputed = [Float](repeating: .nan, count: length * outStride)
             scratch = [Float](repeating: .nan, count: scratchCount)
             qkv.withUnsafeBufferPointer { rows in
                 gradient.withUnsafeMutableBufferPointer { g in
                     let base = rows.baseAddress!, gBase = g.baseAddress!
-                    ck_attention_backward(gBase, gBase + d, gBase + 2 * d, dOut, outStride, stats, base, base + d, base + 2 * d,
-                                          stride, length, d, scale, &scratch)
+                    ck_attention_backward(gBase, gBase + d, gBase + 2 * d, &recomputed, dOut, outStride, stats, base, base + d,
+                                          base + 2 * d, stride, length, d, scale, &scratch)
                 }
             }
+            // The output written again by backward is bitwise the forward's (NaN past each head as well).
+            XCTAssertEqual(recomputed.map(\.bitPattern), output.map(\.bitPattern), "recomputed output, T \(length) d \(d)")
             for t in 0..<length {
                 for column in 0..<stride {
                     let i = t * stride + column

@@ -78,9 +78,12 @@ final class ModelHardeningTests: XCTestCase {
         // Every buffer's size is a multiple of 16 floats here, so no padding enters the count.
         let batch = 2, length = 8, rows = batch * length, c = 16, f = 32, layers = 3, qkv = 16 + 2 * 2 * 4
         let threads = Compute.threads
-        // Per block: qkv, attention output, the stream after attention, gate/up, two rstd rows and each
-        // attention row's softmax maximum and 1/sum (no [T, T] probabilities).
-        let perBlock = rows * (qkv + 2 * c + 2 * f + 2) + batch * 4 * length * 2
+        // Per block: qkv, the stream after attention, gate/up, two rstd rows and each attention row's
+        // softmax maximum and 1/sum (no [T, T] probabilities). The attention output is not kept: forward
+        // writes it into the SwiGLU buffer and backward again into gate/up's behind d qkv (2f ≥ qkv + c).
+        let perBlock = rows * (qkv + c + 2 * f + 2) + batch * 4 * length * 2
+        // An inference pass keeps one block's buffers, the attention output among them.
+        let inferenceBlock = perBlock + rows * c
         // The residual stream, the final norm, the logits; the normed input and SwiGLU output that all
         // blocks share; attention's per-thread scratch: keys and values transposed [d, T'] and two blocks
         // of 16 rows [16, T'] (T' = T rounded up to 16), and 16 floats of slack.
@@ -91,7 +94,7 @@ final class ModelHardeningTests: XCTestCase {
         let backward = rows * c
         let tokens = rows
         let training = 4 * (layers * perBlock + shared + backward + tokens)
-        let inference = 4 * (perBlock + shared + tokens)
+        let inference = 4 * (inferenceBlock + shared + tokens)
         XCTAssertEqual(model.activationBytes(batch: batch, length: length), Double(training))
         XCTAssertEqual(model.activationBytes(batch: batch, length: length, keepForBackward: false), Double(inference))
         let inputs = [Int32](repeating: 3, count: rows)

@@ -46,11 +46,12 @@ func attentionForward(out: UnsafeMutablePointer<Float>, rowStats: UnsafeMutableP
 }
 
 /// Accumulates dqkv [B·T, C + 2·KVd] (gradient w.r.t. the rotated q and k, and v) from dOut [B·T, C],
-/// recomputing the probabilities from qkv and rowStats [B, H, T, 2].
+/// recomputing the probabilities from qkv and rowStats [B, H, T, 2]; with `recomputedOut` [B·T, C] it also
+/// writes the forward's output there again, bitwise.
 /// scratch: [threads, attentionScratchPerThread]. Work is split by (batch, key/value head) so that heads
 /// sharing keys never write the same rows at once.
-func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Float>,
-                       rowStats: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
+func attentionBackward(dqkv: UnsafeMutablePointer<Float>, recomputedOut: UnsafeMutablePointer<Float>? = nil,
+                       dOut: UnsafePointer<Float>, rowStats: UnsafePointer<Float>, qkv: UnsafePointer<Float>,
                        scratch: UnsafeMutablePointer<Float>, batch: Int, length: Int, heads: Int, kvHeads: Int,
                        headDim d: Int) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
@@ -62,7 +63,7 @@ func attentionBackward(dqkv: UnsafeMutablePointer<Float>, dOut: UnsafePointer<Fl
             let rows = qkv + b * t * stride, dRows = dqkv + b * t * stride
             for h in (g * group)..<((g + 1) * group) {
                 ck_attention_backward(dRows + h * d, dRows + c + g * d, dRows + c + kvWidth + g * d,
-                                      dOut + b * t * c + h * d, c, rowStats + (b * heads + h) * t * 2,
+                                      recomputedOut.map { $0 + b * t * c + h * d }, dOut + b * t * c + h * d, c, rowStats + (b * heads + h) * t * 2,
                                       rows + h * d, rows + c + g * d, rows + c + kvWidth + g * d, stride, t, d, scale, p)
             }
         }

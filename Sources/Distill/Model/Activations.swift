@@ -8,7 +8,7 @@ struct ActivationSizes {
         let attentionRstd: Int      // [B·T]
         let qkv: Int                // [B·T, C + 2·KVd]
         let attentionRowStats: Int  // [B, H, T, 2]
-        let attentionOut: Int       // [B·T, C]
+        let attentionOut: Int       // [B·T, C]; 0 when recomputed in backward (then the SwiGLU buffer holds it)
         let attentionResidual: Int  // [B·T, C]
         let mlpRstd: Int            // [B·T]
         let gateUp: Int             // [B·T, 2F]; 0 when recomputed (then one buffer serves all blocks)
@@ -45,6 +45,12 @@ struct ActivationSizes {
     /// next forward pass) while those are dead in a block's backward, when they fit (F ≥ C, 2F ≥ C + 2·KVd);
     /// they then take no room of their own (0 above): 10 MB of `bench --preset small`'s training peak.
     let backwardScratchInSharedBuffers: Bool
+    /// The attention output is not kept per block: forward writes it into the SwiGLU output's buffer (dead
+    /// from a block's start until its SwiGLU), and backward writes it again, bitwise, from the
+    /// probabilities its attention backward recomputes anyway, into gate/up's buffer behind d qkv, when it
+    /// fits there too (2F ≥ 2C + 2·KVd): 12 MB of `bench --preset small`'s training peak for one more
+    /// p·V a block in attention backward (about 1% of a step).
+    let attentionOutRecomputed: Bool
     // Attention's per-thread scratch, forward and backward.
     let attentionScratch: Int  // [threads, attentionScratchPerThread]
 
@@ -54,9 +60,11 @@ struct ActivationSizes {
         tokens = rows
         residual = saturatingProduct(rows, c)
         residualCount = config.numHiddenLayers + 1
+        backwardScratchInSharedBuffers = perBlock && f >= c && saturatingProduct(2, f) >= qkvWidth
+        attentionOutRecomputed = backwardScratchInSharedBuffers && saturatingProduct(2, f) >= saturatingSum([qkvWidth, c])
         block = Block(attentionRstd: rows, qkv: saturatingProduct(rows, qkvWidth),
                       attentionRowStats: saturatingProduct(batch, config.numAttentionHeads, length, 2),
-                      attentionOut: residual, attentionResidual: residual, mlpRstd: rows,
+                      attentionOut: attentionOutRecomputed ? 0 : residual, attentionResidual: residual, mlpRstd: rows,
                       gateUp: recomputeGateUp && perBlock ? 0 : saturatingProduct(rows, 2, f))
         blockCount = perBlock ? config.numHiddenLayers : 1
         normed = residual
@@ -67,7 +75,6 @@ struct ActivationSizes {
         finalRstd = rows
         logits = saturatingProduct(rows, config.vocabSize)
         let scratch = perBlock ? 1 : 0
-        backwardScratchInSharedBuffers = perBlock && f >= c && saturatingProduct(2, f) >= qkvWidth
         let ownScratch = backwardScratchInSharedBuffers ? 0 : scratch
         dResidual = scratch * residual
         scratchNormed = ownScratch * residual
@@ -144,7 +151,8 @@ final class Activations {
         blocks = (0..<sizes.blockCount).map { _ in
             BlockActivations(
                 attentionNormed: normed, attentionRstd: take(block.attentionRstd), qkv: take(block.qkv),
-                attentionRowStats: take(block.attentionRowStats), attentionOut: take(block.attentionOut),
+                attentionRowStats: take(block.attentionRowStats),
+                attentionOut: sizes.attentionOutRecomputed ? swiglu : take(block.attentionOut),
                 attentionResidual: take(block.attentionResidual), mlpNormed: normed,
                 mlpRstd: take(block.mlpRstd), gateUp: sizes.recomputeGateUp ? sharedGateUp : take(block.gateUp), swiglu: swiglu)
         }
@@ -166,6 +174,12 @@ final class Activations {
     /// (`ActivationSizes.backwardScratchInSharedBuffers`), else a buffer of its own.
     func dQKV(in block: BlockActivations) -> UnsafeMutablePointer<Float> { ownDQKV ?? block.gateUp }
 
+    /// Where `block`'s backward writes the attention output again [B·T, C] when it was not kept
+    /// (`ActivationSizes.attentionOutRecomputed`): gate/up's buffer behind d qkv.
+    func recomputedAttentionOut(in block: BlockActivations) -> UnsafeMutablePointer<Float>? {
+        sizes.attentionOutRecomputed ? dQKV(in: block) + sizes.block.qkv : nil
+    }
+
     /// Bytes held: `sizes.bytes`, less the logits until they are first used.
     var bytes: Int { logitsAllocated ? sizes.bytes : sizes.bytes - 4 * sizes.logits }
 
@@ -183,7 +197,7 @@ struct BlockActivations {
     let attentionRstd: UnsafeMutablePointer<Float>     // [B·T]
     let qkv: UnsafeMutablePointer<Float>               // [B·T, C + 2·KVd], q and k after rotation
     let attentionRowStats: UnsafeMutablePointer<Float> // [B, H, T, 2], softmax maximum and 1/sum per row
-    let attentionOut: UnsafeMutablePointer<Float>      // [B·T, C], heads side by side
+    let attentionOut: UnsafeMutablePointer<Float>      // [B·T, C], heads side by side; the SwiGLU buffer when recomputed
     let attentionResidual: UnsafeMutablePointer<Float> // [B·T, C], the stream after attention
     let mlpNormed: UnsafeMutablePointer<Float>         // [B·T, C], shared (the same buffer as attentionNormed)
     let mlpRstd: UnsafeMutablePointer<Float>           // [B·T]

@@ -438,14 +438,21 @@ public final class LlamaModel {
         ck_rmsnorm_backward(dResidual, grads + block.mlpNorm, dNormed, acts.attentionResidual,
                             weights + block.mlpNorm, acts.mlpRstd, rows, c)
 
-        // Attention: d attentionOut = dResidual · W_o; through attention and rope into dqkv.
+        // Attention: d attentionOut = dResidual · W_o; through attention and rope into dqkv. dW_o reads the
+        // attention output, kept by forward or written again by attention backward (the same bits).
         let dAttention = scratch.dAttentionOut, dQKV = scratch.dQKV(in: acts)
-        linearBackward(dx: dAttention, dWeight: grads + block.output, dy: dResidual, x: acts.attentionOut,
-                       weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c, overwritingDx: true)
+        let recomputedOut = scratch.recomputedAttentionOut(in: acts)
+        linearBackward(dx: dAttention, dWeight: recomputedOut == nil ? grads + block.output : nil, dy: dResidual,
+                       x: acts.attentionOut, weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c,
+                       overwritingDx: true)
         dQKV.update(repeating: 0, count: rows * qkvWidth)
-        attentionBackward(dqkv: dQKV, dOut: dAttention, rowStats: acts.attentionRowStats, qkv: acts.qkv,
-                          scratch: scratch.attentionScratch, batch: scratch.batch, length: scratch.length,
+        attentionBackward(dqkv: dQKV, recomputedOut: recomputedOut, dOut: dAttention, rowStats: acts.attentionRowStats,
+                          qkv: acts.qkv, scratch: scratch.attentionScratch, batch: scratch.batch, length: scratch.length,
                           heads: config.numAttentionHeads, kvHeads: config.numKeyValueHeads, headDim: config.headDim)
+        if let recomputedOut {
+            linearBackward(dx: nil, dWeight: grads + block.output, dy: dResidual, x: recomputedOut,
+                           weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c)
+        }
         rope.apply(dQKV, rowStride: qkvWidth, batch: scratch.batch, length: scratch.length, startPosition: 0,
                    queryHeads: config.numAttentionHeads, keyHeads: config.numKeyValueHeads, inverse: true)
         rmsnormForward(acts.attentionNormed, acts.attentionRstd, input, gain: weights + block.attentionNorm, rows: rows)
