@@ -14,12 +14,13 @@
 // up to 16, so at most 15 masked columns a row are computed (blocks of 64 computed up to 63).
 // Keys (and, in backward, values) are transposed once per call into [d, T'] (T' = T rounded up to 16,
 // zero past T), so four rows' scores are d broadcast FMAs into registers. p·V, dS·K, dSᵀ·Q and Pᵀ·dO are
-// tiles of four rows (or four positions, reading the block's dS and P transposed) by two (AVX-512) or
-// four vectors, summed over positions (or query rows) in ascending order. Each output is a fixed chain
-// of operations, so the result does not depend on the threads or on how the heads are split.
+// tiles of four rows (or four positions, reading the block's dS and P transposed) by two vectors, summed
+// over positions (or query rows) in ascending order. Each output is a fixed chain of operations, so the
+// result does not depend on the threads or on how the heads are split, and backward can write the
+// forward's output again bitwise (training need not keep it).
 //
-// Measured against the OpenBLAS version (one core, a C harness, T 128 and 256, d 32): forward 0.64–0.69×
-// the time with the AVX-512 body, 0.76–0.86× with the AVX2 one; backward 0.62–0.74× and 0.79–0.92×.
+// Measured against the OpenBLAS version (one core, a C harness, T 77–256, d 32 and 48): forward 0.51–0.60×
+// the time with the AVX-512 body, 0.77–0.95× with the AVX2 one; backward 0.45–0.58× and 0.69–0.85×.
 
 enum { BLOCK_ROWS = 16 };
 
@@ -86,9 +87,7 @@ static inline __attribute__((always_inline)) void scores_rows(float *const out[4
     }
 }
 
-// The softmax of a row of scores over its first `valid` entries, the rest of its n (a multiple of 16) set
-// to 0, written over it; its maximum and 1/sum go to maximum_out and inverse_out. Sixteen lanes with the
-// mask as a select, and the lanes folded in a fixed order, so rows of any length vectorise whole.
+// The sum of sixteen lane sums, in a fixed order.
 static inline __attribute__((always_inline)) float fold16(const float lanes[16]) {
     float half[8], quarter[4];
     for (int l = 0; l < 8; l++) half[l] = lanes[l] + lanes[l + 8];
@@ -96,6 +95,9 @@ static inline __attribute__((always_inline)) float fold16(const float lanes[16])
     return (quarter[0] + quarter[2]) + (quarter[1] + quarter[3]);
 }
 
+// The softmax of a row of scores over its first `valid` entries, the rest of its n (a multiple of 16) set
+// to 0, written over it; its maximum and 1/sum go to maximum_out and inverse_out. Sixteen lanes with the
+// mask as a select, folded in a fixed order, so rows of any length vectorise whole.
 static inline __attribute__((always_inline)) void softmax_keeping(float *row, size_t valid, size_t n, float *maximum_out,
                                                                   float *inverse_out) {
     float lanes[16];
@@ -142,8 +144,9 @@ static inline __attribute__((always_inline)) void softmax_backward(float *ds, co
 
 // out[r, c..c+width) (=, or += with `accumulate`) Σ_{j<n} p(r, j) · v[j, c..c+width) for four rows r0..r0+3,
 // p(r, j) at p[r·across + j·along] (a block's rows of probabilities, or their transpose), out rows ldo
-// apart, v rows `stride` apart; only rows below `rows` are written. Four rows × two (AVX-512) or four
-// vectors are eight independent chains of FMAs, each p(r, j) broadcast once for all its columns.
+// apart, v rows `stride` apart; only rows below `rows` are written. Four rows × two vectors (`width` 32
+// with AVX-512, 16 with AVX2) are eight independent chains of FMAs, each p(r, j) broadcast once for all
+// its columns.
 static inline __attribute__((always_inline)) void values_tile(float *out, size_t ldo, const float *p, size_t across,
                                                               size_t along, size_t r0, size_t rows, const float *v,
                                                               size_t stride, size_t n, size_t c, int accumulate,
