@@ -15,9 +15,8 @@ CK_KERNEL(void, ck_exp_inplace, (float *x, size_t n),
     for (size_t i = 0; i < n; i++) x[i] = fast_expf(x[i]);
 }
 
-// The softmax loops run over the whole row with the mask as a select, not over its first `valid`
-// entries: attention's rows are 64 wide, so they vectorise with no scalar tail, whose fast_expf calls
-// cost more than the masked lanes.
+// The exponential loop runs over the whole row with the mask as a select, not over its first `valid`
+// entries, so that it vectorises with no scalar tail, whose fast_expf calls cost more than masked lanes.
 CK_KERNEL(void, ck_softmax_prefix_keeping, (float *row, size_t valid, size_t n, float *maximum_out,
           float *inverse_out),
           (row, valid, n, maximum_out, inverse_out)) {
@@ -41,19 +40,6 @@ CK_KERNEL(void, ck_softmax_prefix_keeping, (float *row, size_t valid, size_t n, 
     for (size_t i = 0; i < n; i++) row[i] *= inverse;
     *maximum_out = maximum;
     *inverse_out = inverse;
-}
-
-void ck_softmax_prefix(float *row, size_t valid, size_t n) {
-    float maximum, inverse;
-    ck_softmax_prefix_keeping(row, valid, n, &maximum, &inverse);
-}
-
-CK_KERNEL(void, ck_softmax_prefix_recompute, (float *row, size_t valid, size_t n, float maximum, float inverse),
-          (row, valid, n, maximum, inverse)) {
-#pragma clang fp reassociate(on)
-    // The same element-wise steps as the forward, so that the same scores give the same probabilities.
-    for (size_t i = 0; i < n; i++) row[i] = i < valid ? fast_expf(row[i] - maximum) : 0.0f;
-    for (size_t i = 0; i < n; i++) row[i] *= inverse;
 }
 
 // Decoding attention. The keys are kept transposed, so a block of 64 positions' scores is d broadcast
@@ -119,14 +105,6 @@ CK_KERNEL(void, ck_attend_cached, (float *out, const float *q, const float *keys
     if (from + 32 <= d) { attend_values(out, scores, values, seen, d, from, 32); from += 32; }
     if (from + 16 <= d) { attend_values(out, scores, values, seen, d, from, 16); from += 16; }
     for (; from < d; from++) attend_values(out, scores, values, seen, d, from, 1);
-}
-
-CK_KERNEL(void, ck_softmax_backward_row, (float *dp, const float *p, size_t n),
-          (dp, p, n)) {
-#pragma clang fp reassociate(on)
-    float dot = 0.0f;
-    for (size_t i = 0; i < n; i++) dot += p[i] * dp[i];
-    for (size_t i = 0; i < n; i++) dp[i] = p[i] * (dp[i] - dot);
 }
 
 CK_KERNEL(void, ck_rmsnorm_forward, (float *out, float *rstd, const float *x, const float *weight, size_t rows,

@@ -9,15 +9,9 @@
 /// x[n] = exp(x[n]) with a vectorisable polynomial (relative error below 2e-7).
 void ck_exp_inplace(float *x, size_t n);
 
-/// Softmax of each of `rows` rows of length n, in place; returns nothing. Used by attention.
-/// Only the first `valid` entries of a row take part; the rest are set to 0 (causal mask).
-void ck_softmax_prefix(float *row, size_t valid, size_t n);
-
-/// ck_softmax_prefix that also returns the row's maximum and 1/sum, from which
-/// ck_softmax_prefix_recompute rebuilds the same probabilities (bitwise) from the same scores: attention
-/// keeps these two floats per row for backward instead of the [T, T] probabilities.
+/// Softmax of a row of length n in place, over its first `valid` entries (the rest set to 0), returning its
+/// maximum and 1/sum (decoding attention's; training attention has its own, attention.c).
 void ck_softmax_prefix_keeping(float *row, size_t valid, size_t n, float *maximum, float *inverse);
-void ck_softmax_prefix_recompute(float *row, size_t valid, size_t n, float maximum, float inverse);
 
 /// Decoding attention of one query row and one head over the first `seen` cached positions:
 /// out[d] = sum_j p_j values[j, :], p = softmax(scale * (q . keys_t[:, j])). keys_t [d, capacity] (the keys
@@ -43,9 +37,6 @@ void ck_attention_backward(float *dq, float *dk, float *dv, float *out, const fl
 
 /// Floats of scratch one call of ck_attention_forward or ck_attention_backward needs.
 size_t ck_attention_scratch_floats(size_t length, size_t d);
-
-/// Backward of a softmax row: dx[i] = p[i] * (dp[i] - sum_j p[j] dp[j]), written over dp.
-void ck_softmax_backward_row(float *dp, const float *p, size_t n);
 
 /// RMSNorm forward: out[N,C] = x / rms(x) * weight, rstd[N] kept for backward.
 void ck_rmsnorm_forward(float *out, float *rstd, const float *x, const float *weight,
