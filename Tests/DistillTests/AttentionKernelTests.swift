@@ -22,24 +22,54 @@ final class AttentionKernelTests: XCTestCase {
             func value(_ t: Int, _ k: Int) -> Double { Double(qkv[t * stride + 2 * d + k]) }
 
             // The reference: p_t = softmax_j≤t(scale · q_t · k_j), out_t = Σ p_tj v_j, and
-            // dS_tj = p_tj (dP_tj − Σ_j p_tj dP_tj) with dP_tj = dO_t · v_j.
-            var out = [Double](repeating: 0, count: length * d)
+            // dS_tj = p_tj (dP_tj − Σ_j p_tj dP_tj) with dP_tj = dO_t · v_j. Beside each result, a bound on
+            // the float kernel's error, from the computation rather than from this CPU: a sum of n float
+            // terms is within γ(n) = n·u/(1 − n·u) of the exact sum, relative to the sum of the terms' sizes
+            // (u = 2⁻²⁴, in any order, with or without FMA); fast_expf is within 2e-7 relative; an error e in
+            // a score changes its probability by a factor of about 1 + e.
+            let u = 0x1p-24
+            func gamma(_ n: Int) -> Double { Double(n) * u / (1 - Double(n) * u) }
+            var out = [Double](repeating: 0, count: length * d), outBound = out
             var dq = start.map(Double.init), dk = dq, dv = dq
+            var gradientBound = start.map { gamma(2 * length + 2) * abs(Double($0)) }
             for t in 0..<length {
-                let scores = (0...t).map { j in (0..<d).reduce(0.0) { $0 + q(t, $1) * key(j, $1) } * Double(scale) }
+                let seen = 0...t
+                let scores = seen.map { j in (0..<d).reduce(0.0) { $0 + q(t, $1) * key(j, $1) } * Double(scale) }
+                let scoreError = seen.map { j in gamma(d + 1) * Double(scale) * (0..<d).reduce(0.0) { $0 + abs(q(t, $1) * key(j, $1)) } }
                 let maximum = scores.max()!
                 let weights = scores.map { Foundation.exp($0 - maximum) }
                 let total = weights.reduce(0, +)
                 let p = weights.map { $0 / total }
-                for j in 0...t { for k in 0..<d { out[t * d + k] += p[j] * value(j, k) } }
-                let dP = (0...t).map { j in (0..<d).reduce(0.0) { $0 + Double(dOut[t * outStride + $1]) * value(j, $1) } }
+                // Each probability's relative error: its score's, the maximum's, the rounding of s − max as
+                // the exponent, the exponential's, then the normalisation's (the weighted mean of all those,
+                // the sum of t + 1 terms, 1/sum and the product).
+                let ownError = seen.map { j in scoreError[j] + scoreError.max()! + u * abs(scores[j] - maximum) + 2e-7 }
+                let meanError = zip(p, ownError).reduce(0.0) { $0 + $1.0 * $1.1 }
+                let pError = ownError.map { $0 + meanError + gamma(t + 3) }
+                for j in seen {
+                    for k in 0..<d {
+                        out[t * d + k] += p[j] * value(j, k)
+                        outBound[t * d + k] += (pError[j] + gamma(t + 1)) * p[j] * abs(value(j, k))
+                    }
+                }
+                let dP = seen.map { j in (0..<d).reduce(0.0) { $0 + Double(dOut[t * outStride + $1]) * value(j, $1) } }
+                let dPSize = seen.map { j in (0..<d).reduce(0.0) { $0 + abs(Double(dOut[t * outStride + $1]) * value(j, $1)) } }
                 let mean = zip(p, dP).reduce(0.0) { $0 + $1.0 * $1.1 }
-                for j in 0...t {
+                let meanSize = zip(p, dPSize).reduce(0.0) { $0 + $1.0 * $1.1 }
+                for j in seen {
                     let dS = p[j] * (dP[j] - mean) * Double(scale)
+                    // dS's error: P's, dP's sums of d terms, the mean's sum of t + 1, the subtraction and scaling.
+                    let dSError = Double(scale) * p[j] * (pError[j] * (dPSize[j] + meanSize) + gamma(d + 1) * (dPSize[j] + meanSize)
+                                                          + gamma(t + 2) * meanSize + 3 * u * (abs(dP[j]) + meanSize))
                     for k in 0..<d {
                         dq[t * stride + k] += dS * key(j, k)
                         dk[j * stride + d + k] += dS * q(t, k)
                         dv[j * stride + 2 * d + k] += p[j] * Double(dOut[t * outStride + k])
+                        // Each gradient sums at most 2T + 1 terms (the start included) in some order.
+                        let accumulation = gamma(2 * length + 2)
+                        gradientBound[t * stride + k] += dSError * abs(key(j, k)) + accumulation * abs(dS * key(j, k))
+                        gradientBound[j * stride + d + k] += dSError * abs(q(t, k)) + accumulation * abs(dS * q(t, k))
+                        gradientBound[j * stride + 2 * d + k] += (pError[j] + accumulation) * p[j] * abs(Double(dOut[t * outStride + k]))
                     }
                 }
             }
@@ -55,7 +85,7 @@ final class AttentionKernelTests: XCTestCase {
             for t in 0..<length {
                 for k in 0..<d {
                     let expected = out[t * d + k]
-                    XCTAssertEqual(Double(output[t * outStride + k]), expected, accuracy: 1e-5 * (1 + abs(expected)),
+                    XCTAssertEqual(Double(output[t * outStride + k]), expected, accuracy: 2 * outBound[t * d + k],
                                    "forward T \(length) d \(d) row \(t) column \(k)")
                 }
                 XCTAssert(output[(t * outStride + d)..<((t + 1) * outStride)].allSatisfy(\.isNaN), "forward wrote past its head")
@@ -77,7 +107,7 @@ final class AttentionKernelTests: XCTestCase {
                     let i = t * stride + column
                     // Columns past the three heads are padding that must stay as it was.
                     let expected = column < d ? dq[i] : column < 2 * d ? dk[i] : column < 3 * d ? dv[i] : Double(start[i])
-                    XCTAssertEqual(Double(gradient[i]), expected, accuracy: 1e-4 * (1 + abs(expected)),
+                    XCTAssertEqual(Double(gradient[i]), expected, accuracy: column < 3 * d ? 2 * gradientBound[i] : 0,
                                    "backward T \(length) d \(d) row \(t) column \(column)")
                 }
             }
