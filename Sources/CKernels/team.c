@@ -47,6 +47,25 @@ enum { LATE_STEPS_BEFORE_SOLO = 3 };
 static const uint64_t LATE_SLACK_NS = 50000, SOLO_FIRST_NS = 20000000, SOLO_LONGEST_NS = 1000000000;
 static const uint64_t WARM_UP_NS = 500000;
 
+// Helpers that are neither late three steps in a row nor on time: a helper on a core that another
+// process keeps busy runs in slices of milliseconds. In its slices it takes its parts; between them the
+// caller takes every part and loses nothing; but a part it claimed just before the slice ended holds the
+// caller until the next slice, a wait of milliseconds that can cost more than the slices gained (measured:
+// `bench --preset tiny` with a busy loop on the other core, 2 threads 0.92-0.97x the rate of 1). So every
+// GAIN_WINDOW_NS of shared steps the caller adds up what the helpers saved it (an estimate from its own
+// parts' time, step by step) and goes alone, as for late steps, when the sum is negative. From such a
+// stretch until a window pays for them, the helpers are `wary`: they sleep between steps instead of
+// spinning, since a thread that spins on a shared core spends its share of it and is descheduled when
+// its next part comes, while one that slept is run as soon as it is woken.
+static const uint64_t GAIN_WINDOW_NS = 20000000;
+// Only steps at least this long (their own parts, or a wait for a late helper) count: in shorter ones
+// the estimate is biased against the helpers, since the weights a thread's rows read stay in its own
+// core's cache (measured: decoding `tiny` judged this way went alone, 1.16x the time of with helpers).
+static const uint64_t GAIN_SHORTEST_STEP_NS = 200000;
+// A window is judged on at least this many such steps: one helper held up once (by the system, on an
+// otherwise idle machine) is the late-step rule's to judge.
+enum { GAIN_FEWEST_STEPS = 4 };
+
 // The team is contended when at least this many of the last 64 shared steps came late: then callers
 // split their work finer (ck_team_contended), so that a slowed helper claims fewer parts. One late step
 // is not enough: after any pause in the work the first step finds the helpers napping.
@@ -70,6 +89,9 @@ struct ck_team {
     // warm-up, which ends every helper's sleep.
     _Atomic int resting;
     _Atomic unsigned long wake_count;
+    // Set from a stretch alone that helpers' cost began until a window of shared steps pays for them
+    // (`probing`): between steps the helpers sleep at once instead of spinning.
+    _Atomic int wary;
     ck_team_task task;
     void *context;
     // The step's generation (high 32 bits), its parts (16 bits) and the next part to claim (low 16 bits),
@@ -80,9 +102,12 @@ struct ck_team {
     uint32_t generation;
     // Touched only by the caller that holds `busy`.
     int late_steps;         // consecutive steps in which the helpers came late
-    int probing;            // since the last stretch alone no step was on time: the next stretch doubles
+    int probing;            // since the last stretch alone no window paid for the helpers: the next one doubles
     uint64_t solo_until;    // until then (CLOCK_MONOTONIC ns), the caller runs every part itself
     uint64_t solo_span;     // the length of the last solo stretch
+    uint64_t window_start;  // the first step the helpers shared since the last judgement (0: none yet)
+    int64_t window_gain_ns; // the time they saved over those steps, negative when they cost time
+    int window_steps;       // the steps counted in it
     unsigned long steps, solo_steps; // steps run, and of those run by the caller alone (ck_team_counts)
     // One bit per step the helpers took part in, the latest lowest: set when they came late.
     _Atomic uint64_t late_history;
@@ -106,12 +131,15 @@ static unsigned long wait_for_step(struct ck_helper *helper, unsigned long seen)
     unsigned long spins = 0, naps = 0, posted;
     while ((posted = atomic_load_explicit(&helper->posted, memory_order_acquire)) == seen) {
         if (atomic_load_explicit(&team->quit, memory_order_relaxed)) return 0;
+        // Resting (the caller alone) or wary (helpers that lately cost time): no spinning, which on a
+        // shared core would spend this thread's share of it before its next part.
         int resting = atomic_load_explicit(&team->resting, memory_order_relaxed);
-        if (!resting && ++spins <= SPINS_BEFORE_YIELDING) {
+        int spinning = !resting && !atomic_load_explicit(&team->wary, memory_order_relaxed);
+        if (spinning && ++spins <= SPINS_BEFORE_YIELDING) {
             cpu_relax();
-        } else if (!resting && spins <= SPINS_BEFORE_NAPPING) {
+        } else if (spinning && spins <= SPINS_BEFORE_NAPPING) {
             sched_yield(); // with more threads than cores, let the thread that has work run
-        } else if (!resting && ++naps <= NAPS_BEFORE_SLEEPING) {
+        } else if (spinning && ++naps <= NAPS_BEFORE_SLEEPING) {
             struct timespec pause = {0, 20000};
             nanosleep(&pause, NULL);
         } else {
@@ -148,13 +176,15 @@ static int claim_part(struct ck_team *team, uint32_t generation) {
     }
 }
 
-// Runs parts of the current step until none is left.
-static void run_parts(struct ck_team *team, uint32_t generation) {
-    int part;
+// Runs parts of the current step until none is left; returns how many this thread ran.
+static int run_parts(struct ck_team *team, uint32_t generation) {
+    int part, ran = 0;
     while ((part = claim_part(team, generation)) >= 0) {
         team->task(team->context, part);
         atomic_fetch_add_explicit(&team->done, 1, memory_order_release);
+        ran++;
     }
+    return ran;
 }
 
 static void *helper_main(void *argument) {
@@ -218,6 +248,21 @@ void ck_team_destroy(ck_team *team) {
 
 int ck_team_helpers(const ck_team *team) { return team->helper_count; }
 
+// Sends the caller alone from `now` for SOLO_FIRST_NS, or for twice the last stretch when the helpers
+// have not been worth their steps since it (`probing`).
+static void go_solo(struct ck_team *team, uint64_t now) {
+    uint64_t doubled = team->solo_span * 2;
+    team->solo_span = team->probing ? (doubled < SOLO_LONGEST_NS ? doubled : SOLO_LONGEST_NS) : SOLO_FIRST_NS;
+    team->solo_until = now + team->solo_span;
+    team->probing = 1;
+    atomic_store_explicit(&team->wary, 1, memory_order_relaxed);
+    team->late_steps = 0;
+    team->window_start = 0;
+    team->window_gain_ns = 0;
+    team->window_steps = 0;
+    atomic_store(&team->resting, 1);
+}
+
 int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     if (parts < 1 || parts > CK_TEAM_MAX_PARTS) return 0;
     int idle = 0;
@@ -251,7 +296,7 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
         atomic_store(&helper->posted, ticket);
         if (atomic_load(&helper->sleeping)) wake_helper(helper);
     }
-    run_parts(team, generation);
+    int own_parts = run_parts(team, generation);
     uint64_t own_end = now_ns();
     // Parts the helpers claimed and still run. With more threads than cores a helper may be waiting
     // for this core: yield after a while.
@@ -264,18 +309,27 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     int late = end - own_end > (own_end - start) + LATE_SLACK_NS;
     uint64_t history = atomic_load_explicit(&team->late_history, memory_order_relaxed);
     atomic_store_explicit(&team->late_history, history << 1 | (uint64_t)late, memory_order_relaxed);
-    if (late) {
-        if (++team->late_steps >= LATE_STEPS_BEFORE_SOLO) {
-            uint64_t doubled = team->solo_span * 2;
-            team->solo_span = team->probing ? (doubled < SOLO_LONGEST_NS ? doubled : SOLO_LONGEST_NS) : SOLO_FIRST_NS;
-            team->solo_until = end + team->solo_span;
-            team->probing = 1;
-            team->late_steps = 0;
-            atomic_store(&team->resting, 1);
-        }
-    } else {
+    // What the helpers saved this step: the caller's own parts took (own_end - start), so all of them
+    // alone would have taken about that times parts / own_parts; the step took (end - start).
+    if (team->window_start == 0) team->window_start = start;
+    if (own_parts > 0 && end - start >= GAIN_SHORTEST_STEP_NS) {
+        team->window_gain_ns += (int64_t)((own_end - start) * (uint64_t)parts / (uint64_t)own_parts) - (int64_t)(end - start);
+        team->window_steps++;
+    }
+    if (late && ++team->late_steps >= LATE_STEPS_BEFORE_SOLO) {
+        go_solo(team, end);
+    } else if (!late) {
         team->late_steps = 0;
-        team->probing = 0;
+        if (end - team->window_start >= GAIN_WINDOW_NS) {
+            if (team->window_gain_ns < 0 && team->window_steps >= GAIN_FEWEST_STEPS) go_solo(team, end);
+            else {
+                team->probing = 0;
+                atomic_store_explicit(&team->wary, 0, memory_order_relaxed);
+            }
+            team->window_start = 0;
+            team->window_gain_ns = 0;
+            team->window_steps = 0;
+        }
     }
     atomic_store_explicit(&team->busy, 0, memory_order_release);
     return 1;
