@@ -26,8 +26,9 @@
 // a seventh of the 1-thread rate with a busy loop on the other core). So the caller times each step:
 // after a few steps in which it waited on the helpers far longer than its own parts took, it runs every
 // part itself for a while (20 ms, doubling up to a second while the helpers stay late), then tries the
-// helpers again. The parts are the same either way, each output computed whole by one thread, so the
-// results do not change.
+// helpers again; and it does the same when, over 20 ms of steps, the helpers cost it more time than they
+// saved (below: GAIN_WINDOW_NS). The parts are the same either way, each output computed whole by one
+// thread, so the results do not change.
 //
 // While the caller runs alone its helpers sleep on their condition variable (napping, they took slices
 // of the busy core or of the caller's). A stretch ends with a warm-up: the caller wakes them and goes on
@@ -89,8 +90,8 @@ struct ck_team {
     // warm-up, which ends every helper's sleep.
     _Atomic int resting;
     _Atomic unsigned long wake_count;
-    // Set from a stretch alone that helpers' cost began until a window of shared steps pays for them
-    // (`probing`): between steps the helpers sleep at once instead of spinning.
+    // Set when the caller goes alone because the helpers cost it time, cleared when a window of shared
+    // steps pays for them (as `probing`): meanwhile idle helpers sleep at once instead of spinning.
     _Atomic int wary;
     ck_team_task task;
     void *context;
