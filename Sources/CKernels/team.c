@@ -54,17 +54,18 @@ static const uint64_t WARM_UP_NS = 500000;
 // caller until the next slice, a wait of milliseconds that can cost more than the slices gained (measured:
 // `bench --preset tiny` with a busy loop on the other core, 2 threads 0.92-0.97x the rate of 1). So every
 // GAIN_WINDOW_NS of shared steps the caller adds up what the helpers saved it (an estimate from its own
-// parts' time, step by step) and goes alone, as for late steps, when the sum is negative. From such a
-// stretch until a window pays for them, the helpers are `wary`: they sleep between steps instead of
-// spinning, since a thread that spins on a shared core spends its share of it and is descheduled when
+// parts' time, step by step) and goes alone, as for late steps, when the sum is negative. From any
+// stretch alone (late steps or a window that cost) until a window pays for them, the helpers are `wary`:
+// they sleep between steps instead of spinning, since a thread that spins on a shared core spends its share of it and is descheduled when
 // its next part comes, while one that slept is run as soon as it is woken.
 static const uint64_t GAIN_WINDOW_NS = 20000000;
 // Only steps at least this long (their own parts, or a wait for a late helper) count: in shorter ones
 // the estimate is biased against the helpers, since the weights a thread's rows read stay in its own
 // core's cache (measured: decoding `tiny` judged this way went alone, 1.16x the time of with helpers).
 static const uint64_t GAIN_SHORTEST_STEP_NS = 200000;
-// A window is judged on at least this many such steps: one helper held up once (by the system, on an
-// otherwise idle machine) is the late-step rule's to judge.
+// A window is judged on at least this many such steps; one with fewer counts as paying (nothing against
+// the helpers): one helper held up once (by the system, on an otherwise idle machine) is the late-step
+// rule's to judge, and decoding, whose steps are all shorter, keeps its helpers.
 enum { GAIN_FEWEST_STEPS = 4 };
 
 // The team is contended when at least this many of the last 64 shared steps came late: then callers
@@ -90,8 +91,8 @@ struct ck_team {
     // warm-up, which ends every helper's sleep.
     _Atomic int resting;
     _Atomic unsigned long wake_count;
-    // Set when the caller goes alone because the helpers cost it time, cleared when a window of shared
-    // steps pays for them (as `probing`): meanwhile idle helpers sleep at once instead of spinning.
+    // Set whenever the caller goes alone, cleared when a window of shared steps pays for the helpers (as
+    // `probing`): meanwhile idle helpers sleep at once instead of spinning.
     _Atomic int wary;
     ck_team_task task;
     void *context;
