@@ -79,9 +79,9 @@ final class ModelGradientTests: XCTestCase {
     /// and take buffers of their own.
     func testGradientsWithBackwardScratchOfItsOwn() throws { try checkGradients(tied: false, intermediate: 6) }
 
-    /// Recomputing gate/up in backward (`recomputesGateUp`) gives the same bits as keeping it, with the
-    /// scratch in the shared buffers (F ≥ C) and in buffers of its own (F < C); and the kept buffers are
-    /// smaller, as the estimate says.
+    /// Recomputing gate/up in backward gives the same bits as keeping it, whether every block but the last
+    /// recomputes (`recomputesGateUp`) or only the first (the default), with the scratch in the shared
+    /// buffers (F ≥ C) and in buffers of its own (F < C); and the kept buffers are smaller, as the estimate says.
     func testRecomputingGateUpGivesTheSameBits() throws {
         for intermediate in [24, 6] {
             var config = Self.tinyConfig(tied: false, context: 8)
@@ -90,19 +90,25 @@ final class ModelGradientTests: XCTestCase {
             var random = SeededRandom(seed: 11)
             let tokens: [Int32] = (0..<2 * 7).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
             let dLogits = (0..<2 * 7 * config.vocabSize).map { _ in random.nextGaussian() }
-            func gradients(recomputing: Bool) throws -> (gradients: [Float], held: Int, estimate: Double) {
+            func gradients(recomputing: Bool, blocks: Int?) throws -> (gradients: [Float], held: Int, estimate: Double) {
                 let model = try Self.model(config, seed: 3)
                 model.recomputesGateUp = recomputing
+                if let blocks { model.firstBlocksRecomputingGateUp = blocks }
                 model.zeroGradients()
                 model.forward(tokens: tokens, batch: 2, length: 7)
                 dLogits.withUnsafeBufferPointer { model.backward(dLogits: $0.baseAddress!) }
                 return (Array(model.gradients!), model.activationBytesHeld, model.activationBytes(batch: 2, length: 7))
             }
-            let kept = try gradients(recomputing: false), recomputed = try gradients(recomputing: true)
+            let kept = try gradients(recomputing: false, blocks: 0), first = try gradients(recomputing: false, blocks: nil)
+            let recomputed = try gradients(recomputing: true, blocks: nil)
+            XCTAssertEqual(LlamaModel.defaultGateUpRecomputedBlocks, 1)
+            XCTAssertEqual(kept.gradients, first.gradients, "F = \(intermediate)")
             XCTAssertEqual(kept.gradients, recomputed.gradients, "F = \(intermediate)")
-            XCTAssertEqual(Double(recomputed.held), recomputed.estimate)
-            XCTAssertEqual(Double(kept.held), kept.estimate)
-            XCTAssertLessThan(recomputed.held, kept.held, "F = \(intermediate)")
+            for run in [kept, first, recomputed] { XCTAssertEqual(Double(run.held), run.estimate) }
+            // Each block that recomputes keeps one [B·T, 2F] buffer less.
+            let gateUpBytes = 4 * ((2 * 7 * 2 * intermediate + 15) / 16 * 16)  // 64-byte aligned
+            XCTAssertEqual(kept.held - first.held, gateUpBytes, "F = \(intermediate)")
+            XCTAssertEqual(kept.held - recomputed.held, 2 * gateUpBytes, "F = \(intermediate)")
         }
     }
     /// Long enough for attention's causal blocks of 64 query rows to come in three pieces.
@@ -249,8 +255,17 @@ final class ModelGradientTests: XCTestCase {
     /// The training step takes the LM head a chunk of rows at a time (`headInChunks`); its loss and every
     /// gradient are those of the whole [B·T, V] logits, with several chunks, a short last one and
     /// targets that do not count.
+    /// The chunks live in activation buffers that are dead while the head runs when they fit there
+    /// (vocabulary 11), else in buffers of their own (vocabulary 300): both paths are checked.
     func testChunkedHeadEqualsWholeLogits() throws {
-        let config = Self.tinyConfig(tied: true, context: 200, heads: 2, kvHeads: 2)
+        for (vocab, lent) in [(11, true), (300, false)] {
+            var config = Self.tinyConfig(tied: true, context: 200, heads: 2, kvHeads: 2)
+            config.vocabSize = vocab
+            try checkChunkedHead(config, lent: lent)
+        }
+    }
+
+    private func checkChunkedHead(_ config: LlamaConfig, lent: Bool) throws {
         let batch = 3, length = 200, rows = batch * length  // 600 rows: chunks of 256, 256, 88
         var random = SeededRandom(seed: 11)
         let inputs = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
@@ -270,6 +285,7 @@ final class ModelGradientTests: XCTestCase {
         let chunked = try Self.model(config)
         chunked.zeroGradients()
         let terms = try CrossEntropyObjective().trainStep(model: chunked, batch: data, gradientScale: 0.5)
+        XCTAssertEqual(chunked.headChunkPlacement(withGradient: true).lent, lent, "vocabulary \(config.vocabSize)")
         XCTAssertEqual(terms[.loss]!, Double(wholeLoss), accuracy: 1e-6 * Double(wholeLoss))
         var largest: Float = 0, size: Float = 0
         for i in 0..<whole.parameterCount {

@@ -89,11 +89,16 @@ final class ModelHardeningTests: XCTestCase {
         // of 16 rows [16, T'] (T' = T rounded up to 16), and 16 floats of slack.
         let attentionScratch = (2 * 4 + 2 * 16) * 16 + 16
         let shared = rows * c * (layers + 1) + rows * (c + 1 + config.vocabSize) + rows * (c + f) + threads * attentionScratch
+        // Training keeps L of the L + 1 residual streams: block 0's input lives in block 1's stream after
+        // attention (L ≥ 2), and backward copies the embedding rows again.
+        let borrowedInput = rows * c
         // Backward's own scratch is d residual: d normed and d attention output live in the SwiGLU output's
         // buffer and d qkv in the block's gate/up while those are dead (f ≥ c, 2f ≥ qkv).
         let backward = rows * c
         let tokens = rows
-        let training = 4 * (layers * perBlock + shared + backward + tokens)
+        // Block 0 keeps no gate/up: it borrows block 1's and recomputes it in backward.
+        let recomputedGateUp = rows * 2 * f
+        let training = 4 * (layers * perBlock - recomputedGateUp + shared - borrowedInput + backward + tokens)
         let inference = 4 * (inferenceBlock + shared + tokens)
         XCTAssertEqual(model.activationBytes(batch: batch, length: length), Double(training))
         XCTAssertEqual(model.activationBytes(batch: batch, length: length, keepForBackward: false), Double(inference))

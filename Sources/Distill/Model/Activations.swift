@@ -11,25 +11,27 @@ struct ActivationSizes {
         let attentionOut: Int       // [B·T, C]; 0 when recomputed in backward (then the SwiGLU buffer holds it)
         let attentionResidual: Int  // [B·T, C]
         let mlpRstd: Int            // [B·T]
-        let gateUp: Int             // [B·T, 2F]; 0 when recomputed (then one buffer serves all blocks)
+        let gateUp: Int             // [B·T, 2F]; blocks below `gateUpRecomputedBlocks` borrow another's
 
-        var total: Int {
-            saturatingSum([attentionRstd, qkv, attentionRowStats, attentionOut, attentionResidual, mlpRstd, gateUp]
-                .map(ActivationSizes.padded))
+        /// All but gate/up, which not every block carves.
+        var totalBesideGateUp: Int {
+            saturatingSum([attentionRstd, qkv, attentionRowStats, attentionOut, attentionResidual, mlpRstd].map(ActivationSizes.padded))
         }
     }
 
     let tokens: Int          // [B·T] Int32, allocated apart
     let residual: Int        // [B·T, C], one per block boundary
-    let residualCount: Int   // L + 1
+    let residualCount: Int   // L + 1; L when the first is borrowed (`inputEmbeddingsBorrowed`)
+    /// The block input of block 0 (the embedding rows of the tokens) lives in block 1's stream after
+    /// attention, which forward writes only after block 0 is done, and backward copies the rows again from
+    /// the embedding (the same bits: a copy of weights that have not changed) once block 1's backward has
+    /// let go of that buffer: 2 MB of `bench --preset small`'s training peak for a gather of B·T rows.
+    let inputEmbeddingsBorrowed: Bool
     let block: Block
     let blockCount: Int      // L when kept for backward, else 1 (shared)
     // Shared by all blocks and recomputed in backward (cheap element-wise work): the normed input of
-    // attention and of the MLP, and the SwiGLU output; with `recomputeGateUp`, gate/up too (one product,
-    // the same call as forward's, so the same bits: about 9% more of a step's work for the largest
-    // per-block buffer).
+    // attention and of the MLP, and the SwiGLU output.
     let normed: Int          // [B·T, C]
-    let sharedGateUp: Int    // [B·T, 2F] with recomputeGateUp, else 0
     let swiglu: Int          // [B·T, F]
     let finalNormed: Int     // [B·T, C]
     let finalRstd: Int       // [B·T]
@@ -39,7 +41,12 @@ struct ActivationSizes {
     let scratchNormed: Int   // [B·T, C]
     let dAttentionOut: Int   // [B·T, C]
     let dQKV: Int            // [B·T, C + 2·KVd]
-    let recomputeGateUp: Bool
+    /// The first k blocks keep no gate/up (the largest per-block buffer, 2F floats a token): they write
+    /// it into block k's buffer, which block k's forward overwrites, and backward writes it there again
+    /// by forward's own product (so the same bits) once block k's backward has let go of it. Each such
+    /// block saves its gate/up for one more product in backward (about 1.5% of a step at `small`).
+    /// At most L − 1 (`--recompute-activations`), 0 without backward.
+    let gateUpRecomputedBlocks: Int
     /// d normed and d attention output live in the SwiGLU output's buffer (shared by all blocks, recomputed
     /// in backward) and d qkv in the block's gate/up (dead once dW_gateUp has read it, rewritten by the
     /// next forward pass) while those are dead in a block's backward, when they fit (F ≥ C, 2F ≥ C + 2·KVd);
@@ -54,22 +61,22 @@ struct ActivationSizes {
     // Attention's per-thread scratch, forward and backward.
     let attentionScratch: Int  // [threads, attentionScratchPerThread]
 
-    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int, recomputeGateUp: Bool = false) {
+    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int, gateUpRecomputedBlocks: Int = 0) {
         let rows = saturatingProduct(batch, length), c = config.hiddenSize, f = config.intermediateSize
         let qkvWidth = saturatingSum([c, saturatingProduct(2, config.numKeyValueHeads, config.headDim)])
         tokens = rows
         residual = saturatingProduct(rows, c)
-        residualCount = config.numHiddenLayers + 1
+        inputEmbeddingsBorrowed = perBlock && config.numHiddenLayers >= 2
+        residualCount = config.numHiddenLayers + (inputEmbeddingsBorrowed ? 0 : 1)
         backwardScratchInSharedBuffers = perBlock && f >= c && saturatingProduct(2, f) >= qkvWidth
         attentionOutRecomputed = backwardScratchInSharedBuffers && saturatingProduct(2, f) >= saturatingSum([qkvWidth, c])
         block = Block(attentionRstd: rows, qkv: saturatingProduct(rows, qkvWidth),
                       attentionRowStats: saturatingProduct(batch, config.numAttentionHeads, length, 2),
                       attentionOut: attentionOutRecomputed ? 0 : residual, attentionResidual: residual, mlpRstd: rows,
-                      gateUp: recomputeGateUp && perBlock ? 0 : saturatingProduct(rows, 2, f))
+                      gateUp: saturatingProduct(rows, 2, f))
         blockCount = perBlock ? config.numHiddenLayers : 1
+        self.gateUpRecomputedBlocks = perBlock ? max(0, min(gateUpRecomputedBlocks, config.numHiddenLayers - 1)) : 0
         normed = residual
-        self.recomputeGateUp = recomputeGateUp && perBlock
-        sharedGateUp = self.recomputeGateUp ? saturatingProduct(rows, 2, f) : 0
         swiglu = saturatingProduct(rows, f)
         finalNormed = residual
         finalRstd = rows
@@ -88,8 +95,9 @@ struct ActivationSizes {
 
     /// Floats of all the buffers `Activations` carves, padding included.
     var floatCount: Int {
-        saturatingSum([saturatingProduct(Self.padded(residual), residualCount), saturatingProduct(block.total, blockCount)]
-                      + [normed, sharedGateUp, swiglu, finalNormed, finalRstd, dResidual, scratchNormed, dAttentionOut, dQKV,
+        saturatingSum([saturatingProduct(Self.padded(residual), residualCount), saturatingProduct(block.totalBesideGateUp, blockCount),
+                       saturatingProduct(Self.padded(block.gateUp), blockCount - gateUpRecomputedBlocks)]
+                      + [normed, swiglu, finalNormed, finalRstd, dResidual, scratchNormed, dAttentionOut, dQKV,
                          attentionScratch].map(Self.padded))
     }
 
@@ -110,6 +118,9 @@ final class Activations {
 
     let tokens: UnsafeMutablePointer<Int32>          // [B·T]
     let residual: [UnsafeMutablePointer<Float>]       // L+1 × [B·T, C]: the stream before block l; the last is the output
+    /// Floats that are dead while the LM head runs (the normed input, the SwiGLU output, d residual, one
+    /// after another from `pointer`): `LlamaModel.headInChunks` writes its chunks there when they fit.
+    let headChunkSpace: (pointer: UnsafeMutablePointer<Float>, floats: Int)
     private let blocks: [BlockActivations]
     let finalNormed: UnsafeMutablePointer<Float>      // [B·T, C]
     let finalRstd: UnsafeMutablePointer<Float>        // [B·T]
@@ -128,13 +139,13 @@ final class Activations {
     private let ownDQKV: UnsafeMutablePointer<Float>? // [B·T, C + 2·KVd], unless it lives in gate/up
     let attentionScratch: UnsafeMutablePointer<Float> // [threads, attentionScratchPerThread]
 
-    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads, recomputeGateUp: Bool = false) {
+    init(config: LlamaConfig, batch: Int, length: Int, perBlock: Bool, threads: Int = Compute.threads, gateUpRecomputedBlocks: Int = 0) {
         self.batch = batch
         self.length = length
         self.perBlock = perBlock
         self.threads = threads
         let sizes = ActivationSizes(config: config, batch: batch, length: length, perBlock: perBlock, threads: threads,
-                                    recomputeGateUp: recomputeGateUp)
+                                    gateUpRecomputedBlocks: gateUpRecomputedBlocks)
         self.sizes = sizes
         let total = sizes.floatCount
         let base = alignedFloats(max(total, 1))
@@ -145,20 +156,29 @@ final class Activations {
             return base + cursor
         }
         tokens = .allocate(capacity: max(sizes.tokens, 1))
-        residual = (0..<sizes.residualCount).map { _ in take(sizes.residual) }
         let block = sizes.block
-        let normed = take(sizes.normed), sharedGateUp = take(sizes.sharedGateUp), swiglu = take(sizes.swiglu)
-        blocks = (0..<sizes.blockCount).map { _ in
+        // The normed input, the SwiGLU output and d residual one after another: together they are the
+        // space `headChunkSpace` lends to the LM head's chunks, dead while the head runs.
+        let normed = take(sizes.normed), swiglu = take(sizes.swiglu)
+        dResidual = take(sizes.dResidual)
+        headChunkSpace = (normed, cursor - (normed - base))
+        // Blocks below `gateUpRecomputedBlocks` (k) carve no gate/up: they borrow block k's.
+        let k = sizes.gateUpRecomputedBlocks
+        var carved = (0..<sizes.blockCount).map { layer in
             BlockActivations(
                 attentionNormed: normed, attentionRstd: take(block.attentionRstd), qkv: take(block.qkv),
                 attentionRowStats: take(block.attentionRowStats),
                 attentionOut: sizes.attentionOutRecomputed ? swiglu : take(block.attentionOut),
                 attentionResidual: take(block.attentionResidual), mlpNormed: normed,
-                mlpRstd: take(block.mlpRstd), gateUp: sizes.recomputeGateUp ? sharedGateUp : take(block.gateUp), swiglu: swiglu)
+                mlpRstd: take(block.mlpRstd), gateUp: layer < k ? base : take(block.gateUp), swiglu: swiglu,
+                recomputesGateUp: layer < k)
         }
+        for layer in 0..<k { carved[layer].gateUp = carved[k].gateUp }
+        blocks = carved
+        let ownResiduals = (0..<sizes.residualCount).map { _ in take(sizes.residual) }
+        residual = sizes.inputEmbeddingsBorrowed ? [blocks[1].attentionResidual] + ownResiduals : ownResiduals
         finalNormed = take(sizes.finalNormed)
         finalRstd = take(sizes.finalRstd)
-        dResidual = take(sizes.dResidual)
         let shared = sizes.backwardScratchInSharedBuffers
         scratchNormed = shared ? swiglu : take(sizes.scratchNormed)
         dAttentionOut = shared ? swiglu : take(sizes.dAttentionOut)
@@ -201,6 +221,8 @@ struct BlockActivations {
     let attentionResidual: UnsafeMutablePointer<Float> // [B·T, C], the stream after attention
     let mlpNormed: UnsafeMutablePointer<Float>         // [B·T, C], shared (the same buffer as attentionNormed)
     let mlpRstd: UnsafeMutablePointer<Float>           // [B·T]
-    let gateUp: UnsafeMutablePointer<Float>            // [B·T, 2F]; backward overwrites it with its gradient
+    var gateUp: UnsafeMutablePointer<Float>            // [B·T, 2F]; backward overwrites it with its gradient
     let swiglu: UnsafeMutablePointer<Float>            // [B·T, F], shared; backward writes its gradient over it
+    /// gate/up lives in a later block's buffer (`ActivationSizes.gateUpRecomputedBlocks`): backward writes it again.
+    let recomputesGateUp: Bool
 }

@@ -74,8 +74,25 @@ public final class LlamaModel {
     /// Keep one gate/up buffer for all blocks and recompute it in backward, by forward's own product (so
     /// the same bits), instead of one per block: about a fifth less training memory at the `small` preset
     /// (the largest per-block buffer, 2F floats a token; 90 MB a layer at batch 8 × 2,048 tokens) for about
-    /// 9% more of a step's FLOPs. Off by default; `--recompute-activations` turns it on.
+    /// 9% more of a step's FLOPs. Off by default (then `firstBlocksRecomputingGateUp` do);
+    /// `--recompute-activations` turns it on.
     public var recomputesGateUp = false
+
+    /// Blocks, from the first, that recompute gate/up in backward when `recomputesGateUp` is off: one,
+    /// about 11 MB of `bench --preset small`'s training peak for no time measured (`train --preset small`
+    /// 0.99× the time of keeping it, 6 alternated runs; two blocks took 1.04×).
+    public static let defaultGateUpRecomputedBlocks = 1
+    /// The count above for this model (clamped to 0...L−1; 0 keeps every block's gate/up).
+    public var firstBlocksRecomputingGateUp = LlamaModel.defaultGateUpRecomputedBlocks
+
+    /// Blocks, from the first, whose gate/up is recomputed in backward (`ActivationSizes.gateUpRecomputedBlocks`).
+    var gateUpRecomputedBlocks: Int {
+        Self.gateUpRecomputedBlocks(layers: config.numHiddenLayers, all: recomputesGateUp, first: firstBlocksRecomputingGateUp)
+    }
+
+    static func gateUpRecomputedBlocks(layers: Int, all: Bool, first: Int = defaultGateUpRecomputedBlocks) -> Int {
+        max(0, min(layers - 1, all ? layers : first))
+    }
 
     /// Number of weights (a tied head counted once).
     public var parameterCount: Int { layout.count }
@@ -84,7 +101,7 @@ public final class LlamaModel {
     /// needs): the sum of the same size table the buffers are allocated from.
     public func activationBytes(batch: Int, length: Int, keepForBackward: Bool = true) -> Double {
         Double(ActivationSizes(config: config, batch: batch, length: length, perBlock: keepForBackward,
-                               threads: Compute.threads, recomputeGateUp: recomputesGateUp).bytes)
+                               threads: Compute.threads, gateUpRecomputedBlocks: gateUpRecomputedBlocks).bytes)
     }
 
     /// Bytes of the forward/backward buffers the model holds now (0 before the first forward pass).
@@ -170,10 +187,11 @@ public final class LlamaModel {
         let c = config.hiddenSize, vocab = config.vocabSize, rows = acts.batch * acts.length
         let weights = parameters.baseAddress! + layout.lmHead
         if dFinalHidden != nil && gradients == nil { zeroGradients() }
-        let chunk = min(Self.headChunkRows, rows)
+        let (chunk, lent) = headChunkPlacement(withGradient: dFinalHidden != nil)
         // Both are written for every chunk: the logits by their product, the gradient zeroed for `body`.
-        let logits = headChunk.reserved(chunk * vocab)
-        let dLogits = dFinalHidden == nil ? nil : headChunkGradient.reserved(chunk * vocab)
+        let logits = lent ? acts.headChunkSpace.pointer : headChunk.reserved(chunk * vocab)
+        let dLogits = dFinalHidden == nil ? nil
+            : lent ? logits + ActivationSizes.padded(chunk * vocab) : headChunkGradient.reserved(chunk * vocab)
         for start in stride(from: 0, to: rows, by: chunk) {
             let n = min(chunk, rows - start), hidden = acts.finalNormed + start * c
             headLogits(rows: start..<(start + n), into: logits)
@@ -184,6 +202,18 @@ public final class LlamaModel {
                                x: hidden, weight: weights, rows: n, inFeatures: c, outFeatures: vocab)
             }
         }
+    }
+
+    /// Rows of `headInChunks`' chunks after the last forward pass, and whether the chunks (logits, and their
+    /// gradient `withGradient`) go into activation buffers that are dead while the head runs
+    /// (`Activations.headChunkSpace`): when they fit there (8 MB of `bench --preset small`'s training
+    /// peak), else into scratch of their own. Smaller chunks to make them fit would cost speed (149 rows at
+    /// `tiny`: `train` took 1.03× the time).
+    public func headChunkPlacement(withGradient: Bool) -> (rows: Int, lent: Bool) {
+        guard let acts = activations else { return (Self.headChunkRows, false) }
+        let rows = min(Self.headChunkRows, acts.batch * acts.length)
+        let floats = ActivationSizes.padded(rows * config.vocabSize) * (withGradient ? 2 : 1)
+        return (rows, floats <= acts.headChunkSpace.floats)
     }
 
     /// Logits [n, V] of `rows` (n of them) of the last forward pass's final hidden states: a teacher's
@@ -215,15 +245,13 @@ public final class LlamaModel {
         // Embedding lookup: residual[0][n] = E[token[n]]; the tokens are kept for the embedding's backward.
         acts.tokens.update(from: tokens, count: rows)
         acts.backwardDone = false
-        let residual0 = acts.residual[0]
-        for n in 0..<rows {
-            let token = Int(tokens[n])
-            precondition(token >= 0 && token < config.vocabSize, "token id out of range")
-            if let reducedWeights {
-                reducedWeights.widenRow(token, ofMatrixAt: layout.embedding, into: residual0 + n * c)
-            } else {
-                (residual0 + n * c).update(from: weights + layout.embedding + token * c, count: c)
+        if let reducedWeights {
+            for n in 0..<rows {
+                precondition(tokens[n] >= 0 && Int(tokens[n]) < config.vocabSize, "token id out of range")
+                reducedWeights.widenRow(Int(tokens[n]), ofMatrixAt: layout.embedding, into: acts.residual[0] + n * c)
             }
+        } else {
+            embed(tokens, rows: rows, into: acts.residual[0])
         }
         for layer in 0..<config.numHiddenLayers {
             blockForward(layer: layer, acts: acts.block(layer), input: acts.residual[layer], output: acts.residual[layer + 1],
@@ -236,6 +264,16 @@ public final class LlamaModel {
         if head {
             project(acts.logits, acts.finalNormed, weightAt: layout.lmHead, rows: rows, inFeatures: c,
                     outFeatures: config.vocabSize, reducedWeights: reducedWeights)
+        }
+    }
+
+    /// x [N, C] = E[tokens[n]]: the embedding rows of `rows` tokens.
+    private func embed(_ tokens: UnsafePointer<Int32>, rows: Int, into x: UnsafeMutablePointer<Float>) {
+        let c = config.hiddenSize, embedding = parameters.baseAddress! + layout.embedding
+        for n in 0..<rows {
+            let token = Int(tokens[n])
+            precondition(token >= 0 && token < config.vocabSize, "token id out of range")
+            (x + n * c).update(from: embedding + token * c, count: c)
         }
     }
 
@@ -393,6 +431,8 @@ public final class LlamaModel {
                             weights + layout.finalNorm, acts.finalRstd, rows, c)
         for layer in stride(from: layers - 1, through: 0, by: -1) {
             if let dh = dHidden[layer] { ck_add_inplace(dResidual, dh, rows * c) }
+            // Block 0's input shares block 1's stream after attention, dead now: copy the rows again.
+            if layer == 0 && acts.sizes.inputEmbeddingsBorrowed { embed(acts.tokens, rows: rows, into: acts.residual[0]) }
             blockBackward(layer: layer, acts: acts.block(layer), input: acts.residual[layer], dResidual: dResidual, scratch: acts)
         }
         // Embedding rows receive the gradient of the residual stream's start.
@@ -413,15 +453,15 @@ public final class LlamaModel {
 
         // MLP: d swiglu = dOut · W_down; d gateUp; d mlpNormed; through the norm into dResidual.
         // The SwiGLU output and the normed input are recomputed (all blocks share one buffer for each), and
-        // with `recomputesGateUp` gate/up too, by the calls forward made on the same inputs, so bitwise as
-        // forward had them (the last block's gate/up is still there from forward). Buffers are reused once
+        // in the blocks that borrow a later block's gate/up buffer (`ActivationSizes.gateUpRecomputedBlocks`)
+        // gate/up too, by the calls forward made on the same inputs, so bitwise as forward had them. Buffers are reused once
         // dead: d swiglu goes over the SwiGLU output once dW_down has read it, and gateUp's gradient over
         // gateUp; with `backwardScratchInSharedBuffers` (unless the shapes forbid it), d normed and d attention
         // output live in the SwiGLU buffer after its gradient is consumed, d qkv in gate/up's after dW_gateUp
         // has read it.
         let dSwiglu = acts.swiglu, dGateUp = acts.gateUp, dNormed = scratch.scratchNormed
         rmsnormForward(acts.mlpNormed, acts.mlpRstd, acts.attentionResidual, gain: weights + block.mlpNorm, rows: rows)
-        if scratch.sizes.recomputeGateUp && layer != config.numHiddenLayers - 1 {
+        if acts.recomputesGateUp {
             project(acts.gateUp, acts.mlpNormed, weightAt: block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f,
                     reducedWeights: nil)
         }
@@ -467,11 +507,12 @@ public final class LlamaModel {
     private func activationsFor(batch: Int, length: Int, perBlock: Bool) -> Activations {
         // Buffers kept for backward serve an inference pass as well.
         if let acts = activations, acts.batch == batch, acts.length == length, acts.perBlock || !perBlock,
-           acts.threads >= Compute.threads, !acts.perBlock || acts.sizes.recomputeGateUp == recomputesGateUp {
+           acts.threads >= Compute.threads, !acts.perBlock || acts.sizes.gateUpRecomputedBlocks == gateUpRecomputedBlocks {
             return acts
         }
         activations = nil  // free the old buffers before allocating new ones
-        let acts = Activations(config: config, batch: batch, length: length, perBlock: perBlock, recomputeGateUp: recomputesGateUp)
+        let acts = Activations(config: config, batch: batch, length: length, perBlock: perBlock,
+                               gateUpRecomputedBlocks: gateUpRecomputedBlocks)
         activations = acts
         return acts
     }

@@ -90,7 +90,8 @@ extension LlamaConfig {
     public func checkTrainingActivations(batch: Int, context: Int, recomputingGateUp: Bool = false,
                                          availableBytes: Double = MachineMemory.physicalBytes) throws {
         let needed = Double(ActivationSizes(config: self, batch: batch, length: context, perBlock: true, threads: Compute.threads,
-                                            recomputeGateUp: recomputingGateUp).bytes)
+                                            gateUpRecomputedBlocks: LlamaModel.gateUpRecomputedBlocks(layers: numHiddenLayers,
+                                                                                                      all: recomputingGateUp)).bytes)
         guard needed >= MachineMemory.usableFraction * availableBytes else { return }
         // Counts by interpolation: String(format: "%d") takes 32 bits and printed a context of 2^40 as 0.
         throw SettingError(.batchSize, "is \(batch); a batch of \(batch) × \(context) tokens needs about \(MachineMemory.describe(needed)) "
