@@ -183,23 +183,60 @@ public final class LlamaModel {
     /// adds d finalHidden into `dFinalHidden` [B·T, C]; pass that to `backward(dLogits: nil, dFinalHidden:)`.
     public func headInChunks(dFinalHidden: UnsafeMutablePointer<Float>?,
                              _ body: (Range<Int>, UnsafePointer<Float>, UnsafeMutablePointer<Float>?) throws -> Void) rethrows {
+        try head(gradient: dFinalHidden.map { .addedInto($0) } ?? .none, body)
+    }
+
+    /// `headInChunks` with the head's backward, for a loss whose only path to the final hidden states is the
+    /// head: d finalHidden [B·T, C] is written over the final hidden states themselves, a chunk's rows once
+    /// the chunk is done with them, and returned for `backward(dLogits: nil, dFinalHidden:)`. A loss that
+    /// reads the final hidden states after the head (sentence embeddings) must use `headInChunks`.
+    /// No [B·T, C] buffer of its own: 2 MB of `bench --preset small`'s training peak.
+    public func headInChunksWithGradientOverFinalHidden(
+        _ body: (Range<Int>, UnsafePointer<Float>, UnsafeMutablePointer<Float>?) throws -> Void) rethrows -> UnsafePointer<Float> {
+        try head(gradient: .overFinalHidden, body)
+        guard let acts = activations else { preconditionFailure("headInChunks needs a forward pass") }
+        return UnsafePointer(acts.finalNormed)
+    }
+
+    /// Where the head's backward puts d finalHidden.
+    private enum HeadGradient {
+        case none
+        case addedInto(UnsafeMutablePointer<Float>)
+        case overFinalHidden
+    }
+
+    private func head(gradient: HeadGradient, _ body: (Range<Int>, UnsafePointer<Float>, UnsafeMutablePointer<Float>?) throws -> Void) rethrows {
         guard let acts = activations else { preconditionFailure("headInChunks needs a forward pass") }
         let c = config.hiddenSize, vocab = config.vocabSize, rows = acts.batch * acts.length
         let weights = parameters.baseAddress! + layout.lmHead
-        if dFinalHidden != nil && gradients == nil { zeroGradients() }
-        let (chunk, lent) = headChunkPlacement(withGradient: dFinalHidden != nil)
+        let backward: Bool
+        if case .none = gradient { backward = false } else { backward = true }
+        if backward && gradients == nil { zeroGradients() }
+        let (chunk, lent) = headChunkPlacement(withGradient: backward)
         // Both are written for every chunk: the logits by their product, the gradient zeroed for `body`.
         let logits = lent ? acts.headChunkSpace.pointer : headChunk.reserved(chunk * vocab)
-        let dLogits = dFinalHidden == nil ? nil
+        let dLogits = !backward ? nil
             : lent ? logits + ActivationSizes.padded(chunk * vocab) : headChunkGradient.reserved(chunk * vocab)
         for start in stride(from: 0, to: rows, by: chunk) {
             let n = min(chunk, rows - start), hidden = acts.finalNormed + start * c
             headLogits(rows: start..<(start + n), into: logits)
-            if let dLogits { dLogits.update(repeating: 0, count: n * vocab) }
+            guard let dLogits else {
+                try body(start..<(start + n), logits, nil)
+                continue
+            }
+            dLogits.update(repeating: 0, count: n * vocab)
             try body(start..<(start + n), logits, dLogits)
-            if let dLogits, let dFinalHidden {
-                linearBackward(dx: dFinalHidden + start * c, dWeight: gradients!.baseAddress! + layout.lmHead, dy: dLogits,
-                               x: hidden, weight: weights, rows: n, inFeatures: c, outFeatures: vocab)
+            // dW_head reads the chunk's hidden rows before d hidden may be written over them.
+            linearBackward(dx: nil, dWeight: gradients!.baseAddress! + layout.lmHead, dy: dLogits, x: hidden, weight: weights,
+                           rows: n, inFeatures: c, outFeatures: vocab)
+            switch gradient {
+            case .none: break
+            case .addedInto(let dFinalHidden):
+                linearBackward(dx: dFinalHidden + start * c, dWeight: nil, dy: dLogits, x: hidden, weight: weights,
+                               rows: n, inFeatures: c, outFeatures: vocab)
+            case .overFinalHidden:
+                linearBackward(dx: hidden, dWeight: nil, dy: dLogits, x: hidden, weight: weights,
+                               rows: n, inFeatures: c, outFeatures: vocab, overwritingDx: true)
             }
         }
     }

@@ -81,14 +81,12 @@ extension TermwiseObjective {
 public final class CrossEntropyObjective: TrainingObjective {
     public var extraTensors: [TrainableTensor] { [] }
     public var identity: [String: String] { ["objective": "cross-entropy"] }
-    private let dFinalHidden = ScratchBuffer()  // [B·T, C]
 
     public init() {}
 
     public func trainStep(model: LlamaModel, batch: Batch, gradientScale: Float) throws -> LossTerms {
-        let dFinal = dFinalHidden.zeroed(batch.batchSize * batch.contextLength * model.config.hiddenSize)
-        let loss = try crossEntropy(model: model, batch: batch, gradientScale: gradientScale, dFinalHidden: dFinal)
-        model.backward(dLogits: nil, dFinalHidden: dFinal)
+        let (loss, dFinalHidden) = try crossEntropy(model: model, batch: batch, gradientScale: gradientScale, backward: true)
+        model.backward(dLogits: nil, dFinalHidden: dFinalHidden)
         return [.loss: Double(loss), .ce: Double(loss)]
     }
 
@@ -99,25 +97,27 @@ public final class CrossEntropyObjective: TrainingObjective {
 
 /// Mean next-token cross-entropy (nats) of `model` on a batch, with no backward state kept.
 public func meanCrossEntropy(model: LlamaModel, batch: Batch) throws -> Float {
-    try crossEntropy(model: model, batch: batch, gradientScale: 0, dFinalHidden: nil)
+    try crossEntropy(model: model, batch: batch, gradientScale: 0, backward: false).loss
 }
 
 /// Forward pass and mean cross-entropy of a batch, the LM head a chunk of rows at a time so that the
-/// [B·T, V] logits are never held whole. With `dFinalHidden` [B·T, C] the pass keeps what backward
-/// needs, the head's backward runs, and d finalHidden is added there (for `backward(dLogits: nil,
-/// dFinalHidden:)`).
+/// [B·T, V] logits are never held whole. With `backward` the pass keeps what backward needs, the head's
+/// backward runs, and d finalHidden comes back (written over the final hidden states) for
+/// `backward(dLogits: nil, dFinalHidden:)`.
 private func crossEntropy(model: LlamaModel, batch: Batch, gradientScale: Float,
-                          dFinalHidden: UnsafeMutablePointer<Float>?) throws -> Float {
-    model.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength,
-                        keepForBackward: dFinalHidden != nil)
+                          backward: Bool) throws -> (loss: Float, dFinalHidden: UnsafePointer<Float>?) {
+    model.forwardHidden(tokens: batch.inputs, batch: batch.batchSize, length: batch.contextLength, keepForBackward: backward)
     var loss: Float = 0
-    try batch.targets.withUnsafeBufferPointer { targets in
+    let dFinalHidden = try batch.targets.withUnsafeBufferPointer { targets -> UnsafePointer<Float>? in
         let share = try BatchShare(targets: targets, vocab: model.config.vocabSize)
-        try model.headInChunks(dFinalHidden: dFinalHidden) { chunk, logits, dLogits in
-            loss += try crossEntropyForwardBackward(dLogits: dLogits, logits: logits, targets: targets.baseAddress! + chunk.lowerBound,
-                                                    rows: chunk.count, vocab: model.config.vocabSize,
+        func chunk(_ rows: Range<Int>, _ logits: UnsafePointer<Float>, _ dLogits: UnsafeMutablePointer<Float>?) throws {
+            loss += try crossEntropyForwardBackward(dLogits: dLogits, logits: logits, targets: targets.baseAddress! + rows.lowerBound,
+                                                    rows: rows.count, vocab: model.config.vocabSize,
                                                     gradientScale: gradientScale, meanOver: share)
         }
+        if backward { return try model.headInChunksWithGradientOverFinalHidden(chunk) }
+        try model.headInChunks(dFinalHidden: nil, chunk)
+        return nil
     }
-    return loss
+    return (loss, dFinalHidden)
 }
