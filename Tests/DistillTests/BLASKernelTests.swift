@@ -22,6 +22,10 @@ final class BLASKernelTests: XCTestCase {
         for key in ["inferenceTokensPerSecond", "generationOneThreadTokensPerSecond", "peakResidentMBByWorkload"] {
             XCTAssertNotNil(figures[key], key)
         }
+        // The sgemm rate is measured after the workloads, its memory apart from theirs.
+        let peaks = try XCTUnwrap(figures["peakResidentMBByWorkload"] as? [String: Double])
+        XCTAssertGreaterThan(peaks["sgemm probe"] ?? 0, 0)
+        XCTAssertGreaterThan(figures["sgemmGFLOPS"] as? Double ?? 0, 0)
         let reducedGeneration = try XCTUnwrap(figures["generationTokensPerSecondByReducedWeights"] as? [String: Double])
         XCTAssertEqual(Set(reducedGeneration.keys), ["bf16", "f16", "q8_0", "bf16 1 thread", "f16 1 thread", "q8_0 1 thread"])
         XCTAssertTrue(reducedGeneration.values.allSatisfy { $0 > 0 }, "\(reducedGeneration)")

@@ -45,9 +45,10 @@ public struct BenchmarkReport: Codable, Sendable {
     public var parameters: Int
     public var studentParameters: Int?
     public var peakResidentMB: Double
-    /// Peak resident memory while each workload ran (`training`, `distillation` and `on-policy` (timed together),
-    /// `inference`, `generation`,
-    /// `generation bf16`, `generation f16`, `generation q8_0`).
+    /// Peak resident memory while each workload ran (`training`, `training, recomputing`, `distillation` and
+    /// `on-policy` (timed together), `cross-tokenizer`, `inference`, `generation`, `generation batch N`,
+    /// `generation bf16`, `generation f16`, `generation q8_0`), and while the sgemm rate was measured, after
+    /// them (`sgemm probe`).
     public var peakResidentMBByWorkload: [String: Double]
     /// Per workload (as `peakResidentMBByWorkload`), the share of its parallel steps that one thread ran
     /// alone because the others came late (another process busy on their cores; `Sources/CKernels/team.c`).
@@ -340,9 +341,6 @@ extension Benchmark {
                            repeats: Int, say: (String) -> Void) throws -> BenchmarkReport {
         say("preset \(preset): vocab \(teacher.vocabSize), context \(context), batch \(batch), threads \(Compute.threads), "
             + KernelPath.description)
-        let gflops = sgemmRate()
-        say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512): %.1f GFLOP/s", gflops))
-        let setupPeak = peakResidentMB()  // the sgemm probe's matrices
         var peaks: [String: Double] = [:], alone: [String: Double] = [:]
         // Each workload's own peak: the counter is reset before it starts. And the share of its parallel
         // steps that the caller ran alone (the team's helpers late: another process on their cores).
@@ -357,8 +355,8 @@ extension Benchmark {
         }
         let train = try measured("training") { try trainingSpeed(config: teacher, batch: batch, context: context, repeats: repeats) }
         let modelRate = train * trainingFLOPsPerToken(teacher, context: context) / 1e9
-        say(String(format: "training (%@, %d params): %.0f tokens/s, %.1f GFLOP/s, utilisation %.0f%%, peak %.0f MB", preset,
-                   ParameterLayout(config: teacher).count, train, modelRate, 100 * modelRate / gflops, peaks["training"] ?? 0))
+        say(String(format: "training (%@, %d params): %.0f tokens/s, %.1f GFLOP/s, peak %.0f MB", preset,
+                   ParameterLayout(config: teacher).count, train, modelRate, peaks["training"] ?? 0))
         let recomputing = try measured("training, recomputing") {
             try trainingSpeed(config: teacher, batch: batch, context: context, repeats: repeats, recomputingGateUp: true)
         }
@@ -390,8 +388,8 @@ extension Benchmark {
         let inference = try measured("inference") { try inferenceSpeed(config: teacher, batch: batch, context: context, repeats: repeats) }
         // A forward pass is a third of a training step's FLOPs.
         let inferenceRate = inference * trainingFLOPsPerToken(teacher, context: context) / 3 / 1e9
-        say(String(format: "teacher inference (forward, nothing kept for backward): %.0f tokens/s, %.1f GFLOP/s, utilisation %.0f%%, peak %.0f MB",
-                   inference, inferenceRate, 100 * inferenceRate / gflops, peaks["inference"] ?? 0))
+        say(String(format: "teacher inference (forward, nothing kept for backward): %.0f tokens/s, %.1f GFLOP/s, peak %.0f MB",
+                   inference, inferenceRate, peaks["inference"] ?? 0))
         let generation = try measured("generation") { try generationSpeed(config: teacher, repeats: repeats) }
         let generationOneThread = try Compute.withThreads(1) { try generationSpeed(config: teacher, repeats: repeats) }
         say(String(format: "greedy generation (batch 1, KV cache, 8-token prompt, 120 new): %.0f tokens/s; on 1 thread %.0f tokens/s; peak %.0f MB",
@@ -416,8 +414,14 @@ extension Benchmark {
             say(String(format: "  with %@ weights: %.0f tokens/s; on 1 thread %.0f tokens/s", name,
                        reducedGeneration[name] ?? 0, reducedGeneration[name + " 1 thread"] ?? 0))
         }
-        let peak = max(setupPeak, peaks.values.max() ?? 0)
-        say(String(format: "peak resident memory: %.0f MB (%.0f MB by the sgemm probe)", peak, setupPeak))
+        // The sgemm rate last: its OpenBLAS-threaded runs start OpenBLAS's own threads, whose packing buffers
+        // stay resident and would count in every later workload's memory (4 MB of training's at `small`),
+        // while the workloads run OpenBLAS on one thread under our own.
+        let gflops = measured("sgemm probe") { sgemmRate() }
+        say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512, measured after the workloads): %.1f GFLOP/s; "
+                   + "utilisation: training %.0f%%, teacher inference %.0f%%", gflops, 100 * modelRate / gflops, 100 * inferenceRate / gflops))
+        let peak = peaks.values.max() ?? 0
+        say(String(format: "peak resident memory: %.0f MB (%.0f MB by the sgemm probe)", peak, peaks["sgemm probe"] ?? 0))
         if Compute.threads > 1 {
             say("parallel steps run by one thread alone (helpers late: another process busy on their cores): "
                 + ["training", "distillation", "inference", "generation"].map { String(format: "%@ %.0f%%", $0, 100 * (alone[$0] ?? 0)) }
