@@ -79,8 +79,9 @@ public final class LlamaModel {
     public var recomputesGateUp = false
 
     /// Blocks, from the first, that recompute gate/up in backward when `recomputesGateUp` is off: one,
-    /// about 11 MB of `bench --preset small`'s training peak for no time measured (`train --preset small`
-    /// 0.99× the time of keeping it, 6 alternated runs; two blocks took 1.04×).
+    /// 11 MB of `bench --preset small`'s training peak for one product (about 1.5% of a step's FLOPs; in
+    /// alternated runs `train --preset small` took 0.99× the time of keeping it, within the noise, and two
+    /// blocks 1.04×).
     public static let defaultGateUpRecomputedBlocks = 1
     /// The count above for this model (clamped to 0...L−1; 0 keeps every block's gate/up).
     public var firstBlocksRecomputingGateUp = LlamaModel.defaultGateUpRecomputedBlocks
