@@ -166,6 +166,18 @@ final class BadInputSweepTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("recompute activations"), "\($0)")
         }
         XCTAssertNoThrow(try config.checkTrainingActivations(batch: 8, context: 256, recomputingGateUp: true, availableBytes: available))
+        // It counts the model's own count of blocks that recompute by default, too.
+        let byDefault = model.activationBytes(batch: 8, length: 256)  // still recomputing every block but the last
+        model.recomputesGateUp = false
+        let defaultBytes = model.activationBytes(batch: 8, length: 256)
+        model.firstBlocksRecomputingGateUp = 0
+        let keptAll = model.activationBytes(batch: 8, length: 256)
+        XCTAssertLessThan(byDefault, defaultBytes)
+        XCTAssertLessThan(defaultBytes, keptAll)
+        let between = (defaultBytes + keptAll) / 2 / MachineMemory.usableFraction
+        XCTAssertNoThrow(try config.checkTrainingActivations(batch: 8, context: 256, availableBytes: between))
+        XCTAssertThrowsError(try config.checkTrainingActivations(batch: 8, context: 256, firstBlocksRecomputingGateUp: 0,
+                                                                 availableBytes: between))
     }
 
     /// Finding 26: a config.json with a NaN literal was "not a JSON object of config fields".

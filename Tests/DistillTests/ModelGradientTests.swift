@@ -282,18 +282,39 @@ final class ModelGradientTests: XCTestCase {
         }
         whole.backward(dLogits: dLogits)
 
+        // Cross-entropy training writes d finalHidden over the final hidden states; the other objectives'
+        // path adds it into a buffer of theirs; evaluation runs the head without a gradient.
         let chunked = try Self.model(config)
         chunked.zeroGradients()
         let terms = try CrossEntropyObjective().trainStep(model: chunked, batch: data, gradientScale: 0.5)
         XCTAssertEqual(chunked.headChunkPlacement(withGradient: true).lent, lent, "vocabulary \(config.vocabSize)")
         XCTAssertEqual(terms[.loss]!, Double(wholeLoss), accuracy: 1e-6 * Double(wholeLoss))
-        var largest: Float = 0, size: Float = 0
-        for i in 0..<whole.parameterCount {
-            largest = max(largest, abs(whole.gradients![i] - chunked.gradients![i]))
-            size = max(size, abs(whole.gradients![i]))
+        let added = try Self.model(config)
+        added.zeroGradients()
+        added.forwardHidden(tokens: inputs, batch: batch, length: length)
+        var dFinalHidden = [Float](repeating: 0, count: rows * config.hiddenSize)
+        try targets.withUnsafeBufferPointer { targets in
+            let share = try BatchShare(targets: targets, vocab: config.vocabSize)
+            try dFinalHidden.withUnsafeMutableBufferPointer { dFinal in
+                try added.headInChunks(dFinalHidden: dFinal.baseAddress!) { chunk, logits, dLogits in
+                    _ = try crossEntropyForwardBackward(dLogits: dLogits, logits: logits, targets: targets.baseAddress! + chunk.lowerBound,
+                                                        rows: chunk.count, vocab: config.vocabSize, gradientScale: 0.5, meanOver: share)
+                }
+            }
         }
-        XCTAssertGreaterThan(size, 0)
-        XCTAssertLessThan(largest, 1e-5 * size, "largest gradient difference \(largest) of \(size)")
+        added.backward(dLogits: nil, dFinalHidden: dFinalHidden)
+        let evaluated = try CrossEntropyObjective().evaluate(model: added, batch: data)
+        XCTAssertEqual(added.headChunkPlacement(withGradient: false).lent, lent, "vocabulary \(config.vocabSize)")
+        XCTAssertEqual(evaluated[.ce]!, Double(wholeLoss), accuracy: 1e-6 * Double(wholeLoss))
+        for model in [chunked, added] {
+            var largest: Float = 0, size: Float = 0
+            for i in 0..<whole.parameterCount {
+                largest = max(largest, abs(whole.gradients![i] - model.gradients![i]))
+                size = max(size, abs(whole.gradients![i]))
+            }
+            XCTAssertGreaterThan(size, 0)
+            XCTAssertLessThan(largest, 1e-5 * size, "largest gradient difference \(largest) of \(size)")
+        }
 
         // A target outside the vocabulary in the second chunk is named by its row in the batch.
         var bad = targets

@@ -415,7 +415,7 @@ extension Benchmark {
                        reducedGeneration[name] ?? 0, reducedGeneration[name + " 1 thread"] ?? 0))
         }
         // The sgemm rate last: its OpenBLAS-threaded runs start OpenBLAS's own threads, whose packing buffers
-        // stay resident and would count in every later workload's memory (4 MB of training's at `small`),
+        // stay resident and would count in every later workload's memory (5–6 MB of training's at `small`),
         // while the workloads run OpenBLAS on one thread under our own.
         let gflops = measured("sgemm probe") { sgemmRate() }
         say(String(format: "sgemm (best of 1024³, 2048²×256, 4096×1024×512, measured after the workloads): %.1f GFLOP/s; "

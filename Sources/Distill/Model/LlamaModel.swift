@@ -195,8 +195,7 @@ public final class LlamaModel {
     public func headInChunksWithGradientOverFinalHidden(
         _ body: (Range<Int>, UnsafePointer<Float>, UnsafeMutablePointer<Float>?) throws -> Void) rethrows -> UnsafePointer<Float> {
         try head(gradient: .overFinalHidden, body)
-        guard let acts = activations else { preconditionFailure("headInChunks needs a forward pass") }
-        return UnsafePointer(acts.finalNormed)
+        return UnsafePointer(activations!.finalNormed)  // `head` has checked that there was a forward pass
     }
 
     /// Where the head's backward puts d finalHidden.
@@ -204,14 +203,15 @@ public final class LlamaModel {
         case none
         case addedInto(UnsafeMutablePointer<Float>)
         case overFinalHidden
+
+        var runsBackward: Bool { if case .none = self { false } else { true } }
     }
 
     private func head(gradient: HeadGradient, _ body: (Range<Int>, UnsafePointer<Float>, UnsafeMutablePointer<Float>?) throws -> Void) rethrows {
         guard let acts = activations else { preconditionFailure("headInChunks needs a forward pass") }
         let c = config.hiddenSize, vocab = config.vocabSize, rows = acts.batch * acts.length
         let weights = parameters.baseAddress! + layout.lmHead
-        let backward: Bool
-        if case .none = gradient { backward = false } else { backward = true }
+        let backward = gradient.runsBackward
         if backward && gradients == nil { zeroGradients() }
         let (chunk, lent) = headChunkPlacement(withGradient: backward)
         // Both are written for every chunk: the logits by their product, the gradient zeroed for `body`.

@@ -86,12 +86,14 @@ extension LlamaConfig {
     /// (what a forward pass keeps for backward, from the same size table the buffers are allocated from)
     /// need more than `MachineMemory.usableFraction` of `availableBytes`: a context or batch far beyond
     /// the machine fails in a sentence before any work, not in the allocator. `recomputingGateUp`: the
-    /// smaller buffers of `LlamaModel.recomputesGateUp`.
+    /// smaller buffers of `LlamaModel.recomputesGateUp`; `firstBlocksRecomputingGateUp`: the model's
+    /// `LlamaModel.firstBlocksRecomputingGateUp`.
     public func checkTrainingActivations(batch: Int, context: Int, recomputingGateUp: Bool = false,
+                                         firstBlocksRecomputingGateUp: Int = LlamaModel.defaultGateUpRecomputedBlocks,
                                          availableBytes: Double = MachineMemory.physicalBytes) throws {
+        let blocks = LlamaModel.gateUpRecomputedBlocks(layers: numHiddenLayers, all: recomputingGateUp, first: firstBlocksRecomputingGateUp)
         let needed = Double(ActivationSizes(config: self, batch: batch, length: context, perBlock: true, threads: Compute.threads,
-                                            gateUpRecomputedBlocks: LlamaModel.gateUpRecomputedBlocks(layers: numHiddenLayers,
-                                                                                                      all: recomputingGateUp)).bytes)
+                                            gateUpRecomputedBlocks: blocks).bytes)
         guard needed >= MachineMemory.usableFraction * availableBytes else { return }
         // Counts by interpolation: String(format: "%d") takes 32 bits and printed a context of 2^40 as 0.
         throw SettingError(.batchSize, "is \(batch); a batch of \(batch) × \(context) tokens needs about \(MachineMemory.describe(needed)) "

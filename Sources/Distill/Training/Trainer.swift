@@ -43,7 +43,8 @@ public final class Trainer {
             throw SettingError(.context, "is \(parameters.context), longer than the model's max_position_embeddings \(model.config.maxPositionEmbeddings)")
         }
         try model.config.checkTrainingActivations(batch: parameters.batchSize, context: parameters.context,
-                                                  recomputingGateUp: model.recomputesGateUp)
+                                                  recomputingGateUp: model.recomputesGateUp,
+                                                  firstBlocksRecomputingGateUp: model.firstBlocksRecomputingGateUp)
         self.model = model
         self.objective = objective
         self.parameters = parameters
