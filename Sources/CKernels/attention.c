@@ -219,7 +219,7 @@ attention_forward_body(float *out, size_t out_stride, float *stats, const float 
 static inline __attribute__((always_inline)) void
 attention_backward_body(float *dq, float *dk, float *dv, float *out, const float *d_out, size_t out_stride,
                         const float *stats, const float *q, const float *k, const float *v, size_t stride, size_t length,
-                        size_t d, float scale, float *scratch, const struct tiles tile) {
+                        size_t d, float scale, int add_to_dq, int add_to_dkv, float *scratch, const struct tiles tile) {
     const size_t tp = padded_length(length);
     float *keys_t = scratch, *values_t = keys_t + d * tp, *p = values_t + d * tp, *ds = p + BLOCK_ROWS * tp;
     transpose_rows(keys_t, k, stride, length, d, tp);
@@ -252,9 +252,20 @@ attention_backward_body(float *dq, float *dk, float *dv, float *out, const float
         if (out) rows_times_rows(out + r0 * out_stride, out_stride, p, tp, 1, rows, v, stride, r1, d, 0, tile.value_width);
         // dQ += dS K over the positions the block sees; dK += dSᵀ Q and dV += Pᵀ dO over the block's rows,
         // read as the transposes of the block's dS and P (rows of 4 positions, summed over query rows).
-        rows_times_rows(dq + r0 * stride, stride, ds, tp, 1, rows, k, stride, r1, d, 1, tile.value_width);
-        rows_times_rows(dk, stride, ds, 1, tp, r1, q + r0 * stride, stride, rows, d, 1, tile.value_width);
-        rows_times_rows(dv, stride, p, 1, tp, r1, d_out + r0 * out_stride, out_stride, rows, d, 1, tile.value_width);
+        // Without `add_to_dq` the block's dQ rows are written, not added (the same bits as adding to zero);
+        // without `add_to_dkv` the same for dK and dV at positions [r0, r1), which no earlier block reached.
+        // (Each branch passes its constant: a flag read in the tiles' stores cost 5% of the backward.)
+        if (add_to_dq) rows_times_rows(dq + r0 * stride, stride, ds, tp, 1, rows, k, stride, r1, d, 1, tile.value_width);
+        else rows_times_rows(dq + r0 * stride, stride, ds, tp, 1, rows, k, stride, r1, d, 0, tile.value_width);
+        const size_t reached = add_to_dkv ? r1 : r0; // positions added to; the rest written
+        rows_times_rows(dk, stride, ds, 1, tp, reached, q + r0 * stride, stride, rows, d, 1, tile.value_width);
+        rows_times_rows(dv, stride, p, 1, tp, reached, d_out + r0 * out_stride, out_stride, rows, d, 1, tile.value_width);
+        if (!add_to_dkv) {
+            rows_times_rows(dk + r0 * stride, stride, ds + r0, 1, tp, rows, q + r0 * stride, stride, rows, d, 0,
+                            tile.value_width);
+            rows_times_rows(dv + r0 * stride, stride, p + r0, 1, tp, rows, d_out + r0 * out_stride, out_stride, rows, d, 0,
+                            tile.value_width);
+        }
     }
 }
 
@@ -266,8 +277,9 @@ static const struct tiles tiles_avx512 = {64, 32}, tiles_avx2 = {16, 16}, tiles_
 #define CK_ATTENTION_FORWARD_ARGS out, out_stride, stats, q, k, v, stride, length, d, scale, scratch
 #define CK_ATTENTION_BACKWARD_PARAMS                                                                                   \
     (float *dq, float *dk, float *dv, float *out, const float *d_out, size_t out_stride, const float *stats,            \
-     const float *q, const float *k, const float *v, size_t stride, size_t length, size_t d, float scale, float *scratch)
-#define CK_ATTENTION_BACKWARD_ARGS dq, dk, dv, out, d_out, out_stride, stats, q, k, v, stride, length, d, scale, scratch
+     const float *q, const float *k, const float *v, size_t stride, size_t length, size_t d, float scale, int add_to_dq, \
+     int add_to_dkv, float *scratch)
+#define CK_ATTENTION_BACKWARD_ARGS dq, dk, dv, out, d_out, out_stride, stats, q, k, v, stride, length, d, scale, add_to_dq, add_to_dkv, scratch
 
 static CK_TARGET_AVX512 void forward_avx512 CK_ATTENTION_FORWARD_PARAMS {
     attention_forward_body(CK_ATTENTION_FORWARD_ARGS, tiles_avx512);

@@ -97,8 +97,32 @@ final class AttentionKernelTests: XCTestCase {
                 gradient.withUnsafeMutableBufferPointer { g in
                     let base = rows.baseAddress!, gBase = g.baseAddress!
                     ck_attention_backward(gBase, gBase + d, gBase + 2 * d, &recomputed, dOut, outStride, stats, base, base + d,
-                                          base + 2 * d, stride, length, d, scale, &scratch)
+                                          base + 2 * d, stride, length, d, scale, 1, 1, &scratch)
                 }
+            }
+            // Without adding, every gradient of the heads written is written (none may stay NaN), the same
+            // values as added to zero; the other heads' are added to, and the padding stays as it was.
+            func backward(addingToQueries: Int32, addingToKeysAndValues: Int32, holding value: Float) -> [Float] {
+                var gradient = start
+                for t in 0..<length {
+                    for column in 0..<(3 * d) where (column < d ? addingToQueries : addingToKeysAndValues) == 0 {
+                        gradient[t * stride + column] = value
+                    }
+                }
+                qkv.withUnsafeBufferPointer { rows in
+                    gradient.withUnsafeMutableBufferPointer { g in
+                        let base = rows.baseAddress!, gBase = g.baseAddress!
+                        ck_attention_backward(gBase, gBase + d, gBase + 2 * d, nil, dOut, outStride, stats, base, base + d,
+                                              base + 2 * d, stride, length, d, scale, addingToQueries, addingToKeysAndValues,
+                                              &scratch)
+                    }
+                }
+                return gradient
+            }
+            for (toQueries, toKeysAndValues) in [(Int32(0), Int32(0)), (0, 1), (1, 0)] {
+                XCTAssertEqual(backward(addingToQueries: toQueries, addingToKeysAndValues: toKeysAndValues, holding: .nan),
+                               backward(addingToQueries: toQueries, addingToKeysAndValues: toKeysAndValues, holding: 0),
+                               "written against added to zero, T \(length) d \(d), adding \(toQueries) \(toKeysAndValues)")
             }
             // The output written again by backward is bitwise the forward's (NaN past each head as well).
             XCTAssertEqual(recomputed.map(\.bitPattern), output.map(\.bitPattern), "recomputed output, T \(length) d \(d)")

@@ -28,12 +28,13 @@ void ck_attention_forward(float *out, size_t out_stride, float *stats, const flo
                           size_t stride, size_t length, size_t d, float scale, float *scratch);
 
 /// Backward of ck_attention_forward: adds to dq, dk and dv (rows `stride` apart) the gradients from d_out
-/// (rows `out_stride` apart), recomputing the probabilities from q, k and stats. Unless `out` is NULL it
-/// also writes the forward's output there again (rows `out_stride` apart), bitwise what the forward wrote,
-/// so that the output need not be kept.
+/// (rows `out_stride` apart), recomputing the probabilities from q, k and stats; writes them instead (the
+/// bits of adding to zero) to dq when `add_to_dq` is 0 and to dk and dv when `add_to_dkv` is 0. Unless
+/// `out` is NULL it also writes the forward's output there again (rows `out_stride` apart), bitwise what
+/// the forward wrote, so that the output need not be kept.
 void ck_attention_backward(float *dq, float *dk, float *dv, float *out, const float *d_out, size_t out_stride,
                            const float *stats, const float *q, const float *k, const float *v, size_t stride,
-                           size_t length, size_t d, float scale, float *scratch);
+                           size_t length, size_t d, float scale, int add_to_dq, int add_to_dkv, float *scratch);
 
 /// Floats of scratch one call of ck_attention_forward or ck_attention_backward needs.
 size_t ck_attention_scratch_floats(size_t length, size_t d);

@@ -45,9 +45,9 @@ func attentionForward(out: UnsafeMutablePointer<Float>, rowStats: UnsafeMutableP
     }
 }
 
-/// Accumulates dqkv [B·T, C + 2·KVd] (gradient w.r.t. the rotated q and k, and v) from dOut [B·T, C],
-/// recomputing the probabilities from qkv and rowStats [B, H, T, 2]; with `recomputedOut` [B·T, C] it also
-/// writes the forward's output there again, bitwise.
+/// Writes dqkv [B·T, C + 2·KVd] (gradient w.r.t. the rotated q and k, and v; every element, so it need not
+/// be zeroed) from dOut [B·T, C], recomputing the probabilities from qkv and rowStats [B, H, T, 2]; with
+/// `recomputedOut` [B·T, C] it also writes the forward's output there again, bitwise.
 /// scratch: [threads, attentionScratchPerThread]. Work is split by (batch, key/value head) so that heads
 /// sharing keys never write the same rows at once.
 func attentionBackward(dqkv: UnsafeMutablePointer<Float>, recomputedOut: UnsafeMutablePointer<Float>? = nil,
@@ -62,9 +62,12 @@ func attentionBackward(dqkv: UnsafeMutablePointer<Float>, recomputedOut: UnsafeM
             let b = job / kvHeads, g = job % kvHeads
             let rows = qkv + b * t * stride, dRows = dqkv + b * t * stride
             for h in (g * group)..<((g + 1) * group) {
+                // Each head writes its queries' gradient; the group's first head writes its keys' and values',
+                // the others add to them.
                 ck_attention_backward(dRows + h * d, dRows + c + g * d, dRows + c + kvWidth + g * d,
                                       recomputedOut.map { $0 + b * t * c + h * d }, dOut + b * t * c + h * d, c, rowStats + (b * heads + h) * t * 2,
-                                      rows + h * d, rows + c + g * d, rows + c + kvWidth + g * d, stride, t, d, scale, p)
+                                      rows + h * d, rows + c + g * d, rows + c + kvWidth + g * d, stride, t, d, scale,
+                                      0, h == g * group ? 0 : 1, p)
             }
         }
     }

@@ -523,7 +523,6 @@ public final class LlamaModel {
         linearBackward(dx: dAttention, dWeight: recomputedOut == nil ? grads + block.output : nil, dy: dResidual,
                        x: acts.attentionOut, weight: weights + block.output, rows: rows, inFeatures: c, outFeatures: c,
                        overwritingDx: true)
-        dQKV.update(repeating: 0, count: rows * qkvWidth)
         attentionBackward(dqkv: dQKV, recomputedOut: recomputedOut, dOut: dAttention, rowStats: acts.attentionRowStats,
                           qkv: acts.qkv, scratch: scratch.attentionScratch, batch: scratch.batch, length: scratch.length,
                           heads: config.numAttentionHeads, kvHeads: config.numKeyValueHeads, headDim: config.headDim)
