@@ -181,6 +181,16 @@ func forEachRowRange(_ rows: Int, minimumRows: Int = 16, _ body: (Range<Int>) ->
     Compute.parallel(parts) { part in body((rows * part / parts)..<(rows * (part + 1) / parts)) }
 }
 
+/// Sets `count` floats from `buffer` to zero, split over the cores: a step's gradients are megabytes,
+/// and one core's memset kept the other waiting.
+func zeroInParallel(_ buffer: UnsafeMutablePointer<Float>, count: Int) {
+    let parts = max(1, min(Compute.threads, count / (1 << 16)))
+    Compute.parallel(parts) { part in
+        let start = count * part / parts
+        (buffer + start).update(repeating: 0, count: count * (part + 1) / parts - start)
+    }
+}
+
 /// Thread settings shared by the kernels.
 public enum Compute {
     /// Threads used by our own loops, the products' split included (defaults to the number of cores).

@@ -111,7 +111,7 @@ public final class LlamaModel {
     /// Sets every gradient to zero (allocating them the first time).
     public func zeroGradients() {
         if gradients == nil { gradients = .allocate(capacity: layout.count) }
-        gradients!.update(repeating: 0)
+        zeroInParallel(gradients!.baseAddress!, count: layout.count)
     }
 
     // MARK: forward
@@ -457,14 +457,14 @@ public final class LlamaModel {
 
         // d finalNormed = dLogits · W_head (+ dFinalHidden)
         let dNormed = acts.scratchNormed
-        dNormed.update(repeating: 0, count: rows * c)
+        zeroInParallel(dNormed, count: rows * c)
         if let dLogits {
             linearBackward(dx: dNormed, dWeight: grads + layout.lmHead, dy: dLogits, x: acts.finalNormed,
                            weight: weights + layout.lmHead, rows: rows, inFeatures: c, outFeatures: vocab)
         }
         if let dFinalHidden { ck_add_inplace(dNormed, dFinalHidden, rows * c) }
         let dResidual = acts.dResidual
-        dResidual.update(repeating: 0, count: rows * c)
+        zeroInParallel(dResidual, count: rows * c)
         ck_rmsnorm_backward(dResidual, grads + layout.finalNorm, dNormed, acts.residual[layers],
                             weights + layout.finalNorm, acts.finalRstd, rows, c)
         for layer in stride(from: layers - 1, through: 0, by: -1) {

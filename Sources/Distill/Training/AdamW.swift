@@ -71,12 +71,16 @@ extension Double {
 /// Scales all gradients so that their global L2 norm is at most `maxNorm`; returns the norm before.
 @discardableResult
 public func clipGradientNorm(_ segments: [TrainableSegment], maxNorm: Float) -> Float {
-    var squares = 0.0
-    for segment in segments { squares += ck_sum_squares(segment.gradients, segment.count) }
-    let norm = Float(squares.squareRoot())
+    // Each segment's sum on whichever core claims it, the sums added in segment order: the same bits on
+    // any number of threads.
+    var sums = [Double](repeating: 0, count: segments.count)
+    sums.withUnsafeMutableBufferPointer { sums in
+        Compute.parallel(segments.count) { i in sums[i] = ck_sum_squares(segments[i].gradients, segments[i].count) }
+    }
+    let norm = Float(sums.reduce(0, +).squareRoot())
     if maxNorm > 0 && norm > maxNorm {
         let scale = maxNorm / (norm + 1e-6)
-        for segment in segments { ck_scale_inplace(segment.gradients, scale, segment.count) }
+        Compute.parallel(segments.count) { i in ck_scale_inplace(segments[i].gradients, scale, segments[i].count) }
     }
     return norm
 }
