@@ -174,14 +174,15 @@ public final class LlamaModel {
     }
 
     /// Rows per chunk of `headInChunks`: a chunk of about [256, V] logits and one of their gradient stay
-    /// in cache, and the products are still large enough for OpenBLAS's kernels. The multiple of twice
-    /// OpenBLAS's row group nearest 256 (256 under its AVX-512 kernels, 240 under Haswell and Zen): a
-    /// product split in two halves at the group's multiples (`alignedPart`), and 256 rows under groups of
-    /// 24 went 120 and 136, so that one core waited for the other at every chunk (7–10% of the head's
-    /// time at `tiny`). Not tied to the thread count, so that the bits are not either.
+    /// in cache, and the products are still large enough for OpenBLAS's kernels. The first multiple of
+    /// twice OpenBLAS's row group from 256 (256 under its AVX-512 kernels, 288 under Haswell and Zen): a
+    /// product splits in two at the group's multiples (`alignedPart`), and 256 rows under groups of 24
+    /// went 120 and 136, so that one core waited for the other at every chunk (7–10% of the head's time
+    /// at `tiny`). Not fewer rows: each chunk's products pack all of W_head again. Not tied to the
+    /// thread count, so that the bits are not either.
     public static let headChunkRows: Int = {
         let pair = 2 * openBLASRowGroup
-        return max(1, (256 + pair / 2) / pair) * pair
+        return (256 + pair - 1) / pair * pair
     }()
 
     /// The LM head over the final hidden states of the last `forwardHidden` (or `forward`), a chunk of
