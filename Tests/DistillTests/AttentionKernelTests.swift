@@ -7,8 +7,9 @@ import XCTest
 /// body this CPU runs (`tools/test` runs it again with the AVX2 and plain C bodies), against a
 /// double-precision causal softmax and its gradients: sequence lengths around the 16-row blocks and the
 /// 64-column score chunks, head widths that are and are not multiples of the vector tiles, rows wider
-/// than a head (the fused qkv layout), and gradients added to what dq, dk and dv already hold. Backward's
-/// second writing of the output (so that training need not keep it) is bitwise the forward's.
+/// than a head (the fused qkv layout), and gradients added to what dq, dk and dv already hold or written
+/// there (the model's way: no zeroing first). Backward's second writing of the output (so that training
+/// need not keep it) is bitwise the forward's.
 final class AttentionKernelTests: XCTestCase {
     func testForwardAndBackwardMatchTheDoubleReference() {
         var random = SeededRandom(seed: 31)
@@ -100,8 +101,8 @@ final class AttentionKernelTests: XCTestCase {
                                           base + 2 * d, stride, length, d, scale, 1, 1, &scratch)
                 }
             }
-            // Without adding, every gradient of the heads written is written (none may stay NaN), the same
-            // values as added to zero; the other heads' are added to, and the padding stays as it was.
+            // Where a flag says write, every gradient of those heads is written (none may stay NaN), with the
+            // values of adding to zero; where it says add, the start is added to; the padding stays as it was.
             func backward(addingToQueries: Int32, addingToKeysAndValues: Int32, holding value: Float) -> [Float] {
                 var gradient = start
                 for t in 0..<length {
