@@ -266,7 +266,7 @@ final class ModelGradientTests: XCTestCase {
     }
 
     private func checkChunkedHead(_ config: LlamaConfig, lent: Bool) throws {
-        let batch = 3, length = 200, rows = batch * length  // 600 rows: chunks of 256, 256, 88
+        let batch = 3, length = 200, rows = batch * length  // 600 rows: chunks of 256, 256, 88 (288, 288, 24 under 24-row groups)
         var random = SeededRandom(seed: 11)
         let inputs = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
         let targets = (0..<rows).map { row in row % 7 == 3 ? -1 : Int32(random.next() % UInt64(config.vocabSize)) }
