@@ -2,7 +2,7 @@ import Foundation
 import Distill
 
 /// A small corpus with structure a model can learn (a toy grammar), its tokenizer and token file,
-/// made once per test process in a temporary directory.
+/// made once per test process in a temporary directory (removed when the test bundle finishes).
 enum TestCorpus {
     struct Files {
         let directory: URL
@@ -31,8 +31,7 @@ enum TestCorpus {
     }
 
     private static func make() throws -> Files {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("distill-tests-\(getpid())")
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let directory = try ScratchFolders.make("distill-tests-\(getpid())")
         let text = directory.appendingPathComponent("corpus.txt")
         try grammarText(lines: 3000, seed: 42).write(to: text, atomically: true, encoding: .utf8)
         let tokenizer = directory.appendingPathComponent("corpus.model").path

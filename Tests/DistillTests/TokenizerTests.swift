@@ -4,11 +4,9 @@ import XCTest
 
 /// Tiny corpora and tokenizers made once per test run and shared by the tokenizer and data tests.
 enum TestText {
-    /// A scratch folder removed at process exit is not needed: the system cleans its temp folder.
+    /// A scratch folder, removed when the test bundle finishes.
     static func makeFolder() throws -> URL {
-        let url = FileManager.default.temporaryDirectory.appendingPathComponent("distill-tests-\(UUID().uuidString)")
-        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
-        return url
+        try ScratchFolders.make("distill-tests-\(UUID().uuidString)")
     }
 
     static func write(_ text: String, to url: URL) throws {
