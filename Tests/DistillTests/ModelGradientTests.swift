@@ -238,6 +238,29 @@ final class ModelGradientTests: XCTestCase {
         }
     }
 
+    /// A step's gradients are zeroed split over the cores when there are enough of them (2¹⁷ floats a
+    /// part at least; the other tests' models are smaller): every one of them, on 2 and 3 threads.
+    func testZeroingGradientsClearsEveryOne() throws {
+        let config = LlamaConfig(hiddenSize: 64, intermediateSize: 96, numHiddenLayers: 1, numAttentionHeads: 4,
+                                 numKeyValueHeads: 2, vocabSize: 4096, maxPositionEmbeddings: 16)
+        for threads in [2, 3] {
+            try Compute.withThreads(threads) {
+                let model = try Self.model(config)
+                XCTAssertGreaterThan(model.parameterCount, 3 << 16)
+                model.zeroGradients()
+                let rows = 2 * 16
+                var random = SeededRandom(seed: 8)
+                let tokens = (0..<rows).map { _ in Int32(random.next() % UInt64(config.vocabSize)) }
+                let dLogits = (0..<rows * config.vocabSize).map { _ in random.nextGaussian() }
+                _ = model.forward(tokens: tokens, batch: 2, length: 16)
+                model.backward(dLogits: dLogits)
+                XCTAssertGreaterThan(model.gradients!.filter { $0 != 0 }.count, model.parameterCount / 2)
+                model.zeroGradients()
+                XCTAssertEqual(model.gradients!.filter { $0 != 0 }.count, 0, "gradients left on \(threads) threads")
+            }
+        }
+    }
+
     /// Products large enough to split (rows 512): with other processes on the cores they split into more
     /// parts than threads (parts are claimed, so a slowed thread takes fewer). Logits and gradients are
     /// bitwise those of one thread whatever the number of parts: each part is one OpenBLAS call on rows

@@ -184,10 +184,8 @@ func forEachRowRange(_ rows: Int, minimumRows: Int = 16, _ body: (Range<Int>) ->
 /// Sets `count` floats from `buffer` to zero, split over the cores: a step's gradients are megabytes,
 /// and one core's memset kept the other waiting.
 func zeroInParallel(_ buffer: UnsafeMutablePointer<Float>, count: Int) {
-    let parts = max(1, min(Compute.threads, count / (1 << 16)))
-    Compute.parallel(parts) { part in
-        let start = count * part / parts
-        (buffer + start).update(repeating: 0, count: count * (part + 1) / parts - start)
+    forEachRowRange(count, minimumRows: 1 << 16) { range in
+        (buffer + range.lowerBound).update(repeating: 0, count: range.count)
     }
 }
 
