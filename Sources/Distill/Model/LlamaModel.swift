@@ -233,7 +233,7 @@ public final class LlamaModel {
                 try body(start..<(start + n), logits, nil)
                 continue
             }
-            dLogits.update(repeating: 0, count: n * vocab)
+            zeroInParallel(dLogits, count: n * vocab)
             try body(start..<(start + n), logits, dLogits)
             // dW_head reads the chunk's hidden rows before d hidden may be written over them.
             linearBackward(dx: nil, dWeight: gradients!.baseAddress! + layout.lmHead, dy: dLogits, x: hidden, weight: weights,
@@ -446,6 +446,32 @@ public final class LlamaModel {
                            rows.count, c, config.rmsNormEps)
     }
 
+    /// RMSNorm's backward over all rows, split over the cores: dx [rows, C] += d x, dGain [C] += d gain.
+    /// The gain's gradient sums over rows, so each fixed chunk of `rmsnormBackwardChunkRows` rows sums its
+    /// own part and the parts are added in chunk order: the same bits on any number of threads (one core's
+    /// pass over all rows kept the other waiting for 3–4% of a `tiny` training step).
+    private func rmsnormBackward(dx: UnsafeMutablePointer<Float>, dGain: UnsafeMutablePointer<Float>,
+                                 dOut: UnsafePointer<Float>, x: UnsafePointer<Float>, gain: UnsafePointer<Float>,
+                                 rstd: UnsafePointer<Float>, rows: Int) {
+        let c = config.hiddenSize, chunkRows = Self.rmsnormBackwardChunkRows
+        let chunks = (rows + chunkRows - 1) / chunkRows
+        guard chunks > 1 else { return ck_rmsnorm_backward(dx, dGain, dOut, x, gain, rstd, rows, c) }
+        let parts = UnsafeMutablePointer<Float>.allocate(capacity: chunks * c)  // [chunks, C]
+        defer { parts.deallocate() }
+        forEachRowRange(chunks, minimumRows: 1) { chunkRange in
+            for chunk in chunkRange {
+                let start = chunk * chunkRows, count = min(chunkRows, rows - start), part = parts + chunk * c
+                part.update(repeating: 0, count: c)
+                ck_rmsnorm_backward(dx + start * c, part, dOut + start * c, x + start * c, gain, rstd + start, count, c)
+            }
+        }
+        for chunk in 0..<chunks { ck_add_inplace(dGain, parts + chunk * c, c) }
+    }
+
+    /// Rows per chunk of `rmsnormBackward`'s partial gain gradients: few enough partial sums to add
+    /// (1/64 of the pass's work), enough chunks to share out (16 at `tiny`'s 1,024 rows).
+    static let rmsnormBackwardChunkRows = 64
+
     // MARK: backward
 
     /// Accumulates parameter gradients for the last forward pass (which must have kept its state); once
@@ -473,8 +499,8 @@ public final class LlamaModel {
         if let dFinalHidden { ck_add_inplace(dNormed, dFinalHidden, rows * c) }
         let dResidual = acts.dResidual
         zeroInParallel(dResidual, count: rows * c)
-        ck_rmsnorm_backward(dResidual, grads + layout.finalNorm, dNormed, acts.residual[layers],
-                            weights + layout.finalNorm, acts.finalRstd, rows, c)
+        rmsnormBackward(dx: dResidual, dGain: grads + layout.finalNorm, dOut: dNormed, x: acts.residual[layers],
+                        gain: weights + layout.finalNorm, rstd: acts.finalRstd, rows: rows)
         for layer in stride(from: layers - 1, through: 0, by: -1) {
             if let dh = dHidden[layer] { ck_add_inplace(dResidual, dh, rows * c) }
             // Block 0's input shares block 1's stream after attention, dead now: copy the rows again.
@@ -521,8 +547,8 @@ public final class LlamaModel {
         }
         linearBackward(dx: dNormed, dWeight: grads + block.gateUp, dy: dGateUp, x: acts.mlpNormed,
                        weight: weights + block.gateUp, rows: rows, inFeatures: c, outFeatures: 2 * f, overwritingDx: true)
-        ck_rmsnorm_backward(dResidual, grads + block.mlpNorm, dNormed, acts.attentionResidual,
-                            weights + block.mlpNorm, acts.mlpRstd, rows, c)
+        rmsnormBackward(dx: dResidual, dGain: grads + block.mlpNorm, dOut: dNormed, x: acts.attentionResidual,
+                        gain: weights + block.mlpNorm, rstd: acts.mlpRstd, rows: rows)
 
         // Attention: d attentionOut = dResidual · W_o; through attention and rope into dqkv. dW_o reads the
         // attention output, kept by forward or written again by attention backward (the same bits).
@@ -543,8 +569,8 @@ public final class LlamaModel {
         rmsnormForward(acts.attentionNormed, acts.attentionRstd, input, gain: weights + block.attentionNorm, rows: rows)
         linearBackward(dx: dNormed, dWeight: grads + block.qkv, dy: dQKV, x: acts.attentionNormed,
                        weight: weights + block.qkv, rows: rows, inFeatures: c, outFeatures: qkvWidth, overwritingDx: true)
-        ck_rmsnorm_backward(dResidual, grads + block.attentionNorm, dNormed, input,
-                            weights + block.attentionNorm, acts.attentionRstd, rows, c)
+        rmsnormBackward(dx: dResidual, dGain: grads + block.attentionNorm, dOut: dNormed, x: input,
+                        gain: weights + block.attentionNorm, rstd: acts.attentionRstd, rows: rows)
     }
 
     // MARK: buffers
