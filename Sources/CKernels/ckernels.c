@@ -184,11 +184,12 @@ CK_KERNEL(double, ck_sum_squares, (const float *x, size_t n),
     return total;
 }
 
-CK_KERNEL(void, ck_adamw, (float *param, float *m, float *v, const float *grad, size_t n, float lr, float beta1,
-          float beta2, float eps, float decay, float bias_correction1, float bias_correction2),
-          (param, m, v, grad, n, lr, beta1, beta2, eps, decay, bias_correction1, bias_correction2)) {
+CK_KERNEL(void, ck_adamw, (float *param, float *m, float *v, const float *grad, float grad_scale, size_t n, float lr,
+          float beta1, float beta2, float eps, float decay, float bias_correction1, float bias_correction2),
+          (param, m, v, grad, grad_scale, n, lr, beta1, beta2, eps, decay, bias_correction1, bias_correction2)) {
     for (size_t i = 0; i < n; i++) {
-        float g = grad[i];
+        // The clipping's scale applied here, not in a pass of its own: the same product, so the same bits.
+        float g = grad[i] * grad_scale;
         m[i] = beta1 * m[i] + (1.0f - beta1) * g;
         v[i] = beta2 * v[i] + (1.0f - beta2) * g * g;
         float mhat = m[i] / bias_correction1;

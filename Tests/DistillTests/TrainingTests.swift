@@ -133,6 +133,48 @@ final class TrainingTests: XCTestCase {
         XCTAssertEqual(grads[1], 0.8, accuracy: 1e-5)
     }
 
+    /// The trainer clips inside AdamW's pass (`gradientScale`) instead of scaling the gradients first: the
+    /// same weights and moments to the bit, over two steps and two segments (one without decay), with the
+    /// gradients clipped hard.
+    func testClippingInsideAdamWGivesTheSameBitsAsScalingFirst() {
+        var random = SeededRandom(seed: 3)
+        let split = 37, total = 1037
+        let weights0 = (0..<total).map { _ in random.nextGaussian() }
+        let gradients0 = (0..<total).map { _ in 3 * random.nextGaussian() }
+        func run(folded: Bool) -> (weights: [Float], first: [Float], second: [Float]) {
+            var weights = weights0
+            let optimizer = AdamW(totalCount: total, weightDecay: 0.1)
+            for _ in 0..<2 {
+                var gradients = gradients0
+                weights.withUnsafeMutableBufferPointer { w in
+                    gradients.withUnsafeMutableBufferPointer { g in
+                        let w = w.baseAddress!, g = g.baseAddress!
+                        let segments = [
+                            TrainableSegment(parameters: w, gradients: g, count: split, decays: false),
+                            TrainableSegment(parameters: w + split, gradients: g + split, count: total - split, decays: true),
+                        ]
+                        if folded {
+                            let scale = clipScale(norm: gradientNorm(segments), maxNorm: 1)
+                            XCTAssertLessThan(scale, 0.1)
+                            optimizer.update(segments, learningRate: 1e-2, gradientScale: scale)
+                        } else {
+                            clipGradientNorm(segments, maxNorm: 1)
+                            optimizer.update(segments, learningRate: 1e-2)
+                        }
+                    }
+                }
+            }
+            return (weights, optimizer.firstMoment, optimizer.secondMoment)
+        }
+        let folded = run(folded: true), first = run(folded: false)
+        XCTAssertNotEqual(folded.weights, weights0)
+        XCTAssertEqual(folded.weights, first.weights)
+        XCTAssertEqual(folded.first, first.first)
+        XCTAssertEqual(folded.second, first.second)
+        XCTAssertEqual(clipScale(norm: 0.5, maxNorm: 1), 1)
+        XCTAssertEqual(clipScale(norm: 5, maxNorm: 0), 1)
+    }
+
     func testBadSettingsAreRejected() throws {
         var p = Self.parameters(steps: 0)
         XCTAssertThrowsError(try p.validate())

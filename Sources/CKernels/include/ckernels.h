@@ -72,8 +72,9 @@ void ck_release_free_memory(void);
 /// Sum of squares, accumulated in double.
 double ck_sum_squares(const float *x, size_t n);
 
-/// AdamW update over n values (decoupled weight decay `decay` = lr * weight_decay, applied first).
-void ck_adamw(float *param, float *m, float *v, const float *grad, size_t n,
+/// AdamW update over n values (decoupled weight decay `decay` = lr * weight_decay, applied first), each
+/// gradient taken times `grad_scale` (clipping).
+void ck_adamw(float *param, float *m, float *v, const float *grad, float grad_scale, size_t n,
               float lr, float beta1, float beta2, float eps, float decay,
               float bias_correction1, float bias_correction2);
 

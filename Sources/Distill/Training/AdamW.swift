@@ -34,8 +34,10 @@ public final class AdamW {
         secondMoment = Array(repeating: 0, count: totalCount)
     }
 
-    /// One update at `learningRate` over `segments` (in the same order every call).
-    public func update(_ segments: [TrainableSegment], learningRate: Float) {
+    /// One update at `learningRate` over `segments` (in the same order every call), each gradient taken
+    /// times `gradientScale` (the clipping's `clipScale`, applied here rather than in a pass over the
+    /// gradients of its own: the same bits, one read and write of them fewer).
+    public func update(_ segments: [TrainableSegment], learningRate: Float, gradientScale: Float = 1) {
         step += 1
         let correction1 = 1 - Float(Double(beta1).power(step))
         let correction2 = 1 - Float(Double(beta2).power(step))
@@ -53,7 +55,7 @@ public final class AdamW {
                         if start < stop {
                             let local = start - offset
                             ck_adamw(segment.parameters + local, m + start, v + start, segment.gradients + local,
-                                     stop - start, learningRate, beta1, beta2, epsilon,
+                                     gradientScale, stop - start, learningRate, beta1, beta2, epsilon,
                                      segment.decays ? learningRate * weightDecay : 0, correction1, correction2)
                         }
                         offset += segment.count
@@ -71,18 +73,29 @@ extension Double {
 /// Scales all gradients so that their global L2 norm is at most `maxNorm`; returns the norm before.
 @discardableResult
 public func clipGradientNorm(_ segments: [TrainableSegment], maxNorm: Float) -> Float {
+    let norm = gradientNorm(segments)
+    let scale = clipScale(norm: norm, maxNorm: maxNorm)
+    if scale != 1 {
+        Compute.parallel(segments.count) { i in ck_scale_inplace(segments[i].gradients, scale, segments[i].count) }
+    }
+    return norm
+}
+
+/// The global L2 norm of the gradients of `segments`.
+public func gradientNorm(_ segments: [TrainableSegment]) -> Float {
     // Each segment's sum on whichever core claims it, the sums added in segment order: the same bits on
     // any number of threads.
     var sums = [Double](repeating: 0, count: segments.count)
     sums.withUnsafeMutableBufferPointer { sums in
         Compute.parallel(segments.count) { i in sums[i] = ck_sum_squares(segments[i].gradients, segments[i].count) }
     }
-    let norm = Float(sums.reduce(0, +).squareRoot())
-    if maxNorm > 0 && norm > maxNorm {
-        let scale = maxNorm / (norm + 1e-6)
-        Compute.parallel(segments.count) { i in ck_scale_inplace(segments[i].gradients, scale, segments[i].count) }
-    }
-    return norm
+    return Float(sums.reduce(0, +).squareRoot())
+}
+
+/// The factor that brings gradients of global norm `norm` down to at most `maxNorm` (1 when they are
+/// within it, or when `maxNorm` is 0: no clipping).
+public func clipScale(norm: Float, maxNorm: Float) -> Float {
+    maxNorm > 0 && norm > maxNorm ? maxNorm / (norm + 1e-6) : 1
 }
 
 /// Linear warm-up to the peak rate, then cosine decay to `minimumFraction` of it at the last step.

@@ -167,11 +167,12 @@ public final class Trainer {
         if group.size > 1 { terms = reduceAcrossRanks(terms, stopRequested: stopRequested) }
         // Stop before a non-finite step reaches the weights; the last checkpoint stays as it was.
         guard let loss = terms[.loss], loss.isFinite else { throw TrainingError.diverged(step: step + 1, what: "loss") }
-        let norm = clipGradientNorm(segments, maxNorm: parameters.gradientClip)
+        let norm = gradientNorm(segments)
         guard norm.isFinite else { throw TrainingError.diverged(step: step + 1, what: "gradient norm") }
         let rate = learningRate(step: step, totalSteps: parameters.steps, peak: parameters.learningRate,
                                 warmup: parameters.warmupSteps, minimumFraction: parameters.minimumLearningRateFraction)
-        optimizer.update(segments, learningRate: rate)
+        // Clipped inside AdamW's pass.
+        optimizer.update(segments, learningRate: rate, gradientScale: clipScale(norm: norm, maxNorm: parameters.gradientClip))
         step += 1
         return StepResult(terms: terms, learningRate: rate, gradientNorm: norm)
     }
