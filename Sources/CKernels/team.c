@@ -101,6 +101,9 @@ struct ck_team {
     // under that step's count; and the parts finished so far.
     _Atomic uint64_t claim;
     _Atomic int done;
+    // Helpers the step allows (ck_team_run_with): a late helper beyond them takes no part of it, so that
+    // slots stay below this + 1. Written before the step's claim word is published.
+    _Atomic int allowed_helpers;
     uint32_t generation;
     // Touched only by the caller that holds `busy`.
     int late_steps;         // consecutive steps in which the helpers came late
@@ -189,8 +192,14 @@ static int run_parts(struct ck_team *team, uint32_t generation) {
     return ran;
 }
 
+// The calling thread's slot: set once by each helper to its index + 1; 0 on every other thread.
+static _Thread_local int thread_slot = 0;
+
+int ck_team_thread_slot(void) { return thread_slot; }
+
 static void *helper_main(void *argument) {
     struct ck_helper *helper = argument;
+    thread_slot = (int)(helper - helper->team->helpers) + 1;
     unsigned long seen = 0;
     for (;;) {
         unsigned long posted = wait_for_step(helper, seen);
@@ -199,6 +208,8 @@ static void *helper_main(void *argument) {
         // The step now running, which may be a later one than posted (this helper came late): its
         // parts are as good to take.
         uint32_t generation = (uint32_t)(atomic_load_explicit(&helper->team->claim, memory_order_acquire) >> 32);
+        // The step's own limit, or a later step's (then this one has no part left to claim).
+        if (thread_slot - 1 >= atomic_load_explicit(&helper->team->allowed_helpers, memory_order_relaxed)) continue;
         run_parts(helper->team, generation);
     }
 }
@@ -266,7 +277,11 @@ static void go_solo(struct ck_team *team, uint64_t now) {
 }
 
 int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
-    if (parts < 1 || parts > CK_TEAM_MAX_PARTS) return 0;
+    return ck_team_run_with(team, task, context, parts, team->helper_count);
+}
+
+int ck_team_run_with(ck_team *team, ck_team_task task, void *context, int parts, int helpers) {
+    if (parts < 1 || parts > CK_TEAM_MAX_PARTS || helpers < 0) return 0;
     int idle = 0;
     if (!atomic_compare_exchange_strong(&team->busy, &idle, 1)) return 0;
     uint64_t start = now_ns();
@@ -287,12 +302,14 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     team->task = task;
     team->context = context;
     atomic_store_explicit(&team->done, 0, memory_order_relaxed);
+    int posted = parts - 1 < team->helper_count ? parts - 1 : team->helper_count;
+    if (posted > helpers) posted = helpers;
+    atomic_store_explicit(&team->allowed_helpers, posted, memory_order_relaxed);
     uint32_t generation = ++team->generation;
     atomic_store_explicit(&team->claim, (uint64_t)generation << 32 | (uint64_t)parts << 16, memory_order_release);
-    // Helper 0 takes part in every step with parts > 1, so its count is the largest any helper has
-    // seen and one ticket above it is new to all; helpers beyond the parts are not posted.
+    // Helper 0 takes part in every step it is posted to, so its count is the largest any helper has
+    // seen and one ticket above it is new to all; helpers beyond the parts (or the limit) are not posted.
     unsigned long ticket = atomic_load_explicit(&team->helpers[0].posted, memory_order_relaxed) + 1;
-    int posted = parts - 1 < team->helper_count ? parts - 1 : team->helper_count;
     for (int i = 0; i < posted; i++) {
         struct ck_helper *helper = &team->helpers[i];
         atomic_store(&helper->posted, ticket);

@@ -141,4 +141,43 @@ final class ComputeTeamTests: XCTestCase {
         XCTAssertGreaterThan(step[3], UInt(parts / 2), "the caller ran the parts the slow helper did not claim")
         XCTAssertEqual(ck_team_run(team, Self.task, step, Int32(CK_TEAM_MAX_PARTS) + 1), 0, "too many parts: refused")
     }
+
+    /// Slot context, three words a part, each written by the part alone: its slot, its start and its end
+    /// (nanoseconds); a part runs 50 µs.
+    private static let slotTask: ck_team_task = { context, part in
+        let words = context!.assumingMemoryBound(to: UInt64.self) + 3 * Int(part)
+        words[1] = DispatchTime.now().uptimeNanoseconds
+        usleep(50)
+        words[0] = UInt64(ck_team_thread_slot())
+        words[2] = DispatchTime.now().uptimeNanoseconds
+    }
+
+    /// Parts may index scratch by `ck_team_thread_slot()`: slots stay below the helpers a step allows
+    /// plus one (a team made for 4 threads, used by steps that allow 1, 3 or no helpers), every part runs
+    /// (its end after its start), and no two parts run on one slot at once.
+    func testSlotsStayBelowTheAllowedHelpersAndAreNeverShared() throws {
+        let team = try XCTUnwrap(ck_team_create(3))
+        defer { ck_team_destroy(team) }
+        XCTAssertEqual(ck_team_thread_slot(), 0, "a thread outside the team")
+        let parts = 64
+        let words = UnsafeMutablePointer<UInt64>.allocate(capacity: 3 * parts)
+        defer { words.deallocate() }
+        var slotsSeen = Set<UInt64>()
+        for (round, allowed) in [1, 3, 1, 0, 3].enumerated() {
+            words.initialize(repeating: 0, count: 3 * parts)
+            XCTAssertEqual(ck_team_run_with(team, Self.slotTask, words, Int32(parts), Int32(allowed)), 1)
+            let runs = (0..<parts).map { (slot: words[3 * $0], start: words[3 * $0 + 1], end: words[3 * $0 + 2]) }
+            XCTAssertTrue(runs.allSatisfy { $0.start > 0 && $0.end > $0.start }, "round \(round): every part ran")
+            let slots = Set(runs.map(\.slot))
+            slotsSeen.formUnion(slots)
+            XCTAssertTrue(slots.isSubset(of: Set(0...UInt64(allowed))), "round \(round): slots \(slots), \(allowed) helpers allowed")
+            for slot in slots {
+                let spans = runs.filter { $0.slot == slot }.sorted { $0.start < $1.start }
+                for (earlier, later) in zip(spans, spans.dropFirst()) {
+                    XCTAssertLessThanOrEqual(earlier.end, later.start, "round \(round): two parts at once on slot \(slot)")
+                }
+            }
+        }
+        XCTAssertGreaterThan(slotsSeen.count, 1, "the helpers took parts")
+    }
 }

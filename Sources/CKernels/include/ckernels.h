@@ -90,6 +90,12 @@ ck_team *ck_team_create(int helpers);
 void ck_team_destroy(ck_team *team);
 int ck_team_helpers(const ck_team *team);
 int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts);
+/// ck_team_run with at most `helpers` of the team's helpers posted (a team made for more threads than
+/// the work wants now), so that ck_team_thread_slot stays below helpers + 1.
+int ck_team_run_with(ck_team *team, ck_team_task task, void *context, int parts, int helpers);
+/// The slot of the calling thread in its team: helper i's is i + 1, any other thread's 0. Two parts of
+/// one step never run on the same slot at once: per-thread scratch can be indexed by it.
+int ck_team_thread_slot(void);
 /// 1 when the helpers have often come late of late (another process on their cores): splitting work
 /// into more parts than threads then lets the caller take what a slowed helper cannot. 0 otherwise.
 int ck_team_contended(const ck_team *team);

@@ -15,18 +15,6 @@ func attentionScratchPerThread(length: Int, headDim: Int) -> Int {
     Int(ck_attention_scratch_floats(length, headDim))
 }
 
-/// Runs `body(worker, jobs)` on the cores, the jobs 0..<count split into contiguous ranges.
-private func forEachWorker(jobs count: Int, _ body: (Int, Range<Int>) -> Void) {
-    let workers = min(Compute.threads, count)
-    guard workers > 1 else {
-        body(0, 0..<count)
-        return
-    }
-    Compute.parallel(workers) { worker in
-        body(worker, (count * worker / workers)..<(count * (worker + 1) / workers))
-    }
-}
-
 /// out[B·T, C] = softmax(mask(Q Kᵀ / √d)) V per head; writes each row's softmax maximum and 1/sum to
 /// rowStats [B, H, T, 2] for backward. scratch: [threads, attentionScratchPerThread].
 func attentionForward(out: UnsafeMutablePointer<Float>, rowStats: UnsafeMutablePointer<Float>,
@@ -34,14 +22,13 @@ func attentionForward(out: UnsafeMutablePointer<Float>, rowStats: UnsafeMutableP
                       heads: Int, kvHeads: Int, headDim d: Int) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let scale = 1 / Float(d).squareRoot(), t = length
-    forEachWorker(jobs: batch * heads) { worker, jobs in
-        let p = scratch + worker * attentionScratchPerThread(length: t, headDim: d)
-        for job in jobs {
-            let b = job / heads, h = job % heads, g = h / (heads / kvHeads)
-            let rows = qkv + b * t * stride
-            ck_attention_forward(out + b * t * c + h * d, c, rowStats + job * t * 2, rows + h * d, rows + c + g * d,
-                                 rows + c + kvWidth + g * d, stride, t, d, scale, p)
-        }
+    // One (sequence, head) a part, claimed one at a time.
+    Compute.parallelWithSlots(batch * heads) { job, slot in
+        let p = scratch + slot * attentionScratchPerThread(length: t, headDim: d)
+        let b = job / heads, h = job % heads, g = h / (heads / kvHeads)
+        let rows = qkv + b * t * stride
+        ck_attention_forward(out + b * t * c + h * d, c, rowStats + job * t * 2, rows + h * d, rows + c + g * d,
+                             rows + c + kvWidth + g * d, stride, t, d, scale, p)
     }
 }
 
@@ -56,19 +43,18 @@ func attentionBackward(dqkv: UnsafeMutablePointer<Float>, recomputedOut: UnsafeM
                        headDim d: Int) {
     let c = heads * d, kvWidth = kvHeads * d, stride = c + 2 * kvWidth
     let group = heads / kvHeads, scale = 1 / Float(d).squareRoot(), t = length
-    forEachWorker(jobs: batch * kvHeads) { worker, jobs in
-        let p = scratch + worker * attentionScratchPerThread(length: t, headDim: d)
-        for job in jobs {
-            let b = job / kvHeads, g = job % kvHeads
-            let rows = qkv + b * t * stride, dRows = dqkv + b * t * stride
-            for h in (g * group)..<((g + 1) * group) {
-                // Each head writes its queries' gradient; the group's first head writes its keys' and values',
-                // the others add to them.
-                ck_attention_backward(dRows + h * d, dRows + c + g * d, dRows + c + kvWidth + g * d,
-                                      recomputedOut.map { $0 + b * t * c + h * d }, dOut + b * t * c + h * d, c, rowStats + (b * heads + h) * t * 2,
-                                      rows + h * d, rows + c + g * d, rows + c + kvWidth + g * d, stride, t, d, scale,
-                                      0, h == g * group ? 0 : 1, p)
-            }
+    // One (sequence, key/value head) a part, claimed one at a time.
+    Compute.parallelWithSlots(batch * kvHeads) { job, slot in
+        let p = scratch + slot * attentionScratchPerThread(length: t, headDim: d)
+        let b = job / kvHeads, g = job % kvHeads
+        let rows = qkv + b * t * stride, dRows = dqkv + b * t * stride
+        for h in (g * group)..<((g + 1) * group) {
+            // Each head writes its queries' gradient; the group's first head writes its keys' and values',
+            // the others add to them.
+            ck_attention_backward(dRows + h * d, dRows + c + g * d, dRows + c + kvWidth + g * d,
+                                  recomputedOut.map { $0 + b * t * c + h * d }, dOut + b * t * c + h * d, c, rowStats + (b * heads + h) * t * 2,
+                                  rows + h * d, rows + c + g * d, rows + c + kvWidth + g * d, stride, t, d, scale,
+                                  0, h == g * group ? 0 : 1, p)
         }
     }
 }

@@ -31,13 +31,14 @@ final class ComputeTeam {
     /// Runs body(part) once for every part in 0..<parts, each on whichever thread of the team claims it
     /// (this one included); returns false, having run nothing, when the team is busy with another step
     /// (a nested or concurrent call) or parts exceeds `CK_TEAM_MAX_PARTS`.
-    func run(parts: Int, _ body: (Int) -> Void) -> Bool {
+    /// At most `helpers` of the team's helpers take part (nil: any).
+    func run(parts: Int, helpers: Int? = nil, _ body: (Int) -> Void) -> Bool {
         withoutActuallyEscaping(body) { body in
             var task = body
             return withUnsafeMutablePointer(to: &task) { pointer in
-                ck_team_run(team, { context, part in
+                ck_team_run_with(team, { context, part in
                     context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(Int(part))
-                }, pointer, Int32(parts)) == 1
+                }, pointer, Int32(parts), Int32(min(helpers ?? self.helpers, self.helpers))) == 1
             }
         }
     }
@@ -98,5 +99,20 @@ extension Compute {
         guard threads > 1 else { return (0..<parts).forEach(body) }
         if let team = team(), team.run(parts: parts, body) { return }
         DispatchQueue.concurrentPerform(iterations: parts, execute: body)
+    }
+
+    /// `parallel`, with the slot (0..<threads) of the thread that runs each part: two parts never run at
+    /// once on one slot, so per-thread scratch can be indexed by it while the parts are claimed one at a
+    /// time (a fixed share of them per thread kept the faster thread waiting for the slower one's).
+    static func parallelWithSlots(_ parts: Int, _ body: (_ part: Int, _ slot: Int) -> Void) {
+        guard parts > 1, threads > 1 else { return (0..<max(parts, 0)).forEach { body($0, 0) } }
+        if let team = team(), team.run(parts: parts, helpers: threads - 1, { body($0, Int(ck_team_thread_slot())) }) {
+            return
+        }
+        // Dispatch's pool (a nested or concurrent call): a fixed range of parts for each worker, its slot.
+        let workers = min(threads, parts)
+        DispatchQueue.concurrentPerform(iterations: workers) { worker in
+            for part in (parts * worker / workers)..<(parts * (worker + 1) / workers) { body(part, worker) }
+        }
     }
 }

@@ -173,13 +173,19 @@ func parallelFor(_ count: Int, _ body: (Int) -> Void) {
     }
 }
 
-/// Runs `body` on contiguous ranges that cover 0..<rows, one per core with at least `minimumRows` rows
-/// each: for row-wise passes (norms, rotations, activations) whose rows are independent.
+/// Runs `body` on contiguous ranges that cover 0..<rows, up to `rowRangesPerThread` per core with at least
+/// `minimumRows` rows each, claimed one at a time: for row-wise passes (norms, rotations, activations)
+/// whose rows are independent, so the split does not change a bit of the result.
 func forEachRowRange(_ rows: Int, minimumRows: Int = 16, _ body: (Range<Int>) -> Void) {
-    let parts = max(1, min(Compute.threads, rows / minimumRows))
+    let parts = Compute.threads > 1 ? max(1, min(Compute.threads * rowRangesPerThread, rows / minimumRows)) : 1
     guard parts > 1 else { return body(0..<rows) }
     Compute.parallel(parts) { part in body((rows * part / parts)..<(rows * (part + 1) / parts)) }
 }
+
+/// Ranges a thread's share of a row-wise pass is cut into: one range a thread left the first to finish
+/// waiting for the other (on a shared machine the two halves of a pass rarely take the same time), and a
+/// range costs only its claim.
+let rowRangesPerThread = 4
 
 /// Sets `count` floats from `buffer` to zero, split over the cores: a step's gradients are megabytes,
 /// and one core's memset kept the other waiting.

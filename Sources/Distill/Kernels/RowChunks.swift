@@ -13,13 +13,11 @@ func mapRowChunks<Result>(rows: Int, rowsPerChunk: Int, _ body: (Range<Int>) -> 
         results.deinitialize(count: chunkCount)
         results.deallocate()
     }
-    let workers = min(Compute.threads, chunkCount)
-    Compute.parallel(workers) { worker in
-        for chunk in (chunkCount * worker / workers) ..< (chunkCount * (worker + 1) / workers) {
-            let start = chunk * chunkSize
-            // Each chunk writes only its own slot.
-            results[chunk] = body(start ..< min(start + chunkSize, rows))
-        }
+    // The chunks claimed one at a time by the team's threads: whoever finishes first takes more.
+    Compute.parallel(chunkCount) { chunk in
+        let start = chunk * chunkSize
+        // Each chunk writes only its own slot.
+        results[chunk] = body(start ..< min(start + chunkSize, rows))
     }
     return (0 ..< chunkCount).compactMap { results[$0] }
 }
