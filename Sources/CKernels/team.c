@@ -280,10 +280,22 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts) {
     return ck_team_run_with(team, task, context, parts, team->helper_count);
 }
 
+static int run_step(ck_team *team, ck_team_task task, void *context, int parts, int helpers);
+
 int ck_team_run_with(ck_team *team, ck_team_task task, void *context, int parts, int helpers) {
     if (parts < 1 || parts > CK_TEAM_MAX_PARTS || helpers < 0) return 0;
     int idle = 0;
     if (!atomic_compare_exchange_strong(&team->busy, &idle, 1)) return 0;
+    // The caller's parts run on slot 0 of this team, even on a thread that is another team's helper.
+    int own_slot = thread_slot;
+    thread_slot = 0;
+    int ran = run_step(team, task, context, parts, helpers);
+    thread_slot = own_slot;
+    return ran;
+}
+
+// ck_team_run_with once the caller holds `busy`; releases it.
+static int run_step(ck_team *team, ck_team_task task, void *context, int parts, int helpers) {
     uint64_t start = now_ns();
     team->steps++;
     if (start >= team->solo_until && atomic_load_explicit(&team->resting, memory_order_relaxed)) {

@@ -180,4 +180,49 @@ final class ComputeTeamTests: XCTestCase {
         }
         XCTAssertGreaterThan(slotsSeen.count, 1, "the helpers took parts")
     }
+
+    /// Nested context: team B, then for each of the outer step's 2 parts [the outer slot, whether team B ran
+    /// the inner step (on the outer team's helper only)], then each outer part's inner words (3 a part, as
+    /// `slotTask` writes them).
+    private static let outerTask: ck_team_task = { context, part in
+        let words = context!.assumingMemoryBound(to: UInt64.self)
+        let inner = OpaquePointer(bitPattern: UInt(words[0]))!
+        let record = words + 1 + 2 * Int(part), innerWords = words + 5 + 3 * 64 * Int(part)
+        record[0] = UInt64(ck_team_thread_slot())
+        // The caller's part waits while the helper's runs team B's step.
+        if record[0] == 0 { usleep(3000) } else { record[1] = UInt64(ck_team_run_with(inner, ComputeTeamTests.slotTask, innerWords, 64, 1)) }
+    }
+
+    /// A helper of one team that runs a step of another is that step's caller: slot 0 there, so that the
+    /// other team's helper (slot 1) never shares a slot with it.
+    func testAHelperCallingAnotherTeamRunsItsPartsOnSlotZero() throws {
+        let outer = try XCTUnwrap(ck_team_create(1)), inner = try XCTUnwrap(ck_team_create(1))
+        defer {
+            ck_team_destroy(outer)
+            ck_team_destroy(inner)
+        }
+        let words = UnsafeMutablePointer<UInt64>.allocate(capacity: 5 + 2 * 3 * 64)
+        defer { words.deallocate() }
+        var checked = false
+        for _ in 0..<200 where !checked {
+            words.initialize(repeating: 0, count: 5 + 2 * 3 * 64)
+            words[0] = UInt64(UInt(bitPattern: inner))
+            XCTAssertEqual(ck_team_run(outer, Self.outerTask, words, 2), 1)
+            for part in 0..<2 where words[1 + 2 * part] == 1 && words[2 + 2 * part] == 1 {
+                // An inner step run by the outer team's helper.
+                let innerWords = words + 5 + 3 * 64 * part
+                let runs = (0..<64).map { (slot: innerWords[3 * $0], start: innerWords[3 * $0 + 1], end: innerWords[3 * $0 + 2]) }
+                XCTAssertTrue(Set(runs.map(\.slot)).isSubset(of: [0, 1]))
+                for slot in Set(runs.map(\.slot)) {
+                    let spans = runs.filter { $0.slot == slot }.sorted { $0.start < $1.start }
+                    for (earlier, later) in zip(spans, spans.dropFirst()) {
+                        XCTAssertLessThanOrEqual(earlier.end, later.start, "two parts at once on slot \(slot)")
+                    }
+                }
+                checked = true
+            }
+        }
+        XCTAssertTrue(checked, "the outer team's helper never ran an inner step")
+        XCTAssertEqual(ck_team_thread_slot(), 0)
+    }
 }

@@ -93,8 +93,9 @@ int ck_team_run(ck_team *team, ck_team_task task, void *context, int parts);
 /// ck_team_run with at most `helpers` of the team's helpers posted (a team made for more threads than
 /// the work wants now), so that ck_team_thread_slot stays below helpers + 1.
 int ck_team_run_with(ck_team *team, ck_team_task task, void *context, int parts, int helpers);
-/// The slot of the calling thread in its team: helper i's is i + 1, any other thread's 0. Two parts of
-/// one step never run on the same slot at once: per-thread scratch can be indexed by it.
+/// The slot of the calling thread in the step it runs a part of: helper i's is i + 1, the step's caller's
+/// 0 (and any thread's outside a step). Two parts of one step never run on the same slot at once:
+/// per-thread scratch can be indexed by it.
 int ck_team_thread_slot(void);
 /// 1 when the helpers have often come late of late (another process on their cores): splitting work
 /// into more parts than threads then lets the caller take what a slowed helper cannot. 0 otherwise.
