@@ -67,4 +67,60 @@ final class BLASKernelTests: XCTestCase {
         XCTAssertEqual(wrong.errors.split(separator: "\n").count, 1, wrong.transcript)
         XCTAssertTrue(wrong.errors.contains("DISTILL_ISA=sse9 names no instruction set"), wrong.transcript)
     }
+
+    /// The backward products on OpenBLAS's small-matrix kernels (`SmallKernelPlan`): each within float
+    /// rounding of a double-precision product on shapes whose rows, depth and blocks fall off the grid, with
+    /// leading dimensions wider than the matrices, alpha ≠ 1 and beta 0 and 1; and bitwise the same on 1, 2
+    /// and 3 threads. Run on any core: where OpenBLAS has no small-matrix kernel the calls are blocked ones,
+    /// and the grid is what is checked.
+    func testSmallKernelProductsMatchADoublePrecisionProductOnAnyThreadCount() throws {
+        // (transposeA, m, n, k): d x = d y · W (rows 24 + 24 + 24 + 5, and 80 + 80 + 43); d W += d yᵀ · x
+        // (blocks 64 + 64 + 22 over depth 152 × 4 + 5, and 64 + 6 over 416 + 416 + 168).
+        for (transposeA, m, n, k) in [(false, 77, 40, 1000), (false, 203, 128, 96), (true, 150, 100, 613), (true, 70, 37, 1000)] {
+            let plan = try XCTUnwrap(SmallKernelPlan(transposeA: transposeA, transposeB: false, n: n, k: k, smallKernels: true))
+            let lda = transposeA ? m + 3 : k + 5, ldb = n + 2, ldc = n + 1
+            var random = SeededRandom(seed: UInt64(m * n + k))
+            let a = (0..<(transposeA ? k : m) * lda).map { _ in random.nextGaussian() }
+            let b = (0..<k * ldb).map { _ in random.nextGaussian() }
+            let start = (0..<m * ldc).map { _ in random.nextGaussian() }
+            for beta: Float in [0, 1] {
+                var once: [Float]?
+                for threads in [1, 2, 3] {
+                    var c = start
+                    Compute.withThreads(threads) {
+                        plan.run(m: m, n: n, k: k, alpha: 0.5, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: &c, ldc: ldc)
+                    }
+                    if let once {
+                        XCTAssertEqual(zip(c, once).filter { $0 != $1 }.count, 0, "\(m)×\(n)×\(k) on \(threads) threads")
+                        continue
+                    }
+                    once = c
+                    var worst = 0.0
+                    for i in 0..<m {
+                        for j in 0..<n {
+                            var exact = Double(beta) * Double(start[i * ldc + j]), size = abs(exact)
+                            for p in 0..<k {
+                                let term = 0.5 * Double(transposeA ? a[p * lda + i] : a[i * lda + p]) * Double(b[p * ldb + j])
+                                exact += term
+                                size += abs(term)
+                            }
+                            worst = max(worst, abs(Double(c[i * ldc + j]) - exact) / size)
+                        }
+                    }
+                    XCTAssertLessThan(worst, 1e-5, "\(transposeA ? "dW" : "dx") \(m)×\(n)×\(k), beta \(beta)")
+                    // Past the matrix, within the leading dimension: untouched.
+                    XCTAssertEqual(c[ldc - 1], start[ldc - 1])
+                }
+            }
+        }
+        // `tiny`'s backward products take the plan on OpenBLAS's AVX-512 cores; its forward products (x · Wᵀ)
+        // and the head's d x (K = 2,048: chunks of 3 rows) do not.
+        XCTAssertEqual(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 384, smallKernels: true)?.grid, .rowChunks(rows: 16))
+        XCTAssertEqual(SmallKernelPlan(transposeA: true, transposeB: false, n: 128, k: 1024, smallKernels: true)?.grid,
+                       .blocksOverDepth(depth: 120))
+        XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: true, n: 384, k: 128, smallKernels: true))
+        XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 2048, smallKernels: true))
+        XCTAssertNil(SmallKernelPlan(transposeA: true, transposeB: false, n: 688, k: 2048, smallKernels: true))
+        XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 384, smallKernels: false))
+    }
 }

@@ -24,9 +24,12 @@ let openBLASSmallProductLimit = 1_000_000
 /// `openBLASSmallProductLimit` is not split, and a larger one only into parts above it, so that no
 /// part crosses into the small-matrix kernel: then the result is bitwise the same on any number of
 /// threads.
-func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
+package func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
            c: UnsafeMutablePointer<Float>, ldc: Int) {
+    if m * n * k > openBLASSmallProductLimit, let plan = SmallKernelPlan(transposeA: transposeA, transposeB: transposeB, n: n, k: k) {
+        return plan.run(m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb, beta: beta, c: c, ldc: ldc)
+    }
     forEachProductPart(m: m, n: n, k: k) { rows in
         // Rows of op(A) are rows of A, or columns of A when it is transposed.
         let aStart = transposeA ? a + rows.lowerBound : a + rows.lowerBound * lda
@@ -35,6 +38,74 @@ func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Fl
                     c + rows.lowerBound * ldc, Int32(ldc))
     }
 }
+
+/// A product cut into calls of at most `openBLASSmallProductLimit` multiply-adds, which OpenBLAS's AVX-512
+/// cores run in their small-matrix kernels: those read both operands in place, so nothing is packed, and
+/// write C without zeroing it first for beta = 0. On the model's backward products at `tiny` (a C harness,
+/// one core, caches flushed) they took 0.87–0.98× the time of one blocked call for d x and 0.70–0.85× for
+/// d W. The calls sit on a grid fixed by the shape alone, never by the thread count, and each is claimed
+/// as a part of its own: the bits do not depend on the threads, and a slowed core takes fewer parts.
+/// Only where the calls stay large enough to pay: OpenBLAS's AVX2 cores have no small-matrix kernel, and a
+/// d W whose calls would sum fewer than `smallKernelShortestDepth` rows lost (0.99–1.17× at `small`'s
+/// width 688).
+package struct SmallKernelPlan: Equatable {
+    package enum Grid: Equatable {
+        /// d x = d y · W: rows of C in chunks of `rows`.
+        case rowChunks(rows: Int)
+        /// d W += d yᵀ · x: rows of C (W's output features) in blocks of `smallKernelBlockRows`, each a
+        /// chain of calls over the K rows of d y and x, `depth` at a time, in order.
+        case blocksOverDepth(depth: Int)
+    }
+    package let grid: Grid
+
+    /// The plan for a product op(A) [M, K] · op(B) [K, N] (nil: one blocked call a part), on OpenBLAS's
+    /// cores with small-matrix kernels (`smallKernels`; the tests run the grid on any core).
+    package init?(transposeA: Bool, transposeB: Bool, n: Int, k: Int, smallKernels: Bool = smallKernelProducts) {
+        guard smallKernels, !transposeB else { return nil }
+        if transposeA {
+            let depth = openBLASSmallProductLimit / (smallKernelBlockRows * n) / 8 * 8
+            guard depth >= smallKernelShortestDepth else { return nil }
+            grid = .blocksOverDepth(depth: depth)
+        } else {
+            // OpenBLAS takes no small-matrix kernel for row-major N·Tᵀ (its column-major TN with a large C):
+            // the forward products x · Wᵀ stay blocked.
+            let rows = openBLASSmallProductLimit / (n * k) / 8 * 8
+            guard rows >= 8 else { return nil }
+            grid = .rowChunks(rows: rows)
+        }
+    }
+
+    package func run(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
+             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        switch grid {
+        case .rowChunks(let rows):
+            Compute.parallel((m + rows - 1) / rows) { chunk in
+                let start = chunk * rows, count = min(rows, m - start)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(count), Int32(n), Int32(k), alpha,
+                            a + start * lda, Int32(lda), b, Int32(ldb), beta, c + start * ldc, Int32(ldc))
+            }
+        case .blocksOverDepth(let depth):
+            let blockRows = smallKernelBlockRows
+            Compute.parallel((m + blockRows - 1) / blockRows) { block in
+                let start = block * blockRows, count = min(blockRows, m - start)
+                for depthStart in stride(from: 0, to: k, by: depth) {
+                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(count), Int32(n), Int32(min(depth, k - depthStart)),
+                                alpha, a + depthStart * lda + start, Int32(lda), b + depthStart * ldb, Int32(ldb),
+                                depthStart == 0 ? beta : 1, c + start * ldc, Int32(ldc))
+                }
+            }
+        }
+    }
+}
+
+/// Whether OpenBLAS's cores have small-matrix kernels for single precision (its AVX-512 ones in 0.3.21).
+package let smallKernelProducts = BLASKernels.avx512Cores.contains(BLASKernels.coreName)
+
+/// Rows of W's gradient a small-kernel block holds: 64 gives `tiny`'s 128-row products two parts.
+let smallKernelBlockRows = 64
+
+/// The fewest rows of d y a small-kernel call on W's gradient sums: fewer read and write C too often.
+let smallKernelShortestDepth = 32
 
 /// Runs `body` over the parts of 0..<m that a product of M × N × K splits into over the cores (bounds at
 /// OpenBLAS's row groups, no part inside its small-matrix kernel), or over 0..<m at once.
