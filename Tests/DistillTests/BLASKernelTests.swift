@@ -113,14 +113,15 @@ final class BLASKernelTests: XCTestCase {
                 }
             }
         }
-        // `tiny`'s backward products take the plan on OpenBLAS's AVX-512 cores; its forward products (x · Wᵀ)
-        // and the head's d x (K = 2,048: chunks of 3 rows) do not.
+        // `tiny`'s backward products take the plan on OpenBLAS's AVX-512 cores; its forward products (x · Wᵀ),
+        // the head's d x (K = 2,048: chunks of 3 rows) and d W (a chunk's 256 rows) do not.
         XCTAssertEqual(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 384, smallKernels: true)?.grid, .rowChunks(rows: 16))
         XCTAssertEqual(SmallKernelPlan(transposeA: true, transposeB: false, n: 128, k: 1024, smallKernels: true)?.grid,
                        .blocksOverDepth(depth: 120))
         XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: true, n: 384, k: 128, smallKernels: true))
         XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 2048, smallKernels: true))
         XCTAssertNil(SmallKernelPlan(transposeA: true, transposeB: false, n: 688, k: 2048, smallKernels: true))
+        XCTAssertNil(SmallKernelPlan(transposeA: true, transposeB: false, n: 128, k: 256, smallKernels: true), "the head's d W")
         XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 384, smallKernels: false))
     }
 }

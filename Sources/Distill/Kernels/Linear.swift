@@ -47,7 +47,7 @@ package func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, a
 /// as a part of its own: the bits do not depend on the threads, and a slowed core takes fewer parts.
 /// Only where the calls stay large enough to pay: OpenBLAS's AVX2 cores have no small-matrix kernel, and a
 /// d W whose calls would sum fewer than `smallKernelShortestDepth` rows lost (0.99–1.17× at `small`'s
-/// width 688).
+/// width 688), and so did one over fewer than `smallKernelFewestSummedRows` in all.
 package struct SmallKernelPlan: Equatable {
     package enum Grid: Equatable {
         /// d x = d y · W: rows of C in chunks of `rows`.
@@ -64,7 +64,7 @@ package struct SmallKernelPlan: Equatable {
         guard smallKernels, !transposeB else { return nil }
         if transposeA {
             let depth = openBLASSmallProductLimit / (smallKernelBlockRows * n) / 8 * 8
-            guard depth >= smallKernelShortestDepth else { return nil }
+            guard depth >= smallKernelShortestDepth, k >= smallKernelFewestSummedRows else { return nil }
             grid = .blocksOverDepth(depth: depth)
         } else {
             // OpenBLAS takes no small-matrix kernel for row-major N·Tᵀ (its column-major TN with a large C):
@@ -106,6 +106,11 @@ let smallKernelBlockRows = 64
 
 /// The fewest rows of d y a small-kernel call on W's gradient sums: fewer read and write C too often.
 let smallKernelShortestDepth = 32
+
+/// The fewest rows a W's gradient must sum over to take the plan: over fewer, one blocked call reads and
+/// writes C once where the plan does so at every call (the LM head's d W, over a chunk of 256 rows: 1.03–1.10×
+/// the time in blocks of 64, C harness).
+let smallKernelFewestSummedRows = 512
 
 /// Runs `body` over the parts of 0..<m that a product of M × N × K splits into over the cores (bounds at
 /// OpenBLAS's row groups, no part inside its small-matrix kernel), or over 0..<m at once.
@@ -292,4 +297,3 @@ public enum Compute {
         return try body()
     }
 }
-
