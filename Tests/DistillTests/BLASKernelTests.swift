@@ -74,9 +74,11 @@ final class BLASKernelTests: XCTestCase {
     /// and 3 threads. Run on any core: where OpenBLAS has no small-matrix kernel the calls are blocked ones,
     /// and the grid is what is checked.
     func testSmallKernelProductsMatchADoublePrecisionProductOnAnyThreadCount() throws {
-        // (transposeA, m, n, k): d x = d y · W (rows 24 + 24 + 24 + 5, and 80 + 80 + 43); d W += d yᵀ · x
-        // (blocks 64 + 64 + 22 over depth 152 × 4 + 5, and 64 + 6 over 416 + 416 + 168).
-        for (transposeA, m, n, k) in [(false, 77, 40, 1000), (false, 203, 128, 96), (true, 150, 100, 613), (true, 70, 37, 1000)] {
+        // (transposeA, m, n, k): d x = d y · W (rows 24 + 24 + 24 + 5, and 80 + 80 + 43; rows 16 + 16 + 8 over
+        // depth 208 × 3 + 76); d W += d yᵀ · x (blocks 64 + 64 + 22 over depth 152 × 4 + 5, and 64 + 6 over
+        // 416 + 416 + 168).
+        for (transposeA, m, n, k) in [(false, 77, 40, 1000), (false, 203, 128, 96), (false, 40, 300, 700), (true, 150, 100, 613),
+                                      (true, 70, 37, 1000)] {
             let plan = try XCTUnwrap(SmallKernelPlan(transposeA: transposeA, transposeB: false, n: n, k: k, smallKernels: true))
             let lda = transposeA ? m + 3 : k + 5, ldb = n + 2, ldc = n + 1
             var random = SeededRandom(seed: UInt64(m * n + k))
@@ -113,13 +115,15 @@ final class BLASKernelTests: XCTestCase {
                 }
             }
         }
-        // `tiny`'s backward products take the plan on OpenBLAS's AVX-512 cores; its forward products (x · Wᵀ),
-        // the head's d x (K = 2,048: chunks of 3 rows) and d W (a chunk's 256 rows) do not.
-        XCTAssertEqual(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 384, smallKernels: true)?.grid, .rowChunks(rows: 16))
-        XCTAssertEqual(SmallKernelPlan(transposeA: true, transposeB: false, n: 128, k: 1024, smallKernels: true)?.grid,
-                       .blocksOverDepth(depth: 120))
+        // `tiny`'s backward products take the plan on OpenBLAS's AVX-512 cores, the head's d x (K = 2,048) over
+        // slices of K; its forward products (x · Wᵀ) and the head's d W (a chunk's 256 rows) do not.
+        let plan = { (transposeA: Bool, n: Int, k: Int) in
+            SmallKernelPlan(transposeA: transposeA, transposeB: false, n: n, k: k, smallKernels: true).map { [$0.rows, $0.depth] }
+        }
+        XCTAssertEqual(plan(false, 128, 384), [16, 384])
+        XCTAssertEqual(plan(false, 128, 2048), [16, 488])
+        XCTAssertEqual(plan(true, 128, 1024), [64, 120])
         XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: true, n: 384, k: 128, smallKernels: true))
-        XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 2048, smallKernels: true))
         XCTAssertNil(SmallKernelPlan(transposeA: true, transposeB: false, n: 688, k: 2048, smallKernels: true))
         XCTAssertNil(SmallKernelPlan(transposeA: true, transposeB: false, n: 128, k: 256, smallKernels: true), "the head's d W")
         XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 384, smallKernels: false))

@@ -41,58 +41,58 @@ package func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, a
 
 /// A product cut into calls of at most `openBLASSmallProductLimit` multiply-adds, which OpenBLAS's AVX-512
 /// cores run in their small-matrix kernels: those read both operands in place, so nothing is packed, and
-/// write C without zeroing it first for beta = 0. On the model's backward products at `tiny` (a C harness,
-/// one core, caches flushed) they took 0.87–0.98× the time of one blocked call for d x and 0.70–0.85× for
-/// d W. The calls sit on a grid fixed by the shape alone, never by the thread count, and each is claimed
-/// as a part of its own: the bits do not depend on the threads, and a slowed core takes fewer parts.
-/// Only where the calls stay large enough to pay: OpenBLAS's AVX2 cores have no small-matrix kernel, and a
-/// d W whose calls would sum fewer than `smallKernelShortestDepth` rows lost (0.99–1.17× at `small`'s
-/// width 688), and so did one over fewer than `smallKernelFewestSummedRows` in all.
-package struct SmallKernelPlan: Equatable {
-    package enum Grid: Equatable {
-        /// d x = d y · W: rows of C in chunks of `rows`.
-        case rowChunks(rows: Int)
-        /// d W += d yᵀ · x: rows of C (W's output features) in blocks of `smallKernelBlockRows`, each a
-        /// chain of calls over the K rows of d y and x, `depth` at a time, in order.
-        case blocksOverDepth(depth: Int)
-    }
-    package let grid: Grid
+/// write C without zeroing it first for beta = 0. The rows of C go in parts of `rows`, each claimed as a
+/// part of its own; a part sums over K in calls of `depth` rows of op(B), in order, the first with the
+/// product's beta and the rest adding to it. The grid is fixed by the shape alone, never by the thread
+/// count, so the bits do not depend on the threads, and a slowed core takes fewer parts.
+/// On the model's backward products (a C harness, one core, caches flushed) they took 0.87–0.98× the time
+/// of one blocked call for d x at `tiny`, 0.91× for the head's d x (16 rows over 488 of its 2,048), 0.93–0.97×
+/// for `small`'s d x, and 0.70–0.85× for d W at `tiny`. Only where the calls stay large enough to pay:
+/// OpenBLAS's AVX2 cores have no small-matrix kernel; a d W whose calls would sum fewer than
+/// `smallKernelShortestDepth` rows lost (0.99–1.17× at `small`'s width 688), and so did one over fewer than
+/// `smallKernelFewestSummedRows` in all; forward products x · Wᵀ have no small-matrix kernel (row-major N·Tᵀ
+/// is OpenBLAS's column-major TN, which it takes only for a C of at most 1,200 elements).
+package struct SmallKernelPlan {
+    /// Rows of C a part computes.
+    package let rows: Int
+    /// Rows of op(B) a call sums over (K when the calls do not split it).
+    package let depth: Int
+    /// d W += d yᵀ · x (A transposed), else d x = d y · W.
+    let transposeA: Bool
 
     /// The plan for a product op(A) [M, K] · op(B) [K, N] (nil: one blocked call a part), on OpenBLAS's
     /// cores with small-matrix kernels (`smallKernels`; the tests run the grid on any core).
     package init?(transposeA: Bool, transposeB: Bool, n: Int, k: Int, smallKernels: Bool = smallKernelProducts) {
         guard smallKernels, !transposeB else { return nil }
+        self.transposeA = transposeA
+        let limit = openBLASSmallProductLimit
         if transposeA {
-            let depth = openBLASSmallProductLimit / (smallKernelBlockRows * n) / 8 * 8
+            // W's gradient in blocks of its rows, each summed over the tokens a slice at a time.
+            rows = smallKernelBlockRows
+            depth = limit / (rows * n) / 8 * 8
             guard depth >= smallKernelShortestDepth, k >= smallKernelFewestSummedRows else { return nil }
-            grid = .blocksOverDepth(depth: depth)
+        } else if limit / (n * k) >= 8 {
+            // Whole rows of d x: as many as the limit allows, in multiples of 8.
+            rows = limit / (n * k) / 8 * 8
+            depth = k
         } else {
-            // OpenBLAS takes no small-matrix kernel for row-major N·Tᵀ (its column-major TN with a large C):
-            // the forward products x · Wᵀ stay blocked.
-            let rows = openBLASSmallProductLimit / (n * k) / 8 * 8
-            guard rows >= 8 else { return nil }
-            grid = .rowChunks(rows: rows)
+            // A long K (the head's vocabulary): 16 rows, summed a slice of K at a time.
+            rows = 16
+            depth = limit / (rows * n) / 8 * 8
+            guard depth >= smallKernelShortestDepth else { return nil }
         }
     }
 
     package func run(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-             beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
-        switch grid {
-        case .rowChunks(let rows):
-            Compute.parallel((m + rows - 1) / rows) { chunk in
-                let start = chunk * rows, count = min(rows, m - start)
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Int32(count), Int32(n), Int32(k), alpha,
-                            a + start * lda, Int32(lda), b, Int32(ldb), beta, c + start * ldc, Int32(ldc))
-            }
-        case .blocksOverDepth(let depth):
-            let blockRows = smallKernelBlockRows
-            Compute.parallel((m + blockRows - 1) / blockRows) { block in
-                let start = block * blockRows, count = min(blockRows, m - start)
-                for depthStart in stride(from: 0, to: k, by: depth) {
-                    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Int32(count), Int32(n), Int32(min(depth, k - depthStart)),
-                                alpha, a + depthStart * lda + start, Int32(lda), b + depthStart * ldb, Int32(ldb),
-                                depthStart == 0 ? beta : 1, c + start * ldc, Int32(ldc))
-                }
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+        Compute.parallel((m + rows - 1) / rows) { part in
+            let start = part * rows, count = min(rows, m - start)
+            for depthStart in stride(from: 0, to: k, by: depth) {
+                // op(A)'s rows start..<start + count and columns depthStart..<: rows of A, or columns when transposed.
+                let aStart = transposeA ? a + depthStart * lda + start : a + start * lda + depthStart
+                cblas_sgemm(CblasRowMajor, transposeA ? CblasTrans : CblasNoTrans, CblasNoTrans, Int32(count), Int32(n),
+                            Int32(min(depth, k - depthStart)), alpha, aStart, Int32(lda), b + depthStart * ldb, Int32(ldb),
+                            depthStart == 0 ? beta : 1, c + start * ldc, Int32(ldc))
             }
         }
     }
@@ -101,10 +101,10 @@ package struct SmallKernelPlan: Equatable {
 /// Whether OpenBLAS's cores have small-matrix kernels for single precision (its AVX-512 ones in 0.3.21).
 package let smallKernelProducts = BLASKernels.avx512Cores.contains(BLASKernels.coreName)
 
-/// Rows of W's gradient a small-kernel block holds: 64 gives `tiny`'s 128-row products two parts.
+/// Rows of W's gradient a small-kernel part holds: 64 gives `tiny`'s 128-row products two parts.
 let smallKernelBlockRows = 64
 
-/// The fewest rows of d y a small-kernel call on W's gradient sums: fewer read and write C too often.
+/// The fewest rows of op(B) a small-kernel call sums over when K is split: fewer read and write C too often.
 let smallKernelShortestDepth = 32
 
 /// The fewest rows a W's gradient must sum over to take the plan: over fewer, one blocked call reads and
