@@ -83,10 +83,15 @@ package struct SmallKernelPlan {
         }
     }
 
+    /// Runs the product; `before` and `after` run on each part's rows of C ahead of its calls and behind
+    /// them, on the same thread (`linearForward`'s row-wise passes).
     package func run(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
+                     before: (Range<Int>) -> Void = { _ in }, after: (Range<Int>) -> Void = { _ in }) {
         Compute.parallel((m + rows - 1) / rows) { part in
             let start = part * rows, count = min(rows, m - start)
+            before(start..<(start + count))
+            defer { after(start..<(start + count)) }
             for depthStart in stride(from: 0, to: k, by: depth) {
                 // op(A)'s rows start..<start + count and columns depthStart..<: rows of A, or columns when transposed.
                 let aStart = transposeA ? a + depthStart * lda + start : a + start * lda + depthStart
@@ -132,13 +137,25 @@ let decodingRows = 32
 /// An output row depends on its input row alone, so a part needs no other part's rows: one hand-off between
 /// the cores where three took turns (a norm, the product, a rotation), and the rows still in cache. Each
 /// pass must give a row the same bits on any range of rows. A decoding step's few rows run them whole.
-func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
-                   rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false,
+/// With `transposedWeight`, a product that `SmallKernelPlan` takes reads Wᵀ from there, copied first.
+package func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
+                   rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false, transposedWeight: ScratchBuffer? = nil,
                    before: (Range<Int>) -> Void, after: (Range<Int>) -> Void) {
     guard rows > decodingRows else {
         before(0..<rows)
         linearForward(y, x, weight, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)
         return after(0..<rows)
+    }
+    if let transposedWeight, rows * outFeatures * inFeatures > openBLASSmallProductLimit,
+       let plan = SmallKernelPlan(transposeA: false, transposeB: false, n: outFeatures, k: inFeatures) {
+        // y = x · (Wᵀ): OpenBLAS has no small-matrix kernel for x · Wᵀ read in place (row-major N·Tᵀ).
+        let weightT = transposedWeight.reserved(inFeatures * outFeatures)
+        forEachRowRange(outFeatures) { outputs in
+            cblas_somatcopy(CblasRowMajor, CblasTrans, Int32(outputs.count), Int32(inFeatures), 1,
+                            weight + outputs.lowerBound * inFeatures, Int32(inFeatures), weightT + outputs.lowerBound, Int32(outFeatures))
+        }
+        return plan.run(m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x, lda: inFeatures, b: weightT, ldb: outFeatures,
+                        beta: accumulate ? 1 : 0, c: y, ldc: outFeatures, before: before, after: after)
     }
     forEachProductPart(m: rows, n: outFeatures, k: inFeatures) { part in
         before(part)
