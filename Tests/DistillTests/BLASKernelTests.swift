@@ -97,17 +97,8 @@ final class BLASKernelTests: XCTestCase {
                         continue
                     }
                     once = c
-                    var worst = 0.0
-                    for i in 0..<m {
-                        for j in 0..<n {
-                            var exact = Double(beta) * Double(start[i * ldc + j]), size = abs(exact)
-                            for p in 0..<k {
-                                let term = 0.5 * Double(transposeA ? a[p * lda + i] : a[i * lda + p]) * Double(b[p * ldb + j])
-                                exact += term
-                                size += abs(term)
-                            }
-                            worst = max(worst, abs(Double(c[i * ldc + j]) - exact) / size)
-                        }
+                    let worst = worstRelativeError(c, ldc: ldc, m: m, n: n, k: k, base: { Double(beta) * Double(start[$0 * ldc + $1]) }) {
+                        0.5 * Double(transposeA ? a[$2 * lda + $0] : a[$0 * lda + $2]) * Double(b[$2 * ldb + $1])
                     }
                     XCTAssertLessThan(worst, 1e-5, "\(transposeA ? "dW" : "dx") \(m)×\(n)×\(k), beta \(beta)")
                     // Past the matrix, within the leading dimension: untouched.
@@ -165,20 +156,30 @@ final class BLASKernelTests: XCTestCase {
                     continue
                 }
                 once = y
-                var worst = 0.0
-                for row in 0..<rows {
-                    for j in 0..<outFeatures {
-                        var exact = 1.0, size = 1.0
-                        for p in 0..<inFeatures {
-                            let term = Double(x[row * inFeatures + p]) * Double(weight[j * inFeatures + p])
-                            exact += term
-                            size += abs(term)
-                        }
-                        worst = max(worst, abs(Double(y[row * outFeatures + j]) - exact) / size)
-                    }
+                let worst = worstRelativeError(y, ldc: outFeatures, m: rows, n: outFeatures, k: inFeatures, base: { _, _ in 1 }) {
+                    Double(x[$0 * inFeatures + $2]) * Double(weight[$1 * inFeatures + $2])
                 }
                 XCTAssertLessThan(worst, 1e-5, "\(rows)×\(outFeatures)×\(inFeatures)")
             }
         }
+    }
+
+    /// The largest |c − exact| / (|base| + Σ |terms|) over C [m, n] (rows `ldc` apart), where exact =
+    /// base(i, j) + Σ_p term(i, j, p) in double precision.
+    private func worstRelativeError(_ c: [Float], ldc: Int, m: Int, n: Int, k: Int, base: (Int, Int) -> Double,
+                                    term: (Int, Int, Int) -> Double) -> Double {
+        var worst = 0.0
+        for i in 0..<m {
+            for j in 0..<n {
+                var exact = base(i, j), size = abs(exact)
+                for p in 0..<k {
+                    let value = term(i, j, p)
+                    exact += value
+                    size += abs(value)
+                }
+                worst = max(worst, abs(Double(c[i * ldc + j]) - exact) / size)
+            }
+        }
+        return worst
     }
 }
