@@ -120,50 +120,6 @@ final class BLASKernelTests: XCTestCase {
         XCTAssertNil(SmallKernelPlan(transposeA: false, transposeB: false, n: 128, k: 384, smallKernels: false))
     }
 
-    /// The forward product y = x · Wᵀ on the small-kernel plan (Wᵀ copied into scratch first), with its
-    /// row-wise passes: within float rounding of a double-precision product, every row's passes run once
-    /// (before its product, after it), and the bits are the same on 1, 2 and 3 threads. Shapes: 203 rows in
-    /// parts of 128; 100 rows in parts of 16 over K = 700 in slices of 208.
-    func testForwardProductsOnTheSmallKernelPlanMatchADoublePrecisionProduct() throws {
-        for (rows, outFeatures, inFeatures) in [(203, 96, 77), (100, 300, 700)] {
-            var random = SeededRandom(seed: UInt64(rows + inFeatures))
-            let x = (0..<rows * inFeatures).map { _ in random.nextGaussian() }
-            let weight = (0..<outFeatures * inFeatures).map { _ in random.nextGaussian() }
-            var once: [Float]?
-            for threads in [1, 2, 3] {
-                var y = [Float](repeating: .nan, count: rows * outFeatures)
-                var passes = [Int](repeating: 0, count: rows)
-                let scratch = ScratchBuffer()
-                Compute.withThreads(threads) {
-                    y.withUnsafeMutableBufferPointer { y in
-                        passes.withUnsafeMutableBufferPointer { passes in
-                            linearForward(y.baseAddress!, x, weight, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
-                                          transposedWeight: scratch, before: { part in
-                                              for row in part { passes[row] += 1 }
-                                          }, after: { part in
-                                              for row in part {
-                                                  passes[row] += 10
-                                                  for j in 0..<outFeatures { y[row * outFeatures + j] += 1 }
-                                              }
-                                          })
-                        }
-                    }
-                }
-                XCTAssertEqual(passes, [Int](repeating: 11, count: rows), "each row's passes once, on \(threads) threads")
-                if smallKernelProducts { XCTAssertEqual(scratch.count, inFeatures * outFeatures, "Wᵀ copied") }
-                if let once {
-                    XCTAssertEqual(zip(y, once).filter { $0 != $1 }.count, 0, "\(rows)×\(outFeatures)×\(inFeatures) on \(threads) threads")
-                    continue
-                }
-                once = y
-                let worst = worstRelativeError(y, ldc: outFeatures, m: rows, n: outFeatures, k: inFeatures, base: { _, _ in 1 }) {
-                    Double(x[$0 * inFeatures + $2]) * Double(weight[$1 * inFeatures + $2])
-                }
-                XCTAssertLessThan(worst, 1e-5, "\(rows)×\(outFeatures)×\(inFeatures)")
-            }
-        }
-    }
-
     /// The largest |c − exact| / (|base| + Σ |terms|) over C [m, n] (rows `ldc` apart), where exact =
     /// base(i, j) + Σ_p term(i, j, p) in double precision.
     private func worstRelativeError(_ c: [Float], ldc: Int, m: Int, n: Int, k: Int, base: (Int, Int) -> Double,

@@ -51,7 +51,9 @@ package func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, a
 /// OpenBLAS's AVX2 cores have no small-matrix kernel; a d W whose calls would sum fewer than
 /// `smallKernelShortestDepth` rows lost (0.99–1.17× at `small`'s width 688), and so did one over fewer than
 /// `smallKernelFewestSummedRows` in all; forward products x · Wᵀ have no small-matrix kernel (row-major N·Tᵀ
-/// is OpenBLAS's column-major TN, which it takes only for a C of at most 1,200 elements).
+/// is OpenBLAS's column-major TN, which it takes only for a C of at most 1,200 elements), and with W copied
+/// transposed first (then x · (Wᵀ) takes the plan) a `tiny` training step took 1.5–2% less time but a forward
+/// pass of `eval` 3.5% more (the copy, made at every pass, costs what the product saves on warm outputs).
 package struct SmallKernelPlan {
     /// Rows of C a part computes.
     package let rows: Int
@@ -83,15 +85,10 @@ package struct SmallKernelPlan {
         }
     }
 
-    /// Runs the product; `before` and `after` run on each part's rows of C ahead of its calls and behind
-    /// them, on the same thread (`linearForward`'s row-wise passes).
     package func run(m: Int, n: Int, k: Int, alpha: Float, a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int,
-                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int,
-                     before: (Range<Int>) -> Void = { _ in }, after: (Range<Int>) -> Void = { _ in }) {
+                     beta: Float, c: UnsafeMutablePointer<Float>, ldc: Int) {
         Compute.parallel((m + rows - 1) / rows) { part in
             let start = part * rows, count = min(rows, m - start)
-            before(start..<(start + count))
-            defer { after(start..<(start + count)) }
             for depthStart in stride(from: 0, to: k, by: depth) {
                 // op(A)'s rows start..<start + count and columns depthStart..<: rows of A, or columns when transposed.
                 let aStart = transposeA ? a + depthStart * lda + start : a + start * lda + depthStart
@@ -137,25 +134,13 @@ let decodingRows = 32
 /// An output row depends on its input row alone, so a part needs no other part's rows: one hand-off between
 /// the cores where three took turns (a norm, the product, a rotation), and the rows still in cache. Each
 /// pass must give a row the same bits on any range of rows. A decoding step's few rows run them whole.
-/// With `transposedWeight`, a product that `SmallKernelPlan` takes reads Wᵀ from there, copied first.
-package func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
-                   rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false, transposedWeight: ScratchBuffer? = nil,
+func linearForward(_ y: UnsafeMutablePointer<Float>, _ x: UnsafePointer<Float>, _ weight: UnsafePointer<Float>,
+                   rows: Int, inFeatures: Int, outFeatures: Int, accumulate: Bool = false,
                    before: (Range<Int>) -> Void, after: (Range<Int>) -> Void) {
     guard rows > decodingRows else {
         before(0..<rows)
         linearForward(y, x, weight, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures, accumulate: accumulate)
         return after(0..<rows)
-    }
-    if let transposedWeight, rows * outFeatures * inFeatures > openBLASSmallProductLimit,
-       let plan = SmallKernelPlan(transposeA: false, transposeB: false, n: outFeatures, k: inFeatures) {
-        // y = x · (Wᵀ): OpenBLAS has no small-matrix kernel for x · Wᵀ read in place (row-major N·Tᵀ).
-        let weightT = transposedWeight.reserved(inFeatures * outFeatures)
-        forEachRowRange(outFeatures) { outputs in
-            cblas_somatcopy(CblasRowMajor, CblasTrans, Int32(outputs.count), Int32(inFeatures), 1,
-                            weight + outputs.lowerBound * inFeatures, Int32(inFeatures), weightT + outputs.lowerBound, Int32(outFeatures))
-        }
-        return plan.run(m: rows, n: outFeatures, k: inFeatures, alpha: 1, a: x, lda: inFeatures, b: weightT, ldb: outFeatures,
-                        beta: accumulate ? 1 : 0, c: y, ldc: outFeatures, before: before, after: after)
     }
     forEachProductPart(m: rows, n: outFeatures, k: inFeatures) { part in
         before(part)

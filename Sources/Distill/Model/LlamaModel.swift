@@ -17,8 +17,6 @@ public final class LlamaModel {
     private var activations: Activations?
     /// `headInChunks`' logits and their gradient.  [headChunkRows, V] each
     private let headChunk = ScratchBuffer(), headChunkGradient = ScratchBuffer()
-    /// Wᵀ of the block product running now (`linearForward`'s small-kernel path).
-    private let transposedWeight = ScratchBuffer()
 
     /// A new model for training, with weights drawn from N(0, 0.02²) (Hugging Face's `initializer_range`)
     /// and unit norm gains. Refuses a config whose weights, gradients and optimizer state cannot fit in
@@ -341,8 +339,8 @@ public final class LlamaModel {
             reducedWeights.project(y, x, matrixAt: offset, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
                                    accumulate: accumulate)
         } else {
-            linearForward(y, x, parameters.baseAddress! + offset, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
-                          accumulate: accumulate, transposedWeight: transposedWeight, before: { _ in }, after: { _ in })
+            linearForward(y, x, parameters.baseAddress! + offset, rows: rows, inFeatures: inFeatures,
+                          outFeatures: outFeatures, accumulate: accumulate)
         }
     }
 
@@ -354,8 +352,7 @@ public final class LlamaModel {
                          before: (Range<Int>) -> Void, after: (Range<Int>) -> Void = { _ in }) {
         if reducedWeights == nil {
             linearForward(y, x, parameters.baseAddress! + offset, rows: rows, inFeatures: inFeatures,
-                          outFeatures: outFeatures, accumulate: accumulate, transposedWeight: transposedWeight,
-                          before: before, after: after)
+                          outFeatures: outFeatures, accumulate: accumulate, before: before, after: after)
         } else {
             before(0..<rows)
             project(y, x, weightAt: offset, rows: rows, inFeatures: inFeatures, outFeatures: outFeatures,
