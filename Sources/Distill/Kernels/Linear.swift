@@ -23,7 +23,8 @@ let openBLASSmallProductLimit = 1_000_000
 /// rows of C are split over the cores, each part one single-threaded OpenBLAS call. A product at most
 /// `openBLASSmallProductLimit` is not split, and a larger one only into parts above it, so that no
 /// part crosses into the small-matrix kernel: then the result is bitwise the same on any number of
-/// threads.
+/// threads. Unless `SmallKernelPlan` takes the product: then every call is a small-matrix one, on a grid
+/// fixed by the shape.
 package func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, alpha: Float,
            a: UnsafePointer<Float>, lda: Int, b: UnsafePointer<Float>, ldb: Int, beta: Float,
            c: UnsafeMutablePointer<Float>, ldc: Int) {
@@ -47,7 +48,7 @@ package func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, a
 /// count, so the bits do not depend on the threads, and a slowed core takes fewer parts.
 /// On the model's backward products (a C harness, one core, caches flushed) they took 0.87–0.98× the time
 /// of one blocked call for d x at `tiny`, 0.91× for the head's d x (16 rows over 488 of its 2,048), 0.93–0.97×
-/// for `small`'s d x, and 0.70–0.85× for d W at `tiny`. Only where the calls stay large enough to pay:
+/// for `small`'s d x, and 0.69–0.98× for d W at `tiny`. Only where the calls stay large enough to pay:
 /// OpenBLAS's AVX2 cores have no small-matrix kernel; a d W whose calls would sum fewer than
 /// `smallKernelShortestDepth` rows lost (0.99–1.17× at `small`'s width 688), and so did one over fewer than
 /// `smallKernelFewestSummedRows` in all; forward products x · Wᵀ have no small-matrix kernel (row-major N·Tᵀ
@@ -65,7 +66,7 @@ package struct SmallKernelPlan {
     /// The plan for a product op(A) [M, K] · op(B) [K, N] (nil: one blocked call a part), on OpenBLAS's
     /// cores with small-matrix kernels (`smallKernels`; the tests run the grid on any core).
     package init?(transposeA: Bool, transposeB: Bool, n: Int, k: Int, smallKernels: Bool = smallKernelProducts) {
-        guard smallKernels, !transposeB else { return nil }
+        guard smallKernels, !transposeB, n > 0, k > 0 else { return nil }
         self.transposeA = transposeA
         let limit = openBLASSmallProductLimit
         if transposeA {
