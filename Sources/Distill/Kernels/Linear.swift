@@ -47,7 +47,7 @@ package func sgemm(transposeA: Bool, transposeB: Bool, m: Int, n: Int, k: Int, a
 /// product's beta and the rest adding to it. The grid is fixed by the shape alone, never by the thread
 /// count, so the bits do not depend on the threads, and a slowed core takes fewer parts.
 /// On the model's backward products (a C harness, one core, caches flushed) they took 0.87–0.98× the time
-/// of one blocked call for d x at `tiny`, 0.91× for the head's d x (16 rows over 488 of its 2,048), 0.93–0.97×
+/// of one blocked call for d x at `tiny`, 0.91× for the head's d x (16 rows over 488 of its 2,048), 0.93–0.98×
 /// for `small`'s d x, and 0.69–0.98× for d W at `tiny`. Only where the calls stay large enough to pay:
 /// OpenBLAS's AVX2 cores have no small-matrix kernel; a d W whose calls would sum fewer than
 /// `smallKernelShortestDepth` rows lost (0.99–1.17× at `small`'s width 688), and so did one over fewer than
